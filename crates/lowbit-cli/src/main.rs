@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod inspect_cmd;
@@ -69,8 +69,7 @@ fn run(cli: Cli) -> Result<()> {
             metadata,
         } => {
             let path = resolve_model(&model)?;
-            inspect_cmd::run(&path, json, metadata)
-                .with_context(|| format!("inspect {}", path.display()))?;
+            inspect_cmd::run(&path, json, metadata)?;
         }
     }
     Ok(())

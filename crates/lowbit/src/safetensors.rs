@@ -146,6 +146,9 @@ impl SafetensorsModel {
             ));
         }
         let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(Error::format(&dir, "no config.json: a model folder needs config.json and *.safetensors"));
+        }
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let config: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
