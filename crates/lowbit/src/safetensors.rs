@@ -70,7 +70,7 @@ fn map_file(path: &Path) -> Result<Mmap> {
 /// Parses and validates one safetensors file's header, recording its tensors.
 fn read_shard(
     path: &Path,
-    mmap: &Mmap,
+    mmap: &[u8],
     shard: usize,
     into: &mut BTreeMap<String, StTensor>,
     only: Option<&dyn Fn(&str) -> bool>,
@@ -123,6 +123,14 @@ fn read_shard(
     Ok(())
 }
 
+/// Parses and validates a safetensors image held in memory, returning its tensors
+/// (used by the fuzzer and tests; `name` appears in error messages).
+pub fn parse_header(name: &Path, bytes: &[u8]) -> Result<Vec<StTensor>> {
+    let mut map = BTreeMap::new();
+    read_shard(name, bytes, 0, &mut map, None)?;
+    Ok(map.into_values().collect())
+}
+
 /// Rejects shard names that could escape the folder.
 fn safe_relative(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
     let p = Path::new(name);
@@ -147,7 +155,10 @@ impl SafetensorsModel {
         }
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            return Err(Error::format(&dir, "no config.json: a model folder needs config.json and *.safetensors"));
+            return Err(Error::format(
+                &dir,
+                "no config.json: a model folder needs config.json and *.safetensors",
+            ));
         }
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let config: serde_json::Value = serde_json::from_str(&text)

