@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod eval_cmd;
 mod inspect_cmd;
 
 /// lowbit: make neural networks small with low-bit quantization, and measure the cost.
@@ -35,6 +36,8 @@ enum Command {
         #[arg(long)]
         metadata: bool,
     },
+    /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
+    Eval(eval_cmd::EvalArgs),
 }
 
 fn progress_line(msg: &str) {
@@ -42,7 +45,7 @@ fn progress_line(msg: &str) {
 }
 
 /// Turns a model argument (path or zoo name) into a local path.
-fn resolve_model(arg: &str) -> Result<PathBuf> {
+pub(crate) fn resolve_model(arg: &str) -> Result<PathBuf> {
     Ok(lowbit::zoo::resolve(arg, &mut progress_line)?)
 }
 
@@ -71,6 +74,7 @@ fn run(cli: Cli) -> Result<()> {
             let path = resolve_model(&model)?;
             inspect_cmd::run(&path, json, metadata)?;
         }
+        Command::Eval(args) => eval_cmd::run(args)?,
     }
     Ok(())
 }

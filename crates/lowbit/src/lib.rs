@@ -10,10 +10,14 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod eval;
 pub mod format;
 pub mod gguf;
 pub mod inspect;
+pub mod model;
 pub mod safetensors;
+pub mod tensor;
+pub mod tokenizer;
 pub mod zoo;
 
 pub use error::{Error, Result};

@@ -1,0 +1,103 @@
+//! `lowbit eval`: perplexity (and KL divergence against a reference) with a progress bar.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use lowbit::eval::{evaluate, EvalOptions};
+use lowbit::model::load_gguf_lm;
+
+/// Arguments of `lowbit eval`.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// The model to evaluate (GGUF path or zoo name).
+    #[arg(long)]
+    pub model: String,
+    /// A reference model (e.g. the source before quantization) for KL divergence.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// The text file to evaluate on (e.g. wiki.valid.raw).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Evaluate at most this many chunks (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub chunks: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `lowbit eval`.
+pub fn run(args: EvalArgs) -> Result<()> {
+    let text = std::fs::read(&args.text)
+        .with_context(|| format!("{}: cannot read the text", args.text.display()))?;
+    let text = String::from_utf8(text)
+        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", args.text.display()))?;
+    let model_path = crate::resolve_model(&args.model)?;
+    eprintln!("lowbit: loading {}", model_path.display());
+    let lm = load_gguf_lm(&model_path)?;
+    let reference = match &args.reference {
+        Some(r) => {
+            let p = crate::resolve_model(r)?;
+            eprintln!("lowbit: loading reference {}", p.display());
+            Some(load_gguf_lm(&p)?)
+        }
+        None => None,
+    };
+    let opts = EvalOptions {
+        ctx: args.ctx,
+        max_chunks: (args.chunks > 0).then_some(args.chunks),
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks, {per_sec}, ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("eval");
+    let start = std::time::Instant::now();
+    let report = evaluate(
+        &lm,
+        reference.as_ref(),
+        &text,
+        &opts,
+        &mut |done, total, tokens| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            let secs = start.elapsed().as_secs_f64();
+            if secs > 0.0 && tokens > 0 {
+                bar.set_message(format!("eval {:.0} tok/s", tokens as f64 / secs));
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("model:      {}", model_path.display());
+    println!(
+        "text:       {} ({} chunks of {} tokens, {} scored)",
+        args.text.display(),
+        report.chunks,
+        report.ctx,
+        report.scored_tokens
+    );
+    println!("PPL:        {:.4} ± {:.5}", report.ppl, report.ppl_err);
+    if let Some(k) = &report.kld {
+        println!("reference PPL: {:.4}", k.reference_ppl);
+        println!(
+            "KLD:        mean {:.6} ± {:.6}, p99 {:.6}, max {:.6}",
+            k.mean, k.mean_err, k.p99, k.max
+        );
+        println!("top-1 agreement: {:.3} %", 100.0 * k.top1_agreement);
+    }
+    println!(
+        "speed:      {:.1} tokens/s (prompt processing)",
+        report.tokens_per_second
+    );
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Measuring a model: perplexity with `llama-perplexity`'s conventions, and KL
+//! divergence / top-1 agreement against a reference model on the same scored tokens.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::LoadedLm;
+
+/// Evaluation settings.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Tokens per chunk (llama.cpp `-c`).
+    pub ctx: usize,
+    /// Evaluate at most this many chunks (llama.cpp `--chunks`).
+    pub max_chunks: Option<usize>,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        EvalOptions {
+            ctx: 512,
+            max_chunks: Some(40),
+        }
+    }
+}
+
+/// Divergence of a model from a reference over the scored tokens.
+#[derive(Clone, Debug, Serialize)]
+pub struct KldReport {
+    /// Mean KL(P_reference ‖ P_model), nats.
+    pub mean: f64,
+    /// Standard error of the mean.
+    pub mean_err: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Share of scored tokens where both models' most likely token agrees.
+    pub top1_agreement: f64,
+    /// Reference perplexity on the same tokens.
+    pub reference_ppl: f64,
+}
+
+/// What `evaluate` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    /// Perplexity.
+    pub ppl: f64,
+    /// Its standard error (as llama-perplexity computes it).
+    pub ppl_err: f64,
+    /// Chunks evaluated.
+    pub chunks: usize,
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Tokens scored in total.
+    pub scored_tokens: usize,
+    /// Divergence from the reference, when one was given.
+    pub kld: Option<KldReport>,
+    /// Tokens processed per second by the evaluated model (prompt processing).
+    pub tokens_per_second: f64,
+}
+
+/// log-softmax of one logits row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    let lse = max + sum.ln();
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv {
+                (i, v)
+            } else {
+                (bi, bv)
+            }
+        })
+        .0
+}
+
+/// Logits of the scored positions of one chunk: hidden states are projected to the
+/// vocabulary a few rows at a time so a 262k-token vocabulary never needs a full
+/// ctx × vocab buffer.
+fn scored_logits(
+    lm: &LoadedLm,
+    chunk: &[u32],
+    first: usize,
+    mut each: impl FnMut(usize, &[f32]),
+) -> Result<()> {
+    let m = &lm.model;
+    let mut cache = m.new_cache(chunk.len());
+    let hidden = m.forward_hidden(chunk, &mut cache)?;
+    let d = m.hidden_size();
+    let v = m.vocab_size();
+    let rows = chunk.len() - 1 - first;
+    let step = 32;
+    let mut r = 0;
+    while r < rows {
+        let n = step.min(rows - r);
+        let start = first + r;
+        let logits = m.logits(&hidden[start * d..(start + n) * d], n);
+        for i in 0..n {
+            each(start + i, &logits[i * v..(i + 1) * v]);
+        }
+        r += n;
+    }
+    Ok(())
+}
+
+/// Evaluates `lm` on `text`: tokenise once, cut into `ctx`-token chunks, put BOS first in
+/// each chunk when the tokenizer adds one, score the second half of every chunk. With
+/// `reference`, also the KL divergence and top-1 agreement on the same tokens.
+pub fn evaluate(
+    lm: &LoadedLm,
+    reference: Option<&LoadedLm>,
+    text: &str,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize, usize),
+) -> Result<EvalReport> {
+    if opts.ctx < 8 {
+        return Err(Error::Usage(format!(
+            "--ctx {} is too small (at least 8)",
+            opts.ctx
+        )));
+    }
+    if let Some(r) = reference {
+        if r.model.vocab_size() != lm.model.vocab_size() {
+            return Err(Error::Usage(format!(
+                "the reference has a vocabulary of {} tokens, the model {}: they cannot be compared",
+                r.model.vocab_size(),
+                lm.model.vocab_size()
+            )));
+        }
+    }
+    let tokens = lm.tokenizer.encode(text, true)?;
+    let ctx = opts.ctx;
+    let available = tokens.len() / ctx;
+    if available == 0 {
+        return Err(Error::Usage(format!(
+            "the text has {} tokens, fewer than one chunk of {ctx}; use a longer text or a smaller --ctx",
+            tokens.len()
+        )));
+    }
+    let n_chunks = opts.max_chunks.map_or(available, |c| c.min(available));
+    let first = ctx / 2;
+    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
+    let mut klds: Vec<f64> = Vec::new();
+    let (mut ref_nll, mut agree) = (0f64, 0usize);
+    let start_time = std::time::Instant::now();
+    let mut model_time = 0f64;
+    progress(0, n_chunks, 0);
+    for c in 0..n_chunks {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if lm.tokenizer.add_bos {
+            chunk[0] = lm.tokenizer.bos.expect("add_bos implies bos");
+        }
+        // Reference first: keep its log-probabilities for the scored rows.
+        let mut ref_rows: Vec<(Vec<f64>, usize)> = Vec::new();
+        if let Some(r) = reference {
+            scored_logits(r, &chunk, first, |_, row| {
+                ref_rows.push((log_softmax(row), argmax(row)))
+            })?;
+        }
+        let t0 = std::time::Instant::now();
+        let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
+        scored_logits(lm, &chunk, first, |pos, row| rows.push((pos, row.to_vec())))?;
+        model_time += t0.elapsed().as_secs_f64();
+        let per_row: Vec<(f64, Option<(f64, bool, f64)>)> = rows
+            .par_iter()
+            .enumerate()
+            .map(|(i, (pos, row))| {
+                let lp = log_softmax(row);
+                let target = chunk[pos + 1] as usize;
+                let nll = -lp[target];
+                let kl = ref_rows.get(i).map(|(rlp, rtop)| {
+                    let kl: f64 = rlp
+                        .iter()
+                        .zip(&lp)
+                        .map(|(&p, &q)| if p > -700.0 { p.exp() * (p - q) } else { 0.0 })
+                        .sum();
+                    (kl.max(0.0), *rtop == argmax(row), -rlp[target])
+                });
+                (nll, kl)
+            })
+            .collect();
+        for (l, kl) in per_row {
+            nll += l;
+            nll2 += l * l;
+            count += 1;
+            if let Some((k, a, rl)) = kl {
+                klds.push(k);
+                agree += a as usize;
+                ref_nll += rl;
+            }
+        }
+        progress(c + 1, n_chunks, (c + 1) * ctx);
+    }
+    let _ = start_time;
+    let mean = nll / count as f64;
+    let var = (nll2 / count as f64 - mean * mean).max(0.0);
+    let ppl = mean.exp();
+    let ppl_err = (var / (count as f64 - 1.0)).sqrt() * ppl;
+    let kld = reference.map(|_| {
+        let n = klds.len() as f64;
+        let m = klds.iter().sum::<f64>() / n;
+        let v = klds.iter().map(|k| (k - m) * (k - m)).sum::<f64>() / (n - 1.0).max(1.0);
+        let mut sorted = klds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let p99 = sorted[((0.99 * (n - 1.0)).round() as usize).min(sorted.len() - 1)];
+        KldReport {
+            mean: m,
+            mean_err: (v / n).sqrt(),
+            p99,
+            max: *sorted.last().unwrap_or(&0.0),
+            top1_agreement: agree as f64 / n,
+            reference_ppl: (ref_nll / n).exp(),
+        }
+    });
+    Ok(EvalReport {
+        ppl,
+        ppl_err,
+        chunks: n_chunks,
+        ctx,
+        scored_tokens: count,
+        kld,
+        tokens_per_second: (n_chunks * ctx) as f64 / model_time.max(1e-9),
+    })
+}

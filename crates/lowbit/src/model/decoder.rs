@@ -1,0 +1,345 @@
+//! The decoder-only transformer block machinery shared by the llama and Gemma 3 families:
+//! pre-norm attention with grouped-query heads, rotary positions and an optional sliding
+//! window, and a gated MLP. Architecture files fill in a [`DecoderConfig`] and weights.
+
+use rayon::prelude::*;
+
+use super::Linear;
+use crate::error::Result;
+use crate::tensor::{
+    gelu_tanh, matmul_strided, matmul_wt, rms_norm, rope, silu, softmax, StridedMat,
+};
+
+/// The gate activation of the MLP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU (SwiGLU: llama).
+    Silu,
+    /// GELU, tanh approximation (GeGLU: Gemma).
+    GeluTanh,
+}
+
+/// Hyper-parameters of a decoder.
+#[derive(Clone, Debug)]
+pub struct DecoderConfig {
+    /// Hidden width.
+    pub d_model: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
+    pub n_head_kv: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// MLP inner width.
+    pub d_ff: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Rotated dimensions per head.
+    pub rope_dim: usize,
+    /// NEOX-style (split halves) rotary pairs rather than adjacent pairs.
+    pub rope_neox: bool,
+    /// Score scale applied to queries (usually 1/√head_dim).
+    pub attn_scale: f32,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Multiply embeddings by this (Gemma: √d_model).
+    pub embed_scale: f32,
+    /// MLP gate activation.
+    pub activation: Activation,
+}
+
+/// Per-layer attention settings.
+#[derive(Clone, Debug)]
+pub struct LayerAttention {
+    /// Rotary base frequency for this layer.
+    pub rope_base: f32,
+    /// Sliding window (a query attends to the last `w` positions), or `None` for global.
+    pub window: Option<usize>,
+}
+
+/// One transformer block's weights.
+pub struct Block {
+    /// Norm before attention.
+    pub attn_norm: Vec<f32>,
+    /// Query projection.
+    pub wq: Linear,
+    /// Key projection.
+    pub wk: Linear,
+    /// Value projection.
+    pub wv: Linear,
+    /// Attention output projection.
+    pub wo: Linear,
+    /// Per-head RMSNorm of queries (Gemma 3).
+    pub q_norm: Option<Vec<f32>>,
+    /// Per-head RMSNorm of keys (Gemma 3).
+    pub k_norm: Option<Vec<f32>>,
+    /// Norm of the attention output before the residual add (Gemma).
+    pub attn_post_norm: Option<Vec<f32>>,
+    /// Norm before the MLP.
+    pub ffn_norm: Vec<f32>,
+    /// MLP gate projection.
+    pub w_gate: Linear,
+    /// MLP up projection.
+    pub w_up: Linear,
+    /// MLP down projection.
+    pub w_down: Linear,
+    /// Norm of the MLP output before the residual add (Gemma).
+    pub ffn_post_norm: Option<Vec<f32>>,
+    /// Attention settings.
+    pub attention: LayerAttention,
+}
+
+/// A decoder-only transformer.
+pub struct Decoder {
+    /// Hyper-parameters.
+    pub cfg: DecoderConfig,
+    /// Token embeddings, `vocab` rows of `d_model`.
+    pub tok_embd: Vec<f32>,
+    /// The blocks.
+    pub blocks: Vec<Block>,
+    /// Final norm.
+    pub out_norm: Vec<f32>,
+    /// Output projection; `None` when tied to the embeddings.
+    pub output: Option<Linear>,
+}
+
+/// Keys and values of past positions, per layer: `len` rows of `n_head_kv × head_dim`.
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    capacity: usize,
+    row: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` layers of `row`-wide keys, up to `capacity` positions.
+    pub fn new(layers: usize, row: usize, capacity: usize) -> KvCache {
+        KvCache {
+            k: vec![Vec::with_capacity(capacity * row); layers],
+            v: vec![Vec::with_capacity(capacity * row); layers],
+            len: 0,
+            capacity,
+            row,
+        }
+    }
+
+    /// Positions stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no position is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets everything (start a new sequence).
+    pub fn clear(&mut self) {
+        self.k
+            .iter_mut()
+            .chain(self.v.iter_mut())
+            .for_each(Vec::clear);
+        self.len = 0;
+    }
+}
+
+impl Decoder {
+    /// A cache sized for this model.
+    pub fn new_cache(&self, max_tokens: usize) -> KvCache {
+        KvCache::new(
+            self.blocks.len(),
+            self.cfg.n_head_kv * self.cfg.head_dim,
+            max_tokens,
+        )
+    }
+
+    /// Embeds `tokens`, runs every block, applies the final norm.
+    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let t = tokens.len();
+        if cache.len + t > cache.capacity {
+            return Err(crate::Error::Usage(format!(
+                "sequence of {} tokens exceeds the context of {}",
+                cache.len + t,
+                cache.capacity
+            )));
+        }
+        let mut x = vec![0.0f32; t * c.d_model];
+        for (row, &tok) in x.chunks_exact_mut(c.d_model).zip(tokens) {
+            let tok = tok as usize;
+            if tok >= c.vocab {
+                return Err(crate::Error::Usage(format!(
+                    "token id {tok} is outside the vocabulary of {}",
+                    c.vocab
+                )));
+            }
+            row.copy_from_slice(&self.tok_embd[tok * c.d_model..(tok + 1) * c.d_model]);
+            if c.embed_scale != 1.0 {
+                row.iter_mut().for_each(|v| *v *= c.embed_scale);
+            }
+        }
+        let pos0 = cache.len;
+        for (il, block) in self.blocks.iter().enumerate() {
+            self.block_forward(il, block, &mut x, t, pos0, cache);
+        }
+        cache.len += t;
+        rms_norm(&mut x, c.d_model, &self.out_norm, c.eps);
+        Ok(x)
+    }
+
+    fn block_forward(
+        &self,
+        il: usize,
+        b: &Block,
+        x: &mut [f32],
+        t: usize,
+        pos0: usize,
+        cache: &mut KvCache,
+    ) {
+        let c = &self.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
+        let mut h = x.to_vec();
+        rms_norm(&mut h, c.d_model, &b.attn_norm, c.eps);
+        let mut q = b.wq.forward(&h, t);
+        let mut k = b.wk.forward(&h, t);
+        let v = b.wv.forward(&h, t);
+        if let Some(w) = &b.q_norm {
+            rms_norm(&mut q, hd, w, c.eps);
+        }
+        if let Some(w) = &b.k_norm {
+            rms_norm(&mut k, hd, w, c.eps);
+        }
+        let base = b.attention.rope_base;
+        q.par_chunks_mut(nh * hd).enumerate().for_each(|(i, row)| {
+            for head in row.chunks_exact_mut(hd) {
+                rope(head, pos0 + i, c.rope_dim, base, c.rope_neox);
+                head.iter_mut().for_each(|v| *v *= c.attn_scale);
+            }
+        });
+        k.par_chunks_mut(nkv * hd).enumerate().for_each(|(i, row)| {
+            for head in row.chunks_exact_mut(hd) {
+                rope(head, pos0 + i, c.rope_dim, base, c.rope_neox);
+            }
+        });
+        cache.k[il].extend_from_slice(&k);
+        cache.v[il].extend_from_slice(&v);
+        let s = pos0 + t; // keys available
+        let (kc, vc) = (&cache.k[il], &cache.v[il]);
+        let row = cache.row;
+        let window = b.attention.window;
+        // Each query head attends over its key/value head; heads run in parallel.
+        let heads: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|head| {
+                let kvh = head / (nh / nkv);
+                let mut scores = vec![0.0f32; t * s];
+                let qv = StridedMat {
+                    data: &q,
+                    offset: head * hd,
+                    row_stride: nh * hd,
+                    col_stride: 1,
+                };
+                let kt = StridedMat {
+                    data: kc,
+                    offset: kvh * hd,
+                    row_stride: 1,
+                    col_stride: row,
+                };
+                matmul_strided(t, s, hd, &qv, &kt, &mut scores, s);
+                for (i, r) in scores.chunks_exact_mut(s).enumerate() {
+                    let p = pos0 + i;
+                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    r[..lo].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+                    r[p + 1..].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+                    softmax(r);
+                }
+                let mut out = vec![0.0f32; t * hd];
+                let sv = StridedMat {
+                    data: &scores,
+                    offset: 0,
+                    row_stride: s,
+                    col_stride: 1,
+                };
+                let vv = StridedMat {
+                    data: vc,
+                    offset: kvh * hd,
+                    row_stride: row,
+                    col_stride: 1,
+                };
+                matmul_strided(t, hd, s, &sv, &vv, &mut out, hd);
+                out
+            })
+            .collect();
+        let mut attn = vec![0.0f32; t * nh * hd];
+        for (head, o) in heads.iter().enumerate() {
+            for i in 0..t {
+                attn[i * nh * hd + head * hd..i * nh * hd + (head + 1) * hd]
+                    .copy_from_slice(&o[i * hd..(i + 1) * hd]);
+            }
+        }
+        let mut a = b.wo.forward(&attn, t);
+        if let Some(w) = &b.attn_post_norm {
+            rms_norm(&mut a, c.d_model, w, c.eps);
+        }
+        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        // MLP
+        let mut h = x.to_vec();
+        rms_norm(&mut h, c.d_model, &b.ffn_norm, c.eps);
+        let mut gate = b.w_gate.forward(&h, t);
+        let up = b.w_up.forward(&h, t);
+        let act = c.activation;
+        gate.par_chunks_mut(4096)
+            .zip(up.par_chunks(4096))
+            .for_each(|(g, u)| {
+                for (g, u) in g.iter_mut().zip(u) {
+                    *g = match act {
+                        Activation::Silu => silu(*g),
+                        Activation::GeluTanh => gelu_tanh(*g),
+                    } * u;
+                }
+            });
+        let mut m = b.w_down.forward(&gate, t);
+        if let Some(w) = &b.ffn_post_norm {
+            rms_norm(&mut m, c.d_model, w, c.eps);
+        }
+        x.iter_mut().zip(&m).for_each(|(x, m)| *x += m);
+    }
+
+    /// Logits for `t` rows of final hidden states.
+    pub fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
+        match &self.output {
+            Some(o) => o.forward(hidden, t),
+            None => {
+                let mut out = vec![0.0; t * self.cfg.vocab];
+                matmul_wt(
+                    hidden,
+                    t,
+                    self.cfg.d_model,
+                    &self.tok_embd,
+                    self.cfg.vocab,
+                    &mut out,
+                );
+                out
+            }
+        }
+    }
+}
+
+impl super::CausalLm for Decoder {
+    fn vocab_size(&self) -> usize {
+        self.cfg.vocab
+    }
+    fn hidden_size(&self) -> usize {
+        self.cfg.d_model
+    }
+    fn new_cache(&self, max_tokens: usize) -> KvCache {
+        Decoder::new_cache(self, max_tokens)
+    }
+    fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        Decoder::forward_hidden(self, tokens, cache)
+    }
+    fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
+        Decoder::logits(self, hidden, t)
+    }
+}

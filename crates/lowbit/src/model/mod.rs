@@ -1,0 +1,181 @@
+//! Model architectures: configuration, weights and forward passes. Every linear layer is
+//! a [`Linear`], the one place where later stages record inputs for calibration and swap
+//! in quantized weights.
+
+pub mod decoder;
+pub mod gemma3;
+pub mod llama;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, TensorType, Value};
+use crate::tensor::matmul_wt;
+use crate::tokenizer::Tokenizer;
+
+/// A dense linear layer `y = x·Wᵀ (+ b)`, weights as f32 (out × in, row-major).
+pub struct Linear {
+    /// The tensor name it was loaded from.
+    pub name: String,
+    /// Weights, `out_features` rows of `in_features`.
+    pub weight: Vec<f32>,
+    /// Optional bias.
+    pub bias: Option<Vec<f32>>,
+    /// Input width.
+    pub in_features: usize,
+    /// Output width.
+    pub out_features: usize,
+}
+
+impl Linear {
+    /// Applies the layer to `t` rows of `x`.
+    pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let mut out = vec![0.0; t * self.out_features];
+        matmul_wt(
+            x,
+            t,
+            self.in_features,
+            &self.weight,
+            self.out_features,
+            &mut out,
+        );
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(self.out_features) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        out
+    }
+}
+
+/// Reads named tensors from a GGUF file as f32, checking shapes.
+pub struct GgufWeights<'a> {
+    /// The file.
+    pub file: &'a GgufFile,
+}
+
+impl GgufWeights<'_> {
+    /// Tensor `name` as f32, checking its GGUF dims (innermost first) equal `dims`.
+    pub fn get(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
+        let info = self.file.tensor_info(name).ok_or_else(|| {
+            Error::tensor(
+                self.file.path(),
+                name,
+                "required by the architecture but missing",
+            )
+        })?;
+        let have: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
+        let mut want = dims.to_vec();
+        while want.len() > have.len() && want.last() == Some(&1) {
+            want.pop();
+        }
+        if have != want {
+            return Err(Error::tensor(
+                self.file.path(),
+                name,
+                format!("shape {have:?}, expected {want:?}"),
+            ));
+        }
+        if let TensorType::Unknown(id) = info.ty {
+            return Err(Error::tensor(
+                self.file.path(),
+                name,
+                format!("unknown tensor type {id}"),
+            ));
+        }
+        let v = self.file.dequantize(name)?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::tensor(
+                self.file.path(),
+                name,
+                format!("element {i} is {} (NaN/inf weights)", v[i]),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// Whether tensor `name` exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.file.tensor_info(name).is_some()
+    }
+
+    /// A linear layer stored as GGUF dims [in, out].
+    pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
+        Ok(Linear {
+            name: name.to_string(),
+            weight: self.get(name, &[in_features, out_features])?,
+            bias: None,
+            in_features,
+            out_features,
+        })
+    }
+
+    /// A required integer hyper-parameter.
+    pub fn hparam(&self, key: &str) -> Result<usize> {
+        self.file
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| {
+                Error::format(
+                    self.file.path(),
+                    format!("missing or non-integer hyper-parameter '{key}'"),
+                )
+            })
+    }
+
+    /// An optional float hyper-parameter.
+    pub fn hparam_f32(&self, key: &str) -> Option<f32> {
+        self.file.get(key).and_then(Value::as_f64).map(|v| v as f32)
+    }
+}
+
+/// A causal language model: tokens in, next-token logits out.
+pub trait CausalLm: Send + Sync {
+    /// Vocabulary size (width of a logits row).
+    fn vocab_size(&self) -> usize;
+    /// Hidden width.
+    fn hidden_size(&self) -> usize;
+    /// A fresh KV cache for sequences of up to `max_tokens`.
+    fn new_cache(&self, max_tokens: usize) -> decoder::KvCache;
+    /// Runs `tokens` (positions `cache.len()`…) and returns final hidden states, one row
+    /// per token, already normalised for the output layer.
+    fn forward_hidden(&self, tokens: &[u32], cache: &mut decoder::KvCache) -> Result<Vec<f32>>;
+    /// Logits for `t` rows of final hidden states.
+    fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32>;
+}
+
+/// A loaded language model and its tokenizer.
+pub struct LoadedLm {
+    /// The model.
+    pub model: Box<dyn CausalLm>,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Architecture name.
+    pub architecture: String,
+}
+
+/// Opens a GGUF language model of any supported architecture.
+pub fn load_gguf_lm(path: &Path) -> Result<LoadedLm> {
+    let file = GgufFile::open(path)?;
+    let arch = file
+        .architecture()
+        .ok_or_else(|| Error::format(path, "general.architecture is missing"))?
+        .to_string();
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let model: Box<dyn CausalLm> = match arch.as_str() {
+        "llama" | "mistral" | "qwen2" => Box::new(llama::load(&file)?),
+        "gemma3" => Box::new(gemma3::load(&file)?),
+        other => {
+            return Err(Error::unsupported(
+                path,
+                format!("architecture '{other}' (supported: llama, mistral, qwen2, gemma3)"),
+            ))
+        }
+    };
+    Ok(LoadedLm {
+        model,
+        tokenizer,
+        architecture: arch,
+    })
+}

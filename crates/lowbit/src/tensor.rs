@@ -1,0 +1,302 @@
+//! The few dense f32 operations the forward passes need. Matrix products go through the
+//! `gemm` crate (the engine under faer); the element-wise ops are plain loops that the
+//! compiler vectorises.
+
+use rayon::prelude::*;
+
+/// `out[t×n] = x[t×k] · w[n×k]ᵀ` — a linear layer on a batch of `t` rows, with `w`
+/// stored row-major as (out features × in features), as GGUF and PyTorch store it.
+pub fn matmul_wt(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), t * k, "matmul_wt: x is not t×k");
+    assert_eq!(w.len(), n * k, "matmul_wt: w is not n×k");
+    assert_eq!(out.len(), t * n, "matmul_wt: out is not t×n");
+    if t == 0 || n == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && t * n * k > 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three slices were checked above to hold exactly t×k, n×k and t×n
+    // elements, and the strides below address only those: x (row stride k, column 1),
+    // wᵀ (element (i, j) = w[j·k + i]: row stride 1, column stride k), out (row stride n,
+    // column 1). `out` does not alias the inputs (it is a distinct &mut).
+    unsafe {
+        gemm::gemm(
+            t,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Strided single-threaded product `dst = lhs · rhs` (m×k times k×n) for attention
+/// heads, where operands are views into larger buffers.
+pub struct StridedMat<'a> {
+    /// The buffer the view lives in.
+    pub data: &'a [f32],
+    /// Offset of element (0, 0).
+    pub offset: usize,
+    /// Distance between consecutive rows.
+    pub row_stride: usize,
+    /// Distance between consecutive columns.
+    pub col_stride: usize,
+}
+
+impl StridedMat<'_> {
+    fn last_index(&self, rows: usize, cols: usize) -> usize {
+        self.offset + (rows - 1) * self.row_stride + (cols - 1) * self.col_stride
+    }
+}
+
+/// `dst (m×n, row stride dst_rs, contiguous columns) = lhs (m×k) · rhs (k×n)`.
+pub fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &StridedMat,
+    rhs: &StridedMat,
+    dst: &mut [f32],
+    dst_rs: usize,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(
+        lhs.last_index(m, k) < lhs.data.len(),
+        "matmul_strided: lhs view out of bounds"
+    );
+    assert!(
+        rhs.last_index(k, n) < rhs.data.len(),
+        "matmul_strided: rhs view out of bounds"
+    );
+    assert!(
+        (m - 1) * dst_rs + n <= dst.len() && n <= dst_rs,
+        "matmul_strided: dst view out of bounds"
+    );
+    // SAFETY: the asserts above prove that every element the views address lies inside
+    // its slice; `dst` is a distinct &mut and so does not alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            false,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// RMSNorm of each `d`-wide row of `x` in place, times `weight`.
+pub fn rms_norm(x: &mut [f32], d: usize, weight: &[f32], eps: f32) {
+    x.par_chunks_mut(d).for_each(|row| {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    });
+}
+
+/// LayerNorm of each `d`-wide row of `x` in place: (x − mean)/σ · weight + bias.
+pub fn layer_norm(x: &mut [f32], d: usize, weight: &[f32], bias: &[f32], eps: f32) {
+    x.par_chunks_mut(d).for_each(|row| {
+        let mean = row.iter().sum::<f32>() / d as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+            *v = (*v - mean) * inv * w + b;
+        }
+    });
+}
+
+/// In-place softmax of `x`.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// SiLU(x) = x·σ(x).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU, tanh approximation (Gemma, GPT-2).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+}
+
+/// GELU with the exact error function (BERT).
+#[inline]
+pub fn gelu_erf(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2))
+}
+
+/// erf(x) to about 1e-7 relative error (Abramowitz–Stegun 7.1.26 is too coarse for a
+/// bit-level comparison with PyTorch; this uses the complementary-error continued form
+/// via f64 evaluation of a high-order rational approximation).
+fn erf(x: f32) -> f32 {
+    // W. J. Cody's rational approximations, evaluated in f64.
+    let x = x as f64;
+    let ax = x.abs();
+    let r = if ax < 0.5 {
+        let t = x * x;
+        let p = [
+            3.209_377_589_138_469_4e3,
+            3.774_852_376_853_020_2e2,
+            1.138_641_541_510_501_6e2,
+            3.161_123_743_870_565_6,
+            1.857_777_061_846_031_5e-1,
+        ];
+        let q = [
+            2.844_236_833_439_170_6e3,
+            1.282_616_526_077_372_3e3,
+            2.440_246_379_344_441_7e2,
+            2.360_129_095_234_412_1e1,
+            1.0,
+        ];
+        let num = p[0] + t * (p[1] + t * (p[2] + t * (p[3] + t * p[4])));
+        let den = q[0] + t * (q[1] + t * (q[2] + t * (q[3] + t * q[4])));
+        return (x * num / den) as f32;
+    } else if ax < 4.0 {
+        let p = [
+            1.230_339_354_797_997_2e3,
+            2.051_078_377_826_071_5e3,
+            1.712_047_612_634_070_6e3,
+            8.819_522_212_417_691e2,
+            2.986_351_381_974_001_3e2,
+            6.611_919_063_714_163e1,
+            8.883_149_794_388_376,
+            5.641_884_969_886_701e-1,
+            2.153_115_354_744_038_3e-8,
+        ];
+        let q = [
+            1.230_339_354_803_749_5e3,
+            3.439_367_674_143_721_6e3,
+            4.362_619_090_143_247e3,
+            3.290_799_235_733_459_7e3,
+            1.621_389_574_566_690_3e3,
+            5.371_811_018_620_098_5e2,
+            1.176_939_508_913_125e2,
+            1.574_492_611_070_983_5e1,
+            1.0,
+        ];
+        let mut num = p[8];
+        let mut den = q[8];
+        for i in (0..8).rev() {
+            num = num * ax + p[i];
+            den = den * ax + q[i];
+        }
+        1.0 - (-ax * ax).exp() * num / den
+    } else {
+        1.0
+    };
+    (if x < 0.0 { -r } else { r }) as f32
+}
+
+/// Rotates `x` (one head, `head_dim` wide) by rotary position embedding at position
+/// `pos`: pairs (2i, 2i+1) when `neox` is false (llama.cpp's NORM mode), (i, i+d/2) when
+/// true (NEOX mode); only the first `rope_dim` values rotate.
+pub fn rope(x: &mut [f32], pos: usize, rope_dim: usize, base: f32, neox: bool) {
+    let half = rope_dim / 2;
+    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+    let mut theta = pos as f32;
+    for i in 0..half {
+        let (sin, cos) = theta.sin_cos();
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * cos - x1 * sin;
+        x[b] = x0 * sin + x1 * cos;
+        theta *= theta_scale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_naive() {
+        let (t, k, n) = (5, 7, 3);
+        let x: Vec<f32> = (0..t * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let mut out = vec![0.0; t * n];
+        matmul_wt(&x, t, k, &w, n, &mut out);
+        for r in 0..t {
+            for c in 0..n {
+                let want: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
+                assert!((out[r * n + c] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in [
+            (0.0f32, 0.0f64),
+            (0.5, 0.520_499_877_8),
+            (1.0, 0.842_700_792_9),
+            (2.0, 0.995_322_265),
+            (-1.5, -0.966_105_146_5),
+        ] {
+            assert!((erf(x) as f64 - want).abs() < 1e-6, "erf({x})");
+        }
+    }
+
+    #[test]
+    fn rope_preserves_norm_and_is_identity_at_zero() {
+        let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let orig = x.clone();
+        rope(&mut x, 0, 8, 10000.0, false);
+        assert_eq!(x, orig);
+        rope(&mut x, 17, 8, 10000.0, true);
+        let n0: f32 = orig.iter().map(|v| v * v).sum();
+        let n1: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n0 - n1).abs() < 1e-3);
+    }
+}
