@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod eval_cmd;
 mod inspect_cmd;
+mod run_cmd;
 
 /// lowbit: make neural networks small with low-bit quantization, and measure the cost.
 #[derive(Parser)]
@@ -38,6 +39,19 @@ enum Command {
     },
     /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
     Eval(eval_cmd::EvalArgs),
+    /// Continue a prompt (greedy by default), streaming the text.
+    Run(run_cmd::RunArgs),
+    /// Print the token ids of a text, as the model's tokenizer splits it.
+    Tokenize {
+        /// The model (GGUF path or zoo name).
+        #[arg(long)]
+        model: String,
+        /// The text.
+        text: String,
+        /// Add BOS when the model expects it.
+        #[arg(long)]
+        special: bool,
+    },
 }
 
 fn progress_line(msg: &str) {
@@ -75,6 +89,20 @@ fn run(cli: Cli) -> Result<()> {
             inspect_cmd::run(&path, json, metadata)?;
         }
         Command::Eval(args) => eval_cmd::run(args)?,
+        Command::Run(args) => run_cmd::run(args)?,
+        Command::Tokenize {
+            model,
+            text,
+            special,
+        } => {
+            let path = resolve_model(&model)?;
+            let g = lowbit::gguf::GgufFile::open(&path)?;
+            let tok = lowbit::tokenizer::Tokenizer::from_gguf(&g)?;
+            let ids = tok.encode(&text, special)?;
+            for id in ids {
+                println!("{id:>8} {:?}", tok.token_text(id).unwrap_or_default());
+            }
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 pub mod error;
 pub mod eval;
 pub mod format;
+pub mod generate;
 pub mod gguf;
 pub mod inspect;
 pub mod model;

@@ -1,0 +1,61 @@
+//! `lowbit run`: streamed text generation.
+
+use std::io::Write;
+
+use anyhow::Result;
+use lowbit::generate::{generate, Sampling};
+use lowbit::model::load_gguf_lm;
+
+/// Arguments of `lowbit run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The model (GGUF path or zoo name).
+    #[arg(long)]
+    pub model: String,
+    /// The prompt to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    pub n: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    /// Top-k filter (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Top-p (nucleus) filter.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs `lowbit run`.
+pub fn run(a: RunArgs) -> Result<()> {
+    let path = crate::resolve_model(&a.model)?;
+    let lm = load_gguf_lm(&path)?;
+    let s = Sampling {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", a.prompt);
+    let _ = out.flush();
+    let start = std::time::Instant::now();
+    let ids = generate(&lm, &a.prompt, a.n, &s, &mut |piece| {
+        let _ = write!(out, "{piece}");
+        let _ = out.flush();
+    })?;
+    let _ = writeln!(out);
+    eprintln!(
+        "lowbit: {} tokens in {:.2} s ({:.1} tokens/s)",
+        ids.len(),
+        start.elapsed().as_secs_f64(),
+        ids.len() as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Text generation with a KV cache: greedy by default, or temperature / top-k / top-p
+//! sampling with a seeded RNG (same seed, same text).
+
+use rand::{Rng, SeedableRng};
+
+use crate::error::{Error, Result};
+use crate::model::LoadedLm;
+
+/// How the next token is chosen.
+#[derive(Clone, Debug)]
+pub struct Sampling {
+    /// 0 = greedy.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = all).
+    pub top_p: f32,
+    /// RNG seed.
+    pub seed: u64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            seed: 0,
+        }
+    }
+}
+
+fn pick(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
+            .0
+    };
+    if s.temperature <= 0.0 {
+        return argmax() as u32;
+    }
+    let mut cand: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if s.top_k > 0 {
+        cand.truncate(s.top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand
+        .iter()
+        .map(|&(_, l)| (((l - max) / s.temperature) as f64).exp())
+        .collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if s.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs.iter().position(|p| {
+            acc += p;
+            acc >= s.top_p as f64
+        });
+        if let Some(k) = keep {
+            probs.truncate(k + 1);
+            cand.truncate(k + 1);
+        }
+    }
+    let total: f64 = probs.iter().sum();
+    let mut r = rng.random::<f64>() * total;
+    for (i, p) in probs.iter().enumerate() {
+        r -= p;
+        if r <= 0.0 {
+            return cand[i].0 as u32;
+        }
+    }
+    cand[cand.len() - 1].0 as u32
+}
+
+/// Continues `prompt` by up to `n` tokens, calling `on_text` with each new piece of text
+/// as soon as it is complete. Stops early at end-of-sequence. Returns the new token ids.
+pub fn generate(
+    lm: &LoadedLm,
+    prompt: &str,
+    n: usize,
+    s: &Sampling,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Vec<u32>> {
+    let ids = lm.tokenizer.encode(prompt, true)?;
+    if ids.is_empty() {
+        return Err(Error::Usage("the prompt is empty".into()));
+    }
+    let m = &lm.model;
+    let mut cache = m.new_cache(ids.len() + n);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
+    let d = m.hidden_size();
+    let hidden = m.forward_hidden(&ids, &mut cache)?;
+    let mut last = m.logits(&hidden[(ids.len() - 1) * d..], 1);
+    let mut out = Vec::new();
+    let mut printed = String::new();
+    for _ in 0..n {
+        let tok = pick(&last, s, &mut rng);
+        if Some(tok) == lm.tokenizer.eos {
+            break;
+        }
+        out.push(tok);
+        let text = lm.tokenizer.decode(&out)?;
+        // Emit only whole characters: a byte-fallback token may end mid-character.
+        if !text.ends_with('\u{FFFD}') && text.len() > printed.len() && text.starts_with(&printed) {
+            on_text(&text[printed.len()..]);
+            printed = text;
+        }
+        let hidden = m.forward_hidden(&[tok], &mut cache)?;
+        last = m.logits(&hidden, 1);
+    }
+    Ok(out)
+}
