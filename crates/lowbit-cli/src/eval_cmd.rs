@@ -37,6 +37,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let text = String::from_utf8(text)
         .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", args.text.display()))?;
     let model_path = crate::resolve_model(&args.model)?;
+    if model_path.is_dir() {
+        return run_encoder(&args, &model_path, &text);
+    }
     eprintln!("lowbit: loading {}", model_path.display());
     let lm = load_gguf_lm(&model_path)?;
     let reference = match &args.reference {
@@ -99,5 +102,47 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "speed:      {:.1} tokens/s (prompt processing)",
         report.tokens_per_second
     );
+    Ok(())
+}
+
+/// Encoder evaluation: embedding similarity to the reference over the text's lines.
+fn run_encoder(args: &EvalArgs, model_path: &std::path::Path, text: &str) -> Result<()> {
+    use lowbit::model::bert::Bert;
+    let model = Bert::open(model_path)?;
+    let ref_path = match &args.reference {
+        Some(r) => crate::resolve_model(r)?,
+        None => anyhow::bail!("encoders are evaluated against a reference: pass --reference (e.g. the unquantized model)"),
+    };
+    let reference = Bert::open(&ref_path)?;
+    let limit = if args.chunks > 0 {
+        args.chunks * 25
+    } else {
+        usize::MAX
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(limit)
+        .collect();
+    let bar = ProgressBar::new(lines.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("embed [{bar:30}] {pos}/{len} lines, ETA {eta}")
+            .expect("valid template"),
+    );
+    let r = lowbit::eval::compare_embeddings(&model, &reference, &lines, &mut |d, _| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("sentences:         {}", r.sentences);
+        println!(
+            "cosine:            mean {:.6}, min {:.6}",
+            r.mean_cosine, r.min_cosine
+        );
+        println!("top-10 agreement:  {:.2} %", 100.0 * r.top10_agreement);
+    }
     Ok(())
 }

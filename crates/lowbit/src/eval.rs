@@ -169,7 +169,9 @@ pub fn evaluate(
         let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
         scored_logits(lm, &chunk, first, |pos, row| rows.push((pos, row.to_vec())))?;
         model_time += t0.elapsed().as_secs_f64();
-        let per_row: Vec<(f64, Option<(f64, bool, f64)>)> = rows
+        // Per scored token: (nll, with a reference: (KL, top-1 agrees, reference nll)).
+        type RowStats = (f64, Option<(f64, bool, f64)>);
+        let per_row: Vec<RowStats> = rows
             .par_iter()
             .enumerate()
             .map(|(i, (pos, row))| {
@@ -228,5 +230,72 @@ pub fn evaluate(
         scored_tokens: count,
         kld,
         tokens_per_second: (n_chunks * ctx) as f64 / model_time.max(1e-9),
+    })
+}
+
+/// How closely an encoder's sentence embeddings follow a reference encoder's.
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbeddingReport {
+    /// Sentences compared.
+    pub sentences: usize,
+    /// Mean cosine similarity between the two models' embeddings of the same sentence.
+    pub mean_cosine: f64,
+    /// Worst (smallest) cosine similarity.
+    pub min_cosine: f64,
+    /// Mean overlap of each sentence's 10 nearest neighbours (by cosine) under the two
+    /// models: 1.0 means retrieval is unchanged.
+    pub top10_agreement: f64,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-300)
+}
+
+fn top10(emb: &[Vec<f32>], i: usize) -> Vec<usize> {
+    let mut sims: Vec<(f64, usize)> = emb
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(j, e)| (cosine(&emb[i], e), j))
+        .collect();
+    sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    sims.into_iter().take(10).map(|(_, j)| j).collect()
+}
+
+/// Compares the sentence embeddings of `model` and `reference` over `sentences`.
+pub fn compare_embeddings(
+    model: &crate::model::bert::Bert,
+    reference: &crate::model::bert::Bert,
+    sentences: &[&str],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EmbeddingReport> {
+    if sentences.len() < 11 {
+        return Err(Error::Usage(
+            "need at least 11 non-empty lines to compare nearest neighbours".into(),
+        ));
+    }
+    let mut a = Vec::with_capacity(sentences.len());
+    let mut b = Vec::with_capacity(sentences.len());
+    for (i, s) in sentences.iter().enumerate() {
+        a.push(model.embed(s)?);
+        b.push(reference.embed(s)?);
+        progress(i + 1, sentences.len());
+    }
+    let cos: Vec<f64> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+    let agree: f64 = (0..a.len())
+        .into_par_iter()
+        .map(|i| {
+            let (ta, tb) = (top10(&a, i), top10(&b, i));
+            ta.iter().filter(|j| tb.contains(j)).count() as f64 / 10.0
+        })
+        .sum();
+    Ok(EmbeddingReport {
+        sentences: sentences.len(),
+        mean_cosine: cos.iter().sum::<f64>() / cos.len() as f64,
+        min_cosine: cos.iter().copied().fold(f64::INFINITY, f64::min),
+        top10_agreement: agree / a.len() as f64,
     })
 }

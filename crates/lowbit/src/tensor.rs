@@ -173,11 +173,10 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2))
 }
 
-/// erf(x) to about 1e-7 relative error (Abramowitz–Stegun 7.1.26 is too coarse for a
-/// bit-level comparison with PyTorch; this uses the complementary-error continued form
-/// via f64 evaluation of a high-order rational approximation).
+/// erf(x), accurate to f32 precision: W. J. Cody's rational approximations evaluated in
+/// f64 (std has no erf; a cruder approximation would show up in BERT's GELU).
+#[allow(clippy::excessive_precision)] // the published coefficients, kept verbatim
 fn erf(x: f32) -> f32 {
-    // W. J. Cody's rational approximations, evaluated in f64.
     let x = x as f64;
     let ax = x.abs();
     let r = if ax < 0.5 {

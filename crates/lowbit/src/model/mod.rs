@@ -2,6 +2,7 @@
 //! a [`Linear`], the one place where later stages record inputs for calibration and swap
 //! in quantized weights.
 
+pub mod bert;
 pub mod decoder;
 pub mod gemma3;
 pub mod llama;

@@ -56,3 +56,9 @@ pub fn zoo_model(name: &str) -> Option<PathBuf> {
     eprintln!("SKIPPED: {msg}");
     None
 }
+
+/// A file under the shared data folder (`../shared/data` beside the repository).
+pub fn shared_data(rel: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    root.join(rel)
+}
