@@ -180,9 +180,13 @@ impl Bert {
                     "token {id} (type {ty}) is outside the vocabulary"
                 )));
             }
-            for j in 0..d {
-                row[j] =
-                    self.word[id * d + j] + self.token_type[ty * d + j] + self.position[i * d + j];
+            let (w, tt, p) = (
+                &self.word[id * d..],
+                &self.token_type[ty * d..],
+                &self.position[i * d..],
+            );
+            for (j, r) in row.iter_mut().enumerate() {
+                *r = w[j] + tt[j] + p[j];
             }
         }
         layer_norm(&mut x, d, &self.emb_ln.0, &self.emb_ln.1, self.eps);
