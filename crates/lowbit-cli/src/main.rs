@@ -46,8 +46,11 @@ enum Command {
         /// The model (GGUF path or zoo name).
         #[arg(long)]
         model: String,
-        /// The text.
+        /// The text (or, with --file, a path to read it from).
         text: String,
+        /// Treat TEXT as a file path.
+        #[arg(long)]
+        file: bool,
         /// Add BOS when the model expects it.
         #[arg(long)]
         special: bool,
@@ -94,7 +97,13 @@ fn run(cli: Cli) -> Result<()> {
             model,
             text,
             special,
+            file,
         } => {
+            let text = if file {
+                std::fs::read_to_string(&text).map_err(|e| anyhow::anyhow!("{text}: {e}"))?
+            } else {
+                text
+            };
             let path = resolve_model(&model)?;
             let g = lowbit::gguf::GgufFile::open(&path)?;
             let tok = lowbit::tokenizer::Tokenizer::from_gguf(&g)?;

@@ -214,6 +214,23 @@ impl Tokenizer {
                 ))
             }
         };
+        let mut inner = inner;
+        // llama.cpp splits user-defined tokens (GGUF token type 4: e.g. Gemma's "\n" and
+        // runs of spaces) out of the raw text before the model runs, longest first, even
+        // when special tokens are not parsed. Added tokens do the same in `tokenizers`.
+        if let Some(types) = g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+            let user_defined: Vec<tokenizers::AddedToken> = types
+                .iter()
+                .zip(&tokens)
+                .filter(|(t, _)| t.as_u64() == Some(4))
+                .map(|(_, text)| {
+                    tokenizers::AddedToken::from(text.to_string(), false).normalized(false)
+                })
+                .collect();
+            inner
+                .add_tokens(user_defined)
+                .map_err(|e| tok_err(path, e))?;
+        }
         Ok(Tokenizer {
             inner,
             kind,
