@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::eval::{evaluate, EvalOptions};
-use lowbit::model::load_gguf_lm;
+use lowbit::model::{load_gguf_lm, LoadOptions};
 
 /// Arguments of `lowbit eval`.
 #[derive(clap::Args)]
@@ -28,32 +28,32 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Quantize activations before each linear layer as llama.cpp's CPU backend does, so
+    /// numbers match `llama-perplexity` on the same file (default: exact f32 forward).
+    #[arg(long)]
+    pub llama_cpp_numerics: bool,
 }
 
 /// Runs `lowbit eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let text = std::fs::read(&args.text)
-        .with_context(|| format!("{}: cannot read the text", args.text.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", args.text.display()))?;
+    let text = std::fs::read(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
+    let text = String::from_utf8(text).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", args.text.display()))?;
     let model_path = crate::resolve_model(&args.model)?;
     if model_path.is_dir() {
         return run_encoder(&args, &model_path, &text);
     }
     eprintln!("lowbit: loading {}", model_path.display());
-    let lm = load_gguf_lm(&model_path)?;
+    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
+    let lm = load_gguf_lm(&model_path, load)?;
     let reference = match &args.reference {
         Some(r) => {
             let p = crate::resolve_model(r)?;
             eprintln!("lowbit: loading reference {}", p.display());
-            Some(load_gguf_lm(&p)?)
+            Some(load_gguf_lm(&p, load)?)
         }
         None => None,
     };
-    let opts = EvalOptions {
-        ctx: args.ctx,
-        max_chunks: (args.chunks > 0).then_some(args.chunks),
-    };
+    let opts = EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks, {per_sec}, ETA {eta}")
@@ -62,20 +62,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
     bar.set_message("eval");
     let start = std::time::Instant::now();
-    let report = evaluate(
-        &lm,
-        reference.as_ref(),
-        &text,
-        &opts,
-        &mut |done, total, tokens| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            let secs = start.elapsed().as_secs_f64();
-            if secs > 0.0 && tokens > 0 {
-                bar.set_message(format!("eval {:.0} tok/s", tokens as f64 / secs));
-            }
-        },
-    )?;
+    let report = evaluate(&lm, reference.as_ref(), &text, &opts, &mut |done, total, tokens| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        let secs = start.elapsed().as_secs_f64();
+        if secs > 0.0 && tokens > 0 {
+            bar.set_message(format!("eval {:.0} tok/s", tokens as f64 / secs));
+        }
+    })?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -89,19 +83,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         report.ctx,
         report.scored_tokens
     );
+    let running: Vec<String> =
+        report.running_ppl.iter().enumerate().map(|(i, p)| format!("[{}]{p:.4}", i + 1)).collect();
+    println!("running:    {}", running.join(","));
     println!("PPL:        {:.4} ± {:.5}", report.ppl, report.ppl_err);
     if let Some(k) = &report.kld {
         println!("reference PPL: {:.4}", k.reference_ppl);
-        println!(
-            "KLD:        mean {:.6} ± {:.6}, p99 {:.6}, max {:.6}",
-            k.mean, k.mean_err, k.p99, k.max
-        );
+        println!("KLD:        mean {:.6} ± {:.6}, p99 {:.6}, max {:.6}", k.mean, k.mean_err, k.p99, k.max);
         println!("top-1 agreement: {:.3} %", 100.0 * k.top1_agreement);
     }
-    println!(
-        "speed:      {:.1} tokens/s (prompt processing)",
-        report.tokens_per_second
-    );
+    println!("speed:      {:.1} tokens/s (prompt processing)", report.tokens_per_second);
     Ok(())
 }
 
@@ -111,37 +102,24 @@ fn run_encoder(args: &EvalArgs, model_path: &std::path::Path, text: &str) -> Res
     let model = Bert::open(model_path)?;
     let ref_path = match &args.reference {
         Some(r) => crate::resolve_model(r)?,
-        None => anyhow::bail!("encoders are evaluated against a reference: pass --reference (e.g. the unquantized model)"),
+        None => {
+            anyhow::bail!("encoders are evaluated against a reference: pass --reference (e.g. the unquantized model)")
+        }
     };
     let reference = Bert::open(&ref_path)?;
-    let limit = if args.chunks > 0 {
-        args.chunks * 25
-    } else {
-        usize::MAX
-    };
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .take(limit)
-        .collect();
+    let limit = if args.chunks > 0 { args.chunks * 25 } else { usize::MAX };
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(limit).collect();
     let bar = ProgressBar::new(lines.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("embed [{bar:30}] {pos}/{len} lines, ETA {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template("embed [{bar:30}] {pos}/{len} lines, ETA {eta}").expect("valid template"),
     );
-    let r = lowbit::eval::compare_embeddings(&model, &reference, &lines, &mut |d, _| {
-        bar.set_position(d as u64)
-    })?;
+    let r = lowbit::eval::compare_embeddings(&model, &reference, &lines, &mut |d, _| bar.set_position(d as u64))?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("sentences:         {}", r.sentences);
-        println!(
-            "cosine:            mean {:.6}, min {:.6}",
-            r.mean_cosine, r.min_cosine
-        );
+        println!("cosine:            mean {:.6}, min {:.6}", r.mean_cosine, r.min_cosine);
         println!("top-10 agreement:  {:.2} %", 100.0 * r.top10_agreement);
     }
     Ok(())

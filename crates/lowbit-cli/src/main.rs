@@ -39,6 +39,17 @@ enum Command {
     },
     /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
     Eval(eval_cmd::EvalArgs),
+    /// Write a GGUF with every tensor decoded to F32 (or F16): the source as floats.
+    Dequantize {
+        /// Input GGUF (path or zoo name).
+        model: String,
+        /// Output path.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// F32 or F16.
+        #[arg(long, default_value = "F32")]
+        r#type: String,
+    },
     /// Continue a prompt (greedy by default), streaming the text.
     Run(run_cmd::RunArgs),
     /// Print the token ids of a text, as the model's tokenizer splits it.
@@ -71,11 +82,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch { name } => {
             if name == "list" {
                 for m in lowbit::zoo::MODELS {
-                    let state = if m.cached().is_some() {
-                        "cached"
-                    } else {
-                        "not fetched"
-                    };
+                    let state = if m.cached().is_some() { "cached" } else { "not fetched" };
                     println!("{:<14} {:<52} {}", m.name, m.description, state);
                 }
                 return Ok(());
@@ -83,27 +90,27 @@ fn run(cli: Cli) -> Result<()> {
             let path = lowbit::zoo::fetch(&name, &mut progress_line)?;
             println!("{}", path.display());
         }
-        Command::Inspect {
-            model,
-            json,
-            metadata,
-        } => {
+        Command::Inspect { model, json, metadata } => {
             let path = resolve_model(&model)?;
             inspect_cmd::run(&path, json, metadata)?;
         }
         Command::Eval(args) => eval_cmd::run(args)?,
         Command::Run(args) => run_cmd::run(args)?,
-        Command::Tokenize {
-            model,
-            text,
-            special,
-            file,
-        } => {
-            let text = if file {
-                std::fs::read_to_string(&text).map_err(|e| anyhow::anyhow!("{text}: {e}"))?
-            } else {
-                text
-            };
+        Command::Dequantize { model, output, r#type } => {
+            let ty = lowbit::format::GgmlType::from_name(&r#type)
+                .ok_or_else(|| anyhow::anyhow!("unknown type '{type}'", type = r#type))?;
+            let path = resolve_model(&model)?;
+            let bar = indicatif::ProgressBar::new(0);
+            let size = lowbit::convert::dequantize_file(&path, &output, ty, &mut |d, t| {
+                bar.set_length(t as u64);
+                bar.set_position(d as u64);
+            })?;
+            bar.finish_and_clear();
+            println!("{} ({size} bytes)", output.display());
+        }
+        Command::Tokenize { model, text, special, file } => {
+            let text =
+                if file { std::fs::read_to_string(&text).map_err(|e| anyhow::anyhow!("{text}: {e}"))? } else { text };
             let path = resolve_model(&model)?;
             let g = lowbit::gguf::GgufFile::open(&path)?;
             let tok = lowbit::tokenizer::Tokenizer::from_gguf(&g)?;

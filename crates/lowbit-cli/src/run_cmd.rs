@@ -35,13 +35,8 @@ pub struct RunArgs {
 /// Runs `lowbit run`.
 pub fn run(a: RunArgs) -> Result<()> {
     let path = crate::resolve_model(&a.model)?;
-    let lm = load_gguf_lm(&path)?;
-    let s = Sampling {
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        seed: a.seed,
-    };
+    let lm = load_gguf_lm(&path, Default::default())?;
+    let s = Sampling { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", a.prompt);
     let _ = out.flush();

@@ -59,38 +59,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            cause: source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), cause: source }
     }
 
     /// A format violation in `path`.
     pub fn format(path: impl AsRef<Path>, what: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.as_ref().to_path_buf(),
-            what: what.into(),
-        }
+        Error::Format { path: path.as_ref().to_path_buf(), what: what.into() }
     }
 
     /// A problem with tensor `tensor` of `path`.
-    pub fn tensor(
-        path: impl AsRef<Path>,
-        tensor: impl Into<String>,
-        what: impl Into<String>,
-    ) -> Self {
-        Error::Tensor {
-            path: path.as_ref().to_path_buf(),
-            tensor: tensor.into(),
-            what: what.into(),
-        }
+    pub fn tensor(path: impl AsRef<Path>, tensor: impl Into<String>, what: impl Into<String>) -> Self {
+        Error::Tensor { path: path.as_ref().to_path_buf(), tensor: tensor.into(), what: what.into() }
     }
 
     /// Something in `path` that lowbit does not support.
     pub fn unsupported(path: impl AsRef<Path>, what: impl Into<String>) -> Self {
-        Error::Unsupported {
-            path: path.as_ref().to_path_buf(),
-            what: what.into(),
-        }
+        Error::Unsupported { path: path.as_ref().to_path_buf(), what: what.into() }
     }
 }

@@ -18,10 +18,7 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions {
-            ctx: 512,
-            max_chunks: Some(40),
-        }
+        EvalOptions { ctx: 512, max_chunks: Some(40) }
     }
 }
 
@@ -59,6 +56,8 @@ pub struct EvalReport {
     pub kld: Option<KldReport>,
     /// Tokens processed per second by the evaluated model (prompt processing).
     pub tokens_per_second: f64,
+    /// Perplexity over the first 1, 2, … chunks (llama-perplexity's `[i]` values).
+    pub running_ppl: Vec<f64>,
 }
 
 /// log-softmax of one logits row, in f64.
@@ -70,27 +69,13 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
 }
 
 fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv {
-                (i, v)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
+    row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
 }
 
 /// Logits of the scored positions of one chunk: hidden states are projected to the
 /// vocabulary a few rows at a time so a 262k-token vocabulary never needs a full
 /// ctx × vocab buffer.
-fn scored_logits(
-    lm: &LoadedLm,
-    chunk: &[u32],
-    first: usize,
-    mut each: impl FnMut(usize, &[f32]),
-) -> Result<()> {
+fn scored_logits(lm: &LoadedLm, chunk: &[u32], first: usize, mut each: impl FnMut(usize, &[f32])) -> Result<()> {
     let m = &lm.model;
     let mut cache = m.new_cache(chunk.len());
     let hidden = m.forward_hidden(chunk, &mut cache)?;
@@ -122,10 +107,7 @@ pub fn evaluate(
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<EvalReport> {
     if opts.ctx < 8 {
-        return Err(Error::Usage(format!(
-            "--ctx {} is too small (at least 8)",
-            opts.ctx
-        )));
+        return Err(Error::Usage(format!("--ctx {} is too small (at least 8)", opts.ctx)));
     }
     if let Some(r) = reference {
         if r.model.vocab_size() != lm.model.vocab_size() {
@@ -152,6 +134,7 @@ pub fn evaluate(
     let (mut ref_nll, mut agree) = (0f64, 0usize);
     let start_time = std::time::Instant::now();
     let mut model_time = 0f64;
+    let mut running = Vec::with_capacity(n_chunks);
     progress(0, n_chunks, 0);
     for c in 0..n_chunks {
         let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
@@ -161,9 +144,7 @@ pub fn evaluate(
         // Reference first: keep its log-probabilities for the scored rows.
         let mut ref_rows: Vec<(Vec<f64>, usize)> = Vec::new();
         if let Some(r) = reference {
-            scored_logits(r, &chunk, first, |_, row| {
-                ref_rows.push((log_softmax(row), argmax(row)))
-            })?;
+            scored_logits(r, &chunk, first, |_, row| ref_rows.push((log_softmax(row), argmax(row))))?;
         }
         let t0 = std::time::Instant::now();
         let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
@@ -179,11 +160,8 @@ pub fn evaluate(
                 let target = chunk[pos + 1] as usize;
                 let nll = -lp[target];
                 let kl = ref_rows.get(i).map(|(rlp, rtop)| {
-                    let kl: f64 = rlp
-                        .iter()
-                        .zip(&lp)
-                        .map(|(&p, &q)| if p > -700.0 { p.exp() * (p - q) } else { 0.0 })
-                        .sum();
+                    let kl: f64 =
+                        rlp.iter().zip(&lp).map(|(&p, &q)| if p > -700.0 { p.exp() * (p - q) } else { 0.0 }).sum();
                     (kl.max(0.0), *rtop == argmax(row), -rlp[target])
                 });
                 (nll, kl)
@@ -199,6 +177,7 @@ pub fn evaluate(
                 ref_nll += rl;
             }
         }
+        running.push((nll / count as f64).exp());
         progress(c + 1, n_chunks, (c + 1) * ctx);
     }
     let _ = start_time;
@@ -230,6 +209,7 @@ pub fn evaluate(
         scored_tokens: count,
         kld,
         tokens_per_second: (n_chunks * ctx) as f64 / model_time.max(1e-9),
+        running_ppl: running,
     })
 }
 
@@ -255,12 +235,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn top10(emb: &[Vec<f32>], i: usize) -> Vec<usize> {
-    let mut sims: Vec<(f64, usize)> = emb
-        .iter()
-        .enumerate()
-        .filter(|(j, _)| *j != i)
-        .map(|(j, e)| (cosine(&emb[i], e), j))
-        .collect();
+    let mut sims: Vec<(f64, usize)> =
+        emb.iter().enumerate().filter(|(j, _)| *j != i).map(|(j, e)| (cosine(&emb[i], e), j)).collect();
     sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     sims.into_iter().take(10).map(|(_, j)| j).collect()
 }
@@ -273,9 +249,7 @@ pub fn compare_embeddings(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EmbeddingReport> {
     if sentences.len() < 11 {
-        return Err(Error::Usage(
-            "need at least 11 non-empty lines to compare nearest neighbours".into(),
-        ));
+        return Err(Error::Usage("need at least 11 non-empty lines to compare nearest neighbours".into()));
     }
     let mut a = Vec::with_capacity(sentences.len());
     let mut b = Vec::with_capacity(sentences.len());

@@ -21,26 +21,13 @@ pub struct Sampling {
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling {
-            temperature: 0.0,
-            top_k: 40,
-            top_p: 0.95,
-            seed: 0,
-        }
+        Sampling { temperature: 0.0, top_k: 40, top_p: 0.95, seed: 0 }
     }
 }
 
 fn pick(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
-    let argmax = || {
-        logits
-            .iter()
-            .enumerate()
-            .fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            )
-            .0
-    };
+    let argmax =
+        || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
     if s.temperature <= 0.0 {
         return argmax() as u32;
     }
@@ -50,10 +37,7 @@ fn pick(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
         cand.truncate(s.top_k);
     }
     let max = cand[0].1;
-    let mut probs: Vec<f64> = cand
-        .iter()
-        .map(|&(_, l)| (((l - max) / s.temperature) as f64).exp())
-        .collect();
+    let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / s.temperature) as f64).exp()).collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if s.top_p < 1.0 {

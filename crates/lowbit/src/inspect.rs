@@ -91,17 +91,9 @@ fn finish(mut s: ModelSummary) -> ModelSummary {
         }
     }
     for e in s.by_type.values_mut() {
-        e.bpw = if e.params > 0 {
-            8.0 * e.bytes as f64 / e.params as f64
-        } else {
-            0.0
-        };
+        e.bpw = if e.params > 0 { 8.0 * e.bytes as f64 / e.params as f64 } else { 0.0 };
     }
-    s.bpw = if s.params > 0 {
-        8.0 * s.tensor_bytes as f64 / s.params as f64
-    } else {
-        0.0
-    };
+    s.bpw = if s.params > 0 { 8.0 * s.tensor_bytes as f64 / s.params as f64 } else { 0.0 };
     s
 }
 
@@ -136,19 +128,10 @@ pub fn summarize_gguf(g: &GgufFile) -> ModelSummary {
         container: "gguf".into(),
         gguf_version: Some(g.version),
         architecture: arch,
-        name: g
-            .get("general.name")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        name: g.get("general.name").and_then(Value::as_str).map(str::to_owned),
         hyperparameters: hyper,
-        tokenizer: g
-            .get("tokenizer.ggml.model")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        vocab_size: g
-            .get("tokenizer.ggml.tokens")
-            .and_then(Value::as_array)
-            .map(<[Value]>::len),
+        tokenizer: g.get("tokenizer.ggml.model").and_then(Value::as_str).map(str::to_owned),
+        vocab_size: g.get("tokenizer.ggml.tokens").and_then(Value::as_array).map(<[Value]>::len),
         tensors,
         unknown_type_tensors: vec![],
         params: 0,
@@ -178,10 +161,7 @@ pub fn summarize_safetensors(m: &SafetensorsModel) -> ModelSummary {
         .map(|j| {
             let model = &j["model"];
             let kind = model["type"].as_str().map(|s| s.to_lowercase());
-            let n = model["vocab"]
-                .as_object()
-                .map(|v| v.len())
-                .or_else(|| model["vocab"].as_array().map(|v| v.len()));
+            let n = model["vocab"].as_object().map(|v| v.len()).or_else(|| model["vocab"].as_array().map(|v| v.len()));
             (kind, n)
         })
         .unwrap_or((None, None));
@@ -204,11 +184,7 @@ pub fn summarize_safetensors(m: &SafetensorsModel) -> ModelSummary {
         container: "safetensors".into(),
         gguf_version: None,
         architecture: m.architecture().map(str::to_owned),
-        name: m
-            .config
-            .get("_name_or_path")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
+        name: m.config.get("_name_or_path").and_then(|v| v.as_str()).map(str::to_owned),
         hyperparameters: hyper,
         tokenizer,
         vocab_size: vocab_size.or_else(|| m.config_usize("vocab_size")),

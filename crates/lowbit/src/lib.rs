@@ -9,6 +9,7 @@
 //! except argument parsing, which lives in `lowbit-cli`.
 #![warn(missing_docs)]
 
+pub mod convert;
 pub mod error;
 pub mod eval;
 pub mod format;

@@ -76,13 +76,9 @@ fn read_shard(
     only: Option<&dyn Fn(&str) -> bool>,
 ) -> Result<()> {
     if mmap.len() < 8 {
-        return Err(Error::format(
-            path,
-            format!("too short to be safetensors ({} bytes)", mmap.len()),
-        ));
+        return Err(Error::format(path, format!("too short to be safetensors ({} bytes)", mmap.len())));
     }
-    let st = SafeTensors::deserialize(mmap)
-        .map_err(|e| Error::format(path, format!("invalid safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(mmap).map_err(|e| Error::format(path, format!("invalid safetensors: {e}")))?;
     let header_len = 8 + u64::from_le_bytes(mmap[..8].try_into().expect("8 bytes")) as usize;
     for (name, view) in st.tensors() {
         if only.is_some_and(|f| !f(&name)) {
@@ -110,14 +106,7 @@ fn read_shard(
         }
         into.insert(
             name.clone(),
-            StTensor {
-                name,
-                dtype,
-                shape: view.shape().to_vec(),
-                shard,
-                start,
-                end: start + data.len(),
-            },
+            StTensor { name, dtype, shape: view.shape().to_vec(), shard, start, end: start + data.len() },
         );
     }
     Ok(())
@@ -135,10 +124,7 @@ pub fn parse_header(name: &Path, bytes: &[u8]) -> Result<Vec<StTensor>> {
 fn safe_relative(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
     let p = Path::new(name);
     if name.is_empty() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(Error::format(
-            index,
-            format!("shard name {name:?} is not a plain file name in the folder"),
-        ));
+        return Err(Error::format(index, format!("shard name {name:?} is not a plain file name in the folder")));
     }
     Ok(dir.join(p))
 }
@@ -148,21 +134,15 @@ impl SafetensorsModel {
     pub fn open(dir: impl AsRef<Path>) -> Result<SafetensorsModel> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.is_dir() {
-            return Err(Error::format(
-                &dir,
-                "expected a model folder holding config.json and *.safetensors",
-            ));
+            return Err(Error::format(&dir, "expected a model folder holding config.json and *.safetensors"));
         }
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            return Err(Error::format(
-                &dir,
-                "no config.json: a model folder needs config.json and *.safetensors",
-            ));
+            return Err(Error::format(&dir, "no config.json: a model folder needs config.json and *.safetensors"));
         }
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::format(&config_path, format!("invalid JSON: {e}")))?;
         if !config.is_object() {
             return Err(Error::format(&config_path, "expected a JSON object"));
         }
@@ -171,10 +151,9 @@ impl SafetensorsModel {
         let index_path = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         if index_path.exists() {
-            let text =
-                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-            let index: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let index: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::format(&index_path, format!("invalid JSON: {e}")))?;
             let map = index
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -182,35 +161,26 @@ impl SafetensorsModel {
             let mut by_file: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for (tensor, file) in map {
                 let file = file.as_str().ok_or_else(|| {
-                    Error::format(
-                        &index_path,
-                        format!("weight_map entry for '{tensor}' is not a string"),
-                    )
+                    Error::format(&index_path, format!("weight_map entry for '{tensor}' is not a string"))
                 })?;
-                by_file
-                    .entry(file.to_string())
-                    .or_default()
-                    .push(tensor.clone());
+                by_file.entry(file.to_string()).or_default().push(tensor.clone());
             }
             for (file, names) in &by_file {
                 let path = safe_relative(&dir, &index_path, file)?;
                 if !path.exists() {
                     return Err(Error::format(
                         &index_path,
-                        format!("shard '{file}' (holding {} tensors, e.g. '{}') is missing from the folder", names.len(), names[0]),
+                        format!(
+                            "shard '{file}' (holding {} tensors, e.g. '{}') is missing from the folder",
+                            names.len(),
+                            names[0]
+                        ),
                     ));
                 }
                 let mmap = map_file(&path)?;
                 let idx = shards.len();
-                let wanted: std::collections::HashSet<&str> =
-                    names.iter().map(String::as_str).collect();
-                read_shard(
-                    &path,
-                    &mmap,
-                    idx,
-                    &mut tensors,
-                    Some(&|n: &str| wanted.contains(n)),
-                )?;
+                let wanted: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+                read_shard(&path, &mmap, idx, &mut tensors, Some(&|n: &str| wanted.contains(n)))?;
                 for n in names {
                     if !tensors.contains_key(n) {
                         return Err(Error::tensor(
@@ -227,27 +197,16 @@ impl SafetensorsModel {
             read_shard(&single, &mmap, 0, &mut tensors, None)?;
             shards.push((single, mmap));
         } else {
-            return Err(Error::format(
-                &dir,
-                "no model.safetensors or model.safetensors.index.json in the folder",
-            ));
+            return Err(Error::format(&dir, "no model.safetensors or model.safetensors.index.json in the folder"));
         }
-        let model = SafetensorsModel {
-            dir,
-            config,
-            shards,
-            tensors,
-        };
+        let model = SafetensorsModel { dir, config, shards, tensors };
         model.check_config()?;
         Ok(model)
     }
 
     /// An integer field of `config.json`.
     pub fn config_usize(&self, key: &str) -> Option<usize> {
-        self.config
-            .get(key)
-            .and_then(|v| v.as_u64())
-            .map(|v| v as usize)
+        self.config.get(key).and_then(|v| v.as_u64()).map(|v| v as usize)
     }
 
     /// The architecture named in `config.json` (`architectures[0]`, else `model_type`).
@@ -269,27 +228,25 @@ impl SafetensorsModel {
         let ffn = self.config_usize("intermediate_size");
         let find_suffix = |suffix: &str| self.tensors.values().find(|t| t.name.ends_with(suffix));
         let expect = |t: &StTensor, want: &[Option<usize>], what: &str| -> Result<()> {
-            let ok = t.shape.len() == want.len()
-                && t.shape
-                    .iter()
-                    .zip(want)
-                    .all(|(s, w)| w.is_none_or(|w| w == *s));
+            let ok = t.shape.len() == want.len() && t.shape.iter().zip(want).all(|(s, w)| w.is_none_or(|w| w == *s));
             if ok {
                 Ok(())
             } else {
                 Err(Error::format(
                     &cfg_path,
-                    format!("config.json {what} implies shape {want:?} for '{}', but the file stores {:?}", t.name, t.shape),
+                    format!(
+                        "config.json {what} implies shape {want:?} for '{}', but the file stores {:?}",
+                        t.name, t.shape
+                    ),
                 ))
             }
         };
-        if let Some(t) = find_suffix("embeddings.word_embeddings.weight")
-            .or_else(|| find_suffix("embed_tokens.weight"))
+        if let Some(t) = find_suffix("embeddings.word_embeddings.weight").or_else(|| find_suffix("embed_tokens.weight"))
         {
             expect(t, &[vocab, hidden], "vocab_size/hidden_size")?;
         }
-        if let Some(t) = find_suffix("layer.0.intermediate.dense.weight")
-            .or_else(|| find_suffix("layers.0.mlp.up_proj.weight"))
+        if let Some(t) =
+            find_suffix("layer.0.intermediate.dense.weight").or_else(|| find_suffix("layers.0.mlp.up_proj.weight"))
         {
             expect(t, &[ffn, hidden], "intermediate_size/hidden_size")?;
         }
@@ -297,9 +254,7 @@ impl SafetensorsModel {
             let present = |i: usize| {
                 let a = format!("layer.{i}.");
                 let b = format!("layers.{i}.");
-                self.tensors
-                    .keys()
-                    .any(|k| k.contains(&a) || k.contains(&b))
+                self.tensors.keys().any(|k| k.contains(&a) || k.contains(&b))
             };
             let has_any_layer = present(0);
             if has_any_layer {
@@ -338,22 +293,12 @@ impl SafetensorsModel {
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
         let (t, b) = self.tensor_bytes(name)?;
         Ok(match t.dtype {
-            StDtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            StDtype::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            StDtype::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            StDtype::I64 => b
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect(),
+            StDtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            StDtype::F16 => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StDtype::BF16 => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StDtype::I64 => {
+                b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+            }
         })
     }
 

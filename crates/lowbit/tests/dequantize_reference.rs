@@ -17,8 +17,7 @@ use sha2::{Digest, Sha256};
 fn f16_fields(ty: GgmlType) -> &'static [usize] {
     use GgmlType::*;
     match ty {
-        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S
-        | IQ4_XS => &[0],
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ4_XS => &[0],
         Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
         Q2_K => &[80, 82],
         Q3_K => &[108],
@@ -66,8 +65,8 @@ fn random_blocks(ty: GgmlType, n_blocks: usize, rng: &mut impl Rng) -> Vec<u8> {
 const PY_TYPES: &[GgmlType] = {
     use GgmlType::*;
     &[
-        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS,
-        IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4, NVFP4,
+        F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS,
+        IQ3_S, IQ1_S, IQ1_M, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4, NVFP4,
     ]
 };
 
@@ -97,11 +96,8 @@ fn every_type_matches_gguf_py_on_random_blocks() {
             .status()
             .unwrap();
         assert!(status.success(), "reference failed for {ty}");
-        let want: Vec<u32> = std::fs::read(&out)
-            .unwrap()
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let want: Vec<u32> =
+            std::fs::read(&out).unwrap().chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
         let got = dequantize_to_vec(ty, &bytes, rows * row_elems).unwrap();
         assert_eq!(got.len(), want.len(), "{ty}: length");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -125,16 +121,9 @@ fn check_model(name: &str) {
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hashes.json");
-    let status = Command::new(&py)
-        .arg(support::ref_script())
-        .arg("hashes")
-        .arg(&path)
-        .arg(&out)
-        .status()
-        .unwrap();
+    let status = Command::new(&py).arg(support::ref_script()).arg("hashes").arg(&path).arg(&out).status().unwrap();
     assert!(status.success(), "reference failed on {name}");
-    let want: HashMap<String, String> =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let want: HashMap<String, String> = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(want.len(), g.tensors.len());
     for t in &g.tensors {
@@ -144,13 +133,7 @@ fn check_model(name: &str) {
         for v in &values {
             h.update(v.to_le_bytes());
         }
-        assert_eq!(
-            format!("{:x}", h.finalize()),
-            want[&t.name],
-            "{name}: tensor {} ({}) differs",
-            t.name,
-            t.ty
-        );
+        assert_eq!(format!("{:x}", h.finalize()), want[&t.name], "{name}: tensor {} ({}) differs", t.name, t.ty);
     }
 }
 

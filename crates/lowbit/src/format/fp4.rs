@@ -7,11 +7,7 @@ pub const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4,
 /// ggml_e8m0_to_fp32_half: 2^(e-127) / 2, subnormals included.
 #[inline]
 pub fn e8m0_to_f32_half(e: u8) -> f32 {
-    let bits = if e < 2 {
-        0x0020_0000u32 << e
-    } else {
-        ((e - 1) as u32) << 23
-    };
+    let bits = if e < 2 { 0x0020_0000u32 << e } else { ((e - 1) as u32) << 23 };
     f32::from_bits(bits)
 }
 
@@ -23,11 +19,7 @@ pub fn ue4m3_to_f32_half(x: u8) -> f32 {
     }
     let exp = ((x >> 3) & 0x0F) as i32;
     let man = (x & 7) as f32;
-    let raw = if exp == 0 {
-        man * (2f32).powi(-9)
-    } else {
-        (1.0 + man / 8.0) * (2f32).powi(exp - 7)
-    };
+    let raw = if exp == 0 { man * (2f32).powi(-9) } else { (1.0 + man / 8.0) * (2f32).powi(exp - 7) };
     raw * 0.5
 }
 

@@ -2,15 +2,11 @@
 //! non-linear 4-bit IQ4 formats. Layouts follow `block_iq*` in ggml-common.h; decoding
 //! follows `dequantize_row_iq*` in ggml-quants.c so results are bit-identical.
 
-use super::iquant_grids::{
-    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
-};
+use super::iquant_grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS};
 use super::{f16_at, u16_at, u32_at, QK_K};
 
 /// The 16 non-uniform levels of IQ4_NL / IQ4_XS.
-pub const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// IQ1_S / IQ1_M grid offset.
 pub const IQ1S_DELTA: f32 = 0.125;
@@ -53,10 +49,7 @@ pub fn dequantize_iq2_xs(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let scales = &b[66..74];
     for ib32 in 0..QK_K / 32 {
-        let db = [
-            d * (0.5 + (scales[ib32] & 0x0F) as f32) * 0.25,
-            d * (0.5 + (scales[ib32] >> 4) as f32) * 0.25,
-        ];
+        let db = [d * (0.5 + (scales[ib32] & 0x0F) as f32) * 0.25, d * (0.5 + (scales[ib32] >> 4) as f32) * 0.25];
         for l in 0..4 {
             let q = u16_at(b, 2 + 2 * (4 * ib32 + l));
             let grid = IQ2XS_GRID[(q & 511) as usize];
@@ -76,10 +69,7 @@ pub fn dequantize_iq2_s(b: &[u8], y: &mut [f32]) {
     let qh = &b[66..74];
     let scales = &b[74..82];
     for ib32 in 0..QK_K / 32 {
-        let db = [
-            d * (0.5 + (scales[ib32] & 0x0F) as f32) * 0.25,
-            d * (0.5 + (scales[ib32] >> 4) as f32) * 0.25,
-        ];
+        let db = [d * (0.5 + (scales[ib32] & 0x0F) as f32) * 0.25, d * (0.5 + (scales[ib32] >> 4) as f32) * 0.25];
         for l in 0..4 {
             let idx = qs[4 * ib32 + l] as usize | ((qh[ib32] as usize) << (8 - 2 * l) & 0x300);
             let grid = IQ2S_GRID[idx];
@@ -145,11 +135,7 @@ pub fn dequantize_iq1_s(b: &[u8], y: &mut [f32]) {
     for ib in 0..QK_K / 32 {
         let qh = u16_at(b, 34 + 2 * ib);
         let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
-        let delta = if qh & 0x8000 != 0 {
-            -IQ1S_DELTA
-        } else {
-            IQ1S_DELTA
-        };
+        let delta = if qh & 0x8000 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
         for l in 0..4 {
             let idx = qs[4 * ib + l] as usize | ((((qh >> (3 * l)) & 7) as usize) << 8);
             let grid = IQ1S_GRID[idx];
@@ -166,8 +152,7 @@ pub fn dequantize_iq1_m(b: &[u8], y: &mut [f32]) {
     let qs = &b[0..32];
     let qh = &b[32..48];
     let sc = [u16_at(b, 48), u16_at(b, 50), u16_at(b, 52), u16_at(b, 54)];
-    let scale =
-        (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000);
+    let scale = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000);
     let d = half::f16::from_bits(scale).to_f32();
     for ib in 0..QK_K / 32 {
         let s = sc[ib / 2] >> (6 * (ib % 2));
@@ -182,12 +167,7 @@ pub fn dequantize_iq1_m(b: &[u8], y: &mut [f32]) {
             q[3] as usize | ((h1 << 4) & 0x700),
         ];
         let shift = |bit: bool| if bit { -IQ1S_DELTA } else { IQ1S_DELTA };
-        let delta = [
-            shift(h0 & 0x08 != 0),
-            shift(h0 & 0x80 != 0),
-            shift(h1 & 0x08 != 0),
-            shift(h1 & 0x80 != 0),
-        ];
+        let delta = [shift(h0 & 0x08 != 0), shift(h0 & 0x80 != 0), shift(h1 & 0x08 != 0), shift(h1 & 0x80 != 0)];
         for l in 0..4 {
             let dl = if l < 2 { dl1 } else { dl2 };
             let grid = IQ1S_GRID[idx[l]];
@@ -216,8 +196,7 @@ pub fn dequantize_iq4_xs(b: &[u8], y: &mut [f32]) {
     let scales_l = &b[4..8];
     let qs = &b[8..136];
     for ib in 0..QK_K / 32 {
-        let ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) as i32
-            | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
+        let ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) as i32 | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
         let dl = d * (ls - 32) as f32;
         for j in 0..16 {
             let q = qs[16 * ib + j];

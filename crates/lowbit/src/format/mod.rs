@@ -2,6 +2,7 @@
 //! listed in [`GgmlType`] with its block geometry, and can be decoded to f32 bit-exactly
 //! as llama.cpp decodes it. One file per family keeps each layout in one place.
 
+pub mod activation;
 mod float;
 mod fp4;
 pub mod iquant;
@@ -66,80 +67,26 @@ const TYPE_TABLE: &[(GgmlType, u32, &str, usize, usize)] = &[
     (GgmlType::Q8_0, 8, "Q8_0", 32, 2 + 32),
     // ggml-common.h: two f16 (d, d·sum) + 32 codes = 36 bytes (gguf-py still says 40).
     (GgmlType::Q8_1, 9, "Q8_1", 32, 2 + 2 + 32),
-    (
-        GgmlType::Q2_K,
-        10,
-        "Q2_K",
-        QK_K,
-        2 + 2 + QK_K / 16 + QK_K / 4,
-    ),
-    (
-        GgmlType::Q3_K,
-        11,
-        "Q3_K",
-        QK_K,
-        2 + QK_K / 4 + QK_K / 8 + 12,
-    ),
+    (GgmlType::Q2_K, 10, "Q2_K", QK_K, 2 + 2 + QK_K / 16 + QK_K / 4),
+    (GgmlType::Q3_K, 11, "Q3_K", QK_K, 2 + QK_K / 4 + QK_K / 8 + 12),
     (GgmlType::Q4_K, 12, "Q4_K", QK_K, 2 + 2 + QK_K / 2 + 12),
-    (
-        GgmlType::Q5_K,
-        13,
-        "Q5_K",
-        QK_K,
-        2 + 2 + QK_K / 2 + QK_K / 8 + 12,
-    ),
-    (
-        GgmlType::Q6_K,
-        14,
-        "Q6_K",
-        QK_K,
-        2 + QK_K / 2 + QK_K / 4 + QK_K / 16,
-    ),
+    (GgmlType::Q5_K, 13, "Q5_K", QK_K, 2 + 2 + QK_K / 2 + QK_K / 8 + 12),
+    (GgmlType::Q6_K, 14, "Q6_K", QK_K, 2 + QK_K / 2 + QK_K / 4 + QK_K / 16),
     (GgmlType::Q8_K, 15, "Q8_K", QK_K, 4 + QK_K + QK_K / 8),
     (GgmlType::IQ2_XXS, 16, "IQ2_XXS", QK_K, 2 + QK_K / 4),
-    (
-        GgmlType::IQ2_XS,
-        17,
-        "IQ2_XS",
-        QK_K,
-        2 + QK_K / 4 + QK_K / 32,
-    ),
-    (
-        GgmlType::IQ3_XXS,
-        18,
-        "IQ3_XXS",
-        QK_K,
-        2 + QK_K / 4 + QK_K / 8,
-    ),
+    (GgmlType::IQ2_XS, 17, "IQ2_XS", QK_K, 2 + QK_K / 4 + QK_K / 32),
+    (GgmlType::IQ3_XXS, 18, "IQ3_XXS", QK_K, 2 + QK_K / 4 + QK_K / 8),
     (GgmlType::IQ1_S, 19, "IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16),
     (GgmlType::IQ4_NL, 20, "IQ4_NL", 32, 2 + 16),
-    (
-        GgmlType::IQ3_S,
-        21,
-        "IQ3_S",
-        QK_K,
-        2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4,
-    ),
+    (GgmlType::IQ3_S, 21, "IQ3_S", QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4),
     (GgmlType::IQ2_S, 22, "IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16),
-    (
-        GgmlType::IQ4_XS,
-        23,
-        "IQ4_XS",
-        QK_K,
-        2 + 2 + QK_K / 2 + QK_K / 64,
-    ),
+    (GgmlType::IQ4_XS, 23, "IQ4_XS", QK_K, 2 + 2 + QK_K / 2 + QK_K / 64),
     (GgmlType::I8, 24, "I8", 1, 1),
     (GgmlType::I16, 25, "I16", 1, 2),
     (GgmlType::I32, 26, "I32", 1, 4),
     (GgmlType::I64, 27, "I64", 1, 8),
     (GgmlType::F64, 28, "F64", 1, 8),
-    (
-        GgmlType::IQ1_M,
-        29,
-        "IQ1_M",
-        QK_K,
-        QK_K / 8 + QK_K / 16 + QK_K / 32,
-    ),
+    (GgmlType::IQ1_M, 29, "IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32),
     (GgmlType::BF16, 30, "BF16", 1, 2),
     (GgmlType::TQ1_0, 34, "TQ1_0", QK_K, 2 + 4 * 13),
     (GgmlType::TQ2_0, 35, "TQ2_0", QK_K, 2 + 64),
@@ -150,10 +97,7 @@ const TYPE_TABLE: &[(GgmlType, u32, &str, usize, usize)] = &[
 
 impl GgmlType {
     fn row(self) -> &'static (GgmlType, u32, &'static str, usize, usize) {
-        TYPE_TABLE
-            .iter()
-            .find(|r| r.0 == self)
-            .expect("every GgmlType is in TYPE_TABLE")
+        TYPE_TABLE.iter().find(|r| r.0 == self).expect("every GgmlType is in TYPE_TABLE")
     }
 
     /// Every known type, in id order.
@@ -168,10 +112,7 @@ impl GgmlType {
 
     /// The type named `name` (case-insensitive, as llama.cpp spells it), if known.
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        TYPE_TABLE
-            .iter()
-            .find(|r| r.2.eq_ignore_ascii_case(name))
-            .map(|r| r.0)
+        TYPE_TABLE.iter().find(|r| r.2.eq_ignore_ascii_case(name)).map(|r| r.0)
     }
 
     /// The ggml id stored in GGUF tensor infos.
@@ -288,28 +229,19 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Dec
     }
     let need = n / bs * ts;
     if bytes.len() != need {
-        return Err(DecodeError::WrongLength {
-            ty,
-            n,
-            need,
-            got: bytes.len(),
-        });
+        return Err(DecodeError::WrongLength { ty, n, need, got: bytes.len() });
     }
     if bs == 1 {
-        out.par_chunks_mut(16384)
-            .zip(bytes.par_chunks(16384 * ts))
-            .for_each(|(o, b)| float::decode_plain(ty, b, o));
+        out.par_chunks_mut(16384).zip(bytes.par_chunks(16384 * ts)).for_each(|(o, b)| float::decode_plain(ty, b, o));
         return Ok(());
     }
     // Chunks of whole blocks, big enough to amortise rayon's scheduling.
     let blocks_per_chunk = (16384 / bs).max(1);
-    out.par_chunks_mut(blocks_per_chunk * bs)
-        .zip(bytes.par_chunks(blocks_per_chunk * ts))
-        .for_each(|(o, b)| {
-            for (ob, bb) in o.chunks_exact_mut(bs).zip(b.chunks_exact(ts)) {
-                dequantize_block(ty, bb, ob);
-            }
-        });
+    out.par_chunks_mut(blocks_per_chunk * bs).zip(bytes.par_chunks(blocks_per_chunk * ts)).for_each(|(o, b)| {
+        for (ob, bb) in o.chunks_exact_mut(bs).zip(b.chunks_exact(ts)) {
+            dequantize_block(ty, bb, ob);
+        }
+    });
     Ok(())
 }
 
@@ -408,10 +340,7 @@ mod hand_derived_tests {
         b[2] = 0b0000_0101; // elements 0 and 2 positive
         b[17] = 0x80; // element 127 positive
         let v = dequantize_to_vec(GgmlType::Q1_0, &b, 128).unwrap();
-        assert_eq!(
-            (v[0], v[1], v[2], v[126], v[127]),
-            (1.5, -1.5, 1.5, -1.5, 1.5)
-        );
+        assert_eq!((v[0], v[1], v[2], v[126], v[127]), (1.5, -1.5, 1.5, -1.5, 1.5));
     }
 
     #[test]

@@ -153,21 +153,14 @@ impl Value {
     pub fn summary(&self) -> String {
         match self {
             Value::String(s) if s.chars().count() > 60 => {
-                format!(
-                    "{:?}… ({} chars)",
-                    s.chars().take(60).collect::<String>(),
-                    s.chars().count()
-                )
+                format!("{:?}… ({} chars)", s.chars().take(60).collect::<String>(), s.chars().count())
             }
             Value::String(s) => format!("{s:?}"),
             Value::Array(t, v) if v.len() > 8 => {
                 let head: Vec<String> = v.iter().take(4).map(|x| x.summary()).collect();
                 format!("[{}, …] ({} × {:?})", head.join(", "), v.len(), t)
             }
-            Value::Array(_, v) => format!(
-                "[{}]",
-                v.iter().map(|x| x.summary()).collect::<Vec<_>>().join(", ")
-            ),
+            Value::Array(_, v) => format!("[{}]", v.iter().map(|x| x.summary()).collect::<Vec<_>>().join(", ")),
             Value::F32(x) => format!("{x}"),
             Value::F64(x) => format!("{x}"),
             Value::Bool(b) => format!("{b}"),

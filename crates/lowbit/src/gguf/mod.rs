@@ -38,20 +38,11 @@ mod tests {
             ("a.f64".into(), Value::F64(-0.125)),
             (
                 "a.strings".into(),
-                Value::Array(
-                    ValueType::String,
-                    vec![Value::String("x".into()), Value::String("ÿ€".into())],
-                ),
+                Value::Array(ValueType::String, vec![Value::String("x".into()), Value::String("ÿ€".into())]),
             ),
             (
                 "a.nested".into(),
-                Value::Array(
-                    ValueType::Array,
-                    vec![Value::Array(
-                        ValueType::I32,
-                        vec![Value::I32(1), Value::I32(2)],
-                    )],
-                ),
+                Value::Array(ValueType::Array, vec![Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(2)])]),
             ),
         ]
     }
@@ -62,24 +53,11 @@ mod tests {
         let path = dir.path().join("rt.gguf");
         let md = sample_metadata();
         let specs = vec![
-            TensorSpec {
-                name: "w".into(),
-                dims: vec![64, 3],
-                ty: GgmlType::Q8_0,
-            },
-            TensorSpec {
-                name: "n".into(),
-                dims: vec![5],
-                ty: GgmlType::F32,
-            },
+            TensorSpec { name: "w".into(), dims: vec![64, 3], ty: GgmlType::Q8_0 },
+            TensorSpec { name: "n".into(), dims: vec![5], ty: GgmlType::F32 },
         ];
-        let w_bytes: Vec<u8> = (0..6 * 34)
-            .map(|i| if i % 34 == 1 { 0x3c } else { i as u8 })
-            .collect();
-        let n_bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let w_bytes: Vec<u8> = (0..6 * 34).map(|i| if i % 34 == 1 { 0x3c } else { i as u8 }).collect();
+        let n_bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0].iter().flat_map(|x| x.to_le_bytes()).collect();
         let mut w = GgufWriter::create(&path, &md, specs).unwrap();
         w.write_tensor("w", &w_bytes).unwrap();
         w.write_tensor("n", &n_bytes).unwrap();
@@ -100,19 +78,11 @@ mod tests {
     fn unfinished_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("partial.gguf");
-        let specs = vec![TensorSpec {
-            name: "n".into(),
-            dims: vec![4],
-            ty: GgmlType::F32,
-        }];
+        let specs = vec![TensorSpec { name: "n".into(), dims: vec![4], ty: GgmlType::F32 }];
         let w = GgufWriter::create(&path, &[], specs).unwrap();
         assert!(w.finish().is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        let specs = vec![TensorSpec {
-            name: "q".into(),
-            dims: vec![33],
-            ty: GgmlType::Q4_0,
-        }];
+        let specs = vec![TensorSpec { name: "q".into(), dims: vec![33], ty: GgmlType::Q4_0 }];
         assert!(GgufWriter::create(&path, &[], specs).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

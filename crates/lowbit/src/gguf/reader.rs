@@ -115,10 +115,9 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         if n > self.remaining() {
-            return Err(self.err(format!(
-                "truncated: {what} needs {n} bytes but only {} remain in the file",
-                self.remaining()
-            )));
+            return Err(
+                self.err(format!("truncated: {what} needs {n} bytes but only {} remain in the file", self.remaining()))
+            );
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -129,27 +128,19 @@ impl<'a> Cursor<'a> {
         Ok(self.take(1, what)?[0])
     }
     fn u16(&mut self, what: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(
-            self.take(2, what)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(
-            self.take(4, what)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(
-            self.take(8, what)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
     }
 
     fn string(&mut self, what: &str, max: u64) -> Result<String> {
         let len = self.u64(what)?;
         if len > max {
-            return Err(self.err(format!(
-                "{what}: length {len} exceeds the limit of {max} bytes"
-            )));
+            return Err(self.err(format!("{what}: length {len} exceeds the limit of {max} bytes")));
         }
         let bytes = self.take(len, what)?;
         Ok(String::from_utf8_lossy(bytes).into_owned())
@@ -176,18 +167,14 @@ impl<'a> Cursor<'a> {
             ValueType::String => Value::String(self.string(&what, u64::MAX)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(self.err(format!(
-                        "{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}"
-                    )));
+                    return Err(self.err(format!("{what}: arrays nested deeper than {MAX_ARRAY_DEPTH}")));
                 }
                 let id = self.u32(&what)?;
                 let elem = ValueType::from_id(id)
                     .ok_or_else(|| self.err(format!("{what}: unknown array element type {id}")))?;
                 let n = self.u64(&what)?;
                 if n > MAX_ARRAY_LEN {
-                    return Err(self.err(format!(
-                        "{what}: array of {n} elements exceeds the limit of {MAX_ARRAY_LEN}"
-                    )));
+                    return Err(self.err(format!("{what}: array of {n} elements exceeds the limit of {MAX_ARRAY_LEN}")));
                 }
                 if n.saturating_mul(elem.min_size()) > self.remaining() {
                     return Err(self.err(format!(
@@ -220,10 +207,7 @@ impl GgufFile {
             return Err(Error::format(path, "is a directory, not a GGUF file"));
         }
         if meta.len() < 24 {
-            return Err(Error::format(
-                path,
-                format!("too short to be GGUF ({} bytes)", meta.len()),
-            ));
+            return Err(Error::format(path, format!("too short to be GGUF ({} bytes)", meta.len())));
         }
         // SAFETY-free: memmap2's `map` is unsafe because another process could change the
         // file under us; lowbit never writes to files it has open for reading.
@@ -237,26 +221,16 @@ impl GgufFile {
     /// Parses a GGUF image held in memory; `name` is used in error messages.
     pub fn from_bytes(name: impl AsRef<Path>, bytes: Vec<u8>) -> Result<GgufFile> {
         if bytes.len() < 24 {
-            return Err(Error::format(
-                name,
-                format!("too short to be GGUF ({} bytes)", bytes.len()),
-            ));
+            return Err(Error::format(name, format!("too short to be GGUF ({} bytes)", bytes.len())));
         }
         Self::parse(name.as_ref().to_path_buf(), Backing::Owned(bytes))
     }
 
     fn parse(path: PathBuf, mmap: Backing) -> Result<GgufFile> {
-        let mut c = Cursor {
-            buf: &mmap,
-            pos: 0,
-            path: &path,
-        };
+        let mut c = Cursor { buf: &mmap, pos: 0, path: &path };
         let magic = c.take(4, "magic")?;
         if magic != MAGIC {
-            return Err(Error::format(
-                &path,
-                format!("not a GGUF file (magic bytes {magic:02x?}, expected \"GGUF\")"),
-            ));
+            return Err(Error::format(&path, format!("not a GGUF file (magic bytes {magic:02x?}, expected \"GGUF\")")));
         }
         let version = c.u32("version")?;
         match version {
@@ -268,10 +242,7 @@ impl GgufFile {
                 ))
             }
             v if v.swap_bytes() <= 3 => {
-                return Err(Error::unsupported(
-                    &path,
-                    "big-endian GGUF; lowbit reads little-endian files",
-                ))
+                return Err(Error::unsupported(&path, "big-endian GGUF; lowbit reads little-endian files"))
             }
             v => return Err(Error::format(&path, format!("unknown GGUF version {v}"))),
         }
@@ -280,17 +251,15 @@ impl GgufFile {
         // Each key–value pair needs at least 8 (key length) + 4 (type) + 1 bytes; each
         // tensor info at least 8 + 4 + 4 + 8. Reject lying counts before allocating.
         if n_kv.saturating_mul(13) > c.remaining() {
-            return Err(c.err(format!(
-                "header claims {n_kv} metadata entries, more than the file can hold"
-            )));
+            return Err(c.err(format!("header claims {n_kv} metadata entries, more than the file can hold")));
         }
         let mut metadata = Vec::with_capacity(n_kv as usize);
         let mut keys = HashSet::new();
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key #{i}"), 65536)?;
             let id = c.u32(&format!("type of '{key}'"))?;
-            let ty = ValueType::from_id(id)
-                .ok_or_else(|| c.err(format!("metadata '{key}' has unknown value type {id}")))?;
+            let ty =
+                ValueType::from_id(id).ok_or_else(|| c.err(format!("metadata '{key}' has unknown value type {id}")))?;
             let value = c.value(ty, &key, 0)?;
             if !keys.insert(key.clone()) {
                 return Err(c.err(format!("duplicate metadata key '{key}'")));
@@ -304,18 +273,13 @@ impl GgufFile {
                 _ => {
                     return Err(Error::format(
                         &path,
-                        format!(
-                            "general.alignment is {}, expected a power of two",
-                            v.summary()
-                        ),
+                        format!("general.alignment is {}, expected a power of two", v.summary()),
                     ))
                 }
             },
         };
         if n_tensors.saturating_mul(24) > c.remaining() {
-            return Err(c.err(format!(
-                "header claims {n_tensors} tensors, more than the file can hold"
-            )));
+            return Err(c.err(format!("header claims {n_tensors} tensors, more than the file can hold")));
         }
         let mut tensors = Vec::with_capacity(n_tensors as usize);
         let mut names = HashSet::new();
@@ -323,9 +287,7 @@ impl GgufFile {
             let name = c.string(&format!("name of tensor #{i}"), MAX_NAME_LEN)?;
             let n_dims = c.u32(&format!("dimension count of '{name}'"))?;
             if n_dims as usize > MAX_DIMS {
-                return Err(c.err(format!(
-                    "tensor '{name}' has {n_dims} dimensions; ggml allows at most {MAX_DIMS}"
-                )));
+                return Err(c.err(format!("tensor '{name}' has {n_dims} dimensions; ggml allows at most {MAX_DIMS}")));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -333,9 +295,7 @@ impl GgufFile {
             }
             let n_elements = dims
                 .iter()
-                .try_fold(1u64, |acc, &d| {
-                    acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64)
-                })
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64))
                 .ok_or_else(|| Error::tensor(&path, &name, format!("shape {dims:?} overflows")))?;
             let type_id = c.u32(&format!("type of '{name}'"))?;
             let offset = c.u64(&format!("offset of '{name}'"))?;
@@ -350,10 +310,7 @@ impl GgufFile {
                         return Err(Error::tensor(
                             &path,
                             &name,
-                            format!(
-                                "row length {row} is not a multiple of {t}'s block size {}",
-                                t.block_size()
-                            ),
+                            format!("row length {row} is not a multiple of {t}'s block size {}", t.block_size()),
                         ));
                     }
                     let bytes = (n_elements / t.block_size() as u64)
@@ -364,32 +321,17 @@ impl GgufFile {
                 TensorType::Unknown(_) => None,
             };
             if offset % alignment != 0 {
-                return Err(Error::tensor(
-                    &path,
-                    &name,
-                    format!("data offset {offset} is not aligned to {alignment}"),
-                ));
+                return Err(Error::tensor(&path, &name, format!("data offset {offset} is not aligned to {alignment}")));
             }
             if !names.insert(name.clone()) {
-                return Err(Error::tensor(
-                    &path,
-                    &name,
-                    "appears twice in the tensor list",
-                ));
+                return Err(Error::tensor(&path, &name, "appears twice in the tensor list"));
             }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset,
-                n_elements,
-                n_bytes,
-            });
+            tensors.push(TensorInfo { name, dims, ty, offset, n_elements, n_bytes });
         }
         let header_end = c.pos as u64;
         let file_len = mmap.len() as u64;
-        let data_offset = align_up(header_end, alignment)
-            .ok_or_else(|| Error::format(&path, "data offset overflows"))?;
+        let data_offset =
+            align_up(header_end, alignment).ok_or_else(|| Error::format(&path, "data offset overflows"))?;
         // Every known tensor's bytes must lie inside the file, and no two may overlap.
         let mut ranges: Vec<(u64, u64, &str)> = Vec::with_capacity(tensors.len());
         for t in &tensors {
@@ -413,22 +355,10 @@ impl GgufFile {
         ranges.sort_unstable();
         for w in ranges.windows(2) {
             if w[1].0 < w[0].1 {
-                return Err(Error::tensor(
-                    &path,
-                    w[1].2,
-                    format!("data overlaps tensor '{}'", w[0].2),
-                ));
+                return Err(Error::tensor(&path, w[1].2, format!("data overlaps tensor '{}'", w[0].2)));
             }
         }
-        Ok(GgufFile {
-            path,
-            mmap,
-            version,
-            metadata,
-            tensors,
-            alignment,
-            data_offset,
-        })
+        Ok(GgufFile { path, mmap, version, metadata, tensors, alignment, data_offset })
     }
 
     /// The file this was read from.
@@ -458,15 +388,10 @@ impl GgufFile {
 
     /// The raw stored bytes of tensor `name` (zero-copy from the memory map).
     pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
-        let info = self
-            .tensor_info(name)
-            .ok_or_else(|| Error::tensor(&self.path, name, "no such tensor in the file"))?;
+        let info =
+            self.tensor_info(name).ok_or_else(|| Error::tensor(&self.path, name, "no such tensor in the file"))?;
         let n = info.n_bytes.ok_or_else(|| {
-            Error::tensor(
-                &self.path,
-                name,
-                format!("stored as {}, which lowbit cannot read", info.ty),
-            )
+            Error::tensor(&self.path, name, format!("stored as {}, which lowbit cannot read", info.ty))
         })?;
         let start = (self.data_offset + info.offset) as usize;
         Ok((info, &self.mmap[start..start + n as usize]))
@@ -475,12 +400,9 @@ impl GgufFile {
     /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let (info, bytes) = self.tensor_bytes(name)?;
-        let TensorType::Known(ty) = info.ty else {
-            unreachable!("tensor_bytes checked the type")
-        };
+        let TensorType::Known(ty) = info.ty else { unreachable!("tensor_bytes checked the type") };
         let n = usize::try_from(info.n_elements)
             .map_err(|_| Error::tensor(&self.path, name, "too many elements for this machine"))?;
-        format::dequantize_to_vec(ty, bytes, n)
-            .map_err(|e| Error::tensor(&self.path, name, e.to_string()))
+        format::dequantize_to_vec(ty, bytes, n).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
     }
 }

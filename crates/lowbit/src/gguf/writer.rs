@@ -93,35 +93,20 @@ impl GgufWriter {
             .and_then(|(_, v)| v.as_u64())
             .unwrap_or(DEFAULT_ALIGNMENT);
         if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(Error::Usage(format!(
-                "general.alignment {alignment} is not a power of two"
-            )));
+            return Err(Error::Usage(format!("general.alignment {alignment} is not a power of two")));
         }
         for (k, v) in metadata {
             if let Value::Array(t, items) = v {
                 if items.iter().any(|x| x.value_type() != *t) {
-                    return Err(Error::Usage(format!(
-                        "metadata '{k}': array elements do not all have type {t:?}"
-                    )));
+                    return Err(Error::Usage(format!("metadata '{k}': array elements do not all have type {t:?}")));
                 }
             }
         }
-        let sizes = specs
-            .iter()
-            .map(TensorSpec::n_bytes)
-            .collect::<Result<Vec<_>>>()?;
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let file_name = target
-            .file_name()
-            .ok_or_else(|| Error::Usage(format!("{}: not a file path", target.display())))?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ));
+        let sizes = specs.iter().map(TensorSpec::n_bytes).collect::<Result<Vec<_>>>()?;
+        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let file_name =
+            target.file_name().ok_or_else(|| Error::Usage(format!("{}: not a file path", target.display())))?;
+        let tmp = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = GgufWriter {
             target,
@@ -178,15 +163,10 @@ impl GgufWriter {
     /// Writes the next tensor's data; tensors must come in the order of the specs.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
         let Some(spec) = self.specs.get(self.next) else {
-            return Err(Error::Usage(format!(
-                "tensor '{name}' written after all tensors were written"
-            )));
+            return Err(Error::Usage(format!("tensor '{name}' written after all tensors were written")));
         };
         if spec.name != name {
-            return Err(Error::Usage(format!(
-                "expected tensor '{}' next, got '{name}'",
-                spec.name
-            )));
+            return Err(Error::Usage(format!("expected tensor '{}' next, got '{name}'", spec.name)));
         }
         if data.len() as u64 != self.sizes[self.next] {
             return Err(Error::Usage(format!(
@@ -198,13 +178,8 @@ impl GgufWriter {
             )));
         }
         let pad = (data.len() as u64).div_ceil(self.alignment) * self.alignment - data.len() as u64;
-        let out = self
-            .out
-            .as_mut()
-            .ok_or_else(|| Error::Usage("writer already failed".into()))?;
-        let res = out
-            .write_all(data)
-            .and_then(|_| out.write_all(&vec![0u8; pad as usize]));
+        let out = self.out.as_mut().ok_or_else(|| Error::Usage("writer already failed".into()))?;
+        let res = out.write_all(data).and_then(|_| out.write_all(&vec![0u8; pad as usize]));
         if let Err(e) = res {
             return Err(self.fail(e));
         }
@@ -219,18 +194,10 @@ impl GgufWriter {
             let missing = self.specs[self.next].name.clone();
             let _ = self.out.take();
             let _ = std::fs::remove_file(&self.tmp);
-            return Err(Error::Usage(format!(
-                "GGUF writer finished before tensor '{missing}' was written"
-            )));
+            return Err(Error::Usage(format!("GGUF writer finished before tensor '{missing}' was written")));
         }
-        let out = self
-            .out
-            .take()
-            .ok_or_else(|| Error::Usage("writer already failed".into()))?;
-        let res = out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all());
+        let out = self.out.take().ok_or_else(|| Error::Usage("writer already failed".into()))?;
+        let res = out.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all());
         if let Err(e) = res {
             return Err(self.fail(e));
         }

@@ -40,32 +40,17 @@ pub struct Bert {
 
 fn get(m: &SafetensorsModel, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     // Accept both bare names and a `bert.` prefix (BertForMaskedLM-style checkpoints).
-    let key = if m.tensors.contains_key(name) {
-        name.to_string()
-    } else {
-        format!("bert.{name}")
-    };
-    let t = m.tensors.get(&key).ok_or_else(|| {
-        Error::tensor(
-            &m.dir,
-            name,
-            "required by the BERT architecture but missing",
-        )
-    })?;
+    let key = if m.tensors.contains_key(name) { name.to_string() } else { format!("bert.{name}") };
+    let t = m
+        .tensors
+        .get(&key)
+        .ok_or_else(|| Error::tensor(&m.dir, name, "required by the BERT architecture but missing"))?;
     if t.shape != shape {
-        return Err(Error::tensor(
-            m.shard_path(t),
-            name,
-            format!("shape {:?}, expected {shape:?}", t.shape),
-        ));
+        return Err(Error::tensor(m.shard_path(t), name, format!("shape {:?}, expected {shape:?}", t.shape)));
     }
     let v = m.to_f32(&key)?;
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::tensor(
-            m.shard_path(t),
-            name,
-            format!("element {i} is {} (NaN/inf weights)", v[i]),
-        ));
+        return Err(Error::tensor(m.shard_path(t), name, format!("element {i} is {} (NaN/inf weights)", v[i])));
     }
     Ok(v)
 }
@@ -77,14 +62,12 @@ fn linear(m: &SafetensorsModel, prefix: &str, out_f: usize, in_f: usize) -> Resu
         bias: Some(get(m, &format!("{prefix}.bias"), &[out_f])?),
         in_features: in_f,
         out_features: out_f,
+        act_quant: None,
     })
 }
 
 fn ln(m: &SafetensorsModel, prefix: &str, d: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-    Ok((
-        get(m, &format!("{prefix}.weight"), &[d])?,
-        get(m, &format!("{prefix}.bias"), &[d])?,
-    ))
+    Ok((get(m, &format!("{prefix}.weight"), &[d])?, get(m, &format!("{prefix}.bias"), &[d])?))
 }
 
 impl Bert {
@@ -93,19 +76,11 @@ impl Bert {
         let m = SafetensorsModel::open(dir)?;
         let cfg_path = dir.join("config.json");
         let need = |k: &str| {
-            m.config_usize(k)
-                .ok_or_else(|| Error::format(&cfg_path, format!("missing or non-integer \"{k}\"")))
+            m.config_usize(k).ok_or_else(|| Error::format(&cfg_path, format!("missing or non-integer \"{k}\"")))
         };
-        let model_type = m
-            .config
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("");
+        let model_type = m.config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
         if model_type != "bert" {
-            return Err(Error::unsupported(
-                &cfg_path,
-                format!("model_type \"{model_type}\" (this loader reads BERT)"),
-            ));
+            return Err(Error::unsupported(&cfg_path, format!("model_type \"{model_type}\" (this loader reads BERT)")));
         }
         let (d, n_layer, n_head, d_ff) = (
             need("hidden_size")?,
@@ -114,19 +89,12 @@ impl Bert {
             need("intermediate_size")?,
         );
         if n_head == 0 || d % n_head != 0 {
-            return Err(Error::format(
-                &cfg_path,
-                format!("hidden_size {d} is not divisible by {n_head} heads"),
-            ));
+            return Err(Error::format(&cfg_path, format!("hidden_size {d} is not divisible by {n_head} heads")));
         }
         let vocab = need("vocab_size")?;
         let max_positions = need("max_position_embeddings")?;
         let types = m.config_usize("type_vocab_size").unwrap_or(2);
-        let eps = m
-            .config
-            .get("layer_norm_eps")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1e-12) as f32;
+        let eps = m.config.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12) as f32;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = format!("encoder.layer.{i}");
@@ -146,11 +114,7 @@ impl Bert {
             n_head,
             eps,
             word: get(&m, "embeddings.word_embeddings.weight", &[vocab, d])?,
-            position: get(
-                &m,
-                "embeddings.position_embeddings.weight",
-                &[max_positions, d],
-            )?,
+            position: get(&m, "embeddings.position_embeddings.weight", &[max_positions, d])?,
             token_type: get(&m, "embeddings.token_type_embeddings.weight", &[types, d])?,
             max_positions,
             emb_ln: ln(&m, "embeddings.LayerNorm", d)?,
@@ -163,28 +127,16 @@ impl Bert {
     pub fn encode_ids(&self, ids: &[u32], type_ids: &[u32]) -> Result<Vec<f32>> {
         let (d, t) = (self.d, ids.len());
         if t > self.max_positions {
-            return Err(Error::Usage(format!(
-                "{t} tokens exceed BERT's {} positions",
-                self.max_positions
-            )));
+            return Err(Error::Usage(format!("{t} tokens exceed BERT's {} positions", self.max_positions)));
         }
         let vocab = self.word.len() / d;
         let mut x = vec![0.0f32; t * d];
         for (i, row) in x.chunks_exact_mut(d).enumerate() {
-            let (id, ty) = (
-                ids[i] as usize,
-                type_ids.get(i).copied().unwrap_or(0) as usize,
-            );
+            let (id, ty) = (ids[i] as usize, type_ids.get(i).copied().unwrap_or(0) as usize);
             if id >= vocab || (ty + 1) * d > self.token_type.len() {
-                return Err(Error::Usage(format!(
-                    "token {id} (type {ty}) is outside the vocabulary"
-                )));
+                return Err(Error::Usage(format!("token {id} (type {ty}) is outside the vocabulary")));
             }
-            let (w, tt, p) = (
-                &self.word[id * d..],
-                &self.token_type[ty * d..],
-                &self.position[i * d..],
-            );
+            let (w, tt, p) = (&self.word[id * d..], &self.token_type[ty * d..], &self.position[i * d..]);
             for (j, r) in row.iter_mut().enumerate() {
                 *r = w[j] + tt[j] + p[j];
             }
@@ -201,33 +153,13 @@ impl Bert {
                 .into_par_iter()
                 .map(|h| {
                     let mut s = vec![0.0f32; t * t];
-                    let qv = StridedMat {
-                        data: &q,
-                        offset: h * hd,
-                        row_stride: d,
-                        col_stride: 1,
-                    };
-                    let kt = StridedMat {
-                        data: &k,
-                        offset: h * hd,
-                        row_stride: 1,
-                        col_stride: d,
-                    };
+                    let qv = StridedMat { data: &q, offset: h * hd, row_stride: d, col_stride: 1 };
+                    let kt = StridedMat { data: &k, offset: h * hd, row_stride: 1, col_stride: d };
                     matmul_strided(t, t, hd, &qv, &kt, &mut s, t);
                     s.chunks_exact_mut(t).for_each(softmax);
                     let mut o = vec![0.0f32; t * hd];
-                    let sv = StridedMat {
-                        data: &s,
-                        offset: 0,
-                        row_stride: t,
-                        col_stride: 1,
-                    };
-                    let vv = StridedMat {
-                        data: &v,
-                        offset: h * hd,
-                        row_stride: d,
-                        col_stride: 1,
-                    };
+                    let sv = StridedMat { data: &s, offset: 0, row_stride: t, col_stride: 1 };
+                    let vv = StridedMat { data: &v, offset: h * hd, row_stride: d, col_stride: 1 };
                     matmul_strided(t, hd, t, &sv, &vv, &mut o, hd);
                     o
                 })
@@ -235,8 +167,7 @@ impl Bert {
             let mut ctx = vec![0.0f32; t * d];
             for (h, o) in heads.iter().enumerate() {
                 for i in 0..t {
-                    ctx[i * d + h * hd..i * d + (h + 1) * hd]
-                        .copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                    ctx[i * d + h * hd..i * d + (h + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
                 }
             }
             let a = l.attn_out.forward(&ctx, t);

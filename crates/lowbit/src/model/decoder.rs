@@ -6,9 +6,7 @@ use rayon::prelude::*;
 
 use super::Linear;
 use crate::error::Result;
-use crate::tensor::{
-    gelu_tanh, matmul_strided, matmul_wt, rms_norm, rope, silu, softmax, StridedMat,
-};
+use crate::tensor::{gelu_tanh, matmul_strided, matmul_wt, rms_norm, rope, silu, softmax, StridedMat};
 
 /// The gate activation of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +99,8 @@ pub struct Decoder {
     pub out_norm: Vec<f32>,
     /// Output projection; `None` when tied to the embeddings.
     pub output: Option<Linear>,
+    /// Activation quantization for the tied output layer (llama.cpp numerics).
+    pub tied_act_quant: Option<crate::format::GgmlType>,
 }
 
 /// Keys and values of past positions, per layer: `len` rows of `n_head_kv × head_dim`.
@@ -136,10 +136,7 @@ impl KvCache {
 
     /// Forgets everything (start a new sequence).
     pub fn clear(&mut self) {
-        self.k
-            .iter_mut()
-            .chain(self.v.iter_mut())
-            .for_each(Vec::clear);
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
         self.len = 0;
     }
 }
@@ -147,11 +144,7 @@ impl KvCache {
 impl Decoder {
     /// A cache sized for this model.
     pub fn new_cache(&self, max_tokens: usize) -> KvCache {
-        KvCache::new(
-            self.blocks.len(),
-            self.cfg.n_head_kv * self.cfg.head_dim,
-            max_tokens,
-        )
+        KvCache::new(self.blocks.len(), self.cfg.n_head_kv * self.cfg.head_dim, max_tokens)
     }
 
     /// Embeds `tokens`, runs every block, applies the final norm.
@@ -169,10 +162,7 @@ impl Decoder {
         for (row, &tok) in x.chunks_exact_mut(c.d_model).zip(tokens) {
             let tok = tok as usize;
             if tok >= c.vocab {
-                return Err(crate::Error::Usage(format!(
-                    "token id {tok} is outside the vocabulary of {}",
-                    c.vocab
-                )));
+                return Err(crate::Error::Usage(format!("token id {tok} is outside the vocabulary of {}", c.vocab)));
             }
             row.copy_from_slice(&self.tok_embd[tok * c.d_model..(tok + 1) * c.d_model]);
             if c.embed_scale != 1.0 {
@@ -188,15 +178,7 @@ impl Decoder {
         Ok(x)
     }
 
-    fn block_forward(
-        &self,
-        il: usize,
-        b: &Block,
-        x: &mut [f32],
-        t: usize,
-        pos0: usize,
-        cache: &mut KvCache,
-    ) {
+    fn block_forward(&self, il: usize, b: &Block, x: &mut [f32], t: usize, pos0: usize, cache: &mut KvCache) {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
         let mut h = x.to_vec();
@@ -234,18 +216,8 @@ impl Decoder {
             .map(|head| {
                 let kvh = head / (nh / nkv);
                 let mut scores = vec![0.0f32; t * s];
-                let qv = StridedMat {
-                    data: &q,
-                    offset: head * hd,
-                    row_stride: nh * hd,
-                    col_stride: 1,
-                };
-                let kt = StridedMat {
-                    data: kc,
-                    offset: kvh * hd,
-                    row_stride: 1,
-                    col_stride: row,
-                };
+                let qv = StridedMat { data: &q, offset: head * hd, row_stride: nh * hd, col_stride: 1 };
+                let kt = StridedMat { data: kc, offset: kvh * hd, row_stride: 1, col_stride: row };
                 matmul_strided(t, s, hd, &qv, &kt, &mut scores, s);
                 for (i, r) in scores.chunks_exact_mut(s).enumerate() {
                     let p = pos0 + i;
@@ -255,18 +227,8 @@ impl Decoder {
                     softmax(r);
                 }
                 let mut out = vec![0.0f32; t * hd];
-                let sv = StridedMat {
-                    data: &scores,
-                    offset: 0,
-                    row_stride: s,
-                    col_stride: 1,
-                };
-                let vv = StridedMat {
-                    data: vc,
-                    offset: kvh * hd,
-                    row_stride: row,
-                    col_stride: 1,
-                };
+                let sv = StridedMat { data: &scores, offset: 0, row_stride: s, col_stride: 1 };
+                let vv = StridedMat { data: vc, offset: kvh * hd, row_stride: row, col_stride: 1 };
                 matmul_strided(t, hd, s, &sv, &vv, &mut out, hd);
                 out
             })
@@ -274,8 +236,7 @@ impl Decoder {
         let mut attn = vec![0.0f32; t * nh * hd];
         for (head, o) in heads.iter().enumerate() {
             for i in 0..t {
-                attn[i * nh * hd + head * hd..i * nh * hd + (head + 1) * hd]
-                    .copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                attn[i * nh * hd + head * hd..i * nh * hd + (head + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
             }
         }
         let mut a = b.wo.forward(&attn, t);
@@ -289,16 +250,14 @@ impl Decoder {
         let mut gate = b.w_gate.forward(&h, t);
         let up = b.w_up.forward(&h, t);
         let act = c.activation;
-        gate.par_chunks_mut(4096)
-            .zip(up.par_chunks(4096))
-            .for_each(|(g, u)| {
-                for (g, u) in g.iter_mut().zip(u) {
-                    *g = match act {
-                        Activation::Silu => silu(*g),
-                        Activation::GeluTanh => gelu_tanh(*g),
-                    } * u;
-                }
-            });
+        gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
+            for (g, u) in g.iter_mut().zip(u) {
+                *g = match act {
+                    Activation::Silu => silu(*g),
+                    Activation::GeluTanh => gelu_tanh(*g),
+                } * u;
+            }
+        });
         let mut m = b.w_down.forward(&gate, t);
         if let Some(w) = &b.ffn_post_norm {
             rms_norm(&mut m, c.d_model, w, c.eps);
@@ -312,14 +271,7 @@ impl Decoder {
             Some(o) => o.forward(hidden, t),
             None => {
                 let mut out = vec![0.0; t * self.cfg.vocab];
-                matmul_wt(
-                    hidden,
-                    t,
-                    self.cfg.d_model,
-                    &self.tok_embd,
-                    self.cfg.vocab,
-                    &mut out,
-                );
+                matmul_wt(hidden, t, self.cfg.d_model, &self.tok_embd, self.cfg.vocab, &mut out);
                 out
             }
         }

@@ -15,8 +15,8 @@ pub const SWA_PATTERN: usize = 6;
 pub const LOCAL_ROPE_BASE: f32 = 10_000.0;
 
 /// Loads a Gemma 3 text model from GGUF.
-pub fn load(file: &GgufFile) -> Result<Decoder> {
-    let w = GgufWeights { file };
+pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
+    let w = GgufWeights { file, llama_cpp_numerics: opts.llama_cpp_numerics };
     let p = |k: &str| format!("gemma3.{k}");
     let d = w.hparam(&p("embedding_length"))?;
     let n_layer = w.hparam(&p("block_count"))?;
@@ -30,15 +30,10 @@ pub fn load(file: &GgufFile) -> Result<Decoder> {
             format!("{n_head} heads cannot share {n_head_kv} key/value heads"),
         ));
     }
-    let eps = w
-        .hparam_f32(&p("attention.layer_norm_rms_epsilon"))
-        .unwrap_or(1e-6);
+    let eps = w.hparam_f32(&p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
     let global_base = w.hparam_f32(&p("rope.freq_base")).unwrap_or(1_000_000.0);
     let window = w.hparam(&p("attention.sliding_window")).unwrap_or(512);
-    let vocab = file
-        .tensor_info("token_embd.weight")
-        .and_then(|t| t.dims.get(1).copied())
-        .unwrap_or(0) as usize;
+    let vocab = file.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0) as usize;
     let cfg = DecoderConfig {
         d_model: d,
         n_head,
@@ -54,6 +49,11 @@ pub fn load(file: &GgufFile) -> Result<Decoder> {
         activation: Activation::GeluTanh,
     };
     let tok_embd = w.get("token_embd.weight", &[d, vocab])?;
+    // The tied output layer multiplies by the embedding table in its stored type.
+    let tied_act_quant = match (opts.llama_cpp_numerics, file.tensor_info("token_embd.weight").map(|t| t.ty)) {
+        (true, Some(crate::gguf::TensorType::Known(ty))) => crate::format::activation::vec_dot_type(ty),
+        _ => None,
+    };
     let mut blocks = Vec::with_capacity(n_layer);
     for i in 0..n_layer {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
@@ -73,29 +73,13 @@ pub fn load(file: &GgufFile) -> Result<Decoder> {
             w_down: w.linear(&n("ffn_down"), d_ff, d)?,
             ffn_post_norm: Some(w.get(&n("post_ffw_norm"), &[d])?),
             attention: if local {
-                LayerAttention {
-                    rope_base: LOCAL_ROPE_BASE,
-                    window: Some(window),
-                }
+                LayerAttention { rope_base: LOCAL_ROPE_BASE, window: Some(window) }
             } else {
-                LayerAttention {
-                    rope_base: global_base,
-                    window: None,
-                }
+                LayerAttention { rope_base: global_base, window: None }
             },
         });
     }
     let out_norm = w.get("output_norm.weight", &[d])?;
-    let output = if w.has("output.weight") {
-        Some(w.linear("output.weight", d, vocab)?)
-    } else {
-        None
-    };
-    Ok(Decoder {
-        cfg,
-        tok_embd,
-        blocks,
-        out_norm,
-        output,
-    })
+    let output = if w.has("output.weight") { Some(w.linear("output.weight", d, vocab)?) } else { None };
+    Ok(Decoder { cfg, tok_embd, blocks, out_norm, output, tied_act_quant })
 }

@@ -10,6 +10,7 @@ pub mod llama;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::format::activation::{fake_quantize_row, vec_dot_type};
 use crate::gguf::{GgufFile, TensorType, Value};
 use crate::tensor::matmul_wt;
 use crate::tokenizer::Tokenizer;
@@ -26,20 +27,21 @@ pub struct Linear {
     pub in_features: usize,
     /// Output width.
     pub out_features: usize,
+    /// When set, inputs are quantized to this type first (llama.cpp's CPU numerics).
+    pub act_quant: Option<crate::format::GgmlType>,
 }
 
 impl Linear {
     /// Applies the layer to `t` rows of `x`.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
         let mut out = vec![0.0; t * self.out_features];
-        matmul_wt(
-            x,
-            t,
-            self.in_features,
-            &self.weight,
-            self.out_features,
-            &mut out,
-        );
+        if let Some(ty) = self.act_quant {
+            let mut xq = x.to_vec();
+            xq.chunks_exact_mut(self.in_features).for_each(|r| fake_quantize_row(r, ty));
+            matmul_wt(&xq, t, self.in_features, &self.weight, self.out_features, &mut out);
+        } else {
+            matmul_wt(x, t, self.in_features, &self.weight, self.out_features, &mut out);
+        }
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(self.out_features) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
@@ -53,44 +55,31 @@ impl Linear {
 pub struct GgufWeights<'a> {
     /// The file.
     pub file: &'a GgufFile,
+    /// Reproduce llama.cpp's activation quantization in every linear layer.
+    pub llama_cpp_numerics: bool,
 }
 
 impl GgufWeights<'_> {
     /// Tensor `name` as f32, checking its GGUF dims (innermost first) equal `dims`.
     pub fn get(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
-        let info = self.file.tensor_info(name).ok_or_else(|| {
-            Error::tensor(
-                self.file.path(),
-                name,
-                "required by the architecture but missing",
-            )
-        })?;
+        let info = self
+            .file
+            .tensor_info(name)
+            .ok_or_else(|| Error::tensor(self.file.path(), name, "required by the architecture but missing"))?;
         let have: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
         let mut want = dims.to_vec();
         while want.len() > have.len() && want.last() == Some(&1) {
             want.pop();
         }
         if have != want {
-            return Err(Error::tensor(
-                self.file.path(),
-                name,
-                format!("shape {have:?}, expected {want:?}"),
-            ));
+            return Err(Error::tensor(self.file.path(), name, format!("shape {have:?}, expected {want:?}")));
         }
         if let TensorType::Unknown(id) = info.ty {
-            return Err(Error::tensor(
-                self.file.path(),
-                name,
-                format!("unknown tensor type {id}"),
-            ));
+            return Err(Error::tensor(self.file.path(), name, format!("unknown tensor type {id}")));
         }
         let v = self.file.dequantize(name)?;
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(Error::tensor(
-                self.file.path(),
-                name,
-                format!("element {i} is {} (NaN/inf weights)", v[i]),
-            ));
+            return Err(Error::tensor(self.file.path(), name, format!("element {i} is {} (NaN/inf weights)", v[i])));
         }
         Ok(v)
     }
@@ -102,13 +91,12 @@ impl GgufWeights<'_> {
 
     /// A linear layer stored as GGUF dims [in, out].
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
-        Ok(Linear {
-            name: name.to_string(),
-            weight: self.get(name, &[in_features, out_features])?,
-            bias: None,
-            in_features,
-            out_features,
-        })
+        let weight = self.get(name, &[in_features, out_features])?;
+        let act_quant = match (self.llama_cpp_numerics, self.file.tensor_info(name).map(|t| t.ty)) {
+            (true, Some(TensorType::Known(ty))) => vec_dot_type(ty),
+            _ => None,
+        };
+        Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant })
     }
 
     /// A required integer hyper-parameter.
@@ -117,12 +105,7 @@ impl GgufWeights<'_> {
             .get(key)
             .and_then(Value::as_u64)
             .map(|v| v as usize)
-            .ok_or_else(|| {
-                Error::format(
-                    self.file.path(),
-                    format!("missing or non-integer hyper-parameter '{key}'"),
-                )
-            })
+            .ok_or_else(|| Error::format(self.file.path(), format!("missing or non-integer hyper-parameter '{key}'")))
     }
 
     /// An optional float hyper-parameter.
@@ -156,17 +139,22 @@ pub struct LoadedLm {
     pub architecture: String,
 }
 
+/// How to load a model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Quantize activations before each linear layer exactly as llama.cpp's CPU backend
+    /// does, so perplexities match `llama-perplexity` on the same file. Off: exact f32.
+    pub llama_cpp_numerics: bool,
+}
+
 /// Opens a GGUF language model of any supported architecture.
-pub fn load_gguf_lm(path: &Path) -> Result<LoadedLm> {
+pub fn load_gguf_lm(path: &Path, opts: LoadOptions) -> Result<LoadedLm> {
     let file = GgufFile::open(path)?;
-    let arch = file
-        .architecture()
-        .ok_or_else(|| Error::format(path, "general.architecture is missing"))?
-        .to_string();
+    let arch = file.architecture().ok_or_else(|| Error::format(path, "general.architecture is missing"))?.to_string();
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let model: Box<dyn CausalLm> = match arch.as_str() {
-        "llama" | "mistral" | "qwen2" => Box::new(llama::load(&file)?),
-        "gemma3" => Box::new(gemma3::load(&file)?),
+        "llama" | "mistral" | "qwen2" => Box::new(llama::load(&file, opts)?),
+        "gemma3" => Box::new(gemma3::load(&file, opts)?),
         other => {
             return Err(Error::unsupported(
                 path,
@@ -174,9 +162,5 @@ pub fn load_gguf_lm(path: &Path) -> Result<LoadedLm> {
             ))
         }
     };
-    Ok(LoadedLm {
-        model,
-        tokenizer,
-        architecture: arch,
-    })
+    Ok(LoadedLm { model, tokenizer, architecture: arch })
 }

@@ -13,25 +13,16 @@ pub fn required(var: &str) -> bool {
 
 /// A Python interpreter that can `import gguf`, or `None` (after printing why).
 pub fn reference_python() -> Option<String> {
-    let candidates: Vec<String> = std::env::var("LOWBIT_REF_PYTHON")
-        .into_iter()
-        .chain(["python3".to_string()])
-        .collect();
+    let candidates: Vec<String> =
+        std::env::var("LOWBIT_REF_PYTHON").into_iter().chain(["python3".to_string()]).collect();
     for py in candidates {
-        let ok = Command::new(&py)
-            .args(["-c", "import gguf, numpy"])
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let ok = Command::new(&py).args(["-c", "import gguf, numpy"]).output().is_ok_and(|o| o.status.success());
         if ok {
             return Some(py);
         }
     }
-    let msg =
-        "no Python with the `gguf` and `numpy` packages (set LOWBIT_REF_PYTHON; .ci/run makes one)";
-    assert!(
-        !required("LOWBIT_REQUIRE_REF"),
-        "LOWBIT_REQUIRE_REF=1 but {msg}"
-    );
+    let msg = "no Python with the `gguf` and `numpy` packages (set LOWBIT_REF_PYTHON; .ci/run makes one)";
+    assert!(!required("LOWBIT_REQUIRE_REF"), "LOWBIT_REQUIRE_REF=1 but {msg}");
     eprintln!("SKIPPED: {msg}");
     None
 }
@@ -49,10 +40,7 @@ pub fn zoo_model(name: &str) -> Option<PathBuf> {
         return Some(p);
     }
     let msg = format!("zoo model {name} is not fetched (run `lowbit fetch {name}`; .ci/run does)");
-    assert!(
-        !required("LOWBIT_REQUIRE_MODELS"),
-        "LOWBIT_REQUIRE_MODELS=1 but {msg}"
-    );
+    assert!(!required("LOWBIT_REQUIRE_MODELS"), "LOWBIT_REQUIRE_MODELS=1 but {msg}");
     eprintln!("SKIPPED: {msg}");
     None
 }

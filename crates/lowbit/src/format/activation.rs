@@ -1,0 +1,81 @@
+//! Activation quantization as llama.cpp's CPU backend applies it: before a dot product
+//! with quantized weights, each activation row is quantized to the weight type's
+//! `vec_dot_type` (Q8_0, Q8_1 or Q8_K; F16 for F16 weights). lowbit's forward pass can
+//! reproduce this ("llama.cpp numerics") so its perplexities match `llama-perplexity` on
+//! the same file; by default lowbit computes in exact f32.
+
+use super::GgmlType;
+
+/// The activation type llama.cpp pairs with weights of type `w` (`None`: plain f32).
+pub fn vec_dot_type(w: GgmlType) -> Option<GgmlType> {
+    use GgmlType::*;
+    Some(match w {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | MXFP4 => Q8_0,
+        Q4_1 | Q5_1 => Q8_1,
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M | IQ4_XS
+        | TQ1_0 | TQ2_0 => Q8_K,
+        F16 => F16,
+        BF16 => BF16,
+        _ => return None,
+    })
+}
+
+/// Replaces each value of `row` by its value after quantizing to `ty` and back (round
+/// trip through ggml's reference `quantize_row_q8_*`), when the row length allows it.
+pub fn fake_quantize_row(row: &mut [f32], ty: GgmlType) {
+    match ty {
+        GgmlType::Q8_0 | GgmlType::Q8_1 if row.len() % 32 == 0 => {
+            for b in row.chunks_exact_mut(32) {
+                let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let dh = half::f16::from_f32(d).to_f32();
+                for v in b.iter_mut() {
+                    *v = (*v * id).round() * dh;
+                }
+            }
+        }
+        GgmlType::Q8_K if row.len() % 256 == 0 => {
+            for b in row.chunks_exact_mut(256) {
+                let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                if max == 0.0 {
+                    b.iter_mut().for_each(|v| *v = 0.0);
+                    continue;
+                }
+                let iscale = -127.0 / max;
+                let d = 1.0 / iscale;
+                for v in b.iter_mut() {
+                    let q = ((iscale * *v).round() as i32).min(127);
+                    *v = q as f32 * d;
+                }
+            }
+        }
+        GgmlType::F16 => row.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        GgmlType::BF16 => row.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_round_trip_error_is_within_half_a_step() {
+        let mut row: Vec<f32> = (0..256).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        let orig = row.clone();
+        fake_quantize_row(&mut row, GgmlType::Q8_K);
+        let step = 3.0 / 127.0;
+        for (a, b) in row.iter().zip(&orig) {
+            assert!((a - b).abs() <= 0.5 * step + 1e-6);
+        }
+        let mut row = orig.clone();
+        fake_quantize_row(&mut row, GgmlType::Q8_0);
+        for (blk, oblk) in row.chunks(32).zip(orig.chunks(32)) {
+            let amax = oblk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in blk.iter().zip(oblk) {
+                assert!((a - b).abs() <= 0.51 * amax / 127.0 + 1e-6);
+            }
+        }
+    }
+}
