@@ -1,0 +1,57 @@
+//! `lowbit inspect` on the real zoo models: tensor counts and types as BENCHMARKS.md
+//! states them, and the safetensors folder of MiniLM. Skips (or, under CI, fails) when
+//! the models have not been fetched.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+fn inspect_json(name: &str) -> Option<serde_json::Value> {
+    let m = lowbit::zoo::find(name).unwrap();
+    if m.cached().is_none() {
+        let msg = format!("zoo model {name} is not fetched (run `lowbit fetch {name}`)");
+        assert!(std::env::var("LOWBIT_REQUIRE_MODELS").as_deref() != Ok("1"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lowbit")).args(["inspect", name, "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn types(j: &serde_json::Value) -> BTreeSet<String> {
+    j["tensors"].as_array().unwrap().iter().map(|t| t["dtype"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn smollm2_lists_272_tensors() {
+    let Some(j) = inspect_json("smollm2-135m") else { return };
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 272);
+    assert_eq!(types(&j), ["F32", "Q4_1", "Q8_0"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(j["architecture"], "llama");
+    assert_eq!(j["tokenizer"], "gpt2");
+    assert_eq!(j["vocab_size"], 49152);
+    assert_eq!(j["params"], 134_515_008);
+    assert_eq!(j["hyperparameters"]["block_count"], 30);
+}
+
+#[test]
+fn gemma3_lists_236_tensors() {
+    let Some(j) = inspect_json("gemma3-270m") else { return };
+    assert_eq!(j["tensors"].as_array().unwrap().len(), 236);
+    assert_eq!(types(&j), ["F32", "Q4_K", "Q5_0", "Q6_K", "Q8_0"].iter().map(|s| s.to_string()).collect());
+    assert_eq!(j["architecture"], "gemma3");
+    assert_eq!(j["tokenizer"], "llama");
+    assert_eq!(j["vocab_size"], 262_144);
+    assert_eq!(j["hyperparameters"]["block_count"], 18);
+}
+
+#[test]
+fn minilm_folder_is_read() {
+    let Some(j) = inspect_json("minilm-l6") else { return };
+    assert_eq!(j["container"], "safetensors");
+    assert_eq!(j["architecture"], "BertModel");
+    assert_eq!(j["vocab_size"], 30522);
+    // 22.7M parameters plus the 512 position ids buffer.
+    let params = j["params"].as_u64().unwrap();
+    assert!((22_600_000..22_800_000).contains(&params), "{params}");
+}
