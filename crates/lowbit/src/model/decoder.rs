@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::Linear;
 use crate::error::Result;
-use crate::tensor::{gelu_tanh, matmul_strided, matmul_wt, rms_norm, rope, silu, softmax, StridedMat};
+use crate::tensor::{gelu_tanh, matmul_strided, rms_norm, rope, silu, softmax, StridedMat};
 
 /// The gate activation of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,11 +269,7 @@ impl Decoder {
     pub fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
         match &self.output {
             Some(o) => o.forward(hidden, t),
-            None => {
-                let mut out = vec![0.0; t * self.cfg.vocab];
-                matmul_wt(hidden, t, self.cfg.d_model, &self.tok_embd, self.cfg.vocab, &mut out);
-                out
-            }
+            None => super::project(hidden, t, self.cfg.d_model, &self.tok_embd, self.cfg.vocab, self.tied_act_quant),
         }
     }
 }

@@ -46,10 +46,7 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
     };
     let tok_embd = w.get("token_embd.weight", &[d, vocab])?;
     // The tied output layer multiplies by the embedding table in its stored type.
-    let tied_act_quant = match (opts.llama_cpp_numerics, file.tensor_info("token_embd.weight").map(|t| t.ty)) {
-        (true, Some(crate::gguf::TensorType::Known(ty))) => crate::format::activation::vec_dot_type(ty),
-        _ => None,
-    };
+    let tied_act_quant = w.act_quant_for("token_embd.weight");
     let mut blocks = Vec::with_capacity(n_layer);
     for i in 0..n_layer {
         let n = |s: &str| format!("blk.{i}.{s}.weight");

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::activation::{fake_quantize_row, vec_dot_type};
+use crate::format::GgmlType;
 use crate::gguf::{GgufFile, TensorType, Value};
 use crate::tensor::matmul_wt;
 use crate::tokenizer::Tokenizer;
@@ -28,20 +29,35 @@ pub struct Linear {
     /// Output width.
     pub out_features: usize,
     /// When set, inputs are quantized to this type first (llama.cpp's CPU numerics).
-    pub act_quant: Option<crate::format::GgmlType>,
+    pub act_quant: Option<GgmlType>,
+}
+
+/// `t` rows of `x` (each `in_f` wide) times `weight`ᵀ (`out_f` rows of `in_f`), with the
+/// rows first quantized to `act_quant` when it is set (llama.cpp numerics). The one
+/// projection every linear layer and tied output layer goes through.
+pub fn project(
+    x: &[f32],
+    t: usize,
+    in_f: usize,
+    weight: &[f32],
+    out_f: usize,
+    act_quant: Option<GgmlType>,
+) -> Vec<f32> {
+    let mut out = vec![0.0; t * out_f];
+    if let Some(ty) = act_quant {
+        let mut xq = x.to_vec();
+        xq.chunks_exact_mut(in_f).for_each(|r| fake_quantize_row(r, ty));
+        matmul_wt(&xq, t, in_f, weight, out_f, &mut out);
+    } else {
+        matmul_wt(x, t, in_f, weight, out_f, &mut out);
+    }
+    out
 }
 
 impl Linear {
     /// Applies the layer to `t` rows of `x`.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let mut out = vec![0.0; t * self.out_features];
-        if let Some(ty) = self.act_quant {
-            let mut xq = x.to_vec();
-            xq.chunks_exact_mut(self.in_features).for_each(|r| fake_quantize_row(r, ty));
-            matmul_wt(&xq, t, self.in_features, &self.weight, self.out_features, &mut out);
-        } else {
-            matmul_wt(x, t, self.in_features, &self.weight, self.out_features, &mut out);
-        }
+        let mut out = project(x, t, self.in_features, &self.weight, self.out_features, self.act_quant);
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(self.out_features) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
@@ -92,11 +108,17 @@ impl GgufWeights<'_> {
     /// A linear layer stored as GGUF dims [in, out].
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
         let weight = self.get(name, &[in_features, out_features])?;
-        let act_quant = match (self.llama_cpp_numerics, self.file.tensor_info(name).map(|t| t.ty)) {
+        let act_quant = self.act_quant_for(name);
+        Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant })
+    }
+
+    /// The activation type llama.cpp would quantize inputs to before multiplying by
+    /// tensor `name` (only in llama.cpp-numerics mode; `None` means exact f32).
+    pub fn act_quant_for(&self, name: &str) -> Option<GgmlType> {
+        match (self.llama_cpp_numerics, self.file.tensor_info(name).map(|t| t.ty)) {
             (true, Some(TensorType::Known(ty))) => vec_dot_type(ty),
             _ => None,
-        };
-        Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant })
+        }
     }
 
     /// A required integer hyper-parameter.
