@@ -72,29 +72,15 @@ fn argmax(row: &[f32]) -> usize {
     row.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) }).0
 }
 
-/// Logits of the scored positions of one chunk: hidden states are projected to the
-/// vocabulary a few rows at a time so a 262k-token vocabulary never needs a full
-/// ctx × vocab buffer.
-fn scored_logits(lm: &LoadedLm, chunk: &[u32], first: usize, mut each: impl FnMut(usize, &[f32])) -> Result<()> {
-    let m = &lm.model;
-    let mut cache = m.new_cache(chunk.len());
-    let hidden = m.forward_hidden(chunk, &mut cache)?;
-    let d = m.hidden_size();
-    let v = m.vocab_size();
-    let rows = chunk.len() - 1 - first;
-    let step = 32;
-    let mut r = 0;
-    while r < rows {
-        let n = step.min(rows - r);
-        let start = first + r;
-        let logits = m.logits(&hidden[start * d..(start + n) * d], n);
-        for i in 0..n {
-            each(start + i, &logits[i * v..(i + 1) * v]);
-        }
-        r += n;
-    }
-    Ok(())
+/// Final hidden states of one chunk, run from an empty cache.
+fn chunk_hidden(lm: &LoadedLm, chunk: &[u32]) -> Result<Vec<f32>> {
+    let mut cache = lm.model.new_cache(chunk.len());
+    lm.model.forward_hidden(chunk, &mut cache)
 }
+
+/// Rows of hidden states projected to the vocabulary per batch, so a 262k-token
+/// vocabulary never needs a full ctx × vocab buffer.
+const LOGIT_ROWS_PER_BATCH: usize = 32;
 
 /// Evaluates `lm` on `text`: tokenise once, cut into `ctx`-token chunks, put BOS first in
 /// each chunk when the tokenizer adds one, score the second half of every chunk. With
@@ -132,7 +118,6 @@ pub fn evaluate(
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut klds: Vec<f64> = Vec::new();
     let (mut ref_nll, mut agree) = (0f64, 0usize);
-    let start_time = std::time::Instant::now();
     let mut model_time = 0f64;
     let mut running = Vec::with_capacity(n_chunks);
     progress(0, n_chunks, 0);
@@ -141,46 +126,56 @@ pub fn evaluate(
         if lm.tokenizer.add_bos {
             chunk[0] = lm.tokenizer.bos.expect("add_bos implies bos");
         }
-        // Reference first: keep its log-probabilities for the scored rows.
-        let mut ref_rows: Vec<(Vec<f64>, usize)> = Vec::new();
-        if let Some(r) = reference {
-            scored_logits(r, &chunk, first, |_, row| ref_rows.push((log_softmax(row), argmax(row))))?;
-        }
         let t0 = std::time::Instant::now();
-        let mut rows: Vec<(usize, Vec<f32>)> = Vec::new();
-        scored_logits(lm, &chunk, first, |pos, row| rows.push((pos, row.to_vec())))?;
+        let hidden = chunk_hidden(lm, &chunk)?;
         model_time += t0.elapsed().as_secs_f64();
-        // Per scored token: (nll, with a reference: (KL, top-1 agrees, reference nll)).
-        type RowStats = (f64, Option<(f64, bool, f64)>);
-        let per_row: Vec<RowStats> = rows
-            .par_iter()
-            .enumerate()
-            .map(|(i, (pos, row))| {
-                let lp = log_softmax(row);
-                let target = chunk[pos + 1] as usize;
-                let nll = -lp[target];
-                let kl = ref_rows.get(i).map(|(rlp, rtop)| {
-                    let kl: f64 =
-                        rlp.iter().zip(&lp).map(|(&p, &q)| if p > -700.0 { p.exp() * (p - q) } else { 0.0 }).sum();
-                    (kl.max(0.0), *rtop == argmax(row), -rlp[target])
-                });
-                (nll, kl)
-            })
-            .collect();
-        for (l, kl) in per_row {
-            nll += l;
-            nll2 += l * l;
-            count += 1;
-            if let Some((k, a, rl)) = kl {
-                klds.push(k);
-                agree += a as usize;
-                ref_nll += rl;
+        let ref_hidden = reference.map(|r| chunk_hidden(r, &chunk)).transpose()?;
+        let (d, v) = (lm.model.hidden_size(), lm.model.vocab_size());
+        // Scored rows are first … ctx-2, each predicting the next token; model and
+        // reference logits are taken batch by batch and compared row by row.
+        let mut start = first;
+        while start < ctx - 1 {
+            let n = LOGIT_ROWS_PER_BATCH.min(ctx - 1 - start);
+            let t0 = std::time::Instant::now();
+            let logits = lm.model.logits(&hidden[start * d..(start + n) * d], n);
+            model_time += t0.elapsed().as_secs_f64();
+            let ref_logits = match (reference, &ref_hidden) {
+                (Some(r), Some(h)) => Some(r.model.logits(&h[start * d..(start + n) * d], n)),
+                _ => None,
+            };
+            // Per scored token: (nll, with a reference: (KL, top-1 agrees, reference nll)).
+            type RowStats = (f64, Option<(f64, bool, f64)>);
+            let per_row: Vec<RowStats> = (0..n)
+                .into_par_iter()
+                .map(|i| {
+                    let row = &logits[i * v..(i + 1) * v];
+                    let lp = log_softmax(row);
+                    let target = chunk[start + i + 1] as usize;
+                    let kl = ref_logits.as_ref().map(|rl| {
+                        let rrow = &rl[i * v..(i + 1) * v];
+                        let rlp = log_softmax(rrow);
+                        let kl: f64 =
+                            rlp.iter().zip(&lp).map(|(&p, &q)| if p > -700.0 { p.exp() * (p - q) } else { 0.0 }).sum();
+                        (kl.max(0.0), argmax(rrow) == argmax(row), -rlp[target])
+                    });
+                    (-lp[target], kl)
+                })
+                .collect();
+            for (l, kl) in per_row {
+                nll += l;
+                nll2 += l * l;
+                count += 1;
+                if let Some((k, a, rl)) = kl {
+                    klds.push(k);
+                    agree += a as usize;
+                    ref_nll += rl;
+                }
             }
+            start += n;
         }
         running.push((nll / count as f64).exp());
         progress(c + 1, n_chunks, (c + 1) * ctx);
     }
-    let _ = start_time;
     let mean = nll / count as f64;
     let var = (nll2 / count as f64 - mean * mean).max(0.0);
     let ppl = mean.exp();
