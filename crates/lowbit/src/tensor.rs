@@ -222,21 +222,80 @@ fn erf(x: f32) -> f32 {
     (if x < 0.0 { -r } else { r }) as f32
 }
 
-/// Rotates `x` (one head, `head_dim` wide) by rotary position embedding at position
-/// `pos`: pairs (2i, 2i+1) when `neox` is false (llama.cpp's NORM mode), (i, i+d/2) when
-/// true (NEOX mode); only the first `rope_dim` values rotate.
-pub fn rope(x: &mut [f32], pos: usize, rope_dim: usize, base: f32, neox: bool) {
-    let half = rope_dim / 2;
+/// The (sin, cos) of every rotary angle at position `pos`: `rope_dim / 2` pairs, angle
+/// i = pos · base^(−2i/rope_dim), accumulated by repeated multiplication as llama.cpp
+/// does. Computed once per position and shared by all heads.
+pub fn rope_angles(pos: usize, rope_dim: usize, base: f32) -> Vec<(f32, f32)> {
     let theta_scale = base.powf(-2.0 / rope_dim as f32);
     let mut theta = pos as f32;
-    for i in 0..half {
-        let (sin, cos) = theta.sin_cos();
+    (0..rope_dim / 2)
+        .map(|_| {
+            let sc = theta.sin_cos();
+            theta *= theta_scale;
+            sc
+        })
+        .collect()
+}
+
+/// Rotates `x` (one head) by rotary position embedding with precomputed `angles`: pairs
+/// (2i, 2i+1) when `neox` is false (llama.cpp's NORM mode), (i, i+d/2) when true (NEOX
+/// mode), d = 2 · angles.len(); values past d are left alone.
+pub fn apply_rope(x: &mut [f32], angles: &[(f32, f32)], neox: bool) {
+    let half = angles.len();
+    for (i, &(sin, cos)) in angles.iter().enumerate() {
         let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
         let (x0, x1) = (x[a], x[b]);
         x[a] = x0 * cos - x1 * sin;
         x[b] = x0 * sin + x1 * cos;
-        theta *= theta_scale;
     }
+}
+
+/// Multi-head attention over packed rows. `q` holds `t` rows of `n_head × hd` (already
+/// scaled), `k` and `v` hold `s` rows of `n_kv × hd`; query head h reads key/value head
+/// h / (n_head / n_kv) (grouped-query attention). Query i attends to the keys in
+/// `visible(i)` (causal, sliding window, or all). Heads run in parallel. Returns `t`
+/// rows of `n_head × hd`.
+#[allow(clippy::too_many_arguments)]
+pub fn multi_head_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    s: usize,
+    n_head: usize,
+    n_kv: usize,
+    hd: usize,
+    visible: impl Fn(usize) -> std::ops::Range<usize> + Sync,
+) -> Vec<f32> {
+    let (q_row, kv_row) = (n_head * hd, n_kv * hd);
+    let heads: Vec<Vec<f32>> = (0..n_head)
+        .into_par_iter()
+        .map(|head| {
+            let kvh = head / (n_head / n_kv);
+            let mut scores = vec![0.0f32; t * s];
+            let qv = StridedMat { data: q, offset: head * hd, row_stride: q_row, col_stride: 1 };
+            let kt = StridedMat { data: k, offset: kvh * hd, row_stride: 1, col_stride: kv_row };
+            matmul_strided(t, s, hd, &qv, &kt, &mut scores, s);
+            for (i, r) in scores.chunks_exact_mut(s).enumerate() {
+                let keep = visible(i);
+                r[..keep.start].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+                r[keep.end..].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+                softmax(r);
+            }
+            let mut out = vec![0.0f32; t * hd];
+            let sv = StridedMat { data: &scores, offset: 0, row_stride: s, col_stride: 1 };
+            let vv = StridedMat { data: v, offset: kvh * hd, row_stride: kv_row, col_stride: 1 };
+            matmul_strided(t, hd, s, &sv, &vv, &mut out, hd);
+            out
+        })
+        .collect();
+    let mut merged = vec![0.0f32; t * q_row];
+    for (head, o) in heads.iter().enumerate() {
+        for i in 0..t {
+            merged[i * q_row + head * hd..i * q_row + (head + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+        }
+    }
+    merged
 }
 
 #[cfg(test)]
@@ -275,9 +334,9 @@ mod tests {
     fn rope_preserves_norm_and_is_identity_at_zero() {
         let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let orig = x.clone();
-        rope(&mut x, 0, 8, 10000.0, false);
+        apply_rope(&mut x, &rope_angles(0, 8, 10000.0), false);
         assert_eq!(x, orig);
-        rope(&mut x, 17, 8, 10000.0, true);
+        apply_rope(&mut x, &rope_angles(17, 8, 10000.0), true);
         let n0: f32 = orig.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-3);

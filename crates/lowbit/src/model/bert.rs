@@ -4,12 +4,10 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use super::Linear;
 use crate::error::{Error, Result};
 use crate::safetensors::SafetensorsModel;
-use crate::tensor::{gelu_erf, layer_norm, matmul_strided, softmax, StridedMat};
+use crate::tensor::{gelu_erf, layer_norm, multi_head_attention};
 use crate::tokenizer::Tokenizer;
 
 struct Layer {
@@ -149,27 +147,8 @@ impl Bert {
             q.iter_mut().for_each(|v| *v *= scale);
             let k = l.k.forward(&x, t);
             let v = l.v.forward(&x, t);
-            let heads: Vec<Vec<f32>> = (0..nh)
-                .into_par_iter()
-                .map(|h| {
-                    let mut s = vec![0.0f32; t * t];
-                    let qv = StridedMat { data: &q, offset: h * hd, row_stride: d, col_stride: 1 };
-                    let kt = StridedMat { data: &k, offset: h * hd, row_stride: 1, col_stride: d };
-                    matmul_strided(t, t, hd, &qv, &kt, &mut s, t);
-                    s.chunks_exact_mut(t).for_each(softmax);
-                    let mut o = vec![0.0f32; t * hd];
-                    let sv = StridedMat { data: &s, offset: 0, row_stride: t, col_stride: 1 };
-                    let vv = StridedMat { data: &v, offset: h * hd, row_stride: d, col_stride: 1 };
-                    matmul_strided(t, hd, t, &sv, &vv, &mut o, hd);
-                    o
-                })
-                .collect();
-            let mut ctx = vec![0.0f32; t * d];
-            for (h, o) in heads.iter().enumerate() {
-                for i in 0..t {
-                    ctx[i * d + h * hd..i * d + (h + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
-                }
-            }
+            // Bidirectional: every token sees the whole sentence.
+            let ctx = multi_head_attention(&q, &k, &v, t, t, nh, nh, hd, |_| 0..t);
             let a = l.attn_out.forward(&ctx, t);
             x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
             layer_norm(&mut x, d, &l.attn_ln.0, &l.attn_ln.1, self.eps);

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::Linear;
 use crate::error::Result;
-use crate::tensor::{gelu_tanh, matmul_strided, rms_norm, rope, silu, softmax, StridedMat};
+use crate::tensor::{apply_rope, gelu_tanh, multi_head_attention, rms_norm, rope_angles, silu};
 
 /// The gate activation of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +109,6 @@ pub struct KvCache {
     v: Vec<Vec<f32>>,
     len: usize,
     capacity: usize,
-    row: usize,
 }
 
 impl KvCache {
@@ -120,7 +119,6 @@ impl KvCache {
             v: vec![Vec::with_capacity(capacity * row); layers],
             len: 0,
             capacity,
-            row,
         }
     }
 
@@ -192,53 +190,27 @@ impl Decoder {
         if let Some(w) = &b.k_norm {
             rms_norm(&mut k, hd, w, c.eps);
         }
-        let base = b.attention.rope_base;
-        q.par_chunks_mut(nh * hd).enumerate().for_each(|(i, row)| {
+        let angles: Vec<Vec<(f32, f32)>> =
+            (0..t).into_par_iter().map(|i| rope_angles(pos0 + i, c.rope_dim, b.attention.rope_base)).collect();
+        q.par_chunks_mut(nh * hd).zip(&angles).for_each(|(row, ang)| {
             for head in row.chunks_exact_mut(hd) {
-                rope(head, pos0 + i, c.rope_dim, base, c.rope_neox);
+                apply_rope(head, ang, c.rope_neox);
                 head.iter_mut().for_each(|v| *v *= c.attn_scale);
             }
         });
-        k.par_chunks_mut(nkv * hd).enumerate().for_each(|(i, row)| {
+        k.par_chunks_mut(nkv * hd).zip(&angles).for_each(|(row, ang)| {
             for head in row.chunks_exact_mut(hd) {
-                rope(head, pos0 + i, c.rope_dim, base, c.rope_neox);
+                apply_rope(head, ang, c.rope_neox);
             }
         });
         cache.k[il].extend_from_slice(&k);
         cache.v[il].extend_from_slice(&v);
-        let s = pos0 + t; // keys available
-        let (kc, vc) = (&cache.k[il], &cache.v[il]);
-        let row = cache.row;
         let window = b.attention.window;
-        // Each query head attends over its key/value head; heads run in parallel.
-        let heads: Vec<Vec<f32>> = (0..nh)
-            .into_par_iter()
-            .map(|head| {
-                let kvh = head / (nh / nkv);
-                let mut scores = vec![0.0f32; t * s];
-                let qv = StridedMat { data: &q, offset: head * hd, row_stride: nh * hd, col_stride: 1 };
-                let kt = StridedMat { data: kc, offset: kvh * hd, row_stride: 1, col_stride: row };
-                matmul_strided(t, s, hd, &qv, &kt, &mut scores, s);
-                for (i, r) in scores.chunks_exact_mut(s).enumerate() {
-                    let p = pos0 + i;
-                    let lo = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                    r[..lo].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
-                    r[p + 1..].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
-                    softmax(r);
-                }
-                let mut out = vec![0.0f32; t * hd];
-                let sv = StridedMat { data: &scores, offset: 0, row_stride: s, col_stride: 1 };
-                let vv = StridedMat { data: vc, offset: kvh * hd, row_stride: row, col_stride: 1 };
-                matmul_strided(t, hd, s, &sv, &vv, &mut out, hd);
-                out
-            })
-            .collect();
-        let mut attn = vec![0.0f32; t * nh * hd];
-        for (head, o) in heads.iter().enumerate() {
-            for i in 0..t {
-                attn[i * nh * hd + head * hd..i * nh * hd + (head + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
-            }
-        }
+        // Query i (position pos0 + i) sees the keys up to itself, within the window if any.
+        let attn = multi_head_attention(&q, &cache.k[il], &cache.v[il], t, pos0 + t, nh, nkv, hd, |i| {
+            let p = pos0 + i;
+            window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+        });
         let mut a = b.wo.forward(&attn, t);
         if let Some(w) = &b.attn_post_norm {
             rms_norm(&mut a, c.d_model, w, c.eps);
