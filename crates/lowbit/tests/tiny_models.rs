@@ -115,26 +115,20 @@ fn reference_logits(w: &Weights, tokens: &[usize], gemma: bool) -> Vec<Vec<f32>>
         let mut qs = Vec::new();
         for (p, x) in xs.iter().enumerate() {
             let h = rms(x, w.get(&n("attn_norm")));
-            let mut q = matvec(w.get(&n("attn_q")), &h, HEADS * HD);
-            let mut k = matvec(w.get(&n("attn_k")), &h, KV_HEADS * HD);
-            for hh in 0..HEADS {
-                let s = &mut q[hh * HD..(hh + 1) * HD];
-                if gemma {
-                    let r = rms(s, w.get(&n("attn_q_norm")));
-                    s.copy_from_slice(&r);
+            // Per head: Gemma's QK-norm, then rotary position.
+            let project_heads = |proj: &str, norm: &str, heads: usize| {
+                let mut y = matvec(w.get(&n(proj)), &h, heads * HD);
+                for s in y.chunks_exact_mut(HD) {
+                    if gemma {
+                        let r = rms(s, w.get(&n(norm)));
+                        s.copy_from_slice(&r);
+                    }
+                    rope(s, p, gemma);
                 }
-                rope(s, p, gemma);
-            }
-            for hh in 0..KV_HEADS {
-                let s = &mut k[hh * HD..(hh + 1) * HD];
-                if gemma {
-                    let r = rms(s, w.get(&n("attn_k_norm")));
-                    s.copy_from_slice(&r);
-                }
-                rope(s, p, gemma);
-            }
-            qs.push(q);
-            ks.push(k);
+                y
+            };
+            qs.push(project_heads("attn_q", "attn_q_norm", HEADS));
+            ks.push(project_heads("attn_k", "attn_k_norm", KV_HEADS));
             vs.push(matvec(w.get(&n("attn_v")), &h, KV_HEADS * HD));
         }
         for p in 0..xs.len() {
