@@ -1,7 +1,7 @@
 //! A GGUF reader that treats the file as hostile: every count, length and offset is
 //! checked against the bytes actually present before anything is allocated or sliced.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -84,6 +84,8 @@ pub struct GgufFile {
     pub alignment: u64,
     /// Absolute offset of the data section.
     pub data_offset: u64,
+    /// Index into `tensors` by name.
+    by_name: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for GgufFile {
@@ -282,7 +284,7 @@ impl GgufFile {
             return Err(c.err(format!("header claims {n_tensors} tensors, more than the file can hold")));
         }
         let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut names = HashSet::new();
+        let mut by_name = HashMap::new();
         for i in 0..n_tensors {
             let name = c.string(&format!("name of tensor #{i}"), MAX_NAME_LEN)?;
             let n_dims = c.u32(&format!("dimension count of '{name}'"))?;
@@ -323,7 +325,7 @@ impl GgufFile {
             if offset % alignment != 0 {
                 return Err(Error::tensor(&path, &name, format!("data offset {offset} is not aligned to {alignment}")));
             }
-            if !names.insert(name.clone()) {
+            if by_name.insert(name.clone(), tensors.len()).is_some() {
                 return Err(Error::tensor(&path, &name, "appears twice in the tensor list"));
             }
             tensors.push(TensorInfo { name, dims, ty, offset, n_elements, n_bytes });
@@ -358,7 +360,7 @@ impl GgufFile {
                 return Err(Error::tensor(&path, w[1].2, format!("data overlaps tensor '{}'", w[0].2)));
             }
         }
-        Ok(GgufFile { path, mmap, version, metadata, tensors, alignment, data_offset })
+        Ok(GgufFile { path, mmap, version, metadata, tensors, alignment, data_offset, by_name })
     }
 
     /// The file this was read from.
@@ -383,7 +385,7 @@ impl GgufFile {
 
     /// The tensor info named `name`.
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The raw stored bytes of tensor `name` (zero-copy from the memory map).
