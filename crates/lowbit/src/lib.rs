@@ -16,6 +16,7 @@ pub mod format;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;
+pub mod method;
 pub mod model;
 pub mod safetensors;
 pub mod tensor;

@@ -3,6 +3,7 @@
 //! as llama.cpp decodes it. One file per family keeps each layout in one place.
 
 pub mod activation;
+pub mod encode;
 mod float;
 mod fp4;
 pub mod iquant;

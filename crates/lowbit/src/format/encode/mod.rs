@@ -1,0 +1,204 @@
+//! Encoding f32 weights into ggml block formats, byte for byte as llama.cpp lays them out
+//! (so llama.cpp decodes lowbit's files exactly as lowbit does). One file per family, like
+//! the decoders: [`legacy`], [`kquant`], [`nonlinear`] (IQ4 and MXFP4). Which scales and
+//! codes are chosen is the [`Method`]'s business; the optional per-column importance
+//! (an importance matrix) weights the error each choice minimises.
+
+pub mod kquant;
+pub mod legacy;
+pub mod nonlinear;
+
+use rayon::prelude::*;
+
+use super::GgmlType;
+use crate::method::Method;
+
+/// Why a row could not be encoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    /// lowbit has no encoder for this type.
+    #[error("lowbit cannot encode {0} (it can decode it)")]
+    NotEncodable(GgmlType),
+    /// The row is not a whole number of blocks.
+    #[error("row length {n} is not a multiple of {ty}'s block size {block}")]
+    PartialBlock {
+        /// Target type.
+        ty: GgmlType,
+        /// Row length.
+        n: usize,
+        /// Block size of the type.
+        block: usize,
+    },
+    /// A weight is NaN or infinite.
+    #[error("weight {index} is {value} (not finite)")]
+    NonFinite {
+        /// Flat index of the value.
+        index: usize,
+        /// The value.
+        value: f32,
+    },
+    /// The importance vector does not have one entry per column.
+    #[error("importance has {got} entries, the rows have {need} columns")]
+    ImportanceLength {
+        /// Entries given.
+        got: usize,
+        /// Columns per row.
+        need: usize,
+    },
+}
+
+/// One block to encode, with what the encoder needs to weigh its errors.
+pub struct BlockInput<'a> {
+    /// The block's values.
+    pub x: &'a [f32],
+    /// Importance of each value's column (from calibration), if known.
+    pub importance: Option<&'a [f32]>,
+    /// Mean of x² over the whole row (llama.cpp's σ² for the legacy types' weighting).
+    pub row_sigma2: f32,
+    /// How to choose scales and codes.
+    pub method: Method,
+}
+
+impl BlockInput<'_> {
+    /// Fills `w` with the error weights of the values in `range`: importance·√(σ² + x²)
+    /// when an importance is known (llama.cpp's imatrix weighting), else `default(x, i)`.
+    pub(crate) fn weights(
+        &self,
+        range: std::ops::Range<usize>,
+        sigma2: f32,
+        w: &mut [f32],
+        default: impl Fn(f32) -> f32,
+    ) {
+        let x = &self.x[range.clone()];
+        match self.importance {
+            Some(imp) => {
+                for ((wi, &xi), &qi) in w.iter_mut().zip(x).zip(&imp[range]) {
+                    *wi = qi * (sigma2 + xi * xi).sqrt();
+                }
+            }
+            None => {
+                for (wi, &xi) in w.iter_mut().zip(x) {
+                    *wi = default(xi);
+                }
+            }
+        }
+    }
+}
+
+/// Writes `v` as little-endian f16 at `out[at..at+2]` and returns the value stored.
+#[inline]
+pub(crate) fn put_f16(out: &mut [u8], at: usize, v: f32) -> f32 {
+    let h = half::f16::from_f32(v);
+    out[at..at + 2].copy_from_slice(&h.to_bits().to_le_bytes());
+    h.to_f32()
+}
+
+/// Whether lowbit can write tensors of type `ty`.
+pub fn can_encode(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ4_NL | IQ4_XS | MXFP4
+    )
+}
+
+/// Every type [`can_encode`] accepts.
+pub fn encodable_types() -> Vec<GgmlType> {
+    GgmlType::all().filter(|&t| can_encode(t)).collect()
+}
+
+fn encode_block(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
+    use GgmlType::*;
+    match ty {
+        Q4_0 => legacy::encode_q4_0(b, out),
+        Q4_1 => legacy::encode_q4_1(b, out),
+        Q5_0 => legacy::encode_q5_0(b, out),
+        Q5_1 => legacy::encode_q5_1(b, out),
+        Q8_0 => legacy::encode_q8_0(b, out),
+        Q2_K => kquant::encode_q2_k(b, out),
+        Q3_K => kquant::encode_q3_k(b, out),
+        Q4_K => kquant::encode_q4_k(b, out),
+        Q5_K => kquant::encode_q5_k(b, out),
+        Q6_K => kquant::encode_q6_k(b, out),
+        Q8_K => kquant::encode_q8_k(b, out),
+        IQ4_NL => nonlinear::encode_iq4_nl(b, out),
+        IQ4_XS => nonlinear::encode_iq4_xs(b, out),
+        MXFP4 => nonlinear::encode_mxfp4(b, out),
+        _ => unreachable!("checked by can_encode"),
+    }
+}
+
+/// Encodes one row `x` as `ty` into `out` (exactly the row's byte size).
+pub fn quantize_row(
+    ty: GgmlType,
+    x: &[f32],
+    importance: Option<&[f32]>,
+    method: Method,
+    out: &mut [u8],
+) -> Result<(), EncodeError> {
+    if !can_encode(ty) {
+        return Err(EncodeError::NotEncodable(ty));
+    }
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    if x.len() % bs != 0 {
+        return Err(EncodeError::PartialBlock { ty, n: x.len(), block: bs });
+    }
+    if let Some(imp) = importance {
+        if imp.len() != x.len() {
+            return Err(EncodeError::ImportanceLength { got: imp.len(), need: x.len() });
+        }
+    }
+    if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(EncodeError::NonFinite { index, value });
+    }
+    assert_eq!(out.len(), x.len() / bs * ts, "output buffer must hold the encoded row");
+    match ty {
+        GgmlType::F32 => x.iter().zip(out.chunks_exact_mut(4)).for_each(|(v, o)| o.copy_from_slice(&v.to_le_bytes())),
+        GgmlType::F16 => x.iter().zip(out.chunks_exact_mut(2)).for_each(|(v, o)| {
+            o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
+        }),
+        GgmlType::BF16 => x.iter().zip(out.chunks_exact_mut(2)).for_each(|(v, o)| {
+            o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes());
+        }),
+        _ => {
+            let row_sigma2 = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+            for (i, o) in out.chunks_exact_mut(ts).enumerate() {
+                let r = i * bs..(i + 1) * bs;
+                let b = BlockInput { x: &x[r.clone()], importance: importance.map(|q| &q[r]), row_sigma2, method };
+                encode_block(ty, &b, o);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Encodes a row-major matrix (`data.len() / row_len` rows) as `ty`, rows in parallel.
+/// `importance` has one entry per column and applies to every row. Deterministic: the
+/// result does not depend on the number of threads.
+pub fn quantize_rows(
+    ty: GgmlType,
+    data: &[f32],
+    row_len: usize,
+    importance: Option<&[f32]>,
+    method: Method,
+) -> Result<Vec<u8>, EncodeError> {
+    if !can_encode(ty) {
+        return Err(EncodeError::NotEncodable(ty));
+    }
+    let bs = ty.block_size();
+    if row_len == 0 || row_len % bs != 0 || data.len() % row_len != 0 {
+        return Err(EncodeError::PartialBlock { ty, n: row_len, block: bs });
+    }
+    let row_bytes = row_len / bs * ty.type_size();
+    let mut out = vec![0u8; data.len() / row_len * row_bytes];
+    out.par_chunks_mut(row_bytes).zip(data.par_chunks(row_len)).enumerate().try_for_each(|(r, (o, x))| {
+        quantize_row(ty, x, importance, method, o).map_err(|e| match e {
+            EncodeError::NonFinite { index, value } => EncodeError::NonFinite { index: r * row_len + index, value },
+            e => e,
+        })
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,400 @@
+//! Weighted least-squares fitting of block scales, minimums and codes: the error-minimising
+//! search that every scalar format's encoder uses. Each function minimises
+//! Σ wᵢ (xᵢ − x̂ᵢ)² over a family of candidate scales: for a candidate, codes are rounded to
+//! nearest, the float scale (and minimum) are then solved in closed form, and the best
+//! candidate wins. The weights carry what matters: the weights' own magnitudes when
+//! nothing is known, or an importance matrix from calibration.
+//!
+//! The candidate families follow llama.cpp's `make_qx_quants`, `make_qkx3_quants`,
+//! `make_qp_quants` and its IQ4 search, so lowbit is never worse than it on the same
+//! objective; [`fit_symmetric`] adds a coordinate-descent polish of the codes.
+
+/// Rounds half to even, as llama.cpp's `nearest_int` (an FPU-rounding trick) does.
+#[inline]
+pub fn nearest_int(x: f32) -> i32 {
+    x.round_ties_even() as i32
+}
+
+/// A block whose largest magnitude is below this is stored as zeros (ggml's GROUP_MAX_EPS).
+pub const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// The element of largest magnitude (its signed value), and that magnitude.
+fn signed_max(x: &[f32]) -> (f32, f32) {
+    let (mut max, mut amax) = (0.0f32, 0.0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (max, amax)
+}
+
+/// Symmetric fit: x ≈ s·l with integer codes l ∈ [lo, hi] (lo < 0 < hi). Candidate inverse
+/// scales map the largest-magnitude element to `lo + step·k` for k in −steps..=steps
+/// (0.1 apart), then up to five coordinate-descent passes move single codes while that
+/// improves the weighted fit. Writes the codes to `codes`, returns s (0 for an all-zero
+/// block). With `steps == 0` and `polish == false` it is round-to-nearest plus the
+/// least-squares scale.
+pub fn fit_symmetric(x: &[f32], w: &[f32], lo: i32, hi: i32, steps: i32, polish: bool, codes: &mut [i32]) -> f32 {
+    let (max, amax) = signed_max(x);
+    if amax < GROUP_MAX_EPS {
+        codes.iter_mut().for_each(|c| *c = 0);
+        return 0.0;
+    }
+    let nmax = -lo as f32;
+    let eval = |iscale: f32, codes: &mut [i32]| {
+        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+        for ((&xi, &wi), c) in x.iter().zip(w).zip(codes.iter_mut()) {
+            let l = nearest_int(iscale * xi).clamp(lo, hi);
+            *c = l;
+            sumlx += wi * xi * l as f32;
+            suml2 += wi * (l * l) as f32;
+        }
+        (sumlx, suml2)
+    };
+    let (mut sumlx, mut suml2) = eval(-nmax / max, codes);
+    let mut trial = vec![0i32; x.len()];
+    for k in -steps..=steps {
+        if k == 0 {
+            continue;
+        }
+        let (slx, sl2) = eval(-(nmax + 0.1 * k as f32) / max, &mut trial);
+        // Better when slx²/sl2 > sumlx²/suml2 (the error drop of the least-squares scale).
+        if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 || suml2 <= 0.0 && sl2 > 0.0 {
+            codes.copy_from_slice(&trial);
+            (sumlx, suml2) = (slx, sl2);
+        }
+    }
+    if polish {
+        for _ in 0..5 {
+            let mut changed = false;
+            for i in 0..x.len() {
+                let (xi, wi, li) = (x[i], w[i], codes[i] as f32);
+                let slx = sumlx - wi * xi * li;
+                let sl2 = suml2 - wi * li * li;
+                if slx.abs() <= 0.0 || sl2 <= 0.0 {
+                    continue;
+                }
+                let new_l = nearest_int(xi * sl2 / slx).clamp(lo, hi);
+                if new_l == codes[i] {
+                    continue;
+                }
+                let nl = new_l as f32;
+                let (slx2, sl22) = (slx + wi * xi * nl, sl2 + wi * nl * nl);
+                if sl22 > 0.0 && slx2 * slx2 * suml2 > sumlx * sumlx * sl22 {
+                    codes[i] = new_l;
+                    (sumlx, suml2) = (slx2, sl22);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Affine fit: x ≈ s·l − m with codes l ∈ [0, nmax], s > 0 and m ≥ 0 (the block minimum
+/// is never positive, as the k-quants require). Candidate inverse scales
+/// `(nmax + rmin + rdelta·k) / (max − min)` for k in 0..=nstep; for each, s and m are solved
+/// by weighted least squares. `mad` minimises Σ w|err| instead of Σ w·err². Returns (s, m).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_affine(
+    x: &[f32],
+    w: &[f32],
+    nmax: i32,
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    mad: bool,
+    codes: &mut [u8],
+) -> (f32, f32) {
+    let mut min = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (sum_w, sum_x) = x.iter().zip(w).fold((0.0f32, 0.0f32), |(a, b), (&xi, &wi)| (a + wi, b + wi * xi));
+    if min > 0.0 {
+        min = 0.0;
+    }
+    if max <= min {
+        codes.iter_mut().for_each(|c| *c = 0);
+        return (0.0, -min);
+    }
+    let error = |scale: f32, min: f32, codes: &[u8]| -> f32 {
+        let mut e = 0.0f32;
+        for ((&xi, &wi), &l) in x.iter().zip(w).zip(codes) {
+            let d = scale * l as f32 + min - xi;
+            e += wi * if mad { d.abs() } else { d * d };
+        }
+        e
+    };
+    let iscale = nmax as f32 / (max - min);
+    let mut scale = 1.0 / iscale;
+    for (c, &xi) in codes.iter_mut().zip(x) {
+        *c = nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
+    }
+    let mut best = error(scale, min, codes);
+    let mut trial = vec![0u8; x.len()];
+    for k in 0..=nstep.max(-1) {
+        if nstep < 1 {
+            break;
+        }
+        let iscale = (rmin + rdelta * k as f32 + nmax as f32) / (max - min);
+        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
+        for ((t, &xi), &wi) in trial.iter_mut().zip(x).zip(w) {
+            let l = nearest_int(iscale * (xi - min)).clamp(0, nmax);
+            *t = l as u8;
+            let l = l as f32;
+            sum_l += wi * l;
+            sum_l2 += wi * l * l;
+            sum_xl += wi * l * xi;
+        }
+        let det = sum_w * sum_l2 - sum_l * sum_l;
+        if det > 0.0 {
+            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+            if this_min > 0.0 {
+                this_min = 0.0;
+                this_scale = sum_xl / sum_l2;
+            }
+            let e = error(this_scale, this_min, &trial);
+            if e < best {
+                codes.copy_from_slice(&trial);
+                best = e;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    (scale, -min)
+}
+
+/// Fit of non-negative values (sub-block scales or minimums) as x ≈ s·l, l ∈ [0, nmax]:
+/// nine candidate scales around max/nmax, then coordinate descent on the codes. Returns s.
+pub fn fit_unsigned(x: &[f32], w: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
+    let max = x.iter().copied().fold(0.0f32, f32::max);
+    if max < GROUP_MAX_EPS {
+        codes.iter_mut().for_each(|c| *c = 0);
+        return 0.0;
+    }
+    let mse = |iscale: f32| -> f32 {
+        let scale = 1.0 / iscale;
+        x.iter()
+            .zip(w)
+            .map(|(&xi, &wi)| {
+                let l = nearest_int(iscale * xi).min(nmax);
+                let d = xi - scale * l as f32;
+                wi * d * d
+            })
+            .sum()
+    };
+    let mut iscale = nmax as f32 / max;
+    let mut best = mse(iscale);
+    for k in -4..=4 {
+        if k == 0 {
+            continue;
+        }
+        let cand = (0.1 * k as f32 + nmax as f32) / max;
+        let e = mse(cand);
+        if e < best {
+            best = e;
+            iscale = cand;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    let mut l: Vec<i32> = x.iter().map(|&xi| nearest_int(iscale * xi).clamp(0, nmax)).collect();
+    for ((&xi, &wi), &li) in x.iter().zip(w).zip(&l) {
+        sumlx += wi * xi * li as f32;
+        suml2 += wi * (li * li) as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = false;
+        for i in 0..x.len() {
+            let (xi, wi, li) = (x[i], w[i], l[i] as f32);
+            let slx = sumlx - wi * xi * li;
+            let sl2 = suml2 - wi * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(xi * sl2 / slx).clamp(0, nmax);
+                if new_l != l[i] {
+                    let nl = new_l as f32;
+                    let (slx2, sl22) = (slx + wi * xi * nl, sl2 + wi * nl * nl);
+                    if slx2 * slx2 * suml2 > sumlx * sumlx * sl22 {
+                        l[i] = new_l;
+                        (sumlx, suml2) = (slx2, sl22);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for (c, &li) in codes.iter_mut().zip(&l) {
+        *c = li as u8;
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Index of the value in sorted `values` nearest to `x` (ties to the upper), as ggml's
+/// `best_index_int8`.
+#[inline]
+pub fn nearest_index(values: &[i8], x: f32) -> usize {
+    let n = values.len();
+    if x <= values[0] as f32 {
+        return 0;
+    }
+    if x >= values[n - 1] as f32 {
+        return n - 1;
+    }
+    let (mut lo, mut hi) = (0usize, n - 1);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if x < values[mid] as f32 {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    if x - (values[hi - 1] as f32) < values[hi] as f32 - x {
+        hi - 1
+    } else {
+        hi
+    }
+}
+
+/// Codebook fit: x ≈ d·values[l] for a sorted non-uniform grid (IQ4_NL's). Candidates map
+/// the largest-magnitude element to `values[0] + k`, k in −ntry..=ntry, each followed by
+/// the least-squares d. Returns d; codes are the indices for the best candidate.
+pub fn fit_codebook(x: &[f32], w: &[f32], values: &[i8], ntry: i32, codes: &mut [u8]) -> f32 {
+    let (max, amax) = signed_max(x);
+    if amax < GROUP_MAX_EPS {
+        // Index of the value nearest zero, so the block decodes to (almost) zero.
+        let z = nearest_index(values, 0.0) as u8;
+        codes.iter_mut().for_each(|c| *c = z);
+        return 0.0;
+    }
+    let v0 = values[0] as f32;
+    let eval = |id: f32, codes: &mut [u8]| {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for ((&xi, &wi), c) in x.iter().zip(w).zip(codes.iter_mut()) {
+            let l = nearest_index(values, id * xi);
+            *c = l as u8;
+            let q = values[l] as f32;
+            sumqx += wi * q * xi;
+            sumq2 += wi * q * q;
+        }
+        (sumqx, sumq2)
+    };
+    let (mut sumqx, mut sumq2) = eval(v0 / max, codes);
+    let mut trial = vec![0u8; x.len()];
+    for k in -ntry..=ntry {
+        let (sqx, sq2) = eval((k as f32 + v0) / max, &mut trial);
+        if sq2 > 0.0 && (sumq2 <= 0.0 || sqx * sqx * sumq2 > sumqx * sumqx * sq2) {
+            codes.copy_from_slice(&trial);
+            (sumqx, sumq2) = (sqx, sq2);
+        }
+    }
+    if sumq2 > 0.0 {
+        sumqx / sumq2
+    } else {
+        0.0
+    }
+}
+
+/// Σ w·(x − x̂)²: the objective every fit above minimises.
+pub fn weighted_error(x: &[f32], xhat: &[f32], w: &[f32]) -> f64 {
+    x.iter().zip(xhat).zip(w).map(|((&a, &b), &wi)| wi as f64 * ((a - b) as f64).powi(2)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn block(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn symmetric_search_never_loses_to_round_to_nearest() {
+        for seed in 0..200 {
+            let x = block(seed, 32);
+            let w: Vec<f32> = x.iter().map(|v| v * v).collect();
+            let mut c0 = vec![0; 32];
+            let s0 = fit_symmetric(&x, &w, -8, 7, 0, false, &mut c0);
+            let mut c1 = vec![0; 32];
+            let s1 = fit_symmetric(&x, &w, -8, 7, 9, true, &mut c1);
+            let e = |s: f32, c: &[i32]| {
+                let xh: Vec<f32> = c.iter().map(|&l| s * l as f32).collect();
+                weighted_error(&x, &xh, &w)
+            };
+            assert!(e(s1, &c1) <= e(s0, &c0) * (1.0 + 1e-5), "seed {seed}");
+            assert!(c1.iter().all(|&l| (-8..=7).contains(&l)));
+        }
+    }
+
+    #[test]
+    fn round_to_nearest_error_is_within_half_a_step() {
+        let x = block(7, 32);
+        let w = vec![1.0; 32];
+        let mut c = vec![0; 32];
+        let s = fit_symmetric(&x, &w, -127, 127, 0, false, &mut c);
+        for (&xi, &l) in x.iter().zip(&c) {
+            // Least-squares s differs from amax/127 by well under 1%, so each value is
+            // within about half a step.
+            assert!((xi - s * l as f32).abs() <= 0.51 * s.abs() + 1e-6);
+        }
+    }
+
+    #[test]
+    fn affine_fit_reproduces_a_block_on_its_grid() {
+        // Values exactly on a 4-bit grid with min -0.3 and step 0.05: the fit recovers it.
+        let codes_in: Vec<u8> = (0..32).map(|i| (i * 7 % 16) as u8).collect();
+        let x: Vec<f32> = codes_in.iter().map(|&l| 0.05 * l as f32 - 0.3).collect();
+        let w = vec![1.0; 32];
+        let mut c = vec![0; 32];
+        let (s, m) = fit_affine(&x, &w, 15, -1.0, 0.1, 20, false, &mut c);
+        for (&xi, &l) in x.iter().zip(&c) {
+            assert!((s * l as f32 - m - xi).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn unsigned_and_codebook_fits_are_exact_on_their_grids() {
+        let x: Vec<f32> = (0..8).map(|i| 0.01 * (i * 9 % 64) as f32).collect();
+        let mut c = vec![0; 8];
+        let s = fit_unsigned(&x, &[1.0; 8], 63, &mut c);
+        for (&xi, &l) in x.iter().zip(&c) {
+            assert!((s * l as f32 - xi).abs() < 1e-5);
+        }
+        let values = crate::format::iquant::KVALUES_IQ4NL;
+        let x: Vec<f32> = (0..32).map(|i| 0.002 * values[(i * 5) % 16] as f32).collect();
+        let mut c = vec![0; 32];
+        let d = fit_codebook(&x, &[1.0; 32], &values, 7, &mut c);
+        for (&xi, &l) in x.iter().zip(&c) {
+            assert!((d * values[l as usize] as f32 - xi).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn nearest_index_matches_a_linear_scan() {
+        let values = crate::format::iquant::KVALUES_IQ4NL;
+        for i in -1400..1400 {
+            let x = i as f32 * 0.1;
+            let got = nearest_index(&values, x);
+            let best = values.iter().map(|&v| (v as f32 - x).abs()).fold(f32::INFINITY, f32::min);
+            assert!(((values[got] as f32) - x).abs() <= best + 1e-6);
+        }
+    }
+}
