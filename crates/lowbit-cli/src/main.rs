@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod eval_cmd;
 mod inspect_cmd;
+mod quantize_cmd;
 mod run_cmd;
 
 /// lowbit: make neural networks small with low-bit quantization, and measure the cost.
@@ -39,6 +40,8 @@ enum Command {
     },
     /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
     Eval(eval_cmd::EvalArgs),
+    /// Quantize a model into a GGUF that llama.cpp loads (named mixes as llama-quantize).
+    Quantize(quantize_cmd::QuantizeArgs),
     /// Write a GGUF with every tensor decoded to F32 (or F16): the source as floats.
     Dequantize {
         /// Input GGUF (path or zoo name).
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval_cmd::run(args)?,
         Command::Run(args) => run_cmd::run(args)?,
+        Command::Quantize(args) => quantize_cmd::run(args)?,
         Command::Dequantize { model, output, r#type } => {
             let ty = lowbit::format::GgmlType::from_name(&r#type)
                 .ok_or_else(|| anyhow::anyhow!("unknown type '{type}'", type = r#type))?;

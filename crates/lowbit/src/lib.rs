@@ -9,6 +9,7 @@
 //! except argument parsing, which lives in `lowbit-cli`.
 #![warn(missing_docs)]
 
+pub mod atomic;
 pub mod convert;
 pub mod error;
 pub mod eval;
@@ -18,6 +19,8 @@ pub mod gguf;
 pub mod inspect;
 pub mod method;
 pub mod model;
+pub mod plan;
+pub mod quantize;
 pub mod safetensors;
 pub mod tensor;
 pub mod tokenizer;

@@ -15,7 +15,8 @@ use crate::method::Method;
 fn pack_2bit(codes: &[u8; QK_K], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for l in 0..32 {
-            qs[j / 4 + l] = codes[j + l] | (codes[j + l + 32] << 2) | (codes[j + l + 64] << 4) | (codes[j + l + 96] << 6);
+            qs[j / 4 + l] =
+                codes[j + l] | (codes[j + l + 32] << 2) | (codes[j + l + 64] << 4) | (codes[j + l + 96] << 6);
         }
     }
 }

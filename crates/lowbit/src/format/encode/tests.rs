@@ -120,7 +120,10 @@ fn encoding_is_deterministic_across_thread_counts() {
 #[test]
 fn bad_rows_are_errors_not_panics() {
     let mut x = matrix(5, 2, 64);
-    assert!(matches!(quantize_rows(GgmlType::Q4_K, &x, 64, None, Method::Search), Err(EncodeError::PartialBlock { .. })));
+    assert!(matches!(
+        quantize_rows(GgmlType::Q4_K, &x, 64, None, Method::Search),
+        Err(EncodeError::PartialBlock { .. })
+    ));
     assert!(matches!(
         quantize_rows(GgmlType::Q4_0, &x, 64, Some(&[1.0; 3]), Method::Search),
         Err(EncodeError::ImportanceLength { got: 3, need: 64 })
@@ -130,7 +133,10 @@ fn bad_rows_are_errors_not_panics() {
         Err(EncodeError::NonFinite { index, value }) => assert!(index == 70 && value.is_nan()),
         other => panic!("expected a NonFinite error, got {other:?}"),
     }
-    assert_eq!(quantize_rows(GgmlType::IQ2_XXS, &x, 64, None, Method::Search), Err(EncodeError::NotEncodable(GgmlType::IQ2_XXS)));
+    assert_eq!(
+        quantize_rows(GgmlType::IQ2_XXS, &x, 64, None, Method::Search),
+        Err(EncodeError::NotEncodable(GgmlType::IQ2_XXS))
+    );
 }
 
 #[test]

@@ -1,0 +1,110 @@
+//! `lowbit quantize`: argument handling, progress bar and the closing summary.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lowbit::method::Method;
+use lowbit::plan::{Mix, Override};
+use lowbit::quantize::{plan_model, quantize_gguf, QuantizeOptions, QuantizeSummary};
+
+/// Arguments of `lowbit quantize`.
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// Source model: a GGUF file or a zoo name.
+    #[arg(long)]
+    model: String,
+    /// Mix (llama-quantize names): Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S,
+    /// Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, MXFP4_MOE, F16, BF16, F32.
+    #[arg(long = "type")]
+    ty: String,
+    /// Output GGUF (required unless --dry-run).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Per-tensor type, `REGEX=TYPE` (repeatable; first match wins), e.g. 'ffn_down=Q6_K'.
+    #[arg(long = "override")]
+    overrides: Vec<String>,
+    /// How scales are chosen: `search` (weighted least squares, default) or `rtn`.
+    #[arg(long, default_value = "search")]
+    method: String,
+    /// Print the plan (tensor, type, bytes), size and bpw without quantizing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
+    if per_tensor {
+        println!("{:<40} {:<18} {:>7} -> {:<7} {:>12}  why", "tensor", "shape", "source", "type", "bytes");
+        for t in &s.tensors {
+            let dims = format!("{:?}", t.dims);
+            println!(
+                "{:<40} {:<18} {:>7} -> {:<7} {:>12}  {}",
+                t.name,
+                dims,
+                t.source.name(),
+                t.target.name(),
+                t.bytes,
+                t.reason
+            );
+        }
+        println!();
+    }
+    println!("{:<8} {:>8} {:>14} {:>14} {:>8}", "type", "tensors", "weights", "bytes", "bpw");
+    for t in &s.by_type {
+        let bpw = 8.0 * t.bytes as f64 / t.elements.max(1) as f64;
+        println!("{:<8} {:>8} {:>14} {:>14} {:>8.4}", t.ty.name(), t.tensors, t.elements, t.bytes, bpw);
+    }
+    println!(
+        "mix {} ({}): tensor data {:.2} MB, {:.4} bpw overall, {:.4} bpw in quantized matrices",
+        s.mix,
+        s.method,
+        s.tensor_bytes as f64 / 1e6,
+        s.bpw,
+        s.bpw_quantized
+    );
+    if let (Some(f), Some(t)) = (s.file_bytes, s.seconds) {
+        println!("file {:.2} MB ({f} bytes), quantized in {t:.1} s", f as f64 / 1e6);
+    }
+}
+
+/// Runs `lowbit quantize`.
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let mix = Mix::from_name(&args.ty)
+        .ok_or_else(|| anyhow!("unknown --type '{}'; known: {}", args.ty, Mix::names().join(", ")))?;
+    let method =
+        Method::from_name(&args.method).ok_or_else(|| anyhow!("unknown --method '{}' (rtn, search)", args.method))?;
+    let overrides = args.overrides.iter().map(|o| Override::parse(o)).collect::<Result<Vec<_>, _>>()?;
+    let input = crate::resolve_model(&args.model)?;
+    let opts = QuantizeOptions { mix, overrides, method, importance: None };
+    let summary = if args.dry_run {
+        let g = lowbit::gguf::GgufFile::open(&input)?;
+        let s = plan_model(&g, &opts)?;
+        print_summary(&s, true);
+        s
+    } else {
+        let output = args.output.ok_or_else(|| anyhow!("--output is required (or use --dry-run)"))?;
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}")
+                .expect("valid template"),
+        );
+        let s = quantize_gguf(&input, &output, &opts, &mut |d, t| {
+            bar.set_length(t);
+            bar.set_position(d);
+        });
+        bar.finish_and_clear();
+        let s = s?;
+        println!("{}", output.display());
+        print_summary(&s, false);
+        s
+    };
+    if let Some(path) = args.report {
+        let json = serde_json::to_string_pretty(&summary)?;
+        lowbit::atomic::write_atomic(&path, json.as_bytes())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! `lowbit quantize`: source GGUF → plan → quantized GGUF. Tensors stream one at a time
+//! (decode to f32, encode rows in parallel, write), so memory stays near the largest
+//! tensor; the output is written to a temporary file and renamed into place, and the
+//! input is never overwritten. A tensor whose source type already is its target type is
+//! copied byte for byte (as llama-quantize does), so re-quantizing a model to the mix it
+//! came in reproduces it exactly.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::format::encode::{quantize_rows, EncodeError};
+use crate::format::GgmlType;
+use crate::gguf::{GgufFile, GgufWriter, TensorSpec, TensorType, Value};
+use crate::method::Method;
+use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
+
+/// What to produce.
+#[derive(Clone, Debug)]
+pub struct QuantizeOptions {
+    /// The named mix (default type plus llama.cpp's promotion rules).
+    pub mix: Mix,
+    /// Per-tensor `REGEX=TYPE` overrides, first match wins.
+    pub overrides: Vec<Override>,
+    /// How scales and codes are chosen.
+    pub method: Method,
+    /// Per-tensor column importances (an importance matrix), by tensor name.
+    pub importance: Option<HashMap<String, Vec<f32>>>,
+}
+
+/// Totals for one storage type in a plan.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TypeTotal {
+    /// The type.
+    pub ty: GgmlType,
+    /// Tensors stored in it.
+    pub tensors: usize,
+    /// Their elements.
+    pub elements: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// The measured outcome of a plan (sizes always; time once quantized).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct QuantizeSummary {
+    /// Mix name.
+    pub mix: String,
+    /// Method name.
+    pub method: String,
+    /// Per-tensor decisions.
+    pub tensors: Vec<PlannedTensor>,
+    /// Per-type totals, largest first.
+    pub by_type: Vec<TypeTotal>,
+    /// Bytes of all tensor data.
+    pub tensor_bytes: u64,
+    /// Elements of all tensors.
+    pub elements: u64,
+    /// Bits per weight over all tensor data.
+    pub bpw: f64,
+    /// Bits per weight over the quantizable weight matrices (embedding included).
+    pub bpw_quantized: f64,
+    /// Whole output file size (header included), once written.
+    pub file_bytes: Option<u64>,
+    /// Wall time of quantization, once done.
+    pub seconds: Option<f64>,
+}
+
+/// Reads what the plan rules need from a GGUF's metadata.
+pub fn model_shape(g: &GgufFile, has_imatrix: bool) -> ModelShape {
+    let arch = g.architecture().unwrap_or("").to_string();
+    let get =
+        |k: &str| g.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()));
+    let n_layer = get("block_count").unwrap_or(0) as usize;
+    let heads = get("attention.head_count").unwrap_or(1).max(1);
+    let kv = get("attention.head_count_kv").unwrap_or(heads).max(1);
+    ModelShape {
+        arch: arch.clone(),
+        n_layer,
+        n_gqa: (heads / kv) as usize,
+        n_expert: get("expert_count").unwrap_or(0) as usize,
+        has_imatrix,
+    }
+}
+
+/// The plan for quantizing `g` with `opts`, with its size totals.
+pub fn plan_model(g: &GgufFile, opts: &QuantizeOptions) -> Result<QuantizeSummary> {
+    let mut entries = Vec::with_capacity(g.tensors.len());
+    for t in &g.tensors {
+        let source = match t.ty {
+            TensorType::Known(ty) => ty,
+            TensorType::Unknown(id) => {
+                return Err(Error::tensor(g.path(), &t.name, format!("unknown tensor type {id}: cannot quantize")))
+            }
+        };
+        entries.push(TensorEntry { name: t.name.clone(), dims: t.dims.clone(), source });
+    }
+    let shape = model_shape(g, opts.importance.is_some());
+    let tensors = make_plan(&entries, &shape, &opts.mix, &opts.overrides)?;
+    Ok(summarize(opts, tensors))
+}
+
+fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSummary {
+    let mut by_type: Vec<TypeTotal> = Vec::new();
+    for t in &tensors {
+        match by_type.iter_mut().find(|x| x.ty == t.target) {
+            Some(x) => {
+                x.tensors += 1;
+                x.elements += t.n_elements();
+                x.bytes += t.bytes;
+            }
+            None => by_type.push(TypeTotal { ty: t.target, tensors: 1, elements: t.n_elements(), bytes: t.bytes }),
+        }
+    }
+    by_type.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    let tensor_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
+    let elements: u64 = tensors.iter().map(|t| t.n_elements()).sum();
+    let (qb, qn) = tensors
+        .iter()
+        .filter(|t| allows_quantization(&t.name, &t.dims))
+        .fold((0u64, 0u64), |(b, n), t| (b + t.bytes, n + t.n_elements()));
+    QuantizeSummary {
+        mix: opts.mix.name.to_string(),
+        method: opts.method.name().to_string(),
+        tensors,
+        by_type,
+        tensor_bytes,
+        elements,
+        bpw: 8.0 * tensor_bytes as f64 / elements.max(1) as f64,
+        bpw_quantized: 8.0 * qb as f64 / qn.max(1) as f64,
+        file_bytes: None,
+        seconds: None,
+    }
+}
+
+/// True when `a` and `b` name the same file (b may not exist yet).
+fn same_file(a: &Path, b: &Path) -> bool {
+    let Ok(a) = a.canonicalize() else { return false };
+    if let Ok(b) = b.canonicalize() {
+        return a == b;
+    }
+    let parent = b.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (parent.canonicalize(), b.file_name()) {
+        (Ok(p), Some(name)) => p.join(name) == a,
+        _ => false,
+    }
+}
+
+/// Quantizes `input` (a GGUF) into `output` following `opts`. `progress(done, total)` is
+/// called with elements processed so far. Returns the summary with file size and time.
+pub fn quantize_gguf(
+    input: &Path,
+    output: &Path,
+    opts: &QuantizeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<QuantizeSummary> {
+    if same_file(input, output) {
+        return Err(Error::Usage(format!("{}: the output would overwrite the input", output.display())));
+    }
+    let start = Instant::now();
+    let g = GgufFile::open(input)?;
+    let mut summary = plan_model(&g, opts)?;
+    let mut metadata: Vec<(String, Value)> = g
+        .metadata
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "general.file_type" | "general.quantization_version"))
+        .filter(|(k, _)| !k.starts_with("lowbit."))
+        .cloned()
+        .collect();
+    metadata.push(("general.quantization_version".into(), Value::U32(2)));
+    metadata.push(("general.file_type".into(), Value::U32(opts.mix.file_type)));
+    metadata.push(("lowbit.version".into(), Value::String(env!("CARGO_PKG_VERSION").into())));
+    metadata.push(("lowbit.quantize.mix".into(), Value::String(opts.mix.name.into())));
+    metadata.push(("lowbit.quantize.method".into(), Value::String(opts.method.name().into())));
+    let specs: Vec<TensorSpec> = summary
+        .tensors
+        .iter()
+        .map(|t| TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty: t.target })
+        .collect();
+    let total = summary.elements;
+    let mut done = 0u64;
+    let mut w = GgufWriter::create(output, &metadata, specs)?;
+    for t in &summary.tensors {
+        let (_, src) = g.tensor_bytes(&t.name)?;
+        if t.target == t.source {
+            w.write_tensor(&t.name, src)?;
+        } else {
+            let values = g.dequantize(&t.name)?;
+            let ncols = t.dims.first().copied().unwrap_or(1) as usize;
+            let importance = match &opts.importance {
+                Some(m) => m.get(&t.name).map(|v| v.as_slice()),
+                None => None,
+            };
+            let bytes = quantize_rows(t.target, &values, ncols, importance, opts.method).map_err(|e| {
+                let what = match e {
+                    EncodeError::NonFinite { index, value } => {
+                        format!("weight {index} is {value}: the source is damaged")
+                    }
+                    e => e.to_string(),
+                };
+                Error::tensor(input, &t.name, format!("cannot quantize to {}: {what}", t.target))
+            })?;
+            w.write_tensor(&t.name, &bytes)?;
+        }
+        done += t.n_elements();
+        progress(done, total);
+    }
+    summary.file_bytes = Some(w.finish()?);
+    summary.seconds = Some(start.elapsed().as_secs_f64());
+    Ok(summary)
+}
