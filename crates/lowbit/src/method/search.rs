@@ -9,10 +9,45 @@
 //! `make_qp_quants` and its IQ4 search, so lowbit is never worse than it on the same
 //! objective; [`fit_symmetric`] adds a coordinate-descent polish of the codes.
 
-/// Rounds half to even, as llama.cpp's `nearest_int` (an FPU-rounding trick) does.
-#[inline]
+/// Rounds half to even, as llama.cpp's `nearest_int` does, with the same trick: adding
+/// 1.5·2^23 leaves the rounded integer in the mantissa. Inputs beyond ±(2^22 − 1) (only
+/// from degenerate scales; every caller clamps to a small code range) saturate there.
+/// Branch-free, so the fits' loops vectorize; `f32::round_ties_even` would be a libm
+/// call on baseline x86-64.
+#[inline(always)]
 pub fn nearest_int(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    let v = x.clamp(-4_194_303.0, 4_194_303.0) + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// Lanes of the partial sums in the fits' inner loops. Summing in eight fixed lanes
+/// lets the compiler vectorize (a single running f32 sum may not be reordered) and keeps
+/// results deterministic.
+const LANES: usize = 8;
+
+/// Rounds iscale·x to codes in [lo, hi]; returns (Σ w·x·l, Σ w·l²).
+#[inline]
+fn round_and_sum(x: &[f32], w: &[f32], iscale: f32, lo: i32, hi: i32, codes: &mut [i32]) -> (f32, f32) {
+    let (mut slx, mut sl2) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let n = x.len() / LANES * LANES;
+    for ((xc, wc), cc) in
+        x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)).zip(codes[..n].chunks_exact_mut(LANES))
+    {
+        for k in 0..LANES {
+            let l = nearest_int(iscale * xc[k]).clamp(lo, hi);
+            cc[k] = l;
+            let lf = l as f32;
+            slx[k] += wc[k] * xc[k] * lf;
+            sl2[k] += wc[k] * lf * lf;
+        }
+    }
+    for i in n..x.len() {
+        let l = nearest_int(iscale * x[i]).clamp(lo, hi);
+        codes[i] = l;
+        slx[0] += w[i] * x[i] * l as f32;
+        sl2[0] += w[i] * (l * l) as f32;
+    }
+    (slx.iter().sum(), sl2.iter().sum())
 }
 
 /// A block whose largest magnitude is below this is stored as zeros (ggml's GROUP_MAX_EPS).
@@ -36,6 +71,7 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
 /// improves the weighted fit. Writes the codes to `codes`, returns s (0 for an all-zero
 /// block). With `steps == 0` and `polish == false` it is round-to-nearest plus the
 /// least-squares scale.
+/// Blocks hold at most 256 values (the largest ggml block), as for every fit here.
 pub fn fit_symmetric(x: &[f32], w: &[f32], lo: i32, hi: i32, steps: i32, polish: bool, codes: &mut [i32]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
@@ -43,26 +79,18 @@ pub fn fit_symmetric(x: &[f32], w: &[f32], lo: i32, hi: i32, steps: i32, polish:
         return 0.0;
     }
     let nmax = -lo as f32;
-    let eval = |iscale: f32, codes: &mut [i32]| {
-        let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-        for ((&xi, &wi), c) in x.iter().zip(w).zip(codes.iter_mut()) {
-            let l = nearest_int(iscale * xi).clamp(lo, hi);
-            *c = l;
-            sumlx += wi * xi * l as f32;
-            suml2 += wi * (l * l) as f32;
-        }
-        (sumlx, suml2)
-    };
+    let eval = |iscale: f32, codes: &mut [i32]| round_and_sum(x, w, iscale, lo, hi, codes);
     let (mut sumlx, mut suml2) = eval(-nmax / max, codes);
-    let mut trial = vec![0i32; x.len()];
+    let mut trial_buf = [0i32; 256];
+    let trial = &mut trial_buf[..x.len()];
     for k in -steps..=steps {
         if k == 0 {
             continue;
         }
-        let (slx, sl2) = eval(-(nmax + 0.1 * k as f32) / max, &mut trial);
+        let (slx, sl2) = eval(-(nmax + 0.1 * k as f32) / max, trial);
         // Better when slx²/sl2 > sumlx²/suml2 (the error drop of the least-squares scale).
         if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 || suml2 <= 0.0 && sl2 > 0.0 {
-            codes.copy_from_slice(&trial);
+            codes.copy_from_slice(trial);
             (sumlx, suml2) = (slx, sl2);
         }
     }
@@ -118,6 +146,7 @@ pub fn fit_affine(
     let mut min = x.iter().copied().fold(f32::INFINITY, f32::min);
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let (sum_w, sum_x) = x.iter().zip(w).fold((0.0f32, 0.0f32), |(a, b), (&xi, &wi)| (a + wi, b + wi * xi));
+    let sum_x2: f64 = x.iter().zip(w).map(|(&xi, &wi)| wi as f64 * xi as f64 * xi as f64).sum();
     if min > 0.0 {
         min = 0.0;
     }
@@ -126,12 +155,12 @@ pub fn fit_affine(
         return (0.0, -min);
     }
     let error = |scale: f32, min: f32, codes: &[u8]| -> f32 {
-        let mut e = 0.0f32;
-        for ((&xi, &wi), &l) in x.iter().zip(w).zip(codes) {
+        let mut e = [0.0f32; LANES];
+        for (i, ((&xi, &wi), &l)) in x.iter().zip(w).zip(codes).enumerate() {
             let d = scale * l as f32 + min - xi;
-            e += wi * if mad { d.abs() } else { d * d };
+            e[i % LANES] += wi * if mad { d.abs() } else { d * d };
         }
-        e
+        e.iter().sum()
     };
     let iscale = nmax as f32 / (max - min);
     let mut scale = 1.0 / iscale;
@@ -139,21 +168,24 @@ pub fn fit_affine(
         *c = nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
     }
     let mut best = error(scale, min, codes);
-    let mut trial = vec![0u8; x.len()];
+    let mut trial_buf = [0u8; 256];
+    let trial = &mut trial_buf[..x.len()];
     for k in 0..=nstep.max(-1) {
         if nstep < 1 {
             break;
         }
         let iscale = (rmin + rdelta * k as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for ((t, &xi), &wi) in trial.iter_mut().zip(x).zip(w) {
+        let (mut lane_l, mut lane_l2, mut lane_xl) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
+        for (i, ((t, &xi), &wi)) in trial.iter_mut().zip(x).zip(w).enumerate() {
             let l = nearest_int(iscale * (xi - min)).clamp(0, nmax);
             *t = l as u8;
             let l = l as f32;
-            sum_l += wi * l;
-            sum_l2 += wi * l * l;
-            sum_xl += wi * l * xi;
+            lane_l[i % LANES] += wi * l;
+            lane_l2[i % LANES] += wi * l * l;
+            lane_xl[i % LANES] += wi * l * xi;
         }
+        let (sum_l, sum_l2, sum_xl): (f32, f32, f32) =
+            (lane_l.iter().sum(), lane_l2.iter().sum(), lane_xl.iter().sum());
         let det = sum_w * sum_l2 - sum_l * sum_l;
         if det > 0.0 {
             let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
@@ -162,9 +194,19 @@ pub fn fit_affine(
                 this_min = 0.0;
                 this_scale = sum_xl / sum_l2;
             }
-            let e = error(this_scale, this_min, &trial);
+            // Squared error in closed form from the sums (no second pass); f64 keeps the
+            // cancellation harmless. The absolute-error variant needs the pass.
+            let e = if mad {
+                error(this_scale, this_min, trial)
+            } else {
+                let (s, m) = (this_scale as f64, this_min as f64);
+                (s * s * sum_l2 as f64 + 2.0 * s * m * sum_l as f64 + m * m * sum_w as f64
+                    - 2.0 * s * sum_xl as f64
+                    - 2.0 * m * sum_x as f64
+                    + sum_x2) as f32
+            };
             if e < best {
-                codes.copy_from_slice(&trial);
+                codes.copy_from_slice(trial);
                 best = e;
                 scale = this_scale;
                 min = this_min;
@@ -207,8 +249,12 @@ pub fn fit_unsigned(x: &[f32], w: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
         }
     }
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    let mut l: Vec<i32> = x.iter().map(|&xi| nearest_int(iscale * xi).clamp(0, nmax)).collect();
-    for ((&xi, &wi), &li) in x.iter().zip(w).zip(&l) {
+    let mut l_buf = [0i32; 256];
+    let l = &mut l_buf[..x.len()];
+    for (li, &xi) in l.iter_mut().zip(x) {
+        *li = nearest_int(iscale * xi).clamp(0, nmax);
+    }
+    for ((&xi, &wi), &li) in x.iter().zip(w).zip(l.iter()) {
         sumlx += wi * xi * li as f32;
         suml2 += wi * (li * li) as f32;
     }
@@ -235,7 +281,7 @@ pub fn fit_unsigned(x: &[f32], w: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
             break;
         }
     }
-    for (c, &li) in codes.iter_mut().zip(&l) {
+    for (c, &li) in codes.iter_mut().zip(l.iter()) {
         *c = li as u8;
     }
     if suml2 > 0.0 {
@@ -296,11 +342,12 @@ pub fn fit_codebook(x: &[f32], w: &[f32], values: &[i8], ntry: i32, codes: &mut 
         (sumqx, sumq2)
     };
     let (mut sumqx, mut sumq2) = eval(v0 / max, codes);
-    let mut trial = vec![0u8; x.len()];
+    let mut trial_buf = [0u8; 256];
+    let trial = &mut trial_buf[..x.len()];
     for k in -ntry..=ntry {
-        let (sqx, sq2) = eval((k as f32 + v0) / max, &mut trial);
+        let (sqx, sq2) = eval((k as f32 + v0) / max, trial);
         if sq2 > 0.0 && (sumq2 <= 0.0 || sqx * sqx * sumq2 > sumqx * sumqx * sq2) {
-            codes.copy_from_slice(&trial);
+            codes.copy_from_slice(trial);
             (sumqx, sumq2) = (sqx, sq2);
         }
     }
@@ -384,6 +431,27 @@ mod tests {
         let d = fit_codebook(&x, &[1.0; 32], &values, 7, &mut c);
         for (&xi, &l) in x.iter().zip(&c) {
             assert!((d * values[l as usize] as f32 - xi).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for (x, want) in [
+            (0.5f32, 0),
+            (1.5, 2),
+            (2.5, 2),
+            (-0.5, 0),
+            (-1.5, -2),
+            (3.49, 3),
+            (-7.51, -8),
+            (1e9, 4_194_303),
+            (-1e9, -4_194_303),
+        ] {
+            assert_eq!(nearest_int(x), want, "{x}");
+        }
+        for i in -100_000..100_000 {
+            let x = i as f32 * 0.37;
+            assert_eq!(nearest_int(x), x.round_ties_even() as i32);
         }
     }
 

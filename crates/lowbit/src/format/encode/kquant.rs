@@ -55,7 +55,7 @@ fn affine_sub_blocks<const SUB: usize>(
     b: &BlockInput,
     nmax: i32,
     sigma2_factor: f32,
-    default_weights: fn(&[f32], f32) -> f32,
+    default_weights: fn(f32, f32) -> f32,
     codes: &mut [u8; QK_K],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let x = b.x;
@@ -66,7 +66,8 @@ fn affine_sub_blocks<const SUB: usize>(
     for j in 0..n_sub {
         let r = SUB * j..SUB * (j + 1);
         let xs = &x[r.clone()];
-        b.weights(r.clone(), sigma2, &mut w[..SUB], |v| default_weights(xs, v));
+        let rms = (xs.iter().map(|a| a * a).sum::<f32>() / SUB as f32).sqrt();
+        b.weights(r.clone(), sigma2, &mut w[..SUB], |v| default_weights(rms, v));
         sw[j] = w[..SUB].iter().sum();
         let nstep = if b.method == Method::Search { 36 } else { 0 };
         let (s, m) = fit_affine(xs, &w[..SUB], nmax, -0.9, 0.05, nstep, false, &mut codes[r]);
@@ -170,8 +171,8 @@ fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8], sc: &mut [u8]) {
 
 /// Default weights of Q4_K/Q5_K sub-blocks (llama.cpp's reference): the sub-block's RMS
 /// plus |x|.
-fn rms_plus_abs(xs: &[f32], v: f32) -> f32 {
-    (xs.iter().map(|a| a * a).sum::<f32>() / xs.len() as f32).sqrt() + v.abs()
+fn rms_plus_abs(rms: f32, v: f32) -> f32 {
+    rms + v.abs()
 }
 
 /// Shared Q4_K/Q5_K body: fits, quantizes the scales, re-rounds codes (0..=nmax).
