@@ -5,6 +5,8 @@
       dequantize raw blocks of one ggml type; write little-endian f32.
   gguf_ref.py hashes MODEL.gguf OUT.json
       dequantize every tensor of a GGUF file; write {name: sha256 of its f32 bytes}.
+  gguf_ref.py quantize TYPE_ID IN.f32 OUT.bin ROW_LEN
+      quantize little-endian f32 rows with gguf-py's port of llama.cpp's reference encoder.
 """
 import hashlib
 import json
@@ -12,7 +14,7 @@ import sys
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
-from gguf.quants import dequantize
+from gguf.quants import dequantize, quantize
 
 
 def main():
@@ -31,6 +33,10 @@ def main():
             hashes[t.name] = hashlib.sha256(np.ascontiguousarray(out, dtype="<f4").tobytes()).hexdigest()
         with open(sys.argv[3], "w") as f:
             json.dump(hashes, f)
+    elif cmd == "quantize":
+        qtype = GGMLQuantizationType(int(sys.argv[2]))
+        x = np.fromfile(sys.argv[3], dtype="<f4").reshape(-1, int(sys.argv[5]))
+        np.ascontiguousarray(quantize(x, qtype)).tofile(sys.argv[4])
     else:
         sys.exit(f"unknown command {cmd}")
 
