@@ -113,7 +113,7 @@ fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSum
             None => by_type.push(TypeTotal { ty: t.target, tensors: 1, elements: t.n_elements(), bytes: t.bytes }),
         }
     }
-    by_type.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    by_type.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     let tensor_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
     let elements: u64 = tensors.iter().map(|t| t.n_elements()).sum();
     let (qb, qn) = tensors

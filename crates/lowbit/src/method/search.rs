@@ -89,7 +89,7 @@ pub fn fit_symmetric(x: &[f32], w: &[f32], lo: i32, hi: i32, steps: i32, polish:
         }
         let (slx, sl2) = eval(-(nmax + 0.1 * k as f32) / max, trial);
         // Better when slx²/sl2 > sumlx²/suml2 (the error drop of the least-squares scale).
-        if sl2 > 0.0 && slx * slx * suml2 > sumlx * sumlx * sl2 || suml2 <= 0.0 && sl2 > 0.0 {
+        if sl2 > 0.0 && (suml2 <= 0.0 || slx * slx * suml2 > sumlx * sumlx * sl2) {
             codes.copy_from_slice(trial);
             (sumlx, suml2) = (slx, sl2);
         }

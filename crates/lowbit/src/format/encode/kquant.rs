@@ -134,8 +134,8 @@ pub fn encode_q3_k(b: &BlockInput, out: &mut [u8]) {
     }
     let d = put_f16(out, 108, d_block);
     let mut codes = [4u8; QK_K];
-    for j in 0..16 {
-        let dl = d * ls[j] as f32;
+    for (j, &l) in ls.iter().enumerate() {
+        let dl = d * l as f32;
         if dl == 0.0 {
             continue;
         }
