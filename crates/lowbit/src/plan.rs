@@ -244,34 +244,28 @@ fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64
     match cat {
         // llama.cpp tests "attn_v-like" (v, fused qkv, MLA kv_b) before its separate
         // fused-qkv rule, so fused qkv tensors get the attn_v rules; so do we.
-        Category::AttnV | Category::AttnQkv | Category::AttnKvB => {
-            let mut t;
-            t = match f {
-                "Q2_K" => {
-                    if shape.n_gqa >= 4 {
-                        Q4_K
-                    } else {
-                        Q3_K
-                    }
+        Category::AttnV | Category::AttnQkv | Category::AttnKvB if shape.n_expert == 8 => Q8_0,
+        Category::AttnV | Category::AttnQkv | Category::AttnKvB => match f {
+            "Q2_K" => {
+                if shape.n_gqa >= 4 {
+                    Q4_K
+                } else {
+                    Q3_K
                 }
-                "Q3_K_M" => {
-                    if layer < 2 {
-                        Q5_K
-                    } else {
-                        Q4_K
-                    }
-                }
-                "Q3_K_L" => Q5_K,
-                "IQ4_NL" | "IQ4_XS" if shape.n_gqa >= 4 => Q5_K,
-                "Q4_K_M" | "Q5_K_M" if use_more_bits(layer, n) => Q6_K,
-                "Q4_K_S" if layer < 4 => Q5_K,
-                _ => ty,
-            };
-            if shape.n_expert == 8 {
-                t = Q8_0;
             }
-            t
-        }
+            "Q3_K_M" => {
+                if layer < 2 {
+                    Q5_K
+                } else {
+                    Q4_K
+                }
+            }
+            "Q3_K_L" => Q5_K,
+            "IQ4_NL" | "IQ4_XS" if shape.n_gqa >= 4 => Q5_K,
+            "Q4_K_M" | "Q5_K_M" if use_more_bits(layer, n) => Q6_K,
+            "Q4_K_S" if layer < 4 => Q5_K,
+            _ => ty,
+        },
         Category::AttnK if shape.n_expert == 8 => Q8_0,
         Category::FfnDown => match f {
             "Q2_K" => Q3_K,

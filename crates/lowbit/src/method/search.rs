@@ -95,37 +95,49 @@ pub fn fit_symmetric(x: &[f32], w: &[f32], lo: i32, hi: i32, steps: i32, polish:
         }
     }
     if polish {
-        for _ in 0..5 {
-            let mut changed = false;
-            for i in 0..x.len() {
-                let (xi, wi, li) = (x[i], w[i], codes[i] as f32);
-                let slx = sumlx - wi * xi * li;
-                let sl2 = suml2 - wi * li * li;
-                if slx.abs() <= 0.0 || sl2 <= 0.0 {
-                    continue;
-                }
-                let new_l = nearest_int(xi * sl2 / slx).clamp(lo, hi);
-                if new_l == codes[i] {
-                    continue;
-                }
-                let nl = new_l as f32;
-                let (slx2, sl22) = (slx + wi * xi * nl, sl2 + wi * nl * nl);
-                if sl22 > 0.0 && slx2 * slx2 * suml2 > sumlx * sumlx * sl22 {
-                    codes[i] = new_l;
-                    (sumlx, suml2) = (slx2, sl22);
-                    changed = true;
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
+        (sumlx, suml2) = polish_codes(x, w, lo, hi, codes, sumlx, suml2);
     }
     if suml2 > 0.0 {
         sumlx / suml2
     } else {
         0.0
     }
+}
+
+/// Coordinate descent on codes l ∈ [lo, hi] for x ≈ s·l with the least-squares s: up to
+/// five passes, each moving single codes to their best value given the others while that
+/// raises (Σw·x·l)²/Σw·l² (i.e. lowers the error). `sumlx`, `suml2` are those sums for the
+/// codes given; returns them for the codes left. With non-negative codes the scale must
+/// be positive, so only a positive Σw·x·l is followed.
+fn polish_codes(x: &[f32], w: &[f32], lo: i32, hi: i32, codes: &mut [i32], sumlx: f32, suml2: f32) -> (f32, f32) {
+    let (mut sumlx, mut suml2) = (sumlx, suml2);
+    for _ in 0..5 {
+        let mut changed = false;
+        for i in 0..x.len() {
+            let (xi, wi, li) = (x[i], w[i], codes[i] as f32);
+            let slx = sumlx - wi * xi * li;
+            let sl2 = suml2 - wi * li * li;
+            let usable = if lo >= 0 { slx > 0.0 } else { slx != 0.0 };
+            if !usable || sl2 <= 0.0 {
+                continue;
+            }
+            let new_l = nearest_int(xi * sl2 / slx).clamp(lo, hi);
+            if new_l == codes[i] {
+                continue;
+            }
+            let nl = new_l as f32;
+            let (slx2, sl22) = (slx + wi * xi * nl, sl2 + wi * nl * nl);
+            if sl22 > 0.0 && slx2 * slx2 * suml2 > sumlx * sumlx * sl22 {
+                codes[i] = new_l;
+                (sumlx, suml2) = (slx2, sl22);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    (sumlx, suml2)
 }
 
 /// Affine fit: x ≈ s·l − m with codes l ∈ [0, nmax], s > 0 and m ≥ 0 (the block minimum
@@ -170,10 +182,10 @@ pub fn fit_affine(
     let mut best = error(scale, min, codes);
     let mut trial_buf = [0u8; 256];
     let trial = &mut trial_buf[..x.len()];
-    for k in 0..=nstep.max(-1) {
-        if nstep < 1 {
-            break;
-        }
+    if nstep < 1 {
+        return (scale, -min);
+    }
+    for k in 0..=nstep {
         let iscale = (rmin + rdelta * k as f32 + nmax as f32) / (max - min);
         let (mut lane_l, mut lane_l2, mut lane_xl) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
         for (i, ((t, &xi), &wi)) in trial.iter_mut().zip(x).zip(w).enumerate() {
@@ -258,29 +270,7 @@ pub fn fit_unsigned(x: &[f32], w: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
         sumlx += wi * xi * li as f32;
         suml2 += wi * (li * li) as f32;
     }
-    for _ in 0..5 {
-        let mut changed = false;
-        for i in 0..x.len() {
-            let (xi, wi, li) = (x[i], w[i], l[i] as f32);
-            let slx = sumlx - wi * xi * li;
-            let sl2 = suml2 - wi * li * li;
-            if slx > 0.0 && sl2 > 0.0 {
-                let new_l = nearest_int(xi * sl2 / slx).clamp(0, nmax);
-                if new_l != l[i] {
-                    let nl = new_l as f32;
-                    let (slx2, sl22) = (slx + wi * xi * nl, sl2 + wi * nl * nl);
-                    if slx2 * slx2 * suml2 > sumlx * sumlx * sl22 {
-                        l[i] = new_l;
-                        (sumlx, suml2) = (slx2, sl22);
-                        changed = true;
-                    }
-                }
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
+    (sumlx, suml2) = polish_codes(x, w, 0, nmax, l, sumlx, suml2);
     for (c, &li) in codes.iter_mut().zip(l.iter()) {
         *c = li as u8;
     }

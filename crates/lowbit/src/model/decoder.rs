@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::Linear;
+use super::{GgufWeights, Linear};
 use crate::error::Result;
 use crate::tensor::{apply_rope, gelu_tanh, multi_head_attention, rms_norm, rope_angles, silu};
 
@@ -103,6 +103,56 @@ pub struct Decoder {
     pub tied_act_quant: Option<crate::format::GgmlType>,
 }
 
+/// The sizes every decoder GGUF states under `{arch}.*`, read and checked in one place for
+/// all architectures.
+pub struct DecoderDims {
+    /// Hidden width.
+    pub d_model: usize,
+    /// Number of blocks.
+    pub n_layer: usize,
+    /// Query heads.
+    pub n_head: usize,
+    /// Key/value heads.
+    pub n_head_kv: usize,
+    /// MLP inner width.
+    pub d_ff: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Vocabulary size (rows of `token_embd.weight`).
+    pub vocab: usize,
+}
+
+impl DecoderDims {
+    /// Reads the sizes of architecture `arch`; when the file does not state
+    /// `attention.key_length`, the head width is `default_head_dim(d_model, n_head)`.
+    pub fn read(w: &GgufWeights, arch: &str, default_head_dim: impl FnOnce(usize, usize) -> usize) -> Result<Self> {
+        let p = |k: &str| format!("{arch}.{k}");
+        let d_model = w.hparam(&p("embedding_length"))?;
+        let n_head = w.hparam(&p("attention.head_count"))?;
+        let n_head_kv = w.hparam(&p("attention.head_count_kv")).unwrap_or(n_head);
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(crate::Error::format(
+                w.file.path(),
+                format!("{n_head} heads cannot share {n_head_kv} key/value heads"),
+            ));
+        }
+        let head_dim = w.hparam(&p("attention.key_length")).unwrap_or_else(|_| default_head_dim(d_model, n_head));
+        let embd = w
+            .file
+            .tensor_info("token_embd.weight")
+            .ok_or_else(|| crate::Error::tensor(w.file.path(), "token_embd.weight", "missing"))?;
+        Ok(DecoderDims {
+            d_model,
+            n_layer: w.hparam(&p("block_count"))?,
+            n_head,
+            n_head_kv,
+            d_ff: w.hparam(&p("feed_forward_length"))?,
+            head_dim,
+            vocab: embd.dims.get(1).copied().unwrap_or(0) as usize,
+        })
+    }
+}
+
 /// Keys and values of past positions, per layer: `len` rows of `n_head_kv × head_dim`.
 pub struct KvCache {
     k: Vec<Vec<f32>>,
@@ -140,6 +190,17 @@ impl KvCache {
 }
 
 impl Decoder {
+    /// Completes a decoder around its blocks: the token embedding, the final norm, and the
+    /// output layer (separate, or tied to the embedding in its stored type).
+    pub fn assemble(w: &GgufWeights, cfg: DecoderConfig, blocks: Vec<Block>) -> Result<Decoder> {
+        let (d, vocab) = (cfg.d_model, cfg.vocab);
+        let tok_embd = w.get("token_embd.weight", &[d, vocab])?;
+        let tied_act_quant = w.act_quant_for("token_embd.weight");
+        let out_norm = w.get("output_norm.weight", &[d])?;
+        let output = if w.has("output.weight") { Some(w.linear("output.weight", d, vocab)?) } else { None };
+        Ok(Decoder { cfg, tok_embd, blocks, out_norm, output, tied_act_quant })
+    }
+
     /// A cache sized for this model.
     pub fn new_cache(&self, max_tokens: usize) -> KvCache {
         KvCache::new(self.blocks.len(), self.cfg.n_head_kv * self.cfg.head_dim, max_tokens)

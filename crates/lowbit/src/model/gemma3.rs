@@ -3,7 +3,7 @@
 //! embeddings scaled by √d. Norm weights are used as stored in GGUF (the converter has
 //! already added Gemma's +1).
 
-use super::decoder::{Activation, Block, Decoder, DecoderConfig, LayerAttention};
+use super::decoder::{Activation, Block, Decoder, DecoderConfig, DecoderDims, LayerAttention};
 use super::GgufWeights;
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -18,22 +18,11 @@ pub const LOCAL_ROPE_BASE: f32 = 10_000.0;
 pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
     let w = GgufWeights { file, llama_cpp_numerics: opts.llama_cpp_numerics };
     let p = |k: &str| format!("gemma3.{k}");
-    let d = w.hparam(&p("embedding_length"))?;
-    let n_layer = w.hparam(&p("block_count"))?;
-    let n_head = w.hparam(&p("attention.head_count"))?;
-    let n_head_kv = w.hparam(&p("attention.head_count_kv")).unwrap_or(n_head);
-    let d_ff = w.hparam(&p("feed_forward_length"))?;
-    let head_dim = w.hparam(&p("attention.key_length")).unwrap_or(256);
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-        return Err(crate::Error::format(
-            file.path(),
-            format!("{n_head} heads cannot share {n_head_kv} key/value heads"),
-        ));
-    }
+    let DecoderDims { d_model: d, n_layer, n_head, n_head_kv, d_ff, head_dim, vocab } =
+        DecoderDims::read(&w, "gemma3", |_, _| 256)?;
     let eps = w.hparam_f32(&p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
     let global_base = w.hparam_f32(&p("rope.freq_base")).unwrap_or(1_000_000.0);
     let window = w.hparam(&p("attention.sliding_window")).unwrap_or(512);
-    let vocab = file.tensor_info("token_embd.weight").and_then(|t| t.dims.get(1).copied()).unwrap_or(0) as usize;
     let cfg = DecoderConfig {
         d_model: d,
         n_head,
@@ -48,9 +37,6 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
         embed_scale: (d as f32).sqrt(),
         activation: Activation::GeluTanh,
     };
-    let tok_embd = w.get("token_embd.weight", &[d, vocab])?;
-    // The tied output layer multiplies by the embedding table in its stored type.
-    let tied_act_quant = w.act_quant_for("token_embd.weight");
     let mut blocks = Vec::with_capacity(n_layer);
     for i in 0..n_layer {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
@@ -76,7 +62,5 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
             },
         });
     }
-    let out_norm = w.get("output_norm.weight", &[d])?;
-    let output = if w.has("output.weight") { Some(w.linear("output.weight", d, vocab)?) } else { None };
-    Ok(Decoder { cfg, tok_embd, blocks, out_norm, output, tied_act_quant })
+    Decoder::assemble(&w, cfg, blocks)
 }

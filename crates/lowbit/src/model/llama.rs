@@ -1,7 +1,7 @@
 //! The llama family (Llama 2/3, Mistral, Qwen2-style, SmolLM): RMSNorm, rotary positions
 //! on adjacent pairs, grouped-query attention, SwiGLU MLP, tied or separate output.
 
-use super::decoder::{Activation, Block, Decoder, DecoderConfig, LayerAttention};
+use super::decoder::{Activation, Block, Decoder, DecoderConfig, DecoderDims, LayerAttention};
 use super::GgufWeights;
 use crate::error::Result;
 use crate::gguf::GgufFile;
@@ -11,25 +11,11 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
     let w = GgufWeights { file, llama_cpp_numerics: opts.llama_cpp_numerics };
     let arch = file.architecture().unwrap_or("llama");
     let p = |k: &str| format!("{arch}.{k}");
-    let d = w.hparam(&p("embedding_length"))?;
-    let n_layer = w.hparam(&p("block_count"))?;
-    let n_head = w.hparam(&p("attention.head_count"))?;
-    let n_head_kv = w.hparam(&p("attention.head_count_kv")).unwrap_or(n_head);
-    let d_ff = w.hparam(&p("feed_forward_length"))?;
-    let head_dim = w.hparam(&p("attention.key_length")).unwrap_or(d / n_head.max(1));
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-        return Err(crate::Error::format(
-            file.path(),
-            format!("{n_head} heads cannot share {n_head_kv} key/value heads"),
-        ));
-    }
+    let DecoderDims { d_model: d, n_layer, n_head, n_head_kv, d_ff, head_dim, vocab } =
+        DecoderDims::read(&w, arch, |d, n_head| d / n_head)?;
     let eps = w.hparam_f32(&p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
     let rope_base = w.hparam_f32(&p("rope.freq_base")).unwrap_or(10000.0);
     let rope_dim = w.hparam(&p("rope.dimension_count")).unwrap_or(head_dim);
-    let embd_info = file
-        .tensor_info("token_embd.weight")
-        .ok_or_else(|| crate::Error::tensor(file.path(), "token_embd.weight", "missing"))?;
-    let vocab = embd_info.dims.get(1).copied().unwrap_or(0) as usize;
     let cfg = DecoderConfig {
         d_model: d,
         n_head,
@@ -44,9 +30,6 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
         embed_scale: 1.0,
         activation: Activation::Silu,
     };
-    let tok_embd = w.get("token_embd.weight", &[d, vocab])?;
-    // The tied output layer multiplies by the embedding table in its stored type.
-    let tied_act_quant = w.act_quant_for("token_embd.weight");
     let mut blocks = Vec::with_capacity(n_layer);
     for i in 0..n_layer {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
@@ -76,7 +59,5 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
             attention: LayerAttention { rope_base, window: None },
         });
     }
-    let out_norm = w.get("output_norm.weight", &[d])?;
-    let output = if w.has("output.weight") { Some(w.linear("output.weight", d, vocab)?) } else { None };
-    Ok(Decoder { cfg, tok_embd, blocks, out_norm, output, tied_act_quant })
+    Decoder::assemble(&w, cfg, blocks)
 }

@@ -49,6 +49,27 @@ fn quantize_signed_scales(values: &[f32], sw: &[f32], lo: i32, hi: i32, method: 
     }
 }
 
+/// Symmetric fits of the sixteen 16-value sub-blocks shared by Q3_K and Q6_K, codes in
+/// [lo, hi]; `weights(range, w)` fills the error weights of one sub-block. Returns the
+/// per-sub-block scales and summed weights.
+fn symmetric_sub_blocks(
+    b: &BlockInput,
+    lo: i32,
+    hi: i32,
+    weights: impl Fn(std::ops::Range<usize>, &mut [f32]),
+) -> ([f32; 16], [f32; 16]) {
+    let (mut scales, mut sw) = ([0.0f32; 16], [0.0f32; 16]);
+    let (mut l, mut w) = ([0i32; 16], [0.0f32; 16]);
+    let (steps, polish) = if b.method == Method::Search { (9, true) } else { (0, false) };
+    for j in 0..16 {
+        let r = 16 * j..16 * (j + 1);
+        weights(r.clone(), &mut w);
+        sw[j] = w.iter().sum();
+        scales[j] = fit_symmetric(&b.x[r], &w, lo, hi, steps, polish, &mut l);
+    }
+    (scales, sw)
+}
+
 /// Affine sub-block fits shared by Q2_K, Q4_K and Q5_K: returns per-sub-block (scale, min)
 /// and the summed weights of each sub-block.
 fn affine_sub_blocks<const SUB: usize>(
@@ -108,17 +129,7 @@ pub fn encode_q2_k(b: &BlockInput, out: &mut [u8]) {
 pub fn encode_q3_k(b: &BlockInput, out: &mut [u8]) {
     let x = b.x;
     let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
-    let mut scales = [0.0f32; 16];
-    let mut sw = [0.0f32; 16];
-    let mut l = [0i32; 16];
-    let mut w = [0.0f32; 16];
-    let (steps, polish) = if b.method == Method::Search { (9, true) } else { (0, false) };
-    for j in 0..16 {
-        let r = 16 * j..16 * (j + 1);
-        b.weights(r.clone(), sigma2, &mut w, |v| v * v);
-        sw[j] = w.iter().sum();
-        scales[j] = fit_symmetric(&x[r], &w, -4, 3, steps, polish, &mut l);
-    }
+    let (scales, sw) = symmetric_sub_blocks(b, -4, 3, |r, w| b.weights(r, sigma2, w, |v| v * v));
     let mut ls = [0i32; 16];
     let d_block = quantize_signed_scales(&scales, &sw, -32, 31, b.method, &mut ls);
     let sc = &mut out[96..108];
@@ -240,21 +251,11 @@ pub fn encode_q5_k(b: &BlockInput, out: &mut [u8]) {
 /// x = d·sc·(q − 32) for 16 sub-blocks of 16.
 pub fn encode_q6_k(b: &BlockInput, out: &mut [u8]) {
     let x = b.x;
-    let mut scales = [0.0f32; 16];
-    let mut sw = [0.0f32; 16];
-    let mut l = [0i32; 16];
-    let mut w = [0.0f32; 16];
-    let (steps, polish) = if b.method == Method::Search { (9, true) } else { (0, false) };
-    for j in 0..16 {
-        let r = 16 * j..16 * (j + 1);
-        // With an importance, llama.cpp weighs Q6_K by the importance alone.
-        match b.importance {
-            Some(imp) => w.copy_from_slice(&imp[r.clone()]),
-            None => b.weights(r.clone(), 0.0, &mut w, |v| v * v),
-        }
-        sw[j] = w.iter().sum();
-        scales[j] = fit_symmetric(&x[r], &w, -32, 31, steps, polish, &mut l);
-    }
+    // With an importance, llama.cpp weighs Q6_K by the importance alone.
+    let (scales, sw) = symmetric_sub_blocks(b, -32, 31, |r, w| match b.importance {
+        Some(imp) => w.copy_from_slice(&imp[r]),
+        None => b.weights(r, 0.0, w, |v| v * v),
+    });
     out.fill(0);
     if scales.iter().all(|s| s.abs() < GROUP_MAX_EPS) {
         return;
