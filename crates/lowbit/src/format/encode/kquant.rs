@@ -5,7 +5,7 @@
 //! is re-rounded against the scales as stored. [`Method::Rtn`] skips both searches
 //! (max-based scales, as the simplest k-quant encoder would).
 
-use super::{put_f16, BlockInput};
+use super::{magnitude_weight, put_f16, BlockInput};
 use crate::format::QK_K;
 use crate::method::search::{fit_affine, fit_symmetric, fit_unsigned, nearest_int, GROUP_MAX_EPS};
 use crate::method::Method;
@@ -129,7 +129,7 @@ pub fn encode_q2_k(b: &BlockInput, out: &mut [u8]) {
 pub fn encode_q3_k(b: &BlockInput, out: &mut [u8]) {
     let x = b.x;
     let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
-    let (scales, sw) = symmetric_sub_blocks(b, -4, 3, |r, w| b.weights(r, sigma2, w, |v| v * v));
+    let (scales, sw) = symmetric_sub_blocks(b, -4, 3, |r, w| b.weights(r, sigma2, w, magnitude_weight(sigma2)));
     let mut ls = [0i32; 16];
     let d_block = quantize_signed_scales(&scales, &sw, -32, 31, b.method, &mut ls);
     let sc = &mut out[96..108];
@@ -254,7 +254,7 @@ pub fn encode_q6_k(b: &BlockInput, out: &mut [u8]) {
     // With an importance, llama.cpp weighs Q6_K by the importance alone.
     let (scales, sw) = symmetric_sub_blocks(b, -32, 31, |r, w| match b.importance {
         Some(imp) => w.copy_from_slice(&imp[r]),
-        None => b.weights(r, 0.0, w, |v| v * v),
+        None => b.weights(r, 0.0, w, magnitude_weight(b.row_sigma2)),
     });
     out.fill(0);
     if scales.iter().all(|s| s.abs() < GROUP_MAX_EPS) {

@@ -3,7 +3,7 @@
 //! fits the scale (and minimum) by weighted least squares and rounds the codes against
 //! the scale as actually stored (f16).
 
-use super::{put_f16, BlockInput};
+use super::{magnitude_weight, put_f16, BlockInput};
 use crate::method::search::{fit_affine, fit_symmetric, nearest_int};
 use crate::method::Method;
 
@@ -50,7 +50,7 @@ fn symmetric(b: &BlockInput, nmax: i32, scale_at: usize, out: &mut [u8], codes: 
         }
         Method::Search => {
             let mut w = [0.0f32; QK];
-            b.weights(0..QK, b.row_sigma2, &mut w, |v| v * v);
+            b.weights(0..QK, b.row_sigma2, &mut w, magnitude_weight(b.row_sigma2));
             let mut l = [0i32; QK];
             fit_symmetric(x, &w, -nmax, nmax - 1, 9, true, &mut l)
         }
@@ -143,7 +143,7 @@ pub fn encode_q8_0(b: &BlockInput, out: &mut [u8]) {
         }
         Method::Search => {
             let mut w = [0.0f32; QK];
-            b.weights(0..QK, b.row_sigma2, &mut w, |v| v * v);
+            b.weights(0..QK, b.row_sigma2, &mut w, magnitude_weight(b.row_sigma2));
             let mut l = [0i32; QK];
             fit_symmetric(x, &w, -127, 127, 9, true, &mut l)
         }

@@ -2,7 +2,7 @@
 //! values, eight 6-bit sub-scales) and MXFP4 (E2M1 values with a shared power-of-two
 //! scale). Codes index a fixed table, so the search is over the scale only.
 
-use super::{put_f16, BlockInput};
+use super::{magnitude_weight, put_f16, BlockInput};
 use crate::format::fp4::{e8m0_to_f32_half, KVALUES_MXFP4};
 use crate::format::iquant::KVALUES_IQ4NL;
 use crate::format::QK_K;
@@ -13,7 +13,7 @@ use crate::method::Method;
 /// to the grid's end and stops there.
 fn fit_sub_block(b: &BlockInput, r: std::ops::Range<usize>, sigma2: f32, codes: &mut [u8], sw: &mut f32) -> f32 {
     let mut w = [0.0f32; 32];
-    b.weights(r.clone(), sigma2, &mut w, |v| v * v);
+    b.weights(r.clone(), sigma2, &mut w, magnitude_weight(sigma2));
     *sw = w.iter().sum();
     let ntry = if b.method == Method::Search { 7 } else { -1 };
     fit_codebook(&b.x[r], &w, &KVALUES_IQ4NL, ntry, codes)
@@ -104,7 +104,7 @@ pub fn encode_mxfp4(b: &BlockInput, out: &mut [u8]) {
     let mut best_e = e0;
     if b.method == Method::Search && amax > 0.0 {
         let mut w = [0.0f32; 32];
-        b.weights(0..32, b.row_sigma2, &mut w, |v| v * v);
+        b.weights(0..32, b.row_sigma2, &mut w, magnitude_weight(b.row_sigma2));
         let err = |e: u8| -> f32 {
             let d = e8m0_to_f32_half(e);
             x.iter()
