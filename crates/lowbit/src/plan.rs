@@ -230,7 +230,7 @@ fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64
     let n = shape.n_layer.max(1);
     let falcon = shape.arch == "falcon";
     if cat == Category::Output || (has_tied && cat == Category::TokenEmbd) {
-        return if f == "MXFP4_MOE" || falcon || ncols % ty.block_size() as u64 != 0 {
+        return if f == "MXFP4_MOE" || falcon || !ncols.is_multiple_of(ty.block_size() as u64) {
             Q8_0
         } else if ty != Q8_0 {
             Q6_K
@@ -332,7 +332,7 @@ fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64
 /// (`tensor_type_fallback`); F16 when even the replacement does not fit.
 pub fn shape_fallback(ty: GgmlType, ncols: u64) -> GgmlType {
     use GgmlType::*;
-    if ncols % ty.block_size() as u64 == 0 {
+    if ncols.is_multiple_of(ty.block_size() as u64) {
         return ty;
     }
     let alt = match ty {
@@ -343,7 +343,7 @@ pub fn shape_fallback(ty: GgmlType, ncols: u64) -> GgmlType {
         Q6_K => Q8_0,
         other => other,
     };
-    if ncols % alt.block_size() as u64 == 0 {
+    if ncols.is_multiple_of(alt.block_size() as u64) {
         alt
     } else {
         F16

@@ -147,6 +147,20 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Decodes one tensor of `g` to f32 and encodes it as its planned type.
+fn encode_tensor(g: &GgufFile, input: &Path, t: &PlannedTensor, opts: &QuantizeOptions) -> Result<Vec<u8>> {
+    let values = g.dequantize(&t.name)?;
+    let ncols = t.dims.first().copied().unwrap_or(1) as usize;
+    let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice());
+    quantize_rows(t.target, &values, ncols, importance, opts.method).map_err(|e| {
+        let what = match e {
+            EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
+            e => e.to_string(),
+        };
+        Error::tensor(input, &t.name, format!("cannot quantize to {}: {what}", t.target))
+    })
+}
+
 /// Quantizes `input` (a GGUF) into `output` following `opts`. `progress(done, total)` is
 /// called with elements processed so far. Returns the summary with file size and time.
 pub fn quantize_gguf(
@@ -181,32 +195,36 @@ pub fn quantize_gguf(
     let total = summary.elements;
     let mut done = 0u64;
     let mut w = GgufWriter::create(output, &metadata, specs)?;
-    for t in &summary.tensors {
-        let (_, src) = g.tensor_bytes(&t.name)?;
-        if t.target == t.source {
-            w.write_tensor(&t.name, src)?;
-        } else {
-            let values = g.dequantize(&t.name)?;
-            let ncols = t.dims.first().copied().unwrap_or(1) as usize;
-            let importance = match &opts.importance {
-                Some(m) => m.get(&t.name).map(|v| v.as_slice()),
-                None => None,
-            };
-            let bytes = quantize_rows(t.target, &values, ncols, importance, opts.method).map_err(|e| {
-                let what = match e {
-                    EncodeError::NonFinite { index, value } => {
-                        format!("weight {index} is {value}: the source is damaged")
-                    }
-                    e => e.to_string(),
-                };
-                Error::tensor(input, &t.name, format!("cannot quantize to {}: {what}", t.target))
-            })?;
-            w.write_tensor(&t.name, &bytes)?;
-        }
-        done += t.n_elements();
-        progress(done, total);
-    }
-    summary.file_bytes = Some(w.finish()?);
+    // Encoded tensors go to a writer thread through a short queue, so writing one tensor
+    // overlaps encoding the next (memory: at most two encoded tensors in flight).
+    let (send, receive) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(1);
+    let written = std::thread::scope(|scope| -> Result<()> {
+        let writer = scope.spawn(move || -> Result<GgufWriter> {
+            for (name, bytes) in receive {
+                w.write_tensor(&name, &bytes)?;
+            }
+            Ok(w)
+        });
+        let mut encode_all = || -> Result<()> {
+            for t in &summary.tensors {
+                let (_, src) = g.tensor_bytes(&t.name)?;
+                let bytes = if t.target == t.source { src.to_vec() } else { encode_tensor(&g, input, t, opts)? };
+                if send.send((t.name.clone(), bytes)).is_err() {
+                    break; // the writer stopped on an error, reported below
+                }
+                done += t.n_elements();
+                progress(done, total);
+            }
+            Ok(())
+        };
+        let encoded = encode_all();
+        drop(send);
+        let w = writer.join().expect("the writer thread does not panic")?;
+        encoded?;
+        summary.file_bytes = Some(w.finish()?);
+        Ok(())
+    });
+    written?;
     summary.seconds = Some(start.elapsed().as_secs_f64());
     Ok(summary)
 }

@@ -24,7 +24,7 @@ pub fn vec_dot_type(w: GgmlType) -> Option<GgmlType> {
 /// trip through ggml's reference `quantize_row_q8_*`), when the row length allows it.
 pub fn fake_quantize_row(row: &mut [f32], ty: GgmlType) {
     match ty {
-        GgmlType::Q8_0 | GgmlType::Q8_1 if row.len() % 32 == 0 => {
+        GgmlType::Q8_0 | GgmlType::Q8_1 if row.len().is_multiple_of(32) => {
             for b in row.chunks_exact_mut(32) {
                 let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
@@ -35,7 +35,7 @@ pub fn fake_quantize_row(row: &mut [f32], ty: GgmlType) {
                 }
             }
         }
-        GgmlType::Q8_K if row.len() % 256 == 0 => {
+        GgmlType::Q8_K if row.len().is_multiple_of(256) => {
             for b in row.chunks_exact_mut(256) {
                 let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
                 if max == 0.0 {

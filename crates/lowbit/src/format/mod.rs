@@ -145,7 +145,7 @@ impl GgmlType {
     /// blocks or the size overflows.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)
@@ -225,7 +225,7 @@ fn dequantize_block(ty: GgmlType, block: &[u8], out: &mut [f32]) {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), DecodeError> {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     let n = out.len();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return Err(DecodeError::PartialBlock { ty, n, block: bs });
     }
     let need = n / bs * ts;

@@ -9,6 +9,8 @@
 //! `make_qp_quants` and its IQ4 search, so lowbit is never worse than it on the same
 //! objective; [`fit_symmetric`] adds a coordinate-descent polish of the codes.
 
+use wide::f32x8;
+
 /// Rounds half to even, as llama.cpp's `nearest_int` does, with the same trick: adding
 /// 1.5·2^23 leaves the rounded integer in the mantissa. Inputs beyond ±(2^22 − 1) (only
 /// from degenerate scales; every caller clamps to a small code range) saturate there.
@@ -25,22 +27,26 @@ pub fn nearest_int(x: f32) -> i32 {
 /// results deterministic.
 const LANES: usize = 8;
 
-/// Rounds iscale·x to codes in [lo, hi]; returns (Σ w·x·l, Σ w·l²).
+/// Rounds iscale·x to codes in [lo, hi]; returns (Σ w·x·l, Σ w·l²), summed in [`LANES`]
+/// lanes (value i in lane i mod 8).
 #[inline]
 fn round_and_sum(x: &[f32], w: &[f32], iscale: f32, lo: i32, hi: i32, codes: &mut [i32]) -> (f32, f32) {
-    let (mut slx, mut sl2) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (lo_v, hi_v, is) = (f32x8::splat(lo as f32), f32x8::splat(hi as f32), f32x8::splat(iscale));
+    let (mut slx, mut sl2) = (f32x8::ZERO, f32x8::ZERO);
     let n = x.len() / LANES * LANES;
     for ((xc, wc), cc) in
         x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)).zip(codes[..n].chunks_exact_mut(LANES))
     {
-        for k in 0..LANES {
-            let l = nearest_int(iscale * xc[k]).clamp(lo, hi);
-            cc[k] = l;
-            let lf = l as f32;
-            slx[k] += wc[k] * xc[k] * lf;
-            sl2[k] += wc[k] * lf * lf;
+        let xv = f32x8::from(<[f32; LANES]>::try_from(xc).expect("chunk of LANES"));
+        let wv = f32x8::from(<[f32; LANES]>::try_from(wc).expect("chunk of LANES"));
+        let l = round_clamped_x8(is * xv, lo_v, hi_v);
+        slx += wv * xv * l;
+        sl2 += wv * l * l;
+        for (c, v) in cc.iter_mut().zip(l.to_array()) {
+            *c = v as i32;
         }
     }
+    let (mut slx, mut sl2) = (slx.to_array(), sl2.to_array());
     for i in n..x.len() {
         let l = nearest_int(iscale * x[i]).clamp(lo, hi);
         codes[i] = l;
@@ -65,6 +71,53 @@ fn signed_max(x: &[f32]) -> (f32, f32) {
     (max, amax)
 }
 
+/// Candidate scales evaluated together, one per SIMD lane (`wide::f32x8`, AVX/NEON or a
+/// portable fallback): the inner loop walks the block once and updates every lane, with
+/// no horizontal sum per candidate (a block is only 16–32 values, so per-candidate
+/// reductions would dominate). The compiler's auto-vectorizer did not manage this
+/// layout (measured 4 cycles per lane), hence the explicit vector type. Products and sums
+/// are not fused, so results do not depend on whether the CPU has FMA.
+const CANDIDATE_LANES: usize = 8;
+
+/// Round-to-nearest-even of every lane clamped to [lo, hi] (integers): clamping first and
+/// rounding with the 1.5·2^23 trick stays in float registers. Equal to
+/// `nearest_int(y).clamp(lo, hi)` lane by lane.
+#[inline(always)]
+fn round_clamped_x8(y: f32x8, lo: f32x8, hi: f32x8) -> f32x8 {
+    let magic = f32x8::splat(12_582_912.0);
+    (y.fast_max(lo).fast_min(hi) + magic) - magic
+}
+
+/// The lanes of one group of up to eight inverse scales (unused lanes repeat the first).
+fn lanes_of(group: &[f32]) -> f32x8 {
+    let mut is = [group[0]; CANDIDATE_LANES];
+    is[..group.len()].copy_from_slice(group);
+    f32x8::from(is)
+}
+
+/// For each inverse scale in `iscales`: (Σ w·x·l, Σ w·l²) for the codes
+/// l = round(iscale·x) clamped to [lo, hi]. Codes are not stored; the winner's are
+/// recomputed once.
+fn symmetric_candidate_sums(x: &[f32], w: &[f32], iscales: &[f32], lo: i32, hi: i32, sums: &mut [(f32, f32)]) {
+    let (lo, hi) = (f32x8::splat(lo as f32), f32x8::splat(hi as f32));
+    for (group, out) in iscales.chunks(CANDIDATE_LANES).zip(sums.chunks_mut(CANDIDATE_LANES)) {
+        let is = lanes_of(group);
+        let (mut slx, mut sl2) = (f32x8::ZERO, f32x8::ZERO);
+        for (&xi, &wi) in x.iter().zip(w) {
+            let l = round_clamped_x8(is * f32x8::splat(xi), lo, hi);
+            slx += l * f32x8::splat(wi * xi);
+            sl2 += l * l * f32x8::splat(wi);
+        }
+        let (slx, sl2) = (slx.to_array(), sl2.to_array());
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = (slx[k], sl2[k]);
+        }
+    }
+}
+
+/// Most candidates any fit tries (−steps..=steps plus the max-based one).
+const MAX_CANDIDATES: usize = 64;
+
 /// Symmetric fit: x ≈ s·l with integer codes l ∈ [lo, hi] (lo < 0 < hi). Candidate inverse
 /// scales map the largest-magnitude element to `lo + step·k` for k in −steps..=steps
 /// (0.1 apart), then up to five coordinate-descent passes move single codes while that
@@ -79,21 +132,26 @@ pub fn fit_symmetric(x: &[f32], w: &[f32], lo: i32, hi: i32, steps: i32, polish:
         return 0.0;
     }
     let nmax = -lo as f32;
-    let eval = |iscale: f32, codes: &mut [i32]| round_and_sum(x, w, iscale, lo, hi, codes);
-    let (mut sumlx, mut suml2) = eval(-nmax / max, codes);
-    let mut trial_buf = [0i32; 256];
-    let trial = &mut trial_buf[..x.len()];
-    for k in -steps..=steps {
-        if k == 0 {
-            continue;
-        }
-        let (slx, sl2) = eval(-(nmax + 0.1 * k as f32) / max, trial);
+    let mut iscales = [0.0f32; MAX_CANDIDATES];
+    iscales[0] = -nmax / max;
+    let mut n = 1;
+    for k in (-steps..=steps).filter(|&k| k != 0) {
+        iscales[n] = -(nmax + 0.1 * k as f32) / max;
+        n += 1;
+    }
+    let mut sums = [(0.0f32, 0.0f32); MAX_CANDIDATES];
+    if n > 1 {
+        symmetric_candidate_sums(x, w, &iscales[..n], lo, hi, &mut sums[..n]);
+    }
+    let mut best = 0;
+    for (k, &(slx, sl2)) in sums[..n].iter().enumerate().skip(1) {
+        let (bx, b2) = sums[best];
         // Better when slx²/sl2 > sumlx²/suml2 (the error drop of the least-squares scale).
-        if sl2 > 0.0 && (suml2 <= 0.0 || slx * slx * suml2 > sumlx * sumlx * sl2) {
-            codes.copy_from_slice(trial);
-            (sumlx, suml2) = (slx, sl2);
+        if sl2 > 0.0 && (b2 <= 0.0 || slx * slx * b2 > bx * bx * sl2) {
+            best = k;
         }
     }
+    let (mut sumlx, mut suml2) = round_and_sum(x, w, iscales[best], lo, hi, codes);
     if polish {
         (sumlx, suml2) = polish_codes(x, w, lo, hi, codes, sumlx, suml2);
     }
@@ -140,25 +198,34 @@ fn polish_codes(x: &[f32], w: &[f32], lo: i32, hi: i32, codes: &mut [i32], sumlx
     (sumlx, suml2)
 }
 
+/// For each inverse scale in `iscales`: (Σ w·l, Σ w·l², Σ w·x·l) for the codes
+/// l = round(iscale·(x − min)) clamped to [0, nmax]; lanes as [`symmetric_candidate_sums`].
+fn affine_candidate_sums(x: &[f32], w: &[f32], min: f32, iscales: &[f32], nmax: i32, sums: &mut [[f32; 3]]) {
+    let (lo, hi) = (f32x8::ZERO, f32x8::splat(nmax as f32));
+    for (group, out) in iscales.chunks(CANDIDATE_LANES).zip(sums.chunks_mut(CANDIDATE_LANES)) {
+        let is = lanes_of(group);
+        let (mut sl, mut sl2, mut sxl) = (f32x8::ZERO, f32x8::ZERO, f32x8::ZERO);
+        for (&xi, &wi) in x.iter().zip(w) {
+            let l = round_clamped_x8(is * f32x8::splat(xi - min), lo, hi);
+            let wl = l * f32x8::splat(wi);
+            sl += wl;
+            sl2 += wl * l;
+            sxl += wl * f32x8::splat(xi);
+        }
+        let (sl, sl2, sxl) = (sl.to_array(), sl2.to_array(), sxl.to_array());
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = [sl[k], sl2[k], sxl[k]];
+        }
+    }
+}
+
 /// Affine fit: x ≈ s·l − m with codes l ∈ [0, nmax], s > 0 and m ≥ 0 (the block minimum
 /// is never positive, as the k-quants require). Candidate inverse scales
 /// `(nmax + rmin + rdelta·k) / (max − min)` for k in 0..=nstep; for each, s and m are solved
-/// by weighted least squares. `mad` minimises Σ w|err| instead of Σ w·err². Returns (s, m).
-#[allow(clippy::too_many_arguments)]
-pub fn fit_affine(
-    x: &[f32],
-    w: &[f32],
-    nmax: i32,
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-    mad: bool,
-    codes: &mut [u8],
-) -> (f32, f32) {
-    let mut min = x.iter().copied().fold(f32::INFINITY, f32::min);
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let (sum_w, sum_x) = x.iter().zip(w).fold((0.0f32, 0.0f32), |(a, b), (&xi, &wi)| (a + wi, b + wi * xi));
-    let sum_x2: f64 = x.iter().zip(w).map(|(&xi, &wi)| wi as f64 * xi as f64 * xi as f64).sum();
+/// by weighted least squares and the weighted squared error follows in closed form from
+/// the sums. Returns (s, m).
+pub fn fit_affine(x: &[f32], w: &[f32], nmax: i32, rmin: f32, rdelta: f32, nstep: i32, codes: &mut [u8]) -> (f32, f32) {
+    let BlockStats { mut min, max, sum_w, sum_x, sum_x2 } = block_stats(x, w);
     if min > 0.0 {
         min = 0.0;
     }
@@ -166,66 +233,99 @@ pub fn fit_affine(
         codes.iter_mut().for_each(|c| *c = 0);
         return (0.0, -min);
     }
-    let error = |scale: f32, min: f32, codes: &[u8]| -> f32 {
-        let mut e = [0.0f32; LANES];
-        for (i, ((&xi, &wi), &l)) in x.iter().zip(w).zip(codes).enumerate() {
-            let d = scale * l as f32 + min - xi;
-            e[i % LANES] += wi * if mad { d.abs() } else { d * d };
+    let round_codes = |iscale: f32, codes: &mut [u8]| {
+        for (c, &xi) in codes.iter_mut().zip(x) {
+            *c = nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
         }
-        e.iter().sum()
     };
     let iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    for (c, &xi) in codes.iter_mut().zip(x) {
-        *c = nearest_int(iscale * (xi - min)).clamp(0, nmax) as u8;
-    }
-    let mut best = error(scale, min, codes);
-    let mut trial_buf = [0u8; 256];
-    let trial = &mut trial_buf[..x.len()];
     if nstep < 1 {
-        return (scale, -min);
+        round_codes(iscale, codes);
+        return (1.0 / iscale, -min);
     }
-    for k in 0..=nstep {
-        let iscale = (rmin + rdelta * k as f32 + nmax as f32) / (max - min);
-        let (mut lane_l, mut lane_l2, mut lane_xl) = ([0.0f32; LANES], [0.0f32; LANES], [0.0f32; LANES]);
-        for (i, ((t, &xi), &wi)) in trial.iter_mut().zip(x).zip(w).enumerate() {
-            let l = nearest_int(iscale * (xi - min)).clamp(0, nmax);
-            *t = l as u8;
-            let l = l as f32;
-            lane_l[i % LANES] += wi * l;
-            lane_l2[i % LANES] += wi * l * l;
-            lane_xl[i % LANES] += wi * l * xi;
-        }
-        let (sum_l, sum_l2, sum_xl): (f32, f32, f32) =
-            (lane_l.iter().sum(), lane_l2.iter().sum(), lane_xl.iter().sum());
+    // Squared error in closed form from the sums (no second pass); f64 keeps the
+    // cancellation harmless (Σw·x² is the same for every candidate).
+    let error = |s: f32, m: f32, [sum_l, sum_l2, sum_xl]: [f32; 3]| -> f64 {
+        let (s, m) = (s as f64, m as f64);
+        s * s * sum_l2 as f64 + 2.0 * s * m * sum_l as f64 + m * m * sum_w as f64
+            - 2.0 * s * sum_xl as f64
+            - 2.0 * m * sum_x as f64
+            + sum_x2 as f64
+    };
+    // Candidates 0..=nstep, then the max-based scale itself (kept as is, not refitted),
+    // evaluated in the same vector pass.
+    let n = (nstep + 2) as usize;
+    assert!(n <= MAX_CANDIDATES, "at most {MAX_CANDIDATES} candidates");
+    let mut iscales = [0.0f32; MAX_CANDIDATES];
+    for (k, is) in iscales[..n - 1].iter_mut().enumerate() {
+        *is = (rmin + rdelta * k as f32 + nmax as f32) / (max - min);
+    }
+    iscales[n - 1] = iscale;
+    let mut sums = [[0.0f32; 3]; MAX_CANDIDATES];
+    affine_candidate_sums(x, w, min, &iscales[..n], nmax, &mut sums[..n]);
+    let (mut scale, mut best_min, mut best_k) = (1.0 / iscale, min, n - 1);
+    let mut best = error(scale, min, sums[n - 1]);
+    for (k, &s) in sums[..n - 1].iter().enumerate() {
+        let [sum_l, sum_l2, sum_xl] = s;
         let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            // Squared error in closed form from the sums (no second pass); f64 keeps the
-            // cancellation harmless. The absolute-error variant needs the pass.
-            let e = if mad {
-                error(this_scale, this_min, trial)
-            } else {
-                let (s, m) = (this_scale as f64, this_min as f64);
-                (s * s * sum_l2 as f64 + 2.0 * s * m * sum_l as f64 + m * m * sum_w as f64
-                    - 2.0 * s * sum_xl as f64
-                    - 2.0 * m * sum_x as f64
-                    + sum_x2) as f32
-            };
-            if e < best {
-                codes.copy_from_slice(trial);
-                best = e;
-                scale = this_scale;
-                min = this_min;
-            }
+        if det <= 0.0 {
+            continue;
+        }
+        let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
+        let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+        if this_min > 0.0 {
+            this_min = 0.0;
+            this_scale = sum_xl / sum_l2;
+        }
+        let e = error(this_scale, this_min, s);
+        if e < best {
+            (best, scale, best_min, best_k) = (e, this_scale, this_min, k);
         }
     }
-    (scale, -min)
+    // The winner's codes, rounded against the block's own minimum.
+    round_codes(iscales[best_k], codes);
+    (scale, -best_min)
+}
+
+/// What [`fit_affine`] needs of a block before searching: min, max, Σw, Σw·x, Σw·x².
+struct BlockStats {
+    min: f32,
+    max: f32,
+    sum_w: f32,
+    sum_x: f32,
+    sum_x2: f32,
+}
+
+/// [`BlockStats`] in one pass, eight lanes at a time (every block length here is a
+/// multiple of eight; a shorter tail is summed into lane 0).
+fn block_stats(x: &[f32], w: &[f32]) -> BlockStats {
+    let (mut min, mut max) = (f32x8::splat(f32::INFINITY), f32x8::splat(f32::NEG_INFINITY));
+    let (mut sw, mut sx, mut sx2) = (f32x8::ZERO, f32x8::ZERO, f32x8::ZERO);
+    let n = x.len() / LANES * LANES;
+    for (xc, wc) in x[..n].chunks_exact(LANES).zip(w[..n].chunks_exact(LANES)) {
+        let xv = f32x8::from(<[f32; LANES]>::try_from(xc).expect("chunk of LANES"));
+        let wv = f32x8::from(<[f32; LANES]>::try_from(wc).expect("chunk of LANES"));
+        min = min.fast_min(xv);
+        max = max.fast_max(xv);
+        let wx = wv * xv;
+        sw += wv;
+        sx += wx;
+        sx2 += wx * xv;
+    }
+    let (mut sw, mut sx, mut sx2) = (sw.to_array(), sx.to_array(), sx2.to_array());
+    let (mut min, mut max) = (
+        min.to_array().into_iter().fold(f32::INFINITY, f32::min),
+        max.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max),
+    );
+    for i in n..x.len() {
+        min = min.min(x[i]);
+        max = max.max(x[i]);
+        sw[0] += w[i];
+        sx[0] += w[i] * x[i];
+        sx2[0] += w[i] * x[i] * x[i];
+    }
+    let total = |a: [f32; LANES]| a.iter().sum::<f32>();
+    BlockStats { min, max, sum_w: total(sw), sum_x: total(sx), sum_x2: total(sx2) }
 }
 
 /// Fit of non-negative values (sub-block scales or minimums) as x ≈ s·l, l ∈ [0, nmax]:
@@ -406,7 +506,7 @@ mod tests {
         let x: Vec<f32> = codes_in.iter().map(|&l| 0.05 * l as f32 - 0.3).collect();
         let w = vec![1.0; 32];
         let mut c = vec![0; 32];
-        let (s, m) = fit_affine(&x, &w, 15, -1.0, 0.1, 20, false, &mut c);
+        let (s, m) = fit_affine(&x, &w, 15, -1.0, 0.1, 20, &mut c);
         for (&xi, &l) in x.iter().zip(&c) {
             assert!((s * l as f32 - m - xi).abs() < 1e-5);
         }

@@ -5,7 +5,7 @@
 //! is re-rounded against the scales as stored. [`Method::Rtn`] skips both searches
 //! (max-based scales, as the simplest k-quant encoder would).
 
-use super::{magnitude_weight, put_f16, BlockInput};
+use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
 use crate::format::QK_K;
 use crate::method::search::{fit_affine, fit_symmetric, fit_unsigned, nearest_int, GROUP_MAX_EPS};
 use crate::method::Method;
@@ -81,17 +81,17 @@ fn affine_sub_blocks<const SUB: usize>(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let x = b.x;
     let n_sub = QK_K / SUB;
-    let sigma2 = sigma2_factor * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let sigma2 = sigma2_factor * sum_of_squares(x) / QK_K as f32;
     let (mut scales, mut mins, mut sw) = (vec![0.0; n_sub], vec![0.0; n_sub], vec![0.0; n_sub]);
     let mut w = [0.0f32; 32];
     for j in 0..n_sub {
         let r = SUB * j..SUB * (j + 1);
         let xs = &x[r.clone()];
-        let rms = (xs.iter().map(|a| a * a).sum::<f32>() / SUB as f32).sqrt();
+        let rms = (sum_of_squares(xs) / SUB as f32).sqrt();
         b.weights(r.clone(), sigma2, &mut w[..SUB], |v| default_weights(rms, v));
         sw[j] = w[..SUB].iter().sum();
         let nstep = if b.method == Method::Search { 36 } else { 0 };
-        let (s, m) = fit_affine(xs, &w[..SUB], nmax, -0.9, 0.05, nstep, false, &mut codes[r]);
+        let (s, m) = fit_affine(xs, &w[..SUB], nmax, -0.9, 0.05, nstep, &mut codes[r]);
         scales[j] = s;
         mins[j] = m;
     }
@@ -128,7 +128,7 @@ pub fn encode_q2_k(b: &BlockInput, out: &mut [u8]) {
 /// scales), f16 d; x = d·sc·(q − 4) for 16 sub-blocks of 16.
 pub fn encode_q3_k(b: &BlockInput, out: &mut [u8]) {
     let x = b.x;
-    let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let sigma2 = 2.0 * sum_of_squares(x) / QK_K as f32;
     let (scales, sw) = symmetric_sub_blocks(b, -4, 3, |r, w| b.weights(r, sigma2, w, magnitude_weight(sigma2)));
     let mut ls = [0i32; 16];
     let d_block = quantize_signed_scales(&scales, &sw, -32, 31, b.method, &mut ls);

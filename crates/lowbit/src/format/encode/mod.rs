@@ -94,6 +94,20 @@ pub(crate) fn magnitude_weight(sigma2: f32) -> impl Fn(f32) -> f32 {
     move |v| (sigma2 + v * v).sqrt()
 }
 
+/// Σ x², summed in eight lanes so that it vectorizes (a single running f32 sum may not be
+/// reordered); deterministic.
+pub(crate) fn sum_of_squares(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            lanes[k] += c[k] * c[k];
+        }
+    }
+    tail.iter().map(|v| v * v).sum::<f32>() + lanes.iter().sum::<f32>()
+}
+
 /// Writes `v` as little-endian f16 at `out[at..at+2]` and returns the value stored.
 #[inline]
 pub(crate) fn put_f16(out: &mut [u8], at: usize, v: f32) -> f32 {
@@ -164,7 +178,7 @@ pub fn quantize_row(
         return Err(EncodeError::NotEncodable(ty));
     }
     let (bs, ts) = (ty.block_size(), ty.type_size());
-    if x.len() % bs != 0 {
+    if !x.len().is_multiple_of(bs) {
         return Err(EncodeError::PartialBlock { ty, n: x.len(), block: bs });
     }
     if let Some(imp) = importance {
@@ -172,8 +186,11 @@ pub fn quantize_row(
             return Err(EncodeError::ImportanceLength { got: imp.len(), need: x.len() });
         }
     }
-    if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(EncodeError::NonFinite { index, value });
+    // Branch-free check first (it vectorizes); the position only when something is wrong.
+    if !x.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        if let Some((index, &value)) = x.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(EncodeError::NonFinite { index, value });
+        }
     }
     assert_eq!(out.len(), x.len() / bs * ts, "output buffer must hold the encoded row");
     match ty {
@@ -185,7 +202,7 @@ pub fn quantize_row(
             o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes());
         }),
         _ => {
-            let row_sigma2 = x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32;
+            let row_sigma2 = sum_of_squares(x) / x.len().max(1) as f32;
             for (i, o) in out.chunks_exact_mut(ts).enumerate() {
                 let r = i * bs..(i + 1) * bs;
                 let b = BlockInput { x: &x[r.clone()], importance: importance.map(|q| &q[r]), row_sigma2, method };
@@ -210,7 +227,7 @@ pub fn quantize_rows(
         return Err(EncodeError::NotEncodable(ty));
     }
     let bs = ty.block_size();
-    if row_len == 0 || row_len % bs != 0 || data.len() % row_len != 0 {
+    if row_len == 0 || !row_len.is_multiple_of(bs) || !data.len().is_multiple_of(row_len) {
         return Err(EncodeError::PartialBlock { ty, n: row_len, block: bs });
     }
     let row_bytes = row_len / bs * ty.type_size();

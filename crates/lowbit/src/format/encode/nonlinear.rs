@@ -2,7 +2,7 @@
 //! values, eight 6-bit sub-scales) and MXFP4 (E2M1 values with a shared power-of-two
 //! scale). Codes index a fixed table, so the search is over the scale only.
 
-use super::{magnitude_weight, put_f16, BlockInput};
+use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
 use crate::format::fp4::{e8m0_to_f32_half, KVALUES_MXFP4};
 use crate::format::iquant::KVALUES_IQ4NL;
 use crate::format::QK_K;
@@ -29,7 +29,7 @@ fn pack_iq4(codes: &[u8], qs: &mut [u8]) {
 
 /// IQ4_NL: f16 d, 16 bytes of nibbles indexing the IQ4 grid; x = d·grid[q].
 pub fn encode_iq4_nl(b: &BlockInput, out: &mut [u8]) {
-    let sigma2 = 2.0 * b.x.iter().map(|v| v * v).sum::<f32>() / 32.0;
+    let sigma2 = 2.0 * sum_of_squares(b.x) / 32.0;
     let mut codes = [0u8; 32];
     let mut sw = 0.0;
     let d = fit_sub_block(b, 0..32, sigma2, &mut codes, &mut sw);
@@ -45,7 +45,7 @@ pub fn encode_iq4_nl(b: &BlockInput, out: &mut [u8]) {
 /// signed sub-scales; x = d·(sc − 32)·grid[q].
 pub fn encode_iq4_xs(b: &BlockInput, out: &mut [u8]) {
     let x = b.x;
-    let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let sigma2 = 2.0 * sum_of_squares(x) / QK_K as f32;
     let mut codes = [0u8; QK_K];
     let (mut scales, mut sw) = ([0.0f32; 8], [0.0f32; 8]);
     for ib in 0..8 {

@@ -89,7 +89,7 @@ fn importance_moves_error_to_unimportant_columns() {
     let x = matrix(3, rows, cols);
     // Every fourth column matters 100× more than the rest (spread inside every block, so
     // each block's fit sees uneven weights).
-    let important = |c: usize| c % 4 == 0;
+    let important = |c: usize| c.is_multiple_of(4);
     let imp: Vec<f32> = (0..cols).map(|c| if important(c) { 100.0 } else { 1.0 }).collect();
     for ty in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q3_K, GgmlType::Q2_K, GgmlType::IQ4_XS, GgmlType::Q6_K] {
         let col_err = |imp: Option<&[f32]>| {
