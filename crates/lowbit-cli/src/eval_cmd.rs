@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::eval::{evaluate, EvalOptions};
+use lowbit::eval::{evaluate, EvalOptions, Reference, SaveLogits};
 use lowbit::model::{load_gguf_lm, LoadOptions};
+use lowbit::saved_logits::LogitsReader;
 
 /// Arguments of `lowbit eval`.
 #[derive(clap::Args)]
@@ -13,9 +14,14 @@ pub struct EvalArgs {
     /// The model to evaluate (GGUF path or zoo name).
     #[arg(long)]
     pub model: String,
-    /// A reference model (e.g. the source before quantization) for KL divergence.
+    /// The reference for KL divergence: a model (e.g. the source before quantization), or
+    /// a file written by an earlier `--save-logits` run of it (same text, ctx, chunks).
     #[arg(long)]
     pub reference: Option<String>,
+    /// Save this model's output distributions (16-bit log-probabilities, about
+    /// 2 bytes × vocabulary per scored token) to FILE for reuse as `--reference FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub save_logits: Option<PathBuf>,
     /// The text file to evaluate on (e.g. wiki.valid.raw).
     #[arg(long)]
     pub text: PathBuf,
@@ -45,14 +51,33 @@ pub fn run(args: EvalArgs) -> Result<()> {
     eprintln!("lowbit: loading {}", model_path.display());
     let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
     let lm = load_gguf_lm(&model_path, load)?;
-    let reference = match &args.reference {
+    enum RefSource {
+        Model(Box<lowbit::model::LoadedLm>),
+        Saved(LogitsReader),
+    }
+    let mut ref_source = match &args.reference {
+        Some(r) if std::path::Path::new(r).is_file() && LogitsReader::is_logits_file(std::path::Path::new(r)) => {
+            eprintln!("lowbit: reference logits from {r}");
+            Some(RefSource::Saved(LogitsReader::open(std::path::Path::new(r))?))
+        }
         Some(r) => {
             let p = crate::resolve_model(r)?;
             eprintln!("lowbit: loading reference {}", p.display());
-            Some(load_gguf_lm(&p, load)?)
+            Some(RefSource::Model(Box::new(load_gguf_lm(&p, load)?)))
         }
         None => None,
     };
+    let reference = match &mut ref_source {
+        Some(RefSource::Model(m)) => Some(Reference::Model(m)),
+        Some(RefSource::Saved(r)) => Some(Reference::Saved(r)),
+        None => None,
+    };
+    if let Some(out) = &args.save_logits {
+        if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(&model_path).ok() {
+            anyhow::bail!("{}: --save-logits would overwrite the model", out.display());
+        }
+    }
+    let save = args.save_logits.as_deref().map(|path| SaveLogits { path, model_name: args.model.clone() });
     let opts = EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) };
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -62,7 +87,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
     bar.set_message("eval");
     let start = std::time::Instant::now();
-    let report = evaluate(&lm, reference.as_ref(), &text, &opts, &mut |done, total, tokens| {
+    let report = evaluate(&lm, reference, save, &text, &opts, &mut |done, total, tokens| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         let secs = start.elapsed().as_secs_f64();

@@ -6,6 +6,45 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::LoadedLm;
+use crate::saved_logits::{decode_row, encode_row, record_bytes, LogitsHeader, LogitsReader, LogitsWriter};
+
+/// Where the reference distributions come from.
+pub enum Reference<'a> {
+    /// Run this model on the same chunks.
+    Model(&'a LoadedLm),
+    /// Read them from a file written by an earlier `--save-logits` run.
+    Saved(&'a mut LogitsReader),
+}
+
+/// Where to save the evaluated model's own distributions, for later use as a reference.
+pub struct SaveLogits<'a> {
+    /// Output file (written atomically).
+    pub path: &'a std::path::Path,
+    /// How the model is named in the file's header.
+    pub model_name: String,
+}
+
+/// A batch of reference rows, as the per-row comparison needs them.
+enum ReferenceBatch {
+    None,
+    Logits(Vec<f32>),
+    Records(Vec<u8>),
+}
+
+/// KL(P‖Q) from log-probabilities, skipping entries of negligible P.
+fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
+    p.iter().zip(q).map(|(&p, &q)| if p > -700.0 { p.exp() * (p - q) } else { 0.0 }).sum::<f64>().max(0.0)
+}
+
+/// sha256 of token ids (little-endian u32), hex.
+fn tokens_sha256(tokens: &[u32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for t in tokens {
+        h.update(t.to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Evaluation settings.
 #[derive(Clone, Debug)]
@@ -84,10 +123,12 @@ const LOGIT_ROWS_PER_BATCH: usize = 32;
 
 /// Evaluates `lm` on `text`: tokenise once, cut into `ctx`-token chunks, put BOS first in
 /// each chunk when the tokenizer adds one, score the second half of every chunk. With
-/// `reference`, also the KL divergence and top-1 agreement on the same tokens.
+/// `reference`, also the KL divergence and top-1 agreement on the same tokens; with
+/// `save`, the model's own distributions are written for later use as a reference.
 pub fn evaluate(
     lm: &LoadedLm,
-    reference: Option<&LoadedLm>,
+    mut reference: Option<Reference>,
+    save: Option<SaveLogits>,
     text: &str,
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize, usize),
@@ -95,14 +136,16 @@ pub fn evaluate(
     if opts.ctx < 8 {
         return Err(Error::Usage(format!("--ctx {} is too small (at least 8)", opts.ctx)));
     }
-    if let Some(r) = reference {
-        if r.model.vocab_size() != lm.model.vocab_size() {
-            return Err(Error::Usage(format!(
-                "the reference has a vocabulary of {} tokens, the model {}: they cannot be compared",
-                r.model.vocab_size(),
-                lm.model.vocab_size()
-            )));
-        }
+    let ref_vocab = match &reference {
+        Some(Reference::Model(r)) => Some(r.model.vocab_size()),
+        Some(Reference::Saved(r)) => Some(r.header.vocab),
+        None => None,
+    };
+    if let Some(rv) = ref_vocab.filter(|&rv| rv != lm.model.vocab_size()) {
+        return Err(Error::Usage(format!(
+            "the reference has a vocabulary of {rv} tokens, the model {}: they cannot be compared",
+            lm.model.vocab_size()
+        )));
     }
     let tokens = lm.tokenizer.encode(text, true)?;
     let ctx = opts.ctx;
@@ -115,6 +158,39 @@ pub fn evaluate(
     }
     let n_chunks = opts.max_chunks.map_or(available, |c| c.min(available));
     let first = ctx / 2;
+    let chunk_tokens = |c: usize| {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if lm.tokenizer.add_bos {
+            chunk[0] = lm.tokenizer.bos.expect("add_bos implies bos");
+        }
+        chunk
+    };
+    let header = LogitsHeader {
+        lowbit_version: env!("CARGO_PKG_VERSION").into(),
+        model: save.as_ref().map(|s| s.model_name.clone()).unwrap_or_default(),
+        vocab: lm.model.vocab_size(),
+        ctx,
+        chunks: n_chunks,
+        scored_per_chunk: ctx - 1 - first,
+        tokens_sha256: tokens_sha256(&(0..n_chunks).flat_map(chunk_tokens).collect::<Vec<u32>>()),
+    };
+    if let Some(Reference::Saved(r)) = &reference {
+        let h = &r.header;
+        let why = if h.ctx != ctx {
+            Some(format!("they were saved with --ctx {}, this run uses {ctx}", h.ctx))
+        } else if h.chunks != n_chunks {
+            Some(format!("they hold {} chunks, this run evaluates {n_chunks}: use --chunks {}", h.chunks, h.chunks))
+        } else if h.tokens_sha256 != header.tokens_sha256 {
+            Some("they were computed on different tokens (another text or tokenizer)".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::Usage(format!("{}: cannot be the reference here: {why}", r.path().display())));
+        }
+    }
+    let mut writer = save.as_ref().map(|s| LogitsWriter::create(s.path, &header)).transpose()?;
+    let rec_bytes = record_bytes(lm.model.vocab_size());
     let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
     let mut klds: Vec<f64> = Vec::new();
     let (mut ref_nll, mut agree) = (0f64, 0usize);
@@ -122,14 +198,14 @@ pub fn evaluate(
     let mut running = Vec::with_capacity(n_chunks);
     progress(0, n_chunks, 0);
     for c in 0..n_chunks {
-        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
-        if lm.tokenizer.add_bos {
-            chunk[0] = lm.tokenizer.bos.expect("add_bos implies bos");
-        }
+        let chunk = chunk_tokens(c);
         let t0 = std::time::Instant::now();
         let hidden = chunk_hidden(lm, &chunk)?;
         model_time += t0.elapsed().as_secs_f64();
-        let ref_hidden = reference.map(|r| chunk_hidden(r, &chunk)).transpose()?;
+        let ref_hidden = match &reference {
+            Some(Reference::Model(r)) => Some(chunk_hidden(r, &chunk)?),
+            _ => None,
+        };
         let (d, v) = (lm.model.hidden_size(), lm.model.vocab_size());
         // Scored rows are first … ctx-2, each predicting the next token; model and
         // reference logits are taken batch by batch and compared row by row.
@@ -139,29 +215,50 @@ pub fn evaluate(
             let t0 = std::time::Instant::now();
             let logits = lm.model.logits(&hidden[start * d..(start + n) * d], n);
             model_time += t0.elapsed().as_secs_f64();
-            let ref_logits = match (reference, &ref_hidden) {
-                (Some(r), Some(h)) => Some(r.model.logits(&h[start * d..(start + n) * d], n)),
-                _ => None,
+            let ref_batch = match (&mut reference, &ref_hidden) {
+                (Some(Reference::Model(r)), Some(h)) => {
+                    ReferenceBatch::Logits(r.model.logits(&h[start * d..(start + n) * d], n))
+                }
+                (Some(Reference::Saved(r)), _) => {
+                    let mut recs = Vec::new();
+                    r.next_records(n, &mut recs)?;
+                    ReferenceBatch::Records(recs)
+                }
+                _ => ReferenceBatch::None,
             };
-            // Per scored token: (nll, with a reference: (KL, top-1 agrees, reference nll)).
-            type RowStats = (f64, Option<(f64, bool, f64)>);
+            let saving = writer.is_some();
+            // Per scored token: nll, with a reference (KL, top-1 agrees, reference nll),
+            // and the encoded record when saving.
+            type RowStats = (f64, Option<(f64, bool, f64)>, Vec<u8>);
             let per_row: Vec<RowStats> = (0..n)
                 .into_par_iter()
                 .map(|i| {
                     let row = &logits[i * v..(i + 1) * v];
                     let lp = log_softmax(row);
                     let target = chunk[start + i + 1] as usize;
-                    let kl = ref_logits.as_ref().map(|rl| {
-                        let rrow = &rl[i * v..(i + 1) * v];
-                        let rlp = log_softmax(rrow);
-                        let kl: f64 =
-                            rlp.iter().zip(&lp).map(|(&p, &q)| if p > -700.0 { p.exp() * (p - q) } else { 0.0 }).sum();
-                        (kl.max(0.0), argmax(rrow) == argmax(row), -rlp[target])
-                    });
-                    (-lp[target], kl)
+                    let top = argmax(row);
+                    let kl = match &ref_batch {
+                        ReferenceBatch::None => None,
+                        ReferenceBatch::Logits(rl) => {
+                            let rrow = &rl[i * v..(i + 1) * v];
+                            let rlp = log_softmax(rrow);
+                            Some((kl_divergence(&rlp, &lp), argmax(rrow) == top, -rlp[target]))
+                        }
+                        ReferenceBatch::Records(recs) => {
+                            let mut rlp = vec![0.0; v];
+                            let saved = decode_row(&recs[i * rec_bytes..(i + 1) * rec_bytes], &mut rlp);
+                            Some((kl_divergence(&rlp, &lp), saved.argmax == top, saved.target_nll))
+                        }
+                    };
+                    let mut record = Vec::new();
+                    if saving {
+                        record.reserve_exact(rec_bytes);
+                        encode_row(&lp, top, -lp[target], &mut record);
+                    }
+                    (-lp[target], kl, record)
                 })
                 .collect();
-            for (l, kl) in per_row {
+            for (l, kl, record) in per_row {
                 nll += l;
                 nll2 += l * l;
                 count += 1;
@@ -169,6 +266,9 @@ pub fn evaluate(
                     klds.push(k);
                     agree += a as usize;
                     ref_nll += rl;
+                }
+                if let Some(w) = writer.as_mut() {
+                    w.push_encoded(&record)?;
                 }
             }
             start += n;
@@ -180,6 +280,9 @@ pub fn evaluate(
     let var = (nll2 / count as f64 - mean * mean).max(0.0);
     let ppl = mean.exp();
     let ppl_err = (var / (count as f64 - 1.0)).sqrt() * ppl;
+    if let Some(w) = writer {
+        w.finish()?;
+    }
     let kld = reference.map(|_| {
         let n = klds.len() as f64;
         let m = klds.iter().sum::<f64>() / n;

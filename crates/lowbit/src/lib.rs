@@ -22,6 +22,7 @@ pub mod model;
 pub mod plan;
 pub mod quantize;
 pub mod safetensors;
+pub mod saved_logits;
 pub mod tensor;
 pub mod tokenizer;
 pub mod zoo;

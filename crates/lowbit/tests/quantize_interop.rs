@@ -215,7 +215,7 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
         let theirs = llama_perplexity(&bin, &out, &text, ctx, chunks);
         let lm = lowbit::model::load_gguf_lm(&out, lowbit::model::LoadOptions { llama_cpp_numerics: true }).unwrap();
         let eval_opts = lowbit::eval::EvalOptions { ctx, max_chunks: Some(chunks) };
-        let ours = lowbit::eval::evaluate(&lm, None, &text_str, &eval_opts, &mut |_, _, _| {}).unwrap().ppl;
+        let ours = lowbit::eval::evaluate(&lm, None, None, &text_str, &eval_opts, &mut |_, _, _| {}).unwrap().ppl;
         // Same file, same tokens, same activation quantization; what remains is summation
         // order and llama.cpp's F16 KV cache (not emulated). Measured over these 256 scored
         // tokens: 0.5% on the source itself, 1.2% on Q4_K_M; over 40 chunks of 512 it
