@@ -64,7 +64,7 @@ pub fn record_bytes(vocab: usize) -> usize {
 
 /// Encodes one row of log-probabilities (`lp`, natural log, normalised) into `out`.
 pub fn encode_row(lp: &[f64], argmax: usize, target_nll: f64, out: &mut Vec<u8>) {
-    let floor = lp.iter().copied().fold(0.0f64, f64::min).max(LOG_PROB_FLOOR).min(-1e-6);
+    let floor = lp.iter().copied().fold(0.0f64, f64::min).clamp(LOG_PROB_FLOOR, -1e-6);
     out.extend_from_slice(&(argmax as u32).to_le_bytes());
     out.extend_from_slice(&(target_nll as f32).to_le_bytes());
     out.extend_from_slice(&(floor as f32).to_le_bytes());
