@@ -47,16 +47,14 @@ fn saved_reference_matches_the_live_reference() {
     let mut reader = LogitsReader::open(&logits).unwrap();
     let other = EvalOptions { ctx: 64, max_chunks: Some(2) };
     let err = evaluate(&model, Some(Reference::Saved(&mut reader)), None, &text, &other, &mut |_, _, _| {})
-        .err()
-        .expect("mismatch refused")
+        .expect_err("mismatch refused")
         .to_string();
     assert!(err.contains("ref.logits") && err.contains("--chunks 3"), "{err}");
     // So is another text.
     let mut reader = LogitsReader::open(&logits).unwrap();
     let shifted = &text[1000..];
     let err = evaluate(&model, Some(Reference::Saved(&mut reader)), None, shifted, &eval, &mut |_, _, _| {})
-        .err()
-        .expect("other text refused")
+        .expect_err("other text refused")
         .to_string();
     assert!(err.contains("different tokens"), "{err}");
 }
