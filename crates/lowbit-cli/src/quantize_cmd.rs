@@ -16,7 +16,11 @@ pub struct QuantizeArgs {
     #[arg(long)]
     model: String,
     /// Mix (llama-quantize names): Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S,
-    /// Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, MXFP4_MOE, F16, BF16, F32.
+    /// Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, MXFP4_MOE, F16, BF16, F32;
+    /// or a lowbit-native format for every weight matrix (int2…int8 with _gGROUP and
+    /// optional _zp, nf4_gG, fp8_gG, fp4_gG, e.g. int4_g128; llama.cpp cannot run those),
+    /// for the blocks' matrices, with Q8_0 for the token embedding and output and where a
+    /// matrix's rows are not whole groups.
     #[arg(long = "type")]
     ty: String,
     /// Output GGUF (required unless --dry-run).
@@ -45,8 +49,8 @@ fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
                 "{:<40} {:<18} {:>7} -> {:<7} {:>12}  {}",
                 t.name,
                 dims,
-                t.source.name(),
-                t.target.name(),
+                t.source.to_string(),
+                t.target.to_string(),
                 t.bytes,
                 t.reason
             );
@@ -56,7 +60,7 @@ fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
     println!("{:<8} {:>8} {:>14} {:>14} {:>8}", "type", "tensors", "weights", "bytes", "bpw");
     for t in &s.by_type {
         let bpw = 8.0 * t.bytes as f64 / t.elements.max(1) as f64;
-        println!("{:<8} {:>8} {:>14} {:>14} {:>8.4}", t.ty.name(), t.tensors, t.elements, t.bytes, bpw);
+        println!("{:<8} {:>8} {:>14} {:>14} {:>8.4}", t.ty.to_string(), t.tensors, t.elements, t.bytes, bpw);
     }
     println!(
         "mix {} ({}): tensor data {:.2} MB, {:.4} bpw overall, {:.4} bpw in quantized matrices",
@@ -73,11 +77,26 @@ fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
 
 /// Runs `lowbit quantize`.
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let mix = Mix::from_name(&args.ty)
-        .ok_or_else(|| anyhow!("unknown --type '{}'; known: {}", args.ty, Mix::names().join(", ")))?;
+    let native = lowbit::format::native::NativeFormat::from_name(&args.ty);
+    let mix = match (Mix::from_name(&args.ty), native) {
+        (Some(m), _) => m,
+        (None, Some(_)) => Mix::from_name("Q8_0").expect("Q8_0 is a mix"),
+        (None, None) => {
+            return Err(anyhow!(
+                "unknown --type '{}'; known: {}, or a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32",
+                args.ty,
+                Mix::names().join(", ")
+            ))
+        }
+    };
     let method =
         Method::from_name(&args.method).ok_or_else(|| anyhow!("unknown --method '{}' (rtn, search)", args.method))?;
-    let overrides = args.overrides.iter().map(|o| Override::parse(o)).collect::<Result<Vec<_>, _>>()?;
+    let mut overrides = args.overrides.iter().map(|o| Override::parse(o)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(f) = native {
+        // Every block weight matrix the user did not override gets the native format; the
+        // token embedding and output stay Q8_0, as llama.cpp's mixes protect them.
+        overrides.push(Override::parse(&format!("^blk\\.={f}"))?);
+    }
     let input = crate::resolve_model(&args.model)?;
     let opts = QuantizeOptions { mix, overrides, method, importance: None };
     let summary = if args.dry_run {

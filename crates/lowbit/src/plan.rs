@@ -11,7 +11,7 @@
 use regex::Regex;
 
 use crate::error::{Error, Result};
-use crate::format::encode::can_encode;
+use crate::format::storage::StorageType;
 use crate::format::GgmlType;
 
 /// A named quantization mix: a default type plus llama.cpp's promotion rules.
@@ -93,7 +93,7 @@ pub struct TensorEntry {
     /// Dimensions, innermost first.
     pub dims: Vec<u64>,
     /// The type it has in the source.
-    pub source: GgmlType,
+    pub source: StorageType,
 }
 
 /// The plan's decision for one tensor.
@@ -104,9 +104,9 @@ pub struct PlannedTensor {
     /// Dimensions, innermost first.
     pub dims: Vec<u64>,
     /// Type in the source.
-    pub source: GgmlType,
+    pub source: StorageType,
     /// Type to write.
-    pub target: GgmlType,
+    pub target: StorageType,
     /// Bytes the tensor will occupy.
     pub bytes: u64,
     /// Why this type (rule, override, fallback, kept).
@@ -125,8 +125,8 @@ impl PlannedTensor {
 pub struct Override {
     /// Matched (anywhere) against tensor names.
     pub pattern: Regex,
-    /// The type matching tensors get.
-    pub ty: GgmlType,
+    /// The type matching tensors get (a ggml type or a native format).
+    pub ty: StorageType,
     /// The text as given, for messages.
     pub text: String,
 }
@@ -138,9 +138,11 @@ impl Override {
             .rsplit_once('=')
             .ok_or_else(|| Error::Usage(format!("override '{text}': expected REGEX=TYPE, e.g. 'attn_v=Q6_K'")))?;
         let pattern = Regex::new(re).map_err(|e| Error::Usage(format!("override '{text}': bad regex: {e}")))?;
-        let ty = GgmlType::from_name(ty.trim())
-            .filter(|t| can_encode(*t))
-            .ok_or_else(|| Error::Usage(format!("override '{text}': '{ty}' is not a type lowbit can write")))?;
+        let ty = StorageType::from_name(ty.trim()).filter(StorageType::can_encode).ok_or_else(|| {
+            Error::Usage(format!(
+                "override '{text}': '{ty}' is not a type lowbit can write (a ggml type such as Q4_K, or a native format such as int4_g128)"
+            ))
+        })?;
         Ok(Override { pattern, ty, text: text.to_string() })
     }
 }
@@ -368,14 +370,18 @@ pub fn make_plan(
             (t.source, "kept (not quantized)".to_string())
         } else if let Some((i, o)) = overrides.iter().enumerate().find(|(_, o)| o.pattern.is_match(&t.name)) {
             used[i] = true;
-            let ty = shape_fallback(o.ty, ncols);
+            let ty = match o.ty {
+                StorageType::Ggml(g) => StorageType::Ggml(shape_fallback(g, ncols)),
+                StorageType::Native(f) if ncols.is_multiple_of(f.group as u64) => o.ty,
+                StorageType::Native(_) => StorageType::Ggml(shape_fallback(GgmlType::Q8_0, ncols)),
+            };
             let why =
                 if ty == o.ty { format!("override {}", o.text) } else { format!("override {} → fallback", o.text) };
             (ty, why)
         } else if matches!(mix.default, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-            (mix.default, "mix default".to_string())
+            (mix.default.into(), "mix default".to_string())
         } else if mix.name == "MXFP4_MOE" && t.dims.len() >= 3 && t.dims[2] > 1 {
-            (shape_fallback(GgmlType::MXFP4, ncols), "expert tensor".to_string())
+            (shape_fallback(GgmlType::MXFP4, ncols).into(), "expert tensor".to_string())
         } else {
             let ruled = mix_rule(mix, shape, category(&t.name), &t.name, ncols, has_tied);
             let ty = shape_fallback(ruled, ncols);
@@ -384,10 +390,11 @@ pub fn make_plan(
                 (false, true) => format!("{} rule", mix.name),
                 (_, false) => format!("{ruled}: {ncols} columns not a multiple of {} → fallback", ruled.block_size()),
             };
-            (ty, why)
+            (ty.into(), why)
         };
-        let n: u64 = t.dims.iter().product();
-        let bytes = n / target.block_size() as u64 * target.type_size() as u64;
+        let bytes = target.tensor_bytes(&t.dims).ok_or_else(|| {
+            Error::Usage(format!("tensor '{}': {ncols} columns cannot be stored as {target}", t.name))
+        })?;
         plan.push(PlannedTensor {
             name: t.name.clone(),
             dims: t.dims.clone(),
@@ -409,7 +416,8 @@ mod tests {
 
     /// A llama-like model: `n` layers, hidden `d`, ffn `f`, tied embeddings.
     fn llama_like(n: usize, d: u64, f: u64) -> Vec<TensorEntry> {
-        let mut t = vec![TensorEntry { name: "token_embd.weight".into(), dims: vec![d, 1000], source: GgmlType::F32 }];
+        let mut t =
+            vec![TensorEntry { name: "token_embd.weight".into(), dims: vec![d, 1000], source: GgmlType::F32.into() }];
         for i in 0..n {
             for (name, dims) in [
                 ("attn_norm.weight", vec![d]),
@@ -421,7 +429,7 @@ mod tests {
                 ("ffn_up.weight", vec![d, f]),
                 ("ffn_down.weight", vec![f, d]),
             ] {
-                t.push(TensorEntry { name: format!("blk.{i}.{name}"), dims, source: GgmlType::F32 });
+                t.push(TensorEntry { name: format!("blk.{i}.{name}"), dims, source: GgmlType::F32.into() });
             }
         }
         t
@@ -432,7 +440,7 @@ mod tests {
     }
 
     fn count(plan: &[PlannedTensor], part: &str, ty: GgmlType) -> usize {
-        plan.iter().filter(|p| p.name.contains(part) && p.target == ty).count()
+        plan.iter().filter(|p| p.name.contains(part) && p.target == ty.into()).count()
     }
 
     #[test]
@@ -444,8 +452,8 @@ mod tests {
         assert_eq!(count(&plan, "attn_v", GgmlType::Q6_K), 16);
         assert_eq!(count(&plan, "attn_q", GgmlType::Q4_K), 32);
         let embd = plan.iter().find(|p| p.name == "token_embd.weight").unwrap();
-        assert_eq!(embd.target, GgmlType::Q6_K); // tied: treated as the output
-        assert!(plan.iter().filter(|p| p.name.contains("norm")).all(|p| p.target == GgmlType::F32));
+        assert_eq!(embd.target, GgmlType::Q6_K.into()); // tied: treated as the output
+        assert!(plan.iter().filter(|p| p.name.contains("norm")).all(|p| p.target == GgmlType::F32.into()));
     }
 
     #[test]
@@ -453,7 +461,7 @@ mod tests {
         let plan = make_plan(&llama_like(8, 576, 1536), &shape(8, 3), &Mix::from_name("Q4_K_M").unwrap(), &[]).unwrap();
         assert_eq!(count(&plan, "attn_q", GgmlType::Q5_0), 8);
         assert_eq!(count(&plan, "ffn_down", GgmlType::Q4_K) + count(&plan, "ffn_down", GgmlType::Q6_K), 8);
-        assert_eq!(plan.iter().find(|p| p.name == "token_embd.weight").unwrap().target, GgmlType::Q8_0);
+        assert_eq!(plan.iter().find(|p| p.name == "token_embd.weight").unwrap().target, GgmlType::Q8_0.into());
         assert_eq!(count(&plan, "attn_v", GgmlType::Q8_0) + count(&plan, "attn_v", GgmlType::Q5_0), 8);
         let q2 = make_plan(&llama_like(8, 576, 1536), &shape(8, 3), &Mix::from_name("Q2_K").unwrap(), &[]).unwrap();
         assert_eq!(count(&q2, "attn_q", GgmlType::Q4_0), 8);

@@ -10,9 +10,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::format::encode::{quantize_rows, EncodeError};
+use crate::format::encode::EncodeError;
+use crate::format::storage::{encode_rows, StorageType};
 use crate::format::GgmlType;
-use crate::gguf::{GgufFile, GgufWriter, TensorSpec, TensorType, Value};
+use crate::gguf::{native_key, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType};
 use crate::method::Method;
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
 
@@ -33,7 +34,7 @@ pub struct QuantizeOptions {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TypeTotal {
     /// The type.
-    pub ty: GgmlType,
+    pub ty: StorageType,
     /// Tensors stored in it.
     pub tensors: usize,
     /// Their elements.
@@ -89,7 +90,8 @@ pub fn plan_model(g: &GgufFile, opts: &QuantizeOptions) -> Result<QuantizeSummar
     let mut entries = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         let source = match t.ty {
-            TensorType::Known(ty) => ty,
+            TensorType::Known(ty) => StorageType::Ggml(ty),
+            TensorType::Native(f) => StorageType::Native(f),
             TensorType::Unknown(id) => {
                 return Err(Error::tensor(g.path(), &t.name, format!("unknown tensor type {id}: cannot quantize")))
             }
@@ -152,7 +154,7 @@ fn encode_tensor(g: &GgufFile, input: &Path, t: &PlannedTensor, opts: &QuantizeO
     let values = g.dequantize(&t.name)?;
     let ncols = t.dims.first().copied().unwrap_or(1) as usize;
     let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice());
-    quantize_rows(t.target, &values, ncols, importance, opts.method).map_err(|e| {
+    encode_rows(t.target, &values, ncols, importance, opts.method).map_err(|e| {
         let what = match e {
             EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
             e => e.to_string(),
@@ -183,14 +185,35 @@ pub fn quantize_gguf(
         .cloned()
         .collect();
     metadata.push(("general.quantization_version".into(), Value::U32(2)));
-    metadata.push(("general.file_type".into(), Value::U32(opts.mix.file_type)));
+    // With native formats in the file, llama.cpp's file type is only a guess (its
+    // LLAMA_FTYPE_GUESSED); llama.cpp cannot run such files anyway.
+    let any_native = summary.tensors.iter().any(|t| !t.target.is_ggml());
+    let file_type = if any_native { 1024 } else { opts.mix.file_type };
+    metadata.push(("general.file_type".into(), Value::U32(file_type)));
     metadata.push(("lowbit.version".into(), Value::String(env!("CARGO_PKG_VERSION").into())));
     metadata.push(("lowbit.quantize.mix".into(), Value::String(opts.mix.name.into())));
     metadata.push(("lowbit.quantize.method".into(), Value::String(opts.method.name().into())));
+    if !opts.overrides.is_empty() {
+        let texts = opts.overrides.iter().map(|o| Value::String(o.text.clone())).collect();
+        metadata.push(("lowbit.quantize.overrides".into(), Value::Array(ValueType::String, texts)));
+    }
+    for t in &summary.tensors {
+        if let StorageType::Native(f) = t.target {
+            metadata.push((native_key(&t.name), Value::String(f.to_string())));
+        }
+    }
     let specs: Vec<TensorSpec> = summary
         .tensors
         .iter()
-        .map(|t| TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty: t.target })
+        .map(|t| match t.target {
+            StorageType::Ggml(ty) => TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty },
+            // Native tensors are stored as raw bytes, one stored row per logical row.
+            StorageType::Native(f) => {
+                let mut dims = t.dims.clone();
+                dims[0] = f.row_bytes(dims[0] as usize).expect("the plan checked whole groups") as u64;
+                TensorSpec { name: t.name.clone(), dims, ty: GgmlType::I8 }
+            }
+        })
         .collect();
     let total = summary.elements;
     let mut done = 0u64;

@@ -10,6 +10,8 @@ pub mod iquant;
 pub mod iquant_grids;
 pub mod kquant;
 pub mod legacy;
+pub mod native;
+pub mod storage;
 mod ternary;
 
 use rayon::prelude::*;

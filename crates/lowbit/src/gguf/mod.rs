@@ -7,7 +7,7 @@ mod reader;
 mod writer;
 
 pub use metadata::{Value, ValueType};
-pub use reader::{GgufFile, TensorInfo, TensorType};
+pub use reader::{native_key, GgufFile, TensorInfo, TensorType};
 pub use writer::{GgufWriter, TensorSpec};
 
 /// The four magic bytes at the start of every GGUF file.

@@ -10,6 +10,8 @@ use memmap2::Mmap;
 use super::metadata::{Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 use crate::error::{Error, Result};
+use crate::format::native::NativeFormat;
+use crate::format::storage::decode_native;
 use crate::format::{self, GgmlType};
 
 /// Longest metadata array lowbit accepts (a 262k-token vocabulary is far below it).
@@ -24,14 +26,24 @@ const MAX_NAME_LEN: u64 = 4096;
 pub enum TensorType {
     /// A ggml type lowbit can size and decode.
     Known(GgmlType),
+    /// A lowbit-native format: stored as raw I8 bytes (one stored row per row of the
+    /// tensor) and named by the `lowbit.native.<tensor>` metadata string; the tensor's
+    /// dims are the logical ones.
+    Native(NativeFormat),
     /// A type id lowbit does not know; the tensor is listed but cannot be read.
     Unknown(u32),
+}
+
+/// Metadata key naming the native format of tensor `name`.
+pub fn native_key(name: &str) -> String {
+    format!("lowbit.native.{name}")
 }
 
 impl std::fmt::Display for TensorType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TensorType::Known(t) => write!(f, "{t}"),
+            TensorType::Native(n) => write!(f, "{n} (lowbit-native)"),
             TensorType::Unknown(id) => write!(f, "unknown type {id}"),
         }
     }
@@ -320,7 +332,7 @@ impl GgufFile {
                         .ok_or_else(|| Error::tensor(&path, &name, "byte size overflows"))?;
                     Some(bytes)
                 }
-                TensorType::Unknown(_) => None,
+                TensorType::Native(_) | TensorType::Unknown(_) => None,
             };
             if offset % alignment != 0 {
                 return Err(Error::tensor(&path, &name, format!("data offset {offset} is not aligned to {alignment}")));
@@ -360,6 +372,7 @@ impl GgufFile {
                 return Err(Error::tensor(&path, w[1].2, format!("data overlaps tensor '{}'", w[0].2)));
             }
         }
+        resolve_native(&path, &metadata, &mut tensors)?;
         Ok(GgufFile { path, mmap, version, metadata, tensors, alignment, data_offset, by_name })
     }
 
@@ -402,9 +415,36 @@ impl GgufFile {
     /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored).
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let (info, bytes) = self.tensor_bytes(name)?;
-        let TensorType::Known(ty) = info.ty else { unreachable!("tensor_bytes checked the type") };
         let n = usize::try_from(info.n_elements)
             .map_err(|_| Error::tensor(&self.path, name, "too many elements for this machine"))?;
-        format::dequantize_to_vec(ty, bytes, n).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
+        match info.ty {
+            TensorType::Known(ty) => {
+                format::dequantize_to_vec(ty, bytes, n).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
+            }
+            TensorType::Native(f) => decode_native(f, bytes, n).map_err(|e| Error::tensor(&self.path, name, e)),
+            TensorType::Unknown(_) => unreachable!("tensor_bytes checked the type"),
+        }
     }
+}
+
+/// Turns tensors named by `lowbit.native.*` metadata into [`TensorType::Native`] with their
+/// logical dims (the stored I8 row holds whole groups).
+fn resolve_native(path: &Path, metadata: &[(String, Value)], tensors: &mut [TensorInfo]) -> Result<()> {
+    for t in tensors.iter_mut() {
+        let Some((_, v)) = metadata.iter().find(|(k, _)| *k == native_key(&t.name)) else { continue };
+        let name = v.as_str().ok_or_else(|| Error::tensor(path, &t.name, "lowbit.native entry is not a string"))?;
+        let f = NativeFormat::from_name(name)
+            .ok_or_else(|| Error::tensor(path, &t.name, format!("unknown lowbit-native format '{name}'")))?;
+        if t.ty != TensorType::Known(GgmlType::I8) {
+            return Err(Error::tensor(path, &t.name, format!("native {f} must be stored as I8, found {}", t.ty)));
+        }
+        let row_bytes = t.dims.first().copied().unwrap_or(0);
+        if row_bytes == 0 || !row_bytes.is_multiple_of(f.group_bytes() as u64) {
+            return Err(Error::tensor(path, &t.name, format!("{row_bytes} bytes per row is not whole {f} groups")));
+        }
+        t.dims[0] = row_bytes / f.group_bytes() as u64 * f.group as u64;
+        t.n_elements = t.dims.iter().product();
+        t.ty = TensorType::Native(f);
+    }
+    Ok(())
 }

@@ -382,36 +382,39 @@ pub fn fit_unsigned(x: &[f32], w: &[f32], nmax: i32, codes: &mut [u8]) -> f32 {
 }
 
 /// Index of the value in sorted `values` nearest to `x` (ties to the upper), as ggml's
-/// `best_index_int8`.
+/// `best_index_int8`. Grids are i8 (IQ4) or f32 (NF4, FP8, FP4).
 #[inline]
-pub fn nearest_index(values: &[i8], x: f32) -> usize {
+pub fn nearest_index<T: Copy + Into<f32>>(values: &[T], x: f32) -> usize {
+    let at = |i: usize| -> f32 { values[i].into() };
     let n = values.len();
-    if x <= values[0] as f32 {
+    if x <= at(0) {
         return 0;
     }
-    if x >= values[n - 1] as f32 {
+    if x >= at(n - 1) {
         return n - 1;
     }
     let (mut lo, mut hi) = (0usize, n - 1);
     while hi - lo > 1 {
         let mid = (lo + hi) / 2;
-        if x < values[mid] as f32 {
+        if x < at(mid) {
             hi = mid;
         } else {
             lo = mid;
         }
     }
-    if x - (values[hi - 1] as f32) < values[hi] as f32 - x {
+    if x - at(hi - 1) < at(hi) - x {
         hi - 1
     } else {
         hi
     }
 }
 
-/// Codebook fit: x ≈ d·values[l] for a sorted non-uniform grid (IQ4_NL's). Candidates map
-/// the largest-magnitude element to `values[0] + k`, k in −ntry..=ntry, each followed by
-/// the least-squares d. Returns d; codes are the indices for the best candidate.
-pub fn fit_codebook(x: &[f32], w: &[f32], values: &[i8], ntry: i32, codes: &mut [u8]) -> f32 {
+/// Codebook fit: x ≈ d·values[l] for a sorted non-uniform grid (IQ4_NL's, NF4's, an FP
+/// format's). Candidates map the largest-magnitude element to `values[0] + k·step`, k in
+/// −ntry..=ntry, with step = grid range / 240 (1 on the IQ4 grid, as llama.cpp steps it),
+/// each followed by the least-squares d. Returns d; codes are the indices for the best
+/// candidate.
+pub fn fit_codebook<T: Copy + Into<f32>>(x: &[f32], w: &[f32], values: &[T], ntry: i32, codes: &mut [u8]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
         // Index of the value nearest zero, so the block decodes to (almost) zero.
@@ -419,13 +422,14 @@ pub fn fit_codebook(x: &[f32], w: &[f32], values: &[i8], ntry: i32, codes: &mut 
         codes.iter_mut().for_each(|c| *c = z);
         return 0.0;
     }
-    let v0 = values[0] as f32;
+    let v0: f32 = values[0].into();
+    let step = (values[values.len() - 1].into() - v0) / 240.0;
     let eval = |id: f32, codes: &mut [u8]| {
         let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
         for ((&xi, &wi), c) in x.iter().zip(w).zip(codes.iter_mut()) {
             let l = nearest_index(values, id * xi);
             *c = l as u8;
-            let q = values[l] as f32;
+            let q: f32 = values[l].into();
             sumqx += wi * q * xi;
             sumq2 += wi * q * q;
         }
@@ -435,7 +439,7 @@ pub fn fit_codebook(x: &[f32], w: &[f32], values: &[i8], ntry: i32, codes: &mut 
     let mut trial_buf = [0u8; 256];
     let trial = &mut trial_buf[..x.len()];
     for k in -ntry..=ntry {
-        let (sqx, sq2) = eval((k as f32 + v0) / max, trial);
+        let (sqx, sq2) = eval((k as f32 * step + v0) / max, trial);
         if sq2 > 0.0 && (sumq2 <= 0.0 || sqx * sqx * sumq2 > sumqx * sumqx * sq2) {
             codes.copy_from_slice(trial);
             (sumqx, sumq2) = (sqx, sq2);

@@ -29,6 +29,16 @@ pub enum EncodeError {
         /// Block size of the type.
         block: usize,
     },
+    /// The row is not a whole number of a native format's groups.
+    #[error("row length {n} is not a multiple of {format}'s group size {group}")]
+    PartialGroup {
+        /// The native format's name.
+        format: String,
+        /// Row length.
+        n: usize,
+        /// Group size.
+        group: usize,
+    },
     /// A weight is NaN or infinite.
     #[error("weight {index} is {value} (not finite)")]
     NonFinite {

@@ -1,0 +1,73 @@
+//! lowbit-native formats in a real model: written into the GGUF container beside ggml
+//! types, read back with their logical shapes, decoded close to the source, evaluated;
+//! and the file stays a valid GGUF for other readers (gguf-py).
+
+mod support;
+
+use std::process::Command;
+
+use lowbit::eval::{evaluate, EvalOptions};
+use lowbit::format::native::NativeFormat;
+use lowbit::gguf::{GgufFile, TensorType};
+use lowbit::method::Method;
+use lowbit::model::{load_gguf_lm, LoadOptions};
+use lowbit::plan::{Mix, Override};
+use lowbit::quantize::{quantize_gguf, QuantizeOptions};
+
+#[test]
+fn native_formats_round_trip_through_a_real_model() {
+    let Some(src) = support::zoo_model("smollm2-135m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mixed.gguf");
+    let overrides = ["attn_q=nf4_g64", "attn_k=fp4_g32", "attn_v=fp8_g32", "ffn_down=int3_g128_zp", "ffn_up=int5_g64"];
+    let opts = QuantizeOptions {
+        mix: Mix::from_name("Q4_K_M").unwrap(),
+        overrides: overrides.iter().map(|o| Override::parse(o).unwrap()).collect(),
+        method: Method::Search,
+        importance: None,
+    };
+    quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
+    let (s, q) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());
+    let mut seen = std::collections::HashSet::new();
+    for t in &q.tensors {
+        let source = s.tensor_info(&t.name).unwrap();
+        assert_eq!(t.dims, source.dims, "{}: logical dims", t.name);
+        let TensorType::Native(f) = t.ty else { continue };
+        seen.insert(f.to_string());
+        // Relative RMS error of the decoded weights against the source: a b-bit grid's
+        // step over a group's range is about 2^-b of it, so the RMS error is well below
+        // 2^(1-b) of the weights' RMS (grids: their coarsest equivalent, 3–4 bits).
+        let (a, b) = (s.dequantize(&t.name).unwrap(), q.dequantize(&t.name).unwrap());
+        let err = (a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt();
+        let rms = (a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / a.len() as f64).sqrt();
+        let bits = match f.to_string().as_str() {
+            s if s.starts_with("int") => f.code_bits() as i32,
+            s if s.starts_with("fp8") => 4,
+            _ => 3,
+        };
+        assert!(err < 2f64.powi(1 - bits) * rms, "{} ({f}): RMS error {err:.3e} vs weights' RMS {rms:.3e}", t.name);
+    }
+    let want: std::collections::HashSet<String> =
+        ["nf4_g64", "fp4_g32", "fp8_g32", "int3_g128_zp", "int5_g64"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, want, "every override's format appears");
+    assert_eq!(NativeFormat::from_name("int3_g128_zp").unwrap().bits_per_weight(), 3.25);
+
+    // The model runs: PPL on two short chunks is finite and near the source's.
+    let text = std::fs::read_to_string(support::shared_data("wikitext-2/wiki.valid.raw")).unwrap();
+    let eval = EvalOptions { ctx: 128, max_chunks: Some(2) };
+    let ppl = |p: &std::path::Path| {
+        let lm = load_gguf_lm(p, LoadOptions::default()).unwrap();
+        evaluate(&lm, None, None, &text, &eval, &mut |_, _, _| {}).unwrap().ppl
+    };
+    let (ps, pq) = (ppl(&src), ppl(&out));
+    assert!(pq.is_finite() && pq < 2.0 * ps, "PPL {pq} vs source {ps}");
+
+    // Other GGUF readers see a valid file (the native tensors as raw I8 bytes).
+    let Some(py) = support::reference_python() else { return };
+    let code = "import sys, gguf; r = gguf.GGUFReader(sys.argv[1]); \
+                n = [t for t in r.tensors if t.tensor_type.name == 'I8']; print(len(r.tensors), len(n))";
+    let o = Command::new(py).args(["-c", code]).arg(&out).output().unwrap();
+    assert!(o.status.success(), "gguf-py: {}", String::from_utf8_lossy(&o.stderr));
+    let natives = q.tensors.iter().filter(|t| matches!(t.ty, TensorType::Native(_))).count();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("{} {natives}", q.tensors.len()));
+}
