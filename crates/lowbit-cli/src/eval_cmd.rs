@@ -48,9 +48,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if model_path.is_dir() {
         return run_encoder(&args, &model_path, &text);
     }
-    eprintln!("lowbit: loading {}", model_path.display());
     let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
-    let lm = load_gguf_lm(&model_path, load)?;
+    // A saved reference is checked before any model is loaded (cheap errors first).
     enum RefSource {
         Model(Box<lowbit::model::LoadedLm>),
         Saved(LogitsReader),
@@ -67,6 +66,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         None => None,
     };
+    eprintln!("lowbit: loading {}", model_path.display());
+    let lm = load_gguf_lm(&model_path, load)?;
     let reference = match &mut ref_source {
         Some(RefSource::Model(m)) => Some(Reference::Model(m)),
         Some(RefSource::Saved(r)) => Some(Reference::Saved(r)),

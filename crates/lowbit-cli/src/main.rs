@@ -129,8 +129,21 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // First Ctrl-C: long work stops at its next check and removes its temporary files;
+    // a second one exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if lowbit::interrupt::requested() {
+            std::process::exit(130);
+        }
+        eprintln!("\nlowbit: interrupted, cleaning up (Ctrl-C again to quit at once)");
+        lowbit::interrupt::request();
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if lowbit::interrupt::requested() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -51,6 +51,9 @@ pub enum Error {
     /// A request that makes no sense regardless of any file (bad argument values).
     #[error("{0}")]
     Usage(String),
+    /// The user interrupted the work (Ctrl-C); partial outputs were removed.
+    #[error("interrupted; nothing was written")]
+    Interrupted,
 }
 
 /// Shorthand for results in this crate.

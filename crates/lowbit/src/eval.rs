@@ -198,6 +198,7 @@ pub fn evaluate(
     let mut running = Vec::with_capacity(n_chunks);
     progress(0, n_chunks, 0);
     for c in 0..n_chunks {
+        crate::interrupt::check()?;
         let chunk = chunk_tokens(c);
         let t0 = std::time::Instant::now();
         let hidden = chunk_hidden(lm, &chunk)?;

@@ -17,6 +17,7 @@ pub mod format;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;
+pub mod interrupt;
 pub mod method;
 pub mod model;
 pub mod plan;

@@ -230,6 +230,7 @@ pub fn quantize_gguf(
         });
         let mut encode_all = || -> Result<()> {
             for t in &summary.tensors {
+                crate::interrupt::check()?;
                 let (_, src) = g.tensor_bytes(&t.name)?;
                 let bytes = if t.target == t.source { src.to_vec() } else { encode_tensor(&g, input, t, opts)? };
                 if send.send((t.name.clone(), bytes)).is_err() {
