@@ -11,6 +11,7 @@ mod eval_cmd;
 mod inspect_cmd;
 mod quantize_cmd;
 mod run_cmd;
+mod sweep_cmd;
 
 /// lowbit: make neural networks small with low-bit quantization, and measure the cost.
 #[derive(Parser)]
@@ -42,6 +43,9 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Quantize a model into a GGUF that llama.cpp loads (named mixes as llama-quantize).
     Quantize(quantize_cmd::QuantizeArgs),
+    /// Quantize at several settings, evaluate each against the source, and write the
+    /// degradation report (table, JSON, Pareto and per-tensor plots). Resumable.
+    Sweep(sweep_cmd::SweepArgs),
     /// Write a GGUF with every tensor decoded to F32 (or F16): the source as floats.
     Dequantize {
         /// Input GGUF (path or zoo name).
@@ -100,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval_cmd::run(args)?,
         Command::Run(args) => run_cmd::run(args)?,
         Command::Quantize(args) => quantize_cmd::run(args)?,
+        Command::Sweep(args) => sweep_cmd::run(args)?,
         Command::Dequantize { model, output, r#type } => {
             let ty = lowbit::format::GgmlType::from_name(&r#type)
                 .ok_or_else(|| anyhow::anyhow!("unknown type '{type}'", type = r#type))?;

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod quantize;
 pub mod safetensors;
 pub mod saved_logits;
+pub mod sweep;
 pub mod tensor;
 pub mod tokenizer;
 pub mod zoo;

@@ -1,0 +1,94 @@
+//! `lowbit sweep`: arguments, progress display and the closing table.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use lowbit::eval::EvalOptions;
+use lowbit::sweep::{run_sweep, Setting, SweepEvent, SweepOptions};
+
+/// Arguments of `lowbit sweep`.
+#[derive(Args)]
+pub struct SweepArgs {
+    /// Source model: a GGUF file or a zoo name.
+    #[arg(long)]
+    model: String,
+    /// Settings, comma-separated: llama-quantize mixes or native formats, each optionally
+    /// `:rtn` or `:search` (default), e.g. `Q4_K_M,Q4_K_M:rtn,int4_g64`.
+    #[arg(long, value_delimiter = ',', default_value = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K")]
+    types: Vec<String>,
+    /// Evaluation text (e.g. ../shared/data/wikitext-2/wiki.valid.raw).
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Chunks to evaluate (0 = all).
+    #[arg(long, default_value_t = 40)]
+    chunks: usize,
+    /// Other quantized files of the same model (e.g. llama.cpp's) to evaluate and draw.
+    #[arg(long, num_args = 1..)]
+    compare: Vec<PathBuf>,
+    /// Keep the quantized files in DIR/models.
+    #[arg(long)]
+    keep: bool,
+    /// Output folder for report.md, report.json, pareto.{svg,png}, layers.{svg,png}.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+/// Runs `lowbit sweep`.
+pub fn run(args: SweepArgs) -> Result<()> {
+    let settings = args
+        .types
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| Setting::parse(t.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for c in &args.compare {
+        anyhow::ensure!(c.is_file(), "{}: --compare file not found", c.display());
+    }
+    let source = crate::resolve_model(&args.model)?;
+    let opts = SweepOptions {
+        settings,
+        compare: args.compare.clone(),
+        eval: EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) },
+        keep: args.keep,
+    };
+    let bars = MultiProgress::new();
+    let steps = bars.add(ProgressBar::new((1 + opts.settings.len() + opts.compare.len()) as u64));
+    steps.set_style(
+        ProgressStyle::with_template("sweep [{bar:25}] {pos}/{len} settings, {elapsed} elapsed  {msg}")
+            .expect("valid template"),
+    );
+    let chunks = bars.add(ProgressBar::new(0));
+    chunks.set_style(
+        ProgressStyle::with_template("  eval [{bar:25}] {pos}/{len} chunks, ETA {eta}").expect("valid template"),
+    );
+    let report = run_sweep(&source, &args.text, &args.output, &opts, &mut |ev| match ev {
+        SweepEvent::Step(name, i, _) => {
+            steps.set_position(i as u64);
+            steps.set_message(format!("{name}: quantize + eval"));
+            chunks.set_position(0);
+        }
+        SweepEvent::Reused(name) => {
+            steps.inc(1);
+            bars.suspend(|| eprintln!("lowbit: {name}: done in an earlier run, reused"));
+        }
+        SweepEvent::Chunks(d, t) => {
+            chunks.set_length(t as u64);
+            chunks.set_position(d as u64);
+        }
+    });
+    chunks.finish_and_clear();
+    steps.finish_and_clear();
+    let report = report?;
+    let md = lowbit::sweep::report_markdown(&report);
+    println!("{md}");
+    println!(
+        "written: {}/{{report.md, report.json, pareto.svg, pareto.png, layers.svg, layers.png}}",
+        args.output.display()
+    );
+    Ok(())
+}

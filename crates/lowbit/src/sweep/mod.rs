@@ -1,0 +1,400 @@
+//! `lowbit sweep`: quantize one source at several settings, evaluate every result
+//! against the source on the same tokens, and write the degradation report (table,
+//! JSON, Pareto plot, per-tensor error plot).
+//!
+//! Work is resumable: the source's distributions are saved once (`reference.logits`),
+//! and each finished setting leaves `settings/<name>.json`, written atomically; a rerun
+//! with the same inputs skips what is there and produces the same report.
+
+mod plot;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalOptions, EvalReport, Reference, SaveLogits};
+use crate::format::native::NativeFormat;
+use crate::gguf::GgufFile;
+use crate::method::Method;
+use crate::model::{load_gguf_lm, LoadOptions};
+use crate::plan::{allows_quantization, Mix, Override};
+use crate::quantize::{quantize_gguf, QuantizeOptions};
+use crate::saved_logits::LogitsReader;
+use crate::zoo::sha256_file;
+
+pub use plot::{plot_layers, plot_pareto};
+pub use report::{markdown as report_markdown, write_report, SweepReport};
+
+/// One quantization setting: a mix (or native format) and a method.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setting {
+    /// Mix name as given (`Q4_K_M`, `int4_g64`, …).
+    pub ty: String,
+    /// How scales and codes are chosen.
+    pub method: Method,
+}
+
+impl Setting {
+    /// Parses `TYPE` or `TYPE:METHOD` (e.g. `Q4_K_M:rtn`).
+    pub fn parse(text: &str) -> Result<Setting> {
+        let (ty, method) = match text.split_once(':') {
+            Some((t, m)) => (
+                t,
+                Method::from_name(m)
+                    .ok_or_else(|| Error::Usage(format!("setting '{text}': unknown method '{m}' (search, rtn)")))?,
+            ),
+            None => (text, Method::Search),
+        };
+        if Mix::from_name(ty).is_none() && NativeFormat::from_name(ty).is_none() {
+            return Err(Error::Usage(format!(
+                "setting '{text}': unknown type '{ty}' (a llama-quantize mix such as Q4_K_M, or a native format such as int4_g64)"
+            )));
+        }
+        Ok(Setting { ty: ty.to_string(), method })
+    }
+
+    /// The file-safe name of the setting (`Q4_K_M`, `Q4_K_M-rtn`).
+    pub fn name(&self) -> String {
+        match self.method {
+            Method::Search => self.ty.clone(),
+            m => format!("{}-{}", self.ty, m.name()),
+        }
+    }
+
+    /// The quantizer options this setting means.
+    pub fn options(&self) -> Result<QuantizeOptions> {
+        let (mix, overrides) = match (Mix::from_name(&self.ty), NativeFormat::from_name(&self.ty)) {
+            (Some(m), _) => (m, vec![]),
+            // As `lowbit quantize --type NATIVE`: block matrices native, the rest Q8_0.
+            (None, Some(f)) => {
+                (Mix::from_name("Q8_0").expect("Q8_0 is a mix"), vec![Override::parse(&format!("^blk\\.={f}"))?])
+            }
+            (None, None) => return Err(Error::Usage(format!("unknown type '{}'", self.ty))),
+        };
+        Ok(QuantizeOptions { mix, overrides, method: self.method, importance: None })
+    }
+}
+
+/// What a sweep runs on.
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    /// The settings, in report order.
+    pub settings: Vec<Setting>,
+    /// Peer files (e.g. llama.cpp's quantizations) evaluated the same way.
+    pub compare: Vec<PathBuf>,
+    /// Evaluation context and chunk count.
+    pub eval: EvalOptions,
+    /// Keep the quantized files in `DIR/models`.
+    pub keep: bool,
+}
+
+/// Relative weight error of one tensor: ‖W − Ŵ‖ / ‖W‖.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TensorError {
+    /// Tensor name.
+    pub name: String,
+    /// Its storage type in the quantized file.
+    pub ty: String,
+    /// ‖W − Ŵ‖ / ‖W‖ over the whole tensor.
+    pub relative_error: f64,
+}
+
+/// The measured outcome of one setting or peer file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SettingResult {
+    /// Setting name, or the peer file's stem.
+    pub name: String,
+    /// `lowbit` for settings, `compare` for peer files.
+    pub kind: String,
+    /// The inputs this result was computed from (must match for reuse).
+    pub key: String,
+    /// Whole file bytes.
+    pub file_bytes: u64,
+    /// Bits per weight over all tensor data.
+    pub bpw: f64,
+    /// Bits per weight over the quantizable matrices.
+    pub bpw_linear: f64,
+    /// Perplexity and its standard error.
+    pub ppl: f64,
+    /// Standard error of the perplexity.
+    pub ppl_err: f64,
+    /// Mean KL divergence from the source (nats) and its standard error.
+    pub kld_mean: f64,
+    /// Standard error of the mean KLD.
+    pub kld_err: f64,
+    /// 99th percentile KLD.
+    pub kld_p99: f64,
+    /// Top-1 agreement with the source (0…1).
+    pub top1: f64,
+    /// Seconds to quantize (None for peer files).
+    pub quantize_seconds: Option<f64>,
+    /// Per-tensor weight error of the quantized matrices.
+    pub tensors: Vec<TensorError>,
+}
+
+/// The source model's own evaluation on the same tokens.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SourceResult {
+    /// The inputs (source and text hashes, ctx, chunks).
+    pub key: String,
+    /// Source file bytes.
+    pub file_bytes: u64,
+    /// Bits per weight over all tensor data.
+    pub bpw: f64,
+    /// Perplexity and its standard error.
+    pub ppl: f64,
+    /// Standard error of the perplexity.
+    pub ppl_err: f64,
+    /// Scored tokens.
+    pub scored_tokens: usize,
+    /// Evaluation throughput (tokens/s), for the record.
+    pub tokens_per_second: f64,
+}
+
+/// Progress events, for a progress bar.
+pub enum SweepEvent<'a> {
+    /// Starting a step (its label, index, total steps).
+    Step(&'a str, usize, usize),
+    /// A step was found finished from an earlier run.
+    Reused(&'a str),
+    /// Chunks evaluated within the current step.
+    Chunks(usize, usize),
+}
+
+/// Inputs that identify the source evaluation.
+fn source_key(source_sha: &str, text_sha: &str, eval: &EvalOptions) -> String {
+    format!(
+        "lowbit {} source {source_sha} text {text_sha} ctx {} chunks {:?}",
+        env!("CARGO_PKG_VERSION"),
+        eval.ctx,
+        eval.max_chunks
+    )
+}
+
+/// Reads a JSON result if it exists and its key matches.
+fn reuse<T: for<'de> Deserialize<'de>>(path: &Path, key: &str, key_of: impl Fn(&T) -> &str) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    let v: T = serde_json::from_slice(&bytes).ok()?;
+    (key_of(&v) == key).then_some(v)
+}
+
+fn save_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(v).expect("results serialise");
+    crate::atomic::write_atomic(path, &json)
+}
+
+/// ‖W − Ŵ‖ / ‖W‖ for every quantizable matrix of `quantized` against `source`.
+pub fn tensor_errors(source: &GgufFile, quantized: &GgufFile) -> Result<Vec<TensorError>> {
+    let mut out = Vec::new();
+    for t in &quantized.tensors {
+        if !allows_quantization(&t.name, &t.dims) || source.tensor_info(&t.name).is_none() {
+            continue;
+        }
+        let (a, b) = (source.dequantize(&t.name)?, quantized.dequantize(&t.name)?);
+        if a.len() != b.len() {
+            return Err(Error::tensor(quantized.path(), &t.name, "shape differs from the source"));
+        }
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (x, y) in a.iter().zip(&b) {
+            num += ((x - y) as f64).powi(2);
+            den += (*x as f64).powi(2);
+        }
+        let relative_error = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
+        out.push(TensorError { name: t.name.clone(), ty: t.ty.to_string(), relative_error });
+    }
+    Ok(out)
+}
+
+/// Evaluates `model` against the saved reference and measures its tensors.
+fn measure(
+    model: &Path,
+    source: &GgufFile,
+    logits: &Path,
+    text: &str,
+    eval: &EvalOptions,
+    on_chunk: &mut dyn FnMut(usize, usize),
+) -> Result<(EvalReport, Vec<TensorError>, u64, f64, f64)> {
+    let lm = load_gguf_lm(model, LoadOptions::default())?;
+    let mut reader = LogitsReader::open(logits)?;
+    let r = evaluate(&lm, Some(Reference::Saved(&mut reader)), None, text, eval, &mut |d, t, _| on_chunk(d, t))?;
+    drop(lm);
+    let q = GgufFile::open(model)?;
+    let errors = tensor_errors(source, &q)?;
+    let (bytes, params) =
+        q.tensors.iter().fold((0u64, 0u64), |(b, n), t| (b + t.n_bytes.unwrap_or(0), n + t.n_elements));
+    let (lb, ln) = q
+        .tensors
+        .iter()
+        .filter(|t| allows_quantization(&t.name, &t.dims))
+        .fold((0u64, 0u64), |(b, n), t| (b + t.n_bytes.unwrap_or(0), n + t.n_elements));
+    let bpw = 8.0 * bytes as f64 / params.max(1) as f64;
+    let bpw_linear = 8.0 * lb as f64 / ln.max(1) as f64;
+    Ok((r, errors, q.file_size(), bpw, bpw_linear))
+}
+
+fn result_of(
+    name: String,
+    kind: &str,
+    key: String,
+    m: (EvalReport, Vec<TensorError>, u64, f64, f64),
+    secs: Option<f64>,
+) -> SettingResult {
+    let (r, tensors, file_bytes, bpw, bpw_linear) = m;
+    let k = r.kld.expect("evaluated against a reference");
+    SettingResult {
+        name,
+        kind: kind.into(),
+        key,
+        file_bytes,
+        bpw,
+        bpw_linear,
+        ppl: r.ppl,
+        ppl_err: r.ppl_err,
+        kld_mean: k.mean,
+        kld_err: k.mean_err,
+        kld_p99: k.p99,
+        top1: k.top1_agreement,
+        quantize_seconds: secs,
+        tensors,
+    }
+}
+
+/// Runs (or resumes) a sweep of `source` on `text_path` into `dir`, then writes the
+/// report and plots there. Returns the report.
+pub fn run_sweep(
+    source_path: &Path,
+    text_path: &Path,
+    dir: &Path,
+    opts: &SweepOptions,
+    progress: &mut dyn FnMut(SweepEvent),
+) -> Result<SweepReport> {
+    if opts.settings.is_empty() && opts.compare.is_empty() {
+        return Err(Error::Usage("nothing to sweep: give at least one setting or --compare file".into()));
+    }
+    let mut names: Vec<String> = opts.settings.iter().map(Setting::name).collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::Usage(format!("setting '{}' is listed twice", w[0])));
+    }
+    let text = std::fs::read_to_string(text_path).map_err(|e| Error::io(text_path, e))?;
+    for sub in ["settings", "models"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+    }
+    let source_sha = sha256_file(source_path)?;
+    let text_sha = sha256_file(text_path)?;
+    let source = GgufFile::open(source_path)?;
+    let total = 1 + opts.settings.len() + opts.compare.len();
+    let key = source_key(&source_sha, &text_sha, &opts.eval);
+
+    // 1. The source on the text, its distributions saved for every comparison.
+    let logits = dir.join("reference.logits");
+    let source_json = dir.join("settings").join("_source.json");
+    let source_result = match reuse::<SourceResult>(&source_json, &key, |r| &r.key).filter(|_| logits.is_file()) {
+        Some(r) => {
+            progress(SweepEvent::Reused("source"));
+            r
+        }
+        None => {
+            progress(SweepEvent::Step("source", 0, total));
+            let lm = load_gguf_lm(source_path, LoadOptions::default())?;
+            let save = SaveLogits { path: &logits, model_name: source_path.display().to_string() };
+            let r =
+                evaluate(&lm, None, Some(save), &text, &opts.eval, &mut |d, t, _| progress(SweepEvent::Chunks(d, t)))?;
+            let (bytes, params) =
+                source.tensors.iter().fold((0u64, 0u64), |(b, n), t| (b + t.n_bytes.unwrap_or(0), n + t.n_elements));
+            let s = SourceResult {
+                key: key.clone(),
+                file_bytes: source.file_size(),
+                bpw: 8.0 * bytes as f64 / params.max(1) as f64,
+                ppl: r.ppl,
+                ppl_err: r.ppl_err,
+                scored_tokens: r.scored_tokens,
+                tokens_per_second: r.tokens_per_second,
+            };
+            save_json(&source_json, &s)?;
+            s
+        }
+    };
+
+    // 2. Every setting: quantize, evaluate, measure, record.
+    let mut results = Vec::new();
+    for (i, setting) in opts.settings.iter().enumerate() {
+        crate::interrupt::check()?;
+        let name = setting.name();
+        let json = dir.join("settings").join(format!("{name}.json"));
+        let skey = format!("{key} setting {name}");
+        if let Some(r) = reuse::<SettingResult>(&json, &skey, |r| &r.key) {
+            progress(SweepEvent::Reused(&name));
+            results.push(r);
+            continue;
+        }
+        progress(SweepEvent::Step(&name, i + 1, total));
+        let model = dir.join("models").join(format!("{name}.gguf"));
+        let t0 = Instant::now();
+        quantize_gguf(source_path, &model, &setting.options()?, &mut |_, _| {})?;
+        let secs = t0.elapsed().as_secs_f64();
+        let m = measure(&model, &source, &logits, &text, &opts.eval, &mut |d, t| progress(SweepEvent::Chunks(d, t)));
+        if !opts.keep {
+            let _ = std::fs::remove_file(&model);
+        }
+        let r = result_of(name, "lowbit", skey, m?, Some(secs));
+        save_json(&json, &r)?;
+        results.push(r);
+    }
+
+    // 3. Peer files, evaluated by the same code.
+    for (i, peer) in opts.compare.iter().enumerate() {
+        crate::interrupt::check()?;
+        let stem = peer.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("peer{i}"));
+        let pkey = format!("{key} compare {}", sha256_file(peer)?);
+        let json = dir.join("settings").join(format!("compare-{stem}.json"));
+        if let Some(r) = reuse::<SettingResult>(&json, &pkey, |r| &r.key) {
+            progress(SweepEvent::Reused(&stem));
+            results.push(r);
+            continue;
+        }
+        progress(SweepEvent::Step(&stem, 1 + opts.settings.len() + i, total));
+        let m = measure(peer, &source, &logits, &text, &opts.eval, &mut |d, t| progress(SweepEvent::Chunks(d, t)))?;
+        let r = result_of(stem, "compare", pkey, m, None);
+        save_json(&json, &r)?;
+        results.push(r);
+    }
+
+    let report = SweepReport {
+        lowbit_version: env!("CARGO_PKG_VERSION").into(),
+        source: source_path.display().to_string(),
+        source_sha256: source_sha,
+        text: text_path.display().to_string(),
+        text_sha256: text_sha,
+        ctx: opts.eval.ctx,
+        chunks: opts.eval.max_chunks,
+        source_result,
+        results,
+    };
+    write_report(&report, dir)?;
+    plot_pareto(&report, &dir.join("pareto.svg"), &dir.join("pareto.png"))?;
+    plot_layers(&report, &dir.join("layers.svg"), &dir.join("layers.png"))?;
+    if !opts.keep {
+        let _ = std::fs::remove_dir(dir.join("models"));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_parse_types_and_methods() {
+        let s = Setting::parse("Q4_K_M:rtn").unwrap();
+        assert_eq!((s.ty.as_str(), s.method, s.name().as_str()), ("Q4_K_M", Method::Rtn, "Q4_K_M-rtn"));
+        assert_eq!(Setting::parse("int4_g64").unwrap().name(), "int4_g64");
+        assert!(Setting::parse("int4_g64").unwrap().options().unwrap().overrides.len() == 1);
+        for bad in ["Q9_K", "Q4_K_M:gptq9", "int4"] {
+            assert!(Setting::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The sweep's pictures, as SVG and PNG: size against KL divergence with the Pareto
+//! front, and every tensor's relative weight error per setting. Text is drawn with the
+//! bundled DejaVu Sans (`assets/`), so PNGs look the same on machines without fonts.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use super::report::{pareto_front, SweepReport};
+use crate::error::{Error, Result};
+
+/// The bundled font (DejaVu Sans, free license in `assets/DejaVuSans.LICENSE`).
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+/// KLD values at or below this are drawn here (a log axis has no zero; a bit-identical
+/// file has KLD 0).
+const KLD_FLOOR: f64 = 1e-6;
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Colours for settings, in order.
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(23, 190, 207),
+];
+
+fn plot_err<E: std::error::Error + Send + Sync>(path: &Path, e: DrawingAreaErrorKind<E>) -> Error {
+    Error::format(path, format!("cannot draw the plot: {e}"))
+}
+
+/// One drawing routine for both backends (closures cannot be generic over the backend).
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String>;
+}
+
+fn render<F: Figure>(fig: &F, svg: &Path, png: &Path, size: (u32, u32)) -> Result<()> {
+    register_font();
+    let tmp = |p: &Path| {
+        let ext = p.extension().map_or("out".to_string(), |e| e.to_string_lossy().to_string());
+        p.with_file_name(format!(".{}.tmp.{ext}", p.file_stem().map_or("plot".into(), |s| s.to_string_lossy())))
+    };
+    let (svg_tmp, png_tmp) = (tmp(svg), tmp(png));
+    let result = (|| {
+        {
+            let root = SVGBackend::new(&svg_tmp, size).into_drawing_area();
+            fig.draw(&root).map_err(|e| Error::format(svg, e))?;
+            root.present().map_err(|e| plot_err(svg, e))?;
+        }
+        {
+            let root = BitMapBackend::new(&png_tmp, size).into_drawing_area();
+            fig.draw(&root).map_err(|e| Error::format(png, e))?;
+            root.present().map_err(|e| plot_err(png, e))?;
+        }
+        std::fs::rename(&svg_tmp, svg).map_err(|e| Error::io(svg, e))?;
+        std::fs::rename(&png_tmp, png).map_err(|e| Error::io(png, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&svg_tmp);
+        let _ = std::fs::remove_file(&png_tmp);
+    }
+    result
+}
+
+struct Pareto<'a>(&'a SweepReport);
+
+impl Figure for Pareto<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
+        let r = self.0;
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let pts: Vec<(f64, f64)> =
+            r.results.iter().map(|x| (x.file_bytes as f64 / 1e6, x.kld_mean.max(KLD_FLOOR))).collect();
+        let (xmin, xmax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (ymin, ymax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let pad = ((xmax - xmin) * 0.12).max(1.0);
+        let source = r.source.rsplit('/').next().unwrap_or(&r.source);
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("Size vs. divergence from the source: {source}"), ("sans-serif", 22))
+            .margin(18)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d((xmin - pad)..(xmax + pad), (ymin / 2.0..ymax * 2.0).log_scale())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("file size (MB)")
+            .y_desc("mean KL divergence vs. source (nats/token, log scale)")
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .axis_desc_style(("sans-serif", 16))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+        let front: Vec<(f64, f64)> = pareto_front(&r.results).into_iter().map(|i| pts[i]).collect();
+        chart
+            .draw_series(LineSeries::new(front, ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(2)))
+            .map_err(e)?
+            .label("Pareto front")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(2)));
+        for (kind, colour, label) in
+            [("lowbit", PALETTE[0], "lowbit"), ("compare", RGBColor(214, 39, 40), "compared files")]
+        {
+            let mine: Vec<usize> = (0..pts.len()).filter(|&i| r.results[i].kind == kind).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let series = chart.draw_series(mine.iter().map(|&i| {
+                if kind == "lowbit" {
+                    Circle::new(pts[i], 6, colour.filled()).into_dyn()
+                } else {
+                    TriangleMarker::new(pts[i], 8, colour.filled()).into_dyn()
+                }
+            }));
+            series.map_err(e)?.label(label).legend(move |(x, y)| Circle::new((x + 10, y), 6, colour.filled()));
+            chart
+                .draw_series(mine.iter().map(|&i| {
+                    Text::new(format!(" {}", r.results[i].name), pts[i], ("sans-serif", 14).into_font().color(&BLACK))
+                }))
+                .map_err(e)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    }
+}
+
+struct Layers<'a>(&'a SweepReport);
+
+impl Figure for Layers<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
+        let r = self.0;
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        // Tensors by block number (GGUF files list them name-sorted: blk.0, blk.1, blk.10…),
+        // the embedding first and the output last.
+        let mut names: Vec<String> =
+            r.results.first().map(|x| x.tensors.iter().map(|t| t.name.clone()).collect()).unwrap_or_default();
+        let block_of = |n: &str| -> i64 {
+            match n.strip_prefix("blk.").and_then(|rest| rest.split('.').next()).and_then(|b| b.parse::<i64>().ok()) {
+                Some(b) => b,
+                None if n.starts_with("token_embd") => -1,
+                None => i64::MAX,
+            }
+        };
+        let file_pos = names.clone();
+        names.sort_by_key(|n| (block_of(n), file_pos.iter().position(|m| m == n)));
+        let n = names.len().max(2);
+        let ys = r.results.iter().flat_map(|x| x.tensors.iter().map(|t| t.relative_error).filter(|&v| v > 0.0));
+        let (ymin, ymax) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        let (ymin, ymax) = if ymin.is_finite() { (ymin / 1.5, ymax * 1.5) } else { (1e-4, 1.0) };
+        let short = |i: usize| -> String {
+            names.get(i).map_or(String::new(), |s| s.trim_end_matches(".weight").replace("blk.", "").to_string())
+        };
+        let mut chart = ChartBuilder::on(root)
+            .caption("Relative weight error per tensor, ‖W − Ŵ‖ / ‖W‖ (exact copies not drawn)", ("sans-serif", 22))
+            .margin(18)
+            .x_label_area_size(70)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..(n - 1) as f64, (ymin..ymax).log_scale())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("tensor (block.tensor, embedding first, by block)")
+            .y_desc("relative error (log scale)")
+            .x_labels(12)
+            .x_label_formatter(&|v| short(v.round() as usize))
+            .y_label_formatter(&|v| format!("{v:.0e}"))
+            .axis_desc_style(("sans-serif", 16))
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(e)?;
+        for (k, x) in r.results.iter().enumerate() {
+            let colour = if x.kind == "compare" {
+                RGBColor(214, 39, 40).mix(0.4 + 0.6 / (k as f64 + 1.0))
+            } else {
+                PALETTE[k % PALETTE.len()].mix(1.0)
+            };
+            // Tensors copied exactly (error 0) have no place on a log axis and are skipped.
+            let mut pts: Vec<(f64, f64)> = x
+                .tensors
+                .iter()
+                .filter(|t| t.relative_error > 0.0)
+                .filter_map(|t| names.iter().position(|n| *n == t.name).map(|i| (i as f64, t.relative_error)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+                .map_err(e)?
+                .label(x.name.clone())
+                .legend(move |(px, py)| PathElement::new(vec![(px, py), (px + 20, py)], colour.stroke_width(3)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 2, colour.filled()))).map_err(e)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    }
+}
+
+/// Draws size (x) against mean KLD (y, log) with labelled points and the Pareto front.
+pub fn plot_pareto(r: &SweepReport, svg: &Path, png: &Path) -> Result<()> {
+    render(&Pareto(r), svg, png, (1000, 650))
+}
+
+/// Draws every setting's per-tensor relative weight error.
+pub fn plot_layers(r: &SweepReport, svg: &Path, png: &Path) -> Result<()> {
+    render(&Layers(r), svg, png, (1200, 650))
+}

@@ -1,0 +1,148 @@
+//! The sweep's written report: `report.md` (a table a person reads) and `report.json`
+//! (the same numbers plus every input's sha256, for reproduction and comparison).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{SettingResult, SourceResult};
+use crate::error::Result;
+
+/// Everything a sweep measured, and what it measured it on.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepReport {
+    /// lowbit version that produced it.
+    pub lowbit_version: String,
+    /// Source model path.
+    pub source: String,
+    /// Its sha256.
+    pub source_sha256: String,
+    /// Evaluation text path.
+    pub text: String,
+    /// Its sha256.
+    pub text_sha256: String,
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Chunks evaluated (None = all).
+    pub chunks: Option<usize>,
+    /// The source's own evaluation.
+    pub source_result: SourceResult,
+    /// Settings, then peer files, in the order run.
+    pub results: Vec<SettingResult>,
+}
+
+/// Indices of the results on the Pareto front (no other result is both smaller and
+/// closer to the source), sorted by size.
+pub fn pareto_front(results: &[SettingResult]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..results.len()).collect();
+    idx.sort_by(|&a, &b| {
+        results[a].file_bytes.cmp(&results[b].file_bytes).then(results[a].kld_mean.total_cmp(&results[b].kld_mean))
+    });
+    let mut front = Vec::new();
+    let mut best = f64::INFINITY;
+    for i in idx {
+        if results[i].kld_mean < best {
+            best = results[i].kld_mean;
+            front.push(i);
+        }
+    }
+    front
+}
+
+/// Renders the Markdown table.
+pub fn markdown(r: &SweepReport) -> String {
+    let s = &r.source_result;
+    let mut md = String::new();
+    let chunks = r.chunks.map_or("all".to_string(), |c| c.to_string());
+    let _ = writeln!(md, "# lowbit sweep: {}\n", r.source);
+    let _ = writeln!(
+        md,
+        "Text `{}`, {chunks} chunks of {} tokens ({} scored). Source: {:.2} MB, {:.3} bpw, PPL {:.4} ± {:.4}. \
+         KLD is KL(source ‖ quantized) in nats per token over the same tokens; ΔPPL relative to the source.\n",
+        r.text,
+        r.ctx,
+        s.scored_tokens,
+        s.file_bytes as f64 / 1e6,
+        s.bpw,
+        s.ppl,
+        s.ppl_err
+    );
+    let front = pareto_front(&r.results);
+    let _ = writeln!(
+        md,
+        "| setting | kind | size MB | bpw | bpw linear | PPL | ΔPPL | KLD mean | KLD p99 | top-1 % | quantize s | Pareto |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|");
+    for (i, x) in r.results.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.2} | {:.3} | {:.3} | {:.4} ± {:.4} | {:+.2}% | {:.5} ± {:.5} | {:.4} | {:.2} | {} | {} |",
+            x.name,
+            x.kind,
+            x.file_bytes as f64 / 1e6,
+            x.bpw,
+            x.bpw_linear,
+            x.ppl,
+            x.ppl_err,
+            100.0 * (x.ppl / s.ppl - 1.0),
+            x.kld_mean,
+            x.kld_err,
+            x.kld_p99,
+            100.0 * x.top1,
+            x.quantize_seconds.map_or("–".to_string(), |t| format!("{t:.1}")),
+            if front.contains(&i) { "●" } else { "" }
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nInputs: lowbit {}, source sha256 `{}`, text sha256 `{}`.",
+        r.lowbit_version, r.source_sha256, r.text_sha256
+    );
+    let _ = writeln!(md, "\n![size vs KLD](pareto.png)\n\n![per-tensor error](layers.png)");
+    md
+}
+
+/// Writes `report.md` and `report.json` into `dir` (atomically).
+pub fn write_report(r: &SweepReport, dir: &Path) -> Result<()> {
+    crate::atomic::write_atomic(&dir.join("report.md"), markdown(r).as_bytes())?;
+    let json = serde_json::to_vec_pretty(r).expect("report serialises");
+    crate::atomic::write_atomic(&dir.join("report.json"), &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, bytes: u64, kld: f64) -> SettingResult {
+        SettingResult {
+            name: name.into(),
+            kind: "lowbit".into(),
+            key: String::new(),
+            file_bytes: bytes,
+            bpw: 0.0,
+            bpw_linear: 0.0,
+            ppl: 0.0,
+            ppl_err: 0.0,
+            kld_mean: kld,
+            kld_err: 0.0,
+            kld_p99: 0.0,
+            top1: 0.0,
+            quantize_seconds: None,
+            tensors: vec![],
+        }
+    }
+
+    #[test]
+    fn pareto_front_keeps_only_undominated_points() {
+        let r = vec![
+            result("big-good", 100, 0.01),
+            result("small-bad", 50, 0.5),
+            result("dominated", 80, 0.6),
+            result("mid", 70, 0.1),
+            result("same-size-worse", 70, 0.2),
+        ];
+        let names: Vec<&str> = pareto_front(&r).into_iter().map(|i| r[i].name.as_str()).collect();
+        assert_eq!(names, ["small-bad", "mid", "big-good"]);
+    }
+}
