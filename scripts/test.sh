@@ -23,9 +23,9 @@ for m in smollm2-135m gemma3-270m minilm-l6; do
     ./target/release/lowbit fetch "$m"
 done
 
-# llama.cpp's llama-perplexity, built once from the source that PyPI's llama-cpp-python
-# sdist vendors (the version BENCHMARKS.md uses): the interop test runs lowbit's
-# quantized files in llama.cpp itself.
+# llama.cpp's llama-perplexity and llama-tokenize, built once from the source that PyPI's
+# llama-cpp-python sdist vendors (the version BENCHMARKS.md uses): the interop tests run
+# lowbit's quantized files in llama.cpp itself and compare token ids.
 llama_dir="$PWD/target/llama.cpp"
 build_llama_cpp() {
     local tmp cmake_bin
@@ -43,11 +43,16 @@ build_llama_cpp() {
     fi
     "$cmake_bin" -S "$llama_dir" -B "$llama_dir/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=OFF > "$llama_dir/cmake.log" 2>&1 &&
-        "$cmake_bin" --build "$llama_dir/build" --target llama-perplexity -j 2 > "$llama_dir/build.log" 2>&1
+        "$cmake_bin" --build "$llama_dir/build" --target llama-perplexity llama-tokenize -j 2 > "$llama_dir/build.log" 2>&1
 }
 if [ ! -x "$llama_dir/build/bin/llama-perplexity" ]; then
-    echo "== building llama.cpp's llama-perplexity from the llama-cpp-python 0.3.36 sdist (once, ~6 min)"
-    build_llama_cpp || echo "WARNING: could not build llama.cpp (see $llama_dir/*.log); the llama.cpp interop test will be skipped"
+    echo "== building llama.cpp's llama-perplexity and llama-tokenize from the llama-cpp-python 0.3.36 sdist (once, ~6 min)"
+    build_llama_cpp || echo "WARNING: could not build llama.cpp (see $llama_dir/*.log); the llama.cpp interop tests will be skipped"
+elif [ ! -x "$llama_dir/build/bin/llama-tokenize" ]; then
+    echo "== building llama.cpp's llama-tokenize"
+    cmake_bin=$(command -v cmake || echo "$venv/bin/cmake")
+    "$cmake_bin" --build "$llama_dir/build" --target llama-tokenize -j 2 > "$llama_dir/build-tokenize.log" 2>&1 ||
+        echo "WARNING: could not build llama-tokenize (see $llama_dir/build-tokenize.log)"
 fi
 if [ -x "$llama_dir/build/bin/llama-perplexity" ]; then
     export LOWBIT_LLAMA_BIN="$llama_dir/build/bin"
