@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::eval::{evaluate, EvalOptions, Reference, SaveLogits};
-use lowbit::model::{load_gguf_lm, LoadOptions};
+use lowbit::model::{load_lm, LoadOptions};
 use lowbit::saved_logits::LogitsReader;
 
 /// Arguments of `lowbit eval`.
@@ -45,7 +45,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let text = std::fs::read(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
     let text = String::from_utf8(text).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", args.text.display()))?;
     let model_path = crate::resolve_model(&args.model)?;
-    if model_path.is_dir() {
+    if model_path.is_dir() && !lowbit::model::hf_llama::is_hf_causal_lm(&model_path) {
         return run_encoder(&args, &model_path, &text);
     }
     let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
@@ -62,12 +62,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(r) => {
             let p = crate::resolve_model(r)?;
             eprintln!("lowbit: loading reference {}", p.display());
-            Some(RefSource::Model(Box::new(load_gguf_lm(&p, load)?)))
+            Some(RefSource::Model(Box::new(load_lm(&p, load)?)))
         }
         None => None,
     };
     eprintln!("lowbit: loading {}", model_path.display());
-    let lm = load_gguf_lm(&model_path, load)?;
+    let lm = load_lm(&model_path, load)?;
     let reference = match &mut ref_source {
         Some(RefSource::Model(m)) => Some(Reference::Model(m)),
         Some(RefSource::Saved(r)) => Some(Reference::Saved(r)),

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use lowbit::generate::{generate, Sampling};
-use lowbit::model::load_gguf_lm;
+use lowbit::model::load_lm;
 
 /// Arguments of `lowbit run`.
 #[derive(clap::Args)]
@@ -35,7 +35,7 @@ pub struct RunArgs {
 /// Runs `lowbit run`.
 pub fn run(a: RunArgs) -> Result<()> {
     let path = crate::resolve_model(&a.model)?;
-    let lm = load_gguf_lm(&path, Default::default())?;
+    let lm = load_lm(&path, Default::default())?;
     let s = Sampling { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", a.prompt);

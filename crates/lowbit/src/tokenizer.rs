@@ -190,6 +190,12 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer as Hugging Face `tokenizer.json` text (for exporting a GGUF model's
+    /// vocabulary to a model folder).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner.to_string(false).map_err(|e| Error::Usage(format!("cannot serialise the tokenizer: {e}")))
+    }
+
     /// Loads a Hugging Face `tokenizer.json`.
     pub fn from_json_file(path: &Path) -> Result<Tokenizer> {
         if !path.exists() {

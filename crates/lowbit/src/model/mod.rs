@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod decoder;
 pub mod gemma3;
+pub mod hf_llama;
 pub mod llama;
 
 use std::path::Path;
@@ -167,6 +168,17 @@ pub struct LoadOptions {
     /// Quantize activations before each linear layer exactly as llama.cpp's CPU backend
     /// does, so perplexities match `llama-perplexity` on the same file. Off: exact f32.
     pub llama_cpp_numerics: bool,
+}
+
+/// Opens a language model: a GGUF file of any supported architecture, or a Hugging Face
+/// folder holding a llama-family checkpoint (`opts` applies to GGUF files; a float
+/// checkpoint has no activation quantization to reproduce).
+pub fn load_lm(path: &Path, opts: LoadOptions) -> Result<LoadedLm> {
+    if path.is_dir() {
+        hf_llama::load(path)
+    } else {
+        load_gguf_lm(path, opts)
+    }
 }
 
 /// Opens a GGUF language model of any supported architecture.
