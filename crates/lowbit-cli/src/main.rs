@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod calibrate_cmd;
 mod eval_cmd;
 mod inspect_cmd;
 mod quantize_cmd;
@@ -41,6 +42,8 @@ enum Command {
     },
     /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
     Eval(eval_cmd::EvalArgs),
+    /// Importance matrix of a model on a calibration text (llama.cpp's imatrix format).
+    Calibrate(calibrate_cmd::CalibrateArgs),
     /// Quantize a model into a GGUF that llama.cpp loads (named mixes as llama-quantize).
     Quantize(quantize_cmd::QuantizeArgs),
     /// Quantize at several settings, evaluate each against the source, and write the
@@ -105,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run(args) => run_cmd::run(args)?,
         Command::Quantize(args) => quantize_cmd::run(args)?,
         Command::Sweep(args) => sweep_cmd::run(args)?,
+        Command::Calibrate(args) => calibrate_cmd::run(args)?,
         Command::Dequantize { model, output, r#type } => {
             let ty = lowbit::format::GgmlType::from_name(&r#type)
                 .ok_or_else(|| anyhow::anyhow!("unknown type '{type}'", type = r#type))?;

@@ -32,6 +32,10 @@ pub struct QuantizeArgs {
     /// How scales are chosen: `search` (weighted least squares, default) or `rtn`.
     #[arg(long, default_value = "search")]
     method: String,
+    /// Importance matrix (llama.cpp's GGUF or legacy .dat, e.g. from `lowbit calibrate`
+    /// or `llama-imatrix`): the scale search then minimises importance-weighted error.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
     /// Print the plan (tensor, type, bytes), size and bpw without quantizing.
     #[arg(long)]
     dry_run: bool,
@@ -98,7 +102,11 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         overrides.push(Override::parse(&format!("^blk\\.={f}"))?);
     }
     let input = crate::resolve_model(&args.model)?;
-    let opts = QuantizeOptions { mix, overrides, method, importance: None };
+    let importance = match &args.imatrix {
+        Some(p) => Some(lowbit::calibrate::Imatrix::read(p)?.importance()),
+        None => None,
+    };
+    let opts = QuantizeOptions { mix, overrides, method, importance };
     let summary = if args.dry_run {
         let g = lowbit::gguf::GgufFile::open(&input)?;
         let s = plan_model(&g, &opts)?;

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic;
+pub mod calibrate;
 pub mod convert;
 pub mod error;
 pub mod eval;

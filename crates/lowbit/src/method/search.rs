@@ -438,8 +438,14 @@ pub fn fit_codebook<T: Copy + Into<f32>>(x: &[f32], w: &[f32], values: &[T], ntr
     let (mut sumqx, mut sumq2) = eval(v0 / max, codes);
     let mut trial_buf = [0u8; 256];
     let trial = &mut trial_buf[..x.len()];
-    for k in -ntry..=ntry {
-        let (sqx, sq2) = eval((k as f32 * step + v0) / max, trial);
+    // The grid may be asymmetric (IQ4's runs −127…113): the largest magnitude is tried on
+    // both ends, as llama.cpp's first candidate maps it to the positive end.
+    let v_last: f32 = values[values.len() - 1].into();
+    let candidates = (-ntry..=ntry)
+        .map(|k| (k as f32 * step + v0) / max)
+        .chain((0..=ntry).map(|k| (v_last - k as f32 * step) / max));
+    for id in candidates {
+        let (sqx, sq2) = eval(id, trial);
         if sq2 > 0.0 && (sumq2 <= 0.0 || sqx * sqx * sumq2 > sumqx * sumqx * sq2) {
             codes.copy_from_slice(trial);
             (sumqx, sumq2) = (sqx, sq2);

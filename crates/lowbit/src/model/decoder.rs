@@ -323,4 +323,10 @@ impl super::CausalLm for Decoder {
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
         Decoder::logits(self, hidden, t)
     }
+    fn block_linears_mut(&mut self) -> Vec<&mut super::Linear> {
+        self.blocks
+            .iter_mut()
+            .flat_map(|b| [&mut b.wq, &mut b.wk, &mut b.wv, &mut b.wo, &mut b.w_gate, &mut b.w_up, &mut b.w_down])
+            .collect()
+    }
 }

@@ -98,6 +98,7 @@ pub fn load(dir: &Path) -> Result<LoadedLm> {
             in_features: in_f,
             out_features: out_f,
             act_quant: None,
+            recorder: None,
         })
     };
     let mut blocks = Vec::with_capacity(n_layer);

@@ -31,6 +31,41 @@ pub struct Linear {
     pub out_features: usize,
     /// When set, inputs are quantized to this type first (llama.cpp's CPU numerics).
     pub act_quant: Option<GgmlType>,
+    /// When set, every input row's squares are added here (calibration statistics).
+    pub recorder: Option<std::sync::Arc<InputRecorder>>,
+}
+
+/// Per-column sums of squared inputs of one linear layer, and the number of input rows:
+/// the importance matrix's raw statistics (llama.cpp's `in_sum2` and `counts`).
+#[derive(Debug)]
+pub struct InputRecorder {
+    sums: std::sync::Mutex<(Vec<f64>, u64)>,
+}
+
+impl InputRecorder {
+    /// A recorder for inputs `in_features` wide.
+    pub fn new(in_features: usize) -> InputRecorder {
+        InputRecorder { sums: std::sync::Mutex::new((vec![0.0; in_features], 0)) }
+    }
+
+    /// Adds `t` rows of `x`.
+    pub fn record(&self, x: &[f32], t: usize) {
+        let in_f = x.len() / t.max(1);
+        let mut partial = vec![0.0f64; in_f];
+        for row in x.chunks_exact(in_f) {
+            for (s, &v) in partial.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+        }
+        let mut g = self.sums.lock().expect("recorder lock");
+        g.0.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+        g.1 += t as u64;
+    }
+
+    /// (Σ x² per column, rows seen).
+    pub fn totals(&self) -> (Vec<f64>, u64) {
+        self.sums.lock().expect("recorder lock").clone()
+    }
 }
 
 /// `t` rows of `x` (each `in_f` wide) times `weight`ᵀ (`out_f` rows of `in_f`), with the
@@ -58,6 +93,9 @@ pub fn project(
 impl Linear {
     /// Applies the layer to `t` rows of `x`.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
+        if let Some(r) = &self.recorder {
+            r.record(x, t);
+        }
         let mut out = project(x, t, self.in_features, &self.weight, self.out_features, self.act_quant);
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(self.out_features) {
@@ -110,7 +148,7 @@ impl GgufWeights<'_> {
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
         let weight = self.get(name, &[in_features, out_features])?;
         let act_quant = self.act_quant_for(name);
-        Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant })
+        Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant, recorder: None })
     }
 
     /// The activation type llama.cpp would quantize inputs to before multiplying by
@@ -150,6 +188,9 @@ pub trait CausalLm: Send + Sync {
     fn forward_hidden(&self, tokens: &[u32], cache: &mut decoder::KvCache) -> Result<Vec<f32>>;
     /// Logits for `t` rows of final hidden states.
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32>;
+    /// The blocks' linear layers (not the output projection), for calibration and for
+    /// swapping in quantized weights.
+    fn block_linears_mut(&mut self) -> Vec<&mut Linear>;
 }
 
 /// A loaded language model and its tokenizer.

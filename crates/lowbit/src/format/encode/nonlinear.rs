@@ -66,15 +66,52 @@ pub fn encode_iq4_xs(b: &BlockInput, out: &mut [u8]) {
             d
         }
     };
+    // Codes against the sub-scales as stored; with the search, then the super-scale refitted
+    // by weighted least squares over all 256 codes (as llama.cpp's IQ4 encoder ends) and
+    // the codes re-rounded, kept only if the weighted error drops.
+    let round = |d: f32, codes: &mut [u8; QK_K]| {
+        for ib in 0..8 {
+            let dl = d * ls[ib] as f32;
+            let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+            for i in 32 * ib..32 * (ib + 1) {
+                codes[i] = nearest_index(&KVALUES_IQ4NL, idl * x[i]) as u8;
+            }
+        }
+    };
     let dh = put_f16(out, 0, d);
+    round(dh, &mut codes);
+    if b.method == Method::Search {
+        let mut w = [0.0f32; QK_K];
+        for ib in 0..8 {
+            let r = 32 * ib..32 * (ib + 1);
+            b.weights(r.clone(), sigma2, &mut w[r], magnitude_weight(sigma2));
+        }
+        // (Σ w·q·x, Σ w·q², Σ w·(x − d·q)²) for codes at super-scale d.
+        let stats = |d: f32, codes: &[u8; QK_K]| {
+            let (mut sqx, mut sq2, mut err) = (0.0f64, 0.0f64, 0.0f64);
+            for i in 0..QK_K {
+                let q = (KVALUES_IQ4NL[codes[i] as usize] as i32 * ls[i / 32]) as f64;
+                let (wi, xi) = (w[i] as f64, x[i] as f64);
+                sqx += wi * q * xi;
+                sq2 += wi * q * q;
+                err += wi * (xi - d as f64 * q).powi(2);
+            }
+            (sqx, sq2, err)
+        };
+        let (sqx, sq2, err) = stats(dh, &codes);
+        if sq2 > 0.0 {
+            let refit = half::f16::from_f32((sqx / sq2) as f32).to_f32();
+            let mut trial = [0u8; QK_K];
+            round(refit, &mut trial);
+            if refit.is_finite() && stats(refit, &trial).2 < err {
+                put_f16(out, 0, refit);
+                codes = trial;
+            }
+        }
+    }
     let mut scales_h = 0u16;
     out[4..8].fill(0);
     for ib in 0..8 {
-        let dl = dh * ls[ib] as f32;
-        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-        for i in 32 * ib..32 * (ib + 1) {
-            codes[i] = nearest_index(&KVALUES_IQ4NL, idl * x[i]) as u8;
-        }
         let l = (ls[ib] + 32) as u8;
         out[4 + ib / 2] |= (l & 0x0F) << (4 * (ib % 2));
         scales_h |= ((l >> 4) as u16) << (2 * ib);

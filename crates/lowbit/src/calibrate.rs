@@ -1,0 +1,295 @@
+//! Calibration statistics: the importance matrix (per-column mean of squared inputs of
+//! every linear layer), computed by running a text through the model, and read from or
+//! written to llama.cpp's imatrix files so users can bring their own or hand lowbit's to
+//! `llama-quantize`.
+//!
+//! Formats (as llama.cpp's `imatrix-loader.cpp` reads them):
+//! - GGUF: `general.type = imatrix`, `imatrix.datasets` (strings), `imatrix.chunk_count`,
+//!   `imatrix.chunk_size` (u32), and per weight two F32 tensors, `<name>.in_sum2` (raw
+//!   Σx² per column) and `<name>.counts` (rows summed).
+//! - legacy `.dat`: i32 entry count; per entry i32 name length, name, i32 ncall, i32 nval,
+//!   nval f32 values (mean of squares × ncall); then optionally i32 chunk count, i32
+//!   length and the dataset name.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::eval::EvalOptions;
+use crate::format::GgmlType;
+use crate::gguf::{GgufFile, GgufWriter, TensorSpec, Value, ValueType};
+use crate::model::{InputRecorder, LoadedLm};
+
+/// One weight's statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImatrixEntry {
+    /// Σ x² per input column (summed over `count` rows).
+    pub sums: Vec<f32>,
+    /// Rows summed.
+    pub count: f32,
+}
+
+/// An importance matrix for a model.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Imatrix {
+    /// Entries by weight name (`blk.0.attn_q.weight`, …).
+    pub entries: BTreeMap<String, ImatrixEntry>,
+    /// The texts it was computed on.
+    pub datasets: Vec<String>,
+    /// Chunks processed.
+    pub chunk_count: u32,
+    /// Tokens per chunk.
+    pub chunk_size: u32,
+}
+
+impl Imatrix {
+    /// Per-column importances by weight name (mean of squares), as llama-quantize derives
+    /// them; these feed `QuantizeOptions::importance`.
+    pub fn importance(&self) -> std::collections::HashMap<String, Vec<f32>> {
+        self.entries
+            .iter()
+            .map(|(k, e)| {
+                let v =
+                    if e.count > 0.0 { e.sums.iter().map(|s| s / e.count).collect() } else { vec![1.0; e.sums.len()] };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// Reads a GGUF or legacy `.dat` imatrix.
+    pub fn read(path: &Path) -> Result<Imatrix> {
+        let head = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        if head.starts_with(b"GGUF") {
+            Self::read_gguf(path)
+        } else {
+            Self::read_legacy(path, &head)
+        }
+    }
+
+    fn read_gguf(path: &Path) -> Result<Imatrix> {
+        let g = GgufFile::open(path)?;
+        let u = |k: &str| g.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
+        let datasets = g
+            .get("imatrix.datasets")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let mut m = Imatrix {
+            datasets,
+            chunk_count: u("imatrix.chunk_count").unwrap_or(0),
+            chunk_size: u("imatrix.chunk_size").unwrap_or(0),
+            ..Default::default()
+        };
+        for t in &g.tensors {
+            let Some(name) = t.name.strip_suffix(".in_sum2") else { continue };
+            let counts_name = format!("{name}.counts");
+            if g.tensor_info(&counts_name).is_none() {
+                return Err(Error::tensor(path, &t.name, "has no matching .counts tensor"));
+            }
+            let sums = g.dequantize(&t.name)?;
+            let counts = g.dequantize(&counts_name)?;
+            if counts.len() != 1 {
+                return Err(Error::tensor(path, &counts_name, "per-expert counts (MoE) are not supported yet"));
+            }
+            m.entries.insert(name.to_string(), ImatrixEntry { sums, count: counts[0] });
+        }
+        if m.entries.is_empty() {
+            return Err(Error::format(path, "no '<name>.in_sum2' tensors: not an imatrix file"));
+        }
+        Ok(m)
+    }
+
+    fn read_legacy(path: &Path, b: &[u8]) -> Result<Imatrix> {
+        let bad = |what: &str| Error::format(path, format!("not a llama.cpp imatrix (legacy .dat): {what}"));
+        let mut pos = 0usize;
+        let i32_at = |pos: &mut usize| -> Result<i32> {
+            let v = b.get(*pos..*pos + 4).ok_or_else(|| bad("truncated"))?;
+            *pos += 4;
+            Ok(i32::from_le_bytes(v.try_into().expect("4 bytes")))
+        };
+        let n = i32_at(&mut pos)?;
+        if n < 1 || n as usize > b.len() / 12 {
+            return Err(bad(&format!("entry count {n}")));
+        }
+        let mut m = Imatrix::default();
+        for _ in 0..n {
+            let len = i32_at(&mut pos)?;
+            if len < 1 || len > 4096 {
+                return Err(bad(&format!("name length {len}")));
+            }
+            let name = b.get(pos..pos + len as usize).ok_or_else(|| bad("truncated name"))?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| bad("name is not UTF-8"))?;
+            pos += len as usize;
+            let ncall = i32_at(&mut pos)?;
+            let nval = i32_at(&mut pos)?;
+            if nval < 1 || (nval as usize) > (b.len() - pos) / 4 {
+                return Err(bad(&format!("entry '{name}' has {nval} values")));
+            }
+            let vals: Vec<f32> = b[pos..pos + 4 * nval as usize]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect();
+            pos += 4 * nval as usize;
+            // Legacy values are mean-of-squares × ncall: keep them as sums over ncall rows.
+            m.entries.insert(name, ImatrixEntry { sums: vals, count: ncall.max(0) as f32 });
+        }
+        if pos + 4 <= b.len() {
+            m.chunk_count = i32_at(&mut pos)?.max(0) as u32;
+            if let Ok(len) = i32_at(&mut pos) {
+                if len > 0 {
+                    if let Some(d) = b.get(pos..pos + len as usize) {
+                        m.datasets.push(String::from_utf8_lossy(d).to_string());
+                    }
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// Writes llama.cpp's GGUF imatrix format (atomically).
+    pub fn write_gguf(&self, path: &Path) -> Result<()> {
+        let md = vec![
+            ("general.type".to_string(), Value::String("imatrix".into())),
+            (
+                "imatrix.datasets".to_string(),
+                Value::Array(ValueType::String, self.datasets.iter().map(|d| Value::String(d.clone())).collect()),
+            ),
+            ("imatrix.chunk_count".to_string(), Value::U32(self.chunk_count)),
+            ("imatrix.chunk_size".to_string(), Value::U32(self.chunk_size)),
+        ];
+        let mut specs = Vec::new();
+        for (name, e) in &self.entries {
+            specs.push(TensorSpec {
+                name: format!("{name}.in_sum2"),
+                dims: vec![e.sums.len() as u64, 1],
+                ty: GgmlType::F32,
+            });
+            specs.push(TensorSpec { name: format!("{name}.counts"), dims: vec![1, 1], ty: GgmlType::F32 });
+        }
+        let mut w = GgufWriter::create(path, &md, specs)?;
+        for (name, e) in &self.entries {
+            let bytes: Vec<u8> = e.sums.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.write_tensor(&format!("{name}.in_sum2"), &bytes)?;
+            w.write_tensor(&format!("{name}.counts"), &e.count.to_le_bytes())?;
+        }
+        w.finish()?;
+        Ok(())
+    }
+
+    /// Writes the legacy `.dat` format (atomically).
+    pub fn write_legacy(&self, path: &Path) -> Result<()> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(self.entries.len() as i32).to_le_bytes());
+        for (name, e) in &self.entries {
+            b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&(e.count as i32).to_le_bytes());
+            b.extend_from_slice(&(e.sums.len() as i32).to_le_bytes());
+            for v in &e.sums {
+                b.write_all(&v.to_le_bytes()).expect("vec write");
+            }
+        }
+        b.extend_from_slice(&(self.chunk_count as i32).to_le_bytes());
+        let d = self.datasets.first().cloned().unwrap_or_default();
+        b.extend_from_slice(&(d.len() as i32).to_le_bytes());
+        b.extend_from_slice(d.as_bytes());
+        crate::atomic::write_atomic(path, &b)
+    }
+}
+
+/// Runs `text` through `lm` in `ctx`-token chunks (BOS first where the model wants it)
+/// and records every block linear layer's input statistics. `progress(done, total)`.
+pub fn compute_imatrix(
+    lm: &mut LoadedLm,
+    text: &str,
+    dataset: &str,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Imatrix> {
+    let tokens = lm.tokenizer.encode(text, true)?;
+    let ctx = opts.ctx;
+    let available = tokens.len() / ctx.max(1);
+    if ctx < 8 || available == 0 {
+        return Err(Error::Usage(format!(
+            "the calibration text has {} tokens, fewer than one chunk of {ctx}",
+            tokens.len()
+        )));
+    }
+    let n_chunks = opts.max_chunks.map_or(available, |c| c.min(available));
+    let mut recorders: Vec<(String, Arc<InputRecorder>)> = Vec::new();
+    for lin in lm.model.block_linears_mut() {
+        let r = Arc::new(InputRecorder::new(lin.in_features));
+        lin.recorder = Some(r.clone());
+        recorders.push((lin.name.clone(), r));
+    }
+    progress(0, n_chunks);
+    let result = (|| {
+        for c in 0..n_chunks {
+            crate::interrupt::check()?;
+            let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+            if lm.tokenizer.add_bos {
+                chunk[0] = lm.tokenizer.bos.expect("add_bos implies bos");
+            }
+            let mut cache = lm.model.new_cache(chunk.len());
+            lm.model.forward_hidden(&chunk, &mut cache)?;
+            progress(c + 1, n_chunks);
+        }
+        Ok(())
+    })();
+    for lin in lm.model.block_linears_mut() {
+        lin.recorder = None;
+    }
+    result?;
+    let mut m = Imatrix {
+        datasets: vec![dataset.to_string()],
+        chunk_count: n_chunks as u32,
+        chunk_size: ctx as u32,
+        ..Default::default()
+    };
+    for (name, r) in recorders {
+        let (sums, count) = r.totals();
+        m.entries.insert(name, ImatrixEntry { sums: sums.iter().map(|&v| v as f32).collect(), count: count as f32 });
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Imatrix {
+        let mut m =
+            Imatrix { datasets: vec!["emma.txt".into()], chunk_count: 3, chunk_size: 512, ..Default::default() };
+        m.entries.insert("blk.0.attn_q.weight".into(), ImatrixEntry { sums: vec![1.5, 3.0, 0.25, 8.0], count: 1536.0 });
+        m.entries.insert("blk.0.ffn_down.weight".into(), ImatrixEntry { sums: vec![2.0; 8], count: 1536.0 });
+        m
+    }
+
+    #[test]
+    fn gguf_and_legacy_files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = sample();
+        let (g, d) = (dir.path().join("m.gguf"), dir.path().join("m.dat"));
+        m.write_gguf(&g).unwrap();
+        m.write_legacy(&d).unwrap();
+        assert_eq!(Imatrix::read(&g).unwrap(), m);
+        let back = Imatrix::read(&d).unwrap();
+        assert_eq!(
+            (back.entries.clone(), back.chunk_count, back.datasets.clone()),
+            (m.entries.clone(), 3, m.datasets.clone())
+        );
+        let imp = m.importance();
+        assert_eq!(imp["blk.0.attn_q.weight"], vec![1.5 / 1536.0, 3.0 / 1536.0, 0.25 / 1536.0, 8.0 / 1536.0]);
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("junk.dat");
+        std::fs::write(&p, b"\x05\x00\x00\x00\xff\xff\xff\x7f").unwrap();
+        let e = Imatrix::read(&p).unwrap_err().to_string();
+        assert!(e.contains("junk.dat") && e.contains("imatrix"), "{e}");
+    }
+}
