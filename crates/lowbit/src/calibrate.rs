@@ -116,7 +116,7 @@ impl Imatrix {
         let mut m = Imatrix::default();
         for _ in 0..n {
             let len = i32_at(&mut pos)?;
-            if len < 1 || len > 4096 {
+            if !(1..=4096).contains(&len) {
                 return Err(bad(&format!("name length {len}")));
             }
             let name = b.get(pos..pos + len as usize).ok_or_else(|| bad("truncated name"))?;

@@ -70,11 +70,11 @@ pub fn encode_iq4_xs(b: &BlockInput, out: &mut [u8]) {
     // by weighted least squares over all 256 codes (as llama.cpp's IQ4 encoder ends) and
     // the codes re-rounded, kept only if the weighted error drops.
     let round = |d: f32, codes: &mut [u8; QK_K]| {
-        for ib in 0..8 {
-            let dl = d * ls[ib] as f32;
+        for ((c, xs), &l) in codes.chunks_exact_mut(32).zip(x.chunks_exact(32)).zip(&ls) {
+            let dl = d * l as f32;
             let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-            for i in 32 * ib..32 * (ib + 1) {
-                codes[i] = nearest_index(&KVALUES_IQ4NL, idl * x[i]) as u8;
+            for (ci, &xi) in c.iter_mut().zip(xs) {
+                *ci = nearest_index(&KVALUES_IQ4NL, idl * xi) as u8;
             }
         }
     };
