@@ -33,6 +33,13 @@ pub struct SweepArgs {
     /// Keep the quantized files in DIR/models.
     #[arg(long)]
     keep: bool,
+    /// Calibration texts (e.g. the Austen novels of BENCHMARKS.md): quantize every setting
+    /// with their importance matrix and weight per-tensor errors by it.
+    #[arg(long, num_args = 1..)]
+    calib: Vec<PathBuf>,
+    /// Calibration chunks of 512 tokens.
+    #[arg(long, default_value_t = 64)]
+    calib_chunks: usize,
     /// Output folder for report.md, report.json, pareto.{svg,png}, layers.{svg,png}.
     #[arg(short, long)]
     output: PathBuf,
@@ -55,6 +62,8 @@ pub fn run(args: SweepArgs) -> Result<()> {
         compare: args.compare.clone(),
         eval: EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) },
         keep: args.keep,
+        calib: args.calib.clone(),
+        calib_chunks: args.calib_chunks,
     };
     let bars = MultiProgress::new();
     let steps = bars.add(ProgressBar::new((1 + opts.settings.len() + opts.compare.len()) as u64));

@@ -147,3 +147,31 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     }
     v
 }
+
+/// With calibration texts the sweep computes an importance matrix once (in llama.cpp's
+/// format), quantizes with it, and says so in the report.
+#[test]
+fn calibrated_sweep_uses_an_importance_matrix() {
+    let Some(src) = zoo("smollm2-135m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let emma = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/austen/emma.txt");
+    let o = lowbit()
+        .args(["sweep", "--model"])
+        .arg(&src)
+        .args(["--types", "Q3_K_M", "--ctx", "64", "--chunks", "2", "--calib-chunks", "1", "--text"])
+        .arg(text())
+        .arg("--calib")
+        .arg(&emma)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = lowbit::calibrate::Imatrix::read(&out.join("imatrix.gguf")).unwrap();
+    assert_eq!((m.entries.len(), m.chunk_count, m.chunk_size), (210, 1, 512));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("importance matrix from") && md.contains("emma.txt"), "{md}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["calib_chunks"], 1);
+}

@@ -9,11 +9,13 @@
 mod plot;
 mod report;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::calibrate::{compute_imatrix, Imatrix};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalReport, Reference, SaveLogits};
 use crate::format::native::NativeFormat;
@@ -89,6 +91,12 @@ pub struct SweepOptions {
     pub eval: EvalOptions,
     /// Keep the quantized files in `DIR/models`.
     pub keep: bool,
+    /// Calibration texts: when given, an importance matrix is computed once (saved as
+    /// `DIR/imatrix.gguf` in llama.cpp's format), every setting is quantized with it, and
+    /// per-tensor errors are weighted by it.
+    pub calib: Vec<PathBuf>,
+    /// Calibration chunks of 512 tokens (BENCHMARKS.md: 64).
+    pub calib_chunks: usize,
 }
 
 /// Relative weight error of one tensor: ‖W − Ŵ‖ / ‖W‖.
@@ -186,8 +194,15 @@ fn save_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     crate::atomic::write_atomic(path, &json)
 }
 
-/// ‖W − Ŵ‖ / ‖W‖ for every quantizable matrix of `quantized` against `source`.
-pub fn tensor_errors(source: &GgufFile, quantized: &GgufFile) -> Result<Vec<TensorError>> {
+/// Relative error of every quantizable matrix of `quantized` against `source`:
+/// ‖W − Ŵ‖/‖W‖, or with per-column importances q (an importance matrix: mean squared
+/// inputs) the output-error estimate √(Σⱼ qⱼ Σᵢ ΔWᵢⱼ² / Σⱼ qⱼ Σᵢ Wᵢⱼ²), which is
+/// ‖(W − Ŵ)X‖/‖WX‖ when the input columns are uncorrelated.
+pub fn tensor_errors(
+    source: &GgufFile,
+    quantized: &GgufFile,
+    importance: Option<&HashMap<String, Vec<f32>>>,
+) -> Result<Vec<TensorError>> {
     let mut out = Vec::new();
     for t in &quantized.tensors {
         if !allows_quantization(&t.name, &t.dims) || source.tensor_info(&t.name).is_none() {
@@ -197,10 +212,13 @@ pub fn tensor_errors(source: &GgufFile, quantized: &GgufFile) -> Result<Vec<Tens
         if a.len() != b.len() {
             return Err(Error::tensor(quantized.path(), &t.name, "shape differs from the source"));
         }
+        let cols = t.dims.first().copied().unwrap_or(1) as usize;
+        let q = importance.and_then(|m| m.get(&t.name)).filter(|q| q.len() == cols);
         let (mut num, mut den) = (0.0f64, 0.0f64);
-        for (x, y) in a.iter().zip(&b) {
-            num += ((x - y) as f64).powi(2);
-            den += (*x as f64).powi(2);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let w = q.map_or(1.0, |q| q[i % cols] as f64);
+            num += w * ((x - y) as f64).powi(2);
+            den += w * (*x as f64).powi(2);
         }
         let relative_error = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
         out.push(TensorError { name: t.name.clone(), ty: t.ty.to_string(), relative_error });
@@ -215,6 +233,7 @@ fn measure(
     logits: &Path,
     text: &str,
     eval: &EvalOptions,
+    importance: Option<&HashMap<String, Vec<f32>>>,
     on_chunk: &mut dyn FnMut(usize, usize),
 ) -> Result<(EvalReport, Vec<TensorError>, u64, f64, f64)> {
     let lm = load_gguf_lm(model, LoadOptions::default())?;
@@ -222,7 +241,7 @@ fn measure(
     let r = evaluate(&lm, Some(Reference::Saved(&mut reader)), None, text, eval, &mut |d, t, _| on_chunk(d, t))?;
     drop(lm);
     let q = GgufFile::open(model)?;
-    let errors = tensor_errors(source, &q)?;
+    let errors = tensor_errors(source, &q, importance)?;
     let (bytes, params) =
         q.tensors.iter().fold((0u64, 0u64), |(b, n), t| (b + t.n_bytes.unwrap_or(0), n + t.n_elements));
     let (lb, ln) = q
@@ -319,7 +338,43 @@ pub fn run_sweep(
         }
     };
 
-    // 2. Every setting: quantize, evaluate, measure, record.
+    // 2. With calibration texts: the importance matrix, once.
+    let (importance, key) = if opts.calib.is_empty() {
+        (None, key)
+    } else {
+        let mut calib_text = String::new();
+        let mut shas = Vec::new();
+        for p in &opts.calib {
+            calib_text.push_str(&std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?);
+            shas.push(sha256_file(p)?);
+        }
+        let ikey = format!("{key} calib {} chunks {}", shas.join(","), opts.calib_chunks);
+        let path = dir.join("imatrix.gguf");
+        let ijson = dir.join("settings").join("_imatrix.json");
+        let cached = reuse::<serde_json::Value>(&ijson, &ikey, |v| v["key"].as_str().unwrap_or(""))
+            .and_then(|_| Imatrix::read(&path).ok());
+        let m = match cached {
+            Some(m) => {
+                progress(SweepEvent::Reused("importance matrix"));
+                m
+            }
+            None => {
+                progress(SweepEvent::Step("importance matrix", 0, total));
+                let mut lm = load_gguf_lm(source_path, LoadOptions::default())?;
+                let names: Vec<String> = opts.calib.iter().map(|p| p.display().to_string()).collect();
+                let copts = EvalOptions { ctx: 512, max_chunks: Some(opts.calib_chunks) };
+                let m = compute_imatrix(&mut lm, &calib_text, &names.join("+"), &copts, &mut |d, t| {
+                    progress(SweepEvent::Chunks(d, t))
+                })?;
+                m.write_gguf(&path)?;
+                save_json(&ijson, &serde_json::json!({ "key": ikey }))?;
+                m
+            }
+        };
+        (Some(m.importance()), ikey)
+    };
+
+    // 3. Every setting: quantize, evaluate, measure, record.
     let mut results = Vec::new();
     for (i, setting) in opts.settings.iter().enumerate() {
         crate::interrupt::check()?;
@@ -334,9 +389,13 @@ pub fn run_sweep(
         progress(SweepEvent::Step(&name, i + 1, total));
         let model = dir.join("models").join(format!("{name}.gguf"));
         let t0 = Instant::now();
-        quantize_gguf(source_path, &model, &setting.options()?, &mut |_, _| {})?;
+        let mut qopts = setting.options()?;
+        qopts.importance = importance.clone();
+        quantize_gguf(source_path, &model, &qopts, &mut |_, _| {})?;
         let secs = t0.elapsed().as_secs_f64();
-        let m = measure(&model, &source, &logits, &text, &opts.eval, &mut |d, t| progress(SweepEvent::Chunks(d, t)));
+        let m = measure(&model, &source, &logits, &text, &opts.eval, importance.as_ref(), &mut |d, t| {
+            progress(SweepEvent::Chunks(d, t))
+        });
         if !opts.keep {
             let _ = std::fs::remove_file(&model);
         }
@@ -345,7 +404,7 @@ pub fn run_sweep(
         results.push(r);
     }
 
-    // 3. Peer files, evaluated by the same code.
+    // 4. Peer files, evaluated by the same code.
     for (i, peer) in opts.compare.iter().enumerate() {
         crate::interrupt::check()?;
         let stem = peer.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("peer{i}"));
@@ -357,7 +416,9 @@ pub fn run_sweep(
             continue;
         }
         progress(SweepEvent::Step(&stem, 1 + opts.settings.len() + i, total));
-        let m = measure(peer, &source, &logits, &text, &opts.eval, &mut |d, t| progress(SweepEvent::Chunks(d, t)))?;
+        let m = measure(peer, &source, &logits, &text, &opts.eval, importance.as_ref(), &mut |d, t| {
+            progress(SweepEvent::Chunks(d, t))
+        })?;
         let r = result_of(stem, "compare", pkey, m, None);
         save_json(&json, &r)?;
         results.push(r);
@@ -371,6 +432,8 @@ pub fn run_sweep(
         text_sha256: text_sha,
         ctx: opts.eval.ctx,
         chunks: opts.eval.max_chunks,
+        calib: opts.calib.iter().map(|p| p.display().to_string()).collect(),
+        calib_chunks: opts.calib_chunks,
         source_result,
         results,
     };

@@ -170,7 +170,14 @@ impl Figure for Layers<'_> {
             names.get(i).map_or(String::new(), |s| s.trim_end_matches(".weight").replace("blk.", "").to_string())
         };
         let mut chart = ChartBuilder::on(root)
-            .caption("Relative weight error per tensor, ‖W − Ŵ‖ / ‖W‖ (exact copies not drawn)", ("sans-serif", 22))
+            .caption(
+                if r.calib.is_empty() {
+                    "Relative weight error per tensor, ‖W − Ŵ‖ / ‖W‖ (exact copies not drawn)"
+                } else {
+                    "Relative output error per tensor, importance-weighted (exact copies not drawn)"
+                },
+                ("sans-serif", 22),
+            )
             .margin(18)
             .x_label_area_size(70)
             .y_label_area_size(80)

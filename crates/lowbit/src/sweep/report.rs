@@ -26,6 +26,11 @@ pub struct SweepReport {
     pub ctx: usize,
     /// Chunks evaluated (None = all).
     pub chunks: Option<usize>,
+    /// Calibration texts (empty: none; settings were quantized without an importance
+    /// matrix and per-tensor errors are plain weight errors).
+    pub calib: Vec<String>,
+    /// Calibration chunks of 512 tokens.
+    pub calib_chunks: usize,
     /// The source's own evaluation.
     pub source_result: SourceResult,
     /// Settings, then peer files, in the order run.
@@ -92,6 +97,14 @@ pub fn markdown(r: &SweepReport) -> String {
             100.0 * x.top1,
             x.quantize_seconds.map_or("–".to_string(), |t| format!("{t:.1}")),
             if front.contains(&i) { "●" } else { "" }
+        );
+    }
+    if !r.calib.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nQuantized with an importance matrix from {} ({} chunks of 512 tokens, `imatrix.gguf`); per-tensor errors weighted by it.",
+            r.calib.join(" + "),
+            r.calib_chunks
         );
     }
     let _ = writeln!(
