@@ -85,14 +85,15 @@ impl Figure for Pareto<'_> {
             r.results.iter().map(|x| (x.file_bytes as f64 / 1e6, x.kld_mean.max(KLD_FLOOR))).collect();
         let (xmin, xmax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
         let (ymin, ymax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
-        let pad = ((xmax - xmin) * 0.12).max(1.0);
+        // Labels extend to the right of their points: more room on that side.
+        let pad = ((xmax - xmin) * 0.06).max(1.0);
         let source = r.source.rsplit('/').next().unwrap_or(&r.source);
         let mut chart = ChartBuilder::on(root)
             .caption(format!("Size vs. divergence from the source: {source}"), ("sans-serif", 22))
             .margin(18)
             .x_label_area_size(50)
             .y_label_area_size(80)
-            .build_cartesian_2d((xmin - pad)..(xmax + pad), (ymin / 2.0..ymax * 2.0).log_scale())
+            .build_cartesian_2d((xmin - pad)..(xmax + 3.0 * pad), (ymin / 2.0..ymax * 2.0).log_scale())
             .map_err(e)?;
         chart
             .configure_mesh()
@@ -123,7 +124,14 @@ impl Figure for Pareto<'_> {
                     TriangleMarker::new(pts[i], 8, colour.filled()).into_dyn()
                 }
             }));
-            series.map_err(e)?.label(label).legend(move |(x, y)| Circle::new((x + 10, y), 6, colour.filled()));
+            let triangle = kind != "lowbit";
+            series.map_err(e)?.label(label).legend(move |(x, y)| {
+                if triangle {
+                    TriangleMarker::new((x + 10, y), 8, colour.filled()).into_dyn()
+                } else {
+                    Circle::new((x + 10, y), 6, colour.filled()).into_dyn()
+                }
+            });
             chart
                 .draw_series(mine.iter().map(|&i| {
                     Text::new(format!(" {}", r.results[i].name), pts[i], ("sans-serif", 14).into_font().color(&BLACK))

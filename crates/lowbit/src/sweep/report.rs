@@ -37,21 +37,21 @@ pub struct SweepReport {
     pub results: Vec<SettingResult>,
 }
 
-/// Indices of the results on the Pareto front (no other result is both smaller and
-/// closer to the source), sorted by size.
+/// Indices of the results on the Pareto front (no other result is as small or smaller and
+/// closer to the source), sorted by size. Sizes within 0.1 % count as equal, so a few
+/// bytes of metadata do not put a worse file of the same mix on the front.
 pub fn pareto_front(results: &[SettingResult]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..results.len()).collect();
-    idx.sort_by(|&a, &b| {
-        results[a].file_bytes.cmp(&results[b].file_bytes).then(results[a].kld_mean.total_cmp(&results[b].kld_mean))
-    });
-    let mut front = Vec::new();
-    let mut best = f64::INFINITY;
-    for i in idx {
-        if results[i].kld_mean < best {
-            best = results[i].kld_mean;
-            front.push(i);
-        }
-    }
+    let dominated = |i: usize| {
+        let (si, ki) = (results[i].file_bytes as f64, results[i].kld_mean);
+        results.iter().enumerate().any(|(j, r)| {
+            let sj = r.file_bytes as f64;
+            j != i
+                && sj <= si * 1.001
+                && (r.kld_mean < ki || (r.kld_mean == ki && sj < si) || (r.kld_mean == ki && sj == si && j < i))
+        })
+    };
+    let mut front: Vec<usize> = (0..results.len()).filter(|&i| !dominated(i)).collect();
+    front.sort_by(|&a, &b| results[a].file_bytes.cmp(&results[b].file_bytes));
     front
 }
 
@@ -157,5 +157,12 @@ mod tests {
         ];
         let names: Vec<&str> = pareto_front(&r).into_iter().map(|i| r[i].name.as_str()).collect();
         assert_eq!(names, ["small-bad", "mid", "big-good"]);
+    }
+
+    #[test]
+    fn a_few_metadata_bytes_do_not_put_a_worse_file_on_the_front() {
+        let r = vec![result("lowbit", 100_000, 0.01), result("peer", 99_920, 0.02), result("tiny", 50_000, 0.5)];
+        let names: Vec<&str> = pareto_front(&r).into_iter().map(|i| r[i].name.as_str()).collect();
+        assert_eq!(names, ["tiny", "lowbit"]);
     }
 }
