@@ -78,6 +78,8 @@ fn sweep_writes_report_and_plots_and_resumes() {
     }
     let report = report_without_timings(&out);
     assert_eq!(report["source_sha256"].as_str().unwrap().len(), 64);
+    let roles: Vec<&str> = report["inputs"].as_array().unwrap().iter().map(|i| i["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["source", "text", "compare"]);
     let results = report["results"].as_array().unwrap();
     let kld = |n: &str| results.iter().find(|r| r["name"] == n).unwrap()["kld_mean"].as_f64().unwrap();
     // More bits, closer to the source; search no worse than round-to-nearest.

@@ -28,7 +28,7 @@ use crate::saved_logits::LogitsReader;
 use crate::zoo::sha256_file;
 
 pub use plot::{plot_layers, plot_pareto};
-pub use report::{markdown as report_markdown, write_report, SweepReport};
+pub use report::{markdown as report_markdown, write_report, InputFile, SweepReport};
 
 /// One quantization setting: a mix (or native format) and a method.
 #[derive(Clone, Debug, PartialEq)]
@@ -304,6 +304,11 @@ pub fn run_sweep(
     }
     let source_sha = sha256_file(source_path)?;
     let text_sha = sha256_file(text_path)?;
+    // Every input file and its sha256, for the report.
+    let mut inputs = vec![
+        InputFile { role: "source".into(), path: source_path.display().to_string(), sha256: source_sha.clone() },
+        InputFile { role: "text".into(), path: text_path.display().to_string(), sha256: text_sha.clone() },
+    ];
     let source = GgufFile::open(source_path)?;
     let total = 1 + opts.settings.len() + opts.compare.len();
     let key = source_key(&source_sha, &text_sha, &opts.eval);
@@ -346,7 +351,9 @@ pub fn run_sweep(
         let mut shas = Vec::new();
         for p in &opts.calib {
             calib_text.push_str(&std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?);
-            shas.push(sha256_file(p)?);
+            let sha = sha256_file(p)?;
+            inputs.push(InputFile { role: "calibration".into(), path: p.display().to_string(), sha256: sha.clone() });
+            shas.push(sha);
         }
         let ikey = format!("{key} calib {} chunks {}", shas.join(","), opts.calib_chunks);
         let path = dir.join("imatrix.gguf");
@@ -408,7 +415,9 @@ pub fn run_sweep(
     for (i, peer) in opts.compare.iter().enumerate() {
         crate::interrupt::check()?;
         let stem = peer.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| format!("peer{i}"));
-        let pkey = format!("{key} compare {}", sha256_file(peer)?);
+        let peer_sha = sha256_file(peer)?;
+        inputs.push(InputFile { role: "compare".into(), path: peer.display().to_string(), sha256: peer_sha.clone() });
+        let pkey = format!("{key} compare {peer_sha}");
         let json = dir.join("settings").join(format!("compare-{stem}.json"));
         if let Some(r) = reuse::<SettingResult>(&json, &pkey, |r| &r.key) {
             progress(SweepEvent::Reused(&stem));
@@ -426,6 +435,7 @@ pub fn run_sweep(
 
     let report = SweepReport {
         lowbit_version: env!("CARGO_PKG_VERSION").into(),
+        inputs,
         source: source_path.display().to_string(),
         source_sha256: source_sha,
         text: text_path.display().to_string(),

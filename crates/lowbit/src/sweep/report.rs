@@ -9,11 +9,24 @@ use serde::Serialize;
 use super::{SettingResult, SourceResult};
 use crate::error::Result;
 
+/// One input file of a sweep and its sha256.
+#[derive(Clone, Debug, Serialize)]
+pub struct InputFile {
+    /// `source`, `text`, `calibration` or `compare`.
+    pub role: String,
+    /// Its path as given.
+    pub path: String,
+    /// Its sha256, hex.
+    pub sha256: String,
+}
+
 /// Everything a sweep measured, and what it measured it on.
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepReport {
     /// lowbit version that produced it.
     pub lowbit_version: String,
+    /// Every input file with its sha256 (source, text, calibration texts, compare files).
+    pub inputs: Vec<InputFile>,
     /// Source model path.
     pub source: String,
     /// Its sha256.
