@@ -6,7 +6,7 @@ use std::fmt;
 
 use rayon::prelude::*;
 
-use super::encode::{can_encode, quantize_rows, EncodeError};
+use super::encode::{can_encode, encode_rows_with, quantize_rows, EncodeError};
 use super::native::NativeFormat;
 use super::GgmlType;
 use crate::method::Method;
@@ -104,14 +104,7 @@ pub fn encode_rows(
         .row_bytes(row_len)
         .filter(|_| row_len > 0 && data.len().is_multiple_of(row_len))
         .ok_or_else(|| EncodeError::PartialGroup { format: f.to_string(), n: row_len, group: f.group })?;
-    let mut out = vec![0u8; data.len() / row_len * row_bytes];
-    out.par_chunks_mut(row_bytes).zip(data.par_chunks(row_len)).enumerate().try_for_each(|(r, (o, x))| {
-        f.encode_row(x, importance, method, o).map_err(|e| match e {
-            EncodeError::NonFinite { index, value } => EncodeError::NonFinite { index: r * row_len + index, value },
-            e => e,
-        })
-    })?;
-    Ok(out)
+    encode_rows_with(data, row_len, row_bytes, |x, o| f.encode_row(x, importance, method, o))
 }
 
 /// Scalar reference dot product of one stored row with `x` (`x.len()` values): each

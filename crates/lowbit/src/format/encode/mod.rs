@@ -240,10 +240,22 @@ pub fn quantize_rows(
     if row_len == 0 || !row_len.is_multiple_of(bs) || !data.len().is_multiple_of(row_len) {
         return Err(EncodeError::PartialBlock { ty, n: row_len, block: bs });
     }
-    let row_bytes = row_len / bs * ty.type_size();
+    encode_rows_with(data, row_len, row_len / bs * ty.type_size(), |x, o| quantize_row(ty, x, importance, method, o))
+}
+
+/// Runs `encode_row(row, out)` over every `row_len`-value row of `data` in parallel into
+/// `row_bytes`-byte output rows; a non-finite weight's index is reported within `data`.
+/// The shape checks are the caller's (`row_len > 0`, whole rows). Shared by the ggml
+/// types and the native formats.
+pub(crate) fn encode_rows_with(
+    data: &[f32],
+    row_len: usize,
+    row_bytes: usize,
+    encode_row: impl Fn(&[f32], &mut [u8]) -> Result<(), EncodeError> + Sync,
+) -> Result<Vec<u8>, EncodeError> {
     let mut out = vec![0u8; data.len() / row_len * row_bytes];
     out.par_chunks_mut(row_bytes).zip(data.par_chunks(row_len)).enumerate().try_for_each(|(r, (o, x))| {
-        quantize_row(ty, x, importance, method, o).map_err(|e| match e {
+        encode_row(x, o).map_err(|e| match e {
             EncodeError::NonFinite { index, value } => EncodeError::NonFinite { index: r * row_len + index, value },
             e => e,
         })
