@@ -3,6 +3,7 @@
 //! the calibration-free methods: round-to-nearest and the error-minimising search of
 //! scales and minimums ([`search`]), both driven by optional per-weight importances.
 
+pub mod gptq;
 pub mod search;
 
 /// How block scales and codes are chosen.

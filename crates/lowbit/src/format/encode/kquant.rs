@@ -12,7 +12,7 @@ use crate::method::Method;
 
 /// Packs 2-bit codes as ggml does: byte `j/4 + l` of each 128-value half holds values
 /// l, l+32, l+64, l+96 in bits 0-1, 2-3, 4-5, 6-7.
-fn pack_2bit(codes: &[u8; QK_K], qs: &mut [u8]) {
+pub(crate) fn pack_2bit(codes: &[u8], qs: &mut [u8]) {
     for j in (0..QK_K).step_by(128) {
         for l in 0..32 {
             qs[j / 4 + l] =
@@ -154,15 +154,21 @@ pub fn encode_q3_k(b: &BlockInput, out: &mut [u8]) {
             codes[i] = (nearest_int(x[i] / dl).clamp(-4, 3) + 4) as u8;
         }
     }
+    pack_q3_k(&codes, out);
+}
+
+/// Writes Q3_K's 3-bit codes (0..=7, value offset 4): third bits to hmask, low bits to qs.
+pub(crate) fn pack_q3_k(codes: &[u8], out: &mut [u8]) {
+    let mut low = [0u8; QK_K];
     let hmask = &mut out[0..32];
     hmask.fill(0);
-    for (j, c) in codes.iter_mut().enumerate() {
-        if *c > 3 {
+    for (j, (&c, l)) in codes.iter().zip(low.iter_mut()).enumerate() {
+        *l = c & 3;
+        if c > 3 {
             hmask[j % 32] |= 1 << (j / 32);
-            *c -= 4;
         }
     }
-    pack_2bit(&codes, &mut out[32..96]);
+    pack_2bit(&low, &mut out[32..96]);
 }
 
 /// Packs eight 6-bit (scale, min) pairs into the 12-byte Q4_K/Q5_K scale field.
@@ -213,6 +219,11 @@ fn encode_q45_k(b: &BlockInput, nmax: i32, out: &mut [u8], codes: &mut [u8; QK_K
 pub fn encode_q4_k(b: &BlockInput, out: &mut [u8]) {
     let mut codes = [0u8; QK_K];
     encode_q45_k(b, 15, out, &mut codes);
+    pack_q4_k(&codes, out);
+}
+
+/// Writes Q4_K's 4-bit codes: each 64-value chunk as 32 bytes, low nibbles first 32.
+pub(crate) fn pack_q4_k(codes: &[u8], out: &mut [u8]) {
     let qs = &mut out[16..144];
     for (n, j) in (0..QK_K).step_by(64).enumerate() {
         for l in 0..32 {
@@ -225,6 +236,11 @@ pub fn encode_q4_k(b: &BlockInput, out: &mut [u8]) {
 pub fn encode_q5_k(b: &BlockInput, out: &mut [u8]) {
     let mut codes = [0u8; QK_K];
     encode_q45_k(b, 31, out, &mut codes);
+    pack_q5_k(&codes, out);
+}
+
+/// Writes Q5_K's 5-bit codes: fifth bits to qh, low nibbles as Q4_K's.
+pub(crate) fn pack_q5_k(codes: &[u8], out: &mut [u8]) {
     let (qh, qs) = out[16..176].split_at_mut(32);
     qh.fill(0);
     let (mut m1, mut m2) = (1u8, 2u8);
@@ -274,6 +290,11 @@ pub fn encode_q6_k(b: &BlockInput, out: &mut [u8]) {
             codes[i] = (nearest_int(x[i] / dl).clamp(-32, 31) + 32) as u8;
         }
     }
+    pack_q6_k(&codes, out);
+}
+
+/// Writes Q6_K's 6-bit codes (value offset 32): low nibbles to ql, high bits to qh.
+pub(crate) fn pack_q6_k(codes: &[u8], out: &mut [u8]) {
     let (ql, rest) = out.split_at_mut(128);
     let qh = &mut rest[..64];
     for (half, j) in (0..QK_K).step_by(128).enumerate() {

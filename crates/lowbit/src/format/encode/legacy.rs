@@ -10,14 +10,14 @@ use crate::method::Method;
 const QK: usize = 32;
 
 /// Packs 32 4-bit codes: low nibbles hold elements 0–15, high nibbles 16–31.
-fn pack_nibbles(codes: &[u8; QK], qs: &mut [u8]) {
+pub(crate) fn pack_nibbles(codes: &[u8], qs: &mut [u8]) {
     for j in 0..16 {
         qs[j] = (codes[j] & 0x0F) | ((codes[j + 16] & 0x0F) << 4);
     }
 }
 
 /// Packs 32 5-bit codes: low nibbles as [`pack_nibbles`], fifth bits into a u32.
-fn pack_5bit(codes: &[u8; QK], qh: &mut [u8], qs: &mut [u8]) {
+pub(crate) fn pack_5bit(codes: &[u8], qh: &mut [u8], qs: &mut [u8]) {
     pack_nibbles(codes, qs);
     // Bit i holds the fifth bit of code i (low nibbles of 0–15 and 16–31 share bytes,
     // the high bits do not).

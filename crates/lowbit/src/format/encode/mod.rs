@@ -6,6 +6,7 @@
 
 pub mod kquant;
 pub mod legacy;
+pub(crate) mod levels;
 pub mod nonlinear;
 
 use rayon::prelude::*;
@@ -47,6 +48,9 @@ pub enum EncodeError {
         /// The value.
         value: f32,
     },
+    /// The calibration Hessian cannot be used (not positive definite).
+    #[error("{0}")]
+    Hessian(String),
     /// The importance vector does not have one entry per column.
     #[error("importance has {got} entries, the rows have {need} columns")]
     ImportanceLength {
@@ -155,7 +159,7 @@ pub fn encodable_types() -> Vec<GgmlType> {
     GgmlType::all().filter(|&t| can_encode(t)).collect()
 }
 
-fn encode_block(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
+pub(crate) fn encode_block(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
     use GgmlType::*;
     match ty {
         Q4_0 => legacy::encode_q4_0(b, out),

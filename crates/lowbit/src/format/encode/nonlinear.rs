@@ -19,7 +19,7 @@ fn fit_sub_block(b: &BlockInput, r: std::ops::Range<usize>, sigma2: f32, codes: 
     fit_codebook(&b.x[r], &w, &KVALUES_IQ4NL, ntry, codes)
 }
 
-fn pack_iq4(codes: &[u8], qs: &mut [u8]) {
+pub(crate) fn pack_iq4(codes: &[u8], qs: &mut [u8]) {
     for (i, q) in qs.chunks_exact_mut(16).enumerate() {
         for j in 0..16 {
             q[j] = codes[32 * i + j] | (codes[32 * i + 16 + j] << 4);

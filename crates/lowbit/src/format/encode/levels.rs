@@ -1,0 +1,221 @@
+//! The values one encoded block can represent, position by position, once its scales are
+//! fixed — and writing chosen codes back under those scales. This is what error-feedback
+//! methods (GPTQ) need from a format: the block's scales are fitted when the sweep
+//! reaches the block, then every weight is rounded individually, in order, to the nearest
+//! value the block can hold, and the rounding error is pushed onto weights not yet
+//! quantized.
+//!
+//! Codes here are the stored codes of each format (the integers its decoder reads:
+//! 0..=15 for Q4_0, 0..=7 for Q3_K, 1..=255 for Q8_0 as `i8 + 128`, the grid index for
+//! IQ4); [`BlockLevels::value`] maps one back to the decoded value exactly as the
+//! decoder does.
+
+use super::kquant::{pack_2bit, pack_q3_k, pack_q4_k, pack_q5_k, pack_q6_k};
+use super::legacy::{pack_5bit, pack_nibbles};
+use super::nonlinear::pack_iq4;
+use crate::format::iquant::KVALUES_IQ4NL;
+use crate::format::{f16_at, u16_at, GgmlType};
+use crate::method::search::{nearest_index, nearest_int};
+
+/// The values codes stand for before a sub-block's scale and offset apply.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CodeValues {
+    /// Code c stands for c + bias, codes lo..=hi.
+    Uniform {
+        /// Smallest code.
+        lo: i32,
+        /// Largest code.
+        hi: i32,
+        /// Added to a code to get its integer value.
+        bias: i32,
+    },
+    /// Code c stands for `table[c]` (sorted ascending).
+    Table(&'static [i8]),
+}
+
+/// Decoded scales of one block: value(i, c) = scale[s]·v(c) + offset[s] for the
+/// sub-block s = i / sub_len holding position i.
+#[derive(Clone, Debug)]
+pub(crate) struct BlockLevels {
+    sub_len: usize,
+    scale: [f32; 16],
+    offset: [f32; 16],
+    codes: CodeValues,
+}
+
+impl BlockLevels {
+    fn new(sub_len: usize, codes: CodeValues) -> BlockLevels {
+        BlockLevels { sub_len, scale: [0.0; 16], offset: [0.0; 16], codes }
+    }
+
+    /// The value code `c` decodes to at position `i`.
+    pub(crate) fn value(&self, i: usize, c: u8) -> f32 {
+        let s = i / self.sub_len;
+        let v = match self.codes {
+            CodeValues::Uniform { bias, .. } => (c as i32 + bias) as f32,
+            CodeValues::Table(t) => t[c as usize] as f32,
+        };
+        self.scale[s] * v + self.offset[s]
+    }
+
+    /// The code whose value is nearest to `x` at position `i`, and that value.
+    pub(crate) fn nearest(&self, i: usize, x: f32) -> (u8, f32) {
+        let s = i / self.sub_len;
+        let (scale, offset) = (self.scale[s], self.offset[s]);
+        let t = if scale != 0.0 { (x - offset) / scale } else { 0.0 };
+        let c = match self.codes {
+            CodeValues::Uniform { lo, hi, bias } => (nearest_int(t) - bias).clamp(lo, hi),
+            CodeValues::Table(table) => nearest_index(table, t) as i32,
+        } as u8;
+        (c, self.value(i, c))
+    }
+}
+
+/// Whether [`block_levels`] and [`pack_codes`] handle `ty`.
+pub(crate) fn has_levels(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS)
+}
+
+/// Q4_K/Q5_K's 6-bit (scale, min) pair `j` (ggml's `get_scale_min_k4`).
+fn scale_min_k4(q: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// The scales of an encoded block of `ty` (`block` is one block's bytes); None for types
+/// without [`has_levels`].
+pub(crate) fn block_levels(ty: GgmlType, block: &[u8]) -> Option<BlockLevels> {
+    use GgmlType::*;
+    let uniform = |lo, hi, bias| CodeValues::Uniform { lo, hi, bias };
+    let mut l;
+    match ty {
+        Q4_0 | Q5_0 => {
+            let half = if ty == Q4_0 { 8 } else { 16 };
+            l = BlockLevels::new(32, uniform(0, 2 * half - 1, -half));
+            l.scale[0] = f16_at(block, 0);
+        }
+        Q4_1 | Q5_1 => {
+            l = BlockLevels::new(32, uniform(0, if ty == Q4_1 { 15 } else { 31 }, 0));
+            l.scale[0] = f16_at(block, 0);
+            l.offset[0] = f16_at(block, 2);
+        }
+        Q8_0 => {
+            l = BlockLevels::new(32, uniform(1, 255, -128));
+            l.scale[0] = f16_at(block, 0);
+        }
+        Q2_K => {
+            l = BlockLevels::new(16, uniform(0, 3, 0));
+            let (d, dmin) = (f16_at(block, 80), f16_at(block, 82));
+            for j in 0..16 {
+                l.scale[j] = d * (block[j] & 0x0F) as f32;
+                l.offset[j] = -dmin * (block[j] >> 4) as f32;
+            }
+        }
+        Q3_K => {
+            l = BlockLevels::new(16, uniform(0, 7, -4));
+            let (sc, d) = (&block[96..108], f16_at(block, 108));
+            for j in 0..16 {
+                let low = if j < 8 { sc[j] & 0x0F } else { sc[j - 8] >> 4 };
+                let high = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+                l.scale[j] = d * ((low | (high << 4)) as i32 - 32) as f32;
+            }
+        }
+        Q4_K | Q5_K => {
+            l = BlockLevels::new(32, uniform(0, if ty == Q4_K { 15 } else { 31 }, 0));
+            let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+            for j in 0..8 {
+                let (ls, lm) = scale_min_k4(&block[4..16], j);
+                l.scale[j] = d * ls as f32;
+                l.offset[j] = -dmin * lm as f32;
+            }
+        }
+        Q6_K => {
+            l = BlockLevels::new(16, uniform(0, 63, -32));
+            let d = f16_at(block, 208);
+            for j in 0..16 {
+                l.scale[j] = d * block[192 + j] as i8 as f32;
+            }
+        }
+        IQ4_NL => {
+            l = BlockLevels::new(32, CodeValues::Table(&KVALUES_IQ4NL));
+            l.scale[0] = f16_at(block, 0);
+        }
+        IQ4_XS => {
+            l = BlockLevels::new(32, CodeValues::Table(&KVALUES_IQ4NL));
+            let (d, scales_h) = (f16_at(block, 0), u16_at(block, 2));
+            for ib in 0..8 {
+                let low = ((block[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) as i32;
+                let high = ((scales_h >> (2 * ib)) & 3) as i32;
+                l.scale[ib] = d * ((low | (high << 4)) - 32) as f32;
+            }
+        }
+        _ => return None,
+    }
+    Some(l)
+}
+
+/// Writes `codes` (one stored code per value) into `block`, keeping its scales.
+/// Panics for types without [`has_levels`] (callers check).
+pub(crate) fn pack_codes(ty: GgmlType, codes: &[u8], block: &mut [u8]) {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | IQ4_NL => pack_nibbles(codes, &mut block[2..18]),
+        Q4_1 => pack_nibbles(codes, &mut block[4..20]),
+        Q5_0 => {
+            let (qh, qs) = block[2..22].split_at_mut(4);
+            pack_5bit(codes, qh, qs);
+        }
+        Q5_1 => {
+            let (qh, qs) = block[4..24].split_at_mut(4);
+            pack_5bit(codes, qh, qs);
+        }
+        Q8_0 => block[2..34].iter_mut().zip(codes).for_each(|(b, &c)| *b = (c as i32 - 128) as i8 as u8),
+        Q2_K => pack_2bit(codes, &mut block[16..80]),
+        Q3_K => pack_q3_k(codes, block),
+        Q4_K => pack_q4_k(codes, block),
+        Q5_K => pack_q5_k(codes, block),
+        Q6_K => pack_q6_k(codes, block),
+        IQ4_XS => pack_iq4(codes, &mut block[8..136]),
+        _ => panic!("pack_codes: {ty} has no levels"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::dequantize_to_vec;
+    use crate::format::encode::quantize_row;
+    use crate::method::Method;
+
+    /// For every type: each decoded value of an encoded row is a level of its block
+    /// (nearest returns it exactly), and packing those codes rebuilds the same bytes.
+    #[test]
+    fn levels_reproduce_the_decoder_and_codes_repack_exactly() {
+        let n = 512;
+        let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.45) * (1.0 + (i % 5) as f32)).collect();
+        for ty in GgmlType::all().filter(|&t| has_levels(t)) {
+            let mut bytes = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
+            quantize_row(ty, &x, None, Method::Search, &mut bytes).unwrap();
+            let decoded = dequantize_to_vec(ty, &bytes, n).unwrap();
+            let (bs, ts) = (ty.block_size(), ty.type_size());
+            for (b, block) in bytes.chunks_exact(ts).enumerate() {
+                let l = block_levels(ty, block).unwrap();
+                let mut codes = vec![0u8; bs];
+                for i in 0..bs {
+                    let want = decoded[b * bs + i];
+                    let (c, v) = l.nearest(i, want);
+                    assert!((v - want).abs() <= 1e-6 * want.abs().max(1e-3), "{ty} block {b} pos {i}: {v} vs {want}");
+                    codes[i] = c;
+                }
+                let mut rebuilt = block.to_vec();
+                pack_codes(ty, &codes, &mut rebuilt);
+                let again = dequantize_to_vec(ty, &rebuilt, bs).unwrap();
+                assert_eq!(again, decoded[b * bs..(b + 1) * bs], "{ty} block {b}: repacked codes decode differently");
+            }
+        }
+    }
+}
