@@ -1,11 +1,12 @@
-//! `lowbit calibrate`: the importance matrix of a model on a calibration text.
+//! `lowbit calibrate`: the importance matrix of a model on a calibration text, and with
+//! it (for GPTQ) the Hessian of every linear layer's input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::calibrate::compute_imatrix;
+use lowbit::calibrate::{compute_stats, CalibrationStats};
 use lowbit::eval::EvalOptions;
 use lowbit::model::{load_lm, LoadOptions};
 
@@ -25,48 +26,76 @@ pub struct CalibrateArgs {
     /// Chunks to run, from the start (0 = all).
     #[arg(long, default_value_t = 64)]
     chunks: usize,
-    /// Output imatrix file (llama.cpp's GGUF format; legacy `.dat` with --format dat).
+    /// Output file: an importance matrix (llama.cpp's GGUF format, or legacy `.dat`), or
+    /// with a `.safetensors` name (or --format stats) the full statistics including every
+    /// layer input's Hessian, for `lowbit quantize --stats`.
     #[arg(short, long)]
     output: PathBuf,
-    /// `gguf` (default) or `dat` (llama.cpp's legacy format).
-    #[arg(long, default_value = "gguf")]
-    format: String,
+    /// `gguf`, `dat` (llama.cpp's legacy format) or `stats` (importance and Hessians);
+    /// by default from the output's extension (.dat, .safetensors, else gguf).
+    #[arg(long)]
+    format: Option<String>,
 }
 
-/// Runs `lowbit calibrate`.
-pub fn run(args: CalibrateArgs) -> Result<()> {
-    anyhow::ensure!(matches!(args.format.as_str(), "gguf" | "dat"), "unknown --format '{}' (gguf, dat)", args.format);
+/// The calibration texts as one string, and a dataset name listing them.
+pub fn read_texts(paths: &[PathBuf]) -> Result<(String, String)> {
     let mut text = String::new();
-    for p in &args.text {
+    for p in paths {
         let t = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the text", p.display()))?;
         text.push_str(&t);
     }
-    let path = crate::resolve_model(&args.model)?;
-    let mut lm = load_lm(&path, LoadOptions::default())?;
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().to_string()))
+        .collect();
+    Ok((text, names.join("+")))
+}
+
+/// Runs the calibration texts through the model at `path` with a progress bar.
+pub fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool) -> Result<CalibrationStats> {
+    let (text, dataset) = read_texts(texts)?;
+    let mut lm = load_lm(path, LoadOptions::default())?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}")
             .expect("valid template"),
     );
-    let names: Vec<String> = args
-        .text
-        .iter()
-        .map(|p| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().to_string()))
-        .collect();
-    let opts = EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) };
-    let m = compute_imatrix(&mut lm, &text, &names.join("+"), &opts, &mut |d, t| {
+    let stats = compute_stats(&mut lm, &text, &dataset, opts, hessians, &mut |d, t| {
         bar.set_length(t as u64);
         bar.set_position(d as u64);
     });
     bar.finish_and_clear();
-    let m = m?;
-    if args.format == "dat" {
-        m.write_legacy(&args.output)?;
-    } else {
-        m.write_gguf(&args.output)?;
+    Ok(stats?)
+}
+
+/// Runs `lowbit calibrate`.
+pub fn run(args: CalibrateArgs) -> Result<()> {
+    let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let format = args.format.clone().unwrap_or_else(|| match ext.as_str() {
+        "dat" => "dat".into(),
+        "safetensors" => "stats".into(),
+        _ => "gguf".into(),
+    });
+    anyhow::ensure!(
+        matches!(format.as_str(), "gguf" | "dat" | "stats"),
+        "unknown --format '{format}' (gguf, dat, stats)"
+    );
+    let path = crate::resolve_model(&args.model)?;
+    let opts = EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) };
+    let stats = calibrate(&path, &args.text, &opts, format == "stats")?;
+    let m = &stats.imatrix;
+    match format.as_str() {
+        "dat" => m.write_legacy(&args.output)?,
+        "stats" => stats.write(&args.output)?,
+        _ => m.write_gguf(&args.output)?,
     }
+    let what = if format == "stats" {
+        format!("importance and {} input Hessians", stats.hessians.len())
+    } else {
+        "importance matrix".into()
+    };
     println!(
-        "{}: importance matrix of {} linear layers over {} chunks of {} tokens",
+        "{}: {what} of {} linear layers over {} chunks of {} tokens",
         args.output.display(),
         m.entries.len(),
         m.chunk_count,

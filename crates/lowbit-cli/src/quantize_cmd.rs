@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use lowbit::calibrate::CalibrationStats;
+use lowbit::eval::EvalOptions;
 use lowbit::method::Method;
 use lowbit::plan::{Mix, Override};
 use lowbit::quantize::{plan_model, quantize_gguf, QuantizeOptions, QuantizeSummary};
@@ -29,13 +31,29 @@ pub struct QuantizeArgs {
     /// Per-tensor type, `REGEX=TYPE` (repeatable; first match wins), e.g. 'ffn_down=Q6_K'.
     #[arg(long = "override")]
     overrides: Vec<String>,
-    /// How scales are chosen: `search` (weighted least squares, default) or `rtn`.
-    #[arg(long, default_value = "search")]
-    method: String,
+    /// How values are chosen: `rtn` (round to nearest), `search` (weighted least-squares
+    /// scale search; with an importance matrix, importance-weighted) or `gptq` (error
+    /// compensation with the input Hessians; needs --calib or --stats). Default: the best
+    /// the inputs allow (gptq with Hessians, else search).
+    #[arg(long)]
+    method: Option<String>,
     /// Importance matrix (llama.cpp's GGUF or legacy .dat, e.g. from `lowbit calibrate`
     /// or `llama-imatrix`): the scale search then minimises importance-weighted error.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["calib", "stats"])]
     imatrix: Option<PathBuf>,
+    /// Calibration text files (concatenated; BENCHMARKS.md: the Austen novels): runs them
+    /// through the source model first and records importances and input Hessians.
+    #[arg(long, num_args = 1.., conflicts_with = "stats")]
+    calib: Vec<PathBuf>,
+    /// Chunks of the calibration text to use (with --calib; 0 = all).
+    #[arg(long, default_value_t = 64)]
+    calib_chunks: usize,
+    /// Tokens per calibration chunk (with --calib).
+    #[arg(long, default_value_t = 512)]
+    calib_ctx: usize,
+    /// Saved calibration statistics (`lowbit calibrate -o FILE.safetensors`).
+    #[arg(long)]
+    stats: Option<PathBuf>,
     /// Print the plan (tensor, type, bytes), size and bpw without quantizing.
     #[arg(long)]
     dry_run: bool,
@@ -93,8 +111,6 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             ))
         }
     };
-    let method =
-        Method::from_name(&args.method).ok_or_else(|| anyhow!("unknown --method '{}' (rtn, search)", args.method))?;
     let mut overrides = args.overrides.iter().map(|o| Override::parse(o)).collect::<Result<Vec<_>, _>>()?;
     if let Some(f) = native {
         // Every block weight matrix the user did not override gets the native format; the
@@ -102,11 +118,44 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         overrides.push(Override::parse(&format!("^blk\\.={f}"))?);
     }
     let input = crate::resolve_model(&args.model)?;
-    let importance = match &args.imatrix {
-        Some(p) => Some(lowbit::calibrate::Imatrix::read(p)?.importance()),
-        None => None,
+    let method_name = args.method.as_deref().unwrap_or("");
+    anyhow::ensure!(
+        matches!(method_name, "" | "rtn" | "search" | "importance" | "gptq"),
+        "unknown --method '{method_name}' (rtn, search, gptq)"
+    );
+    let method = Method::from_name(method_name).unwrap_or(Method::Search);
+    let has_calibration = !args.calib.is_empty() || args.stats.is_some();
+    anyhow::ensure!(
+        method_name != "gptq" || has_calibration,
+        "--method gptq needs calibration data: --calib TEXT… or --stats FILE (from `lowbit calibrate -o FILE.safetensors`)"
+    );
+    anyhow::ensure!(
+        !args.dry_run || args.calib.is_empty(),
+        "--dry-run does not calibrate; drop --calib (the plan does not depend on it)"
+    );
+    let want_hessians = matches!(method_name, "" | "gptq");
+    let stats = if let Some(p) = &args.stats {
+        Some(CalibrationStats::read(p)?)
+    } else if !args.calib.is_empty() {
+        let eval =
+            EvalOptions { ctx: args.calib_ctx, max_chunks: (args.calib_chunks > 0).then_some(args.calib_chunks) };
+        Some(crate::calibrate_cmd::calibrate(&input, &args.calib, &eval, want_hessians)?)
+    } else {
+        None
     };
-    let opts = QuantizeOptions { mix, overrides, method, importance };
+    let importance = match (&args.imatrix, &stats) {
+        (Some(p), _) => Some(lowbit::calibrate::Imatrix::read(p)?.importance()),
+        (None, Some(s)) if method != Method::Rtn => Some(s.imatrix.importance()),
+        _ => None,
+    };
+    let hessians = match &stats {
+        Some(s) if want_hessians && !s.hessians.is_empty() => Some(s.hessians_by_weight()),
+        Some(_) if method_name == "gptq" => {
+            return Err(anyhow!("the statistics file has no Hessians (calibrate with -o FILE.safetensors)"))
+        }
+        _ => None,
+    };
+    let opts = QuantizeOptions { mix, overrides, method, importance, hessians };
     let summary = if args.dry_run {
         let g = lowbit::gguf::GgufFile::open(&input)?;
         let s = plan_model(&g, &opts)?;

@@ -7,13 +7,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::calibrate::Hessian;
 use crate::error::{Error, Result};
 use crate::format::encode::EncodeError;
 use crate::format::storage::{encode_rows, StorageType};
 use crate::format::GgmlType;
 use crate::gguf::{native_key, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType};
+use crate::method::gptq::{gptq_rows, GptqOptions};
 use crate::method::Method;
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
 
@@ -28,6 +31,23 @@ pub struct QuantizeOptions {
     pub method: Method,
     /// Per-tensor column importances (an importance matrix), by tensor name.
     pub importance: Option<HashMap<String, Vec<f32>>>,
+    /// Input Hessians by tensor name: when set, every weight that has one and whose
+    /// target is a ggml block type is quantized by GPTQ ([`crate::method::gptq`]); the
+    /// rest (embedding, output, native formats) by the importance-weighted search.
+    pub hessians: Option<HashMap<String, Arc<Hessian>>>,
+}
+
+impl QuantizeOptions {
+    /// The method's name as reports show it (`gptq` when Hessians drive it).
+    pub fn method_name(&self) -> &'static str {
+        if self.hessians.is_some() {
+            "gptq"
+        } else if self.importance.is_some() && self.method == Method::Search {
+            "importance"
+        } else {
+            self.method.name()
+        }
+    }
 }
 
 /// Totals for one storage type in a plan.
@@ -124,7 +144,7 @@ fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSum
         .fold((0u64, 0u64), |(b, n), t| (b + t.bytes, n + t.n_elements()));
     QuantizeSummary {
         mix: opts.mix.name.to_string(),
-        method: opts.method.name().to_string(),
+        method: opts.method_name().to_string(),
         tensors,
         by_type,
         tensor_bytes,
@@ -154,7 +174,14 @@ fn encode_tensor(g: &GgufFile, input: &Path, t: &PlannedTensor, opts: &QuantizeO
     let values = g.dequantize(&t.name)?;
     let ncols = t.dims.first().copied().unwrap_or(1) as usize;
     let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice());
-    encode_rows(t.target, &values, ncols, importance, opts.method).map_err(|e| {
+    let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name));
+    let encoded = match (t.target, hessian) {
+        (StorageType::Ggml(ty), Some(h)) if crate::method::gptq::supports(ty) && h.n == ncols => {
+            gptq_rows(ty, &values, ncols, &h.xtx, &GptqOptions::default())
+        }
+        _ => encode_rows(t.target, &values, ncols, importance, opts.method),
+    };
+    encoded.map_err(|e| {
         let what = match e {
             EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
             e => e.to_string(),
@@ -192,7 +219,7 @@ pub fn quantize_gguf(
     metadata.push(("general.file_type".into(), Value::U32(file_type)));
     metadata.push(("lowbit.version".into(), Value::String(env!("CARGO_PKG_VERSION").into())));
     metadata.push(("lowbit.quantize.mix".into(), Value::String(opts.mix.name.into())));
-    metadata.push(("lowbit.quantize.method".into(), Value::String(opts.method.name().into())));
+    metadata.push(("lowbit.quantize.method".into(), Value::String(opts.method_name().into())));
     if !opts.overrides.is_empty() {
         let texts = opts.overrides.iter().map(|o| Value::String(o.text.clone())).collect();
         metadata.push(("lowbit.quantize.overrides".into(), Value::Array(ValueType::String, texts)));

@@ -45,6 +45,47 @@ pub fn matmul_wt(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [
     }
 }
 
+/// `out[n×n] = xᵀx` for `t` rows of `x` (each `n` wide): the Gram matrix of a batch of
+/// layer inputs, the raw material of a calibration Hessian.
+pub fn gram(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), t * n, "gram: x is not t×n");
+    assert_eq!(out.len(), n * n, "gram: out is not n×n");
+    if t == 0 || n == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par =
+        if threads > 1 && t * n * n > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: x holds t×n and out n×n elements (checked above). The left operand is xᵀ
+    // (n×t: element (i, s) = x[s·n + i], row stride 1, column stride n), the right one x
+    // (t×n: row stride n, column stride 1), the destination out (row stride n, column
+    // stride 1); every address lies inside its slice and out does not alias x.
+    unsafe {
+        gemm::gemm(
+            n,
+            n,
+            t,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            n as isize,
+            1,
+            x.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// Strided single-threaded product `dst = lhs · rhs` (m×k times k×n) for attention
 /// heads, where operands are views into larger buffers.
 pub struct StridedMat<'a> {
@@ -313,6 +354,20 @@ mod tests {
             for c in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
                 assert!((out[r * n + c] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn gram_matches_naive() {
+        let (t, n) = (37, 45);
+        let x: Vec<f32> = (0..t * n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0.0; n * n];
+        gram(&x, t, n, &mut out);
+        for i in 0..n {
+            for j in 0..n {
+                let want: f32 = (0..t).map(|s| x[s * n + i] * x[s * n + j]).sum();
+                assert!((out[i * n + j] - want).abs() < 1e-4, "({i}, {j})");
             }
         }
     }

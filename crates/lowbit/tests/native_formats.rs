@@ -32,6 +32,7 @@ fn native_formats_round_trip_through_a_real_model() {
         overrides: overrides.iter().map(|o| Override::parse(o).unwrap()).collect(),
         method: Method::Search,
         importance: None,
+        hessians: None,
     };
     quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let (s, q) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());

@@ -127,6 +127,7 @@ fn plans_have_llama_quantize_sizes() {
             overrides: vec![],
             method: Method::Search,
             importance: None,
+            hessians: None,
         };
         let s = plan_model(&g, &opts).unwrap();
         let ours = s.tensor_bytes as f64 / 1048576.0;
@@ -147,6 +148,7 @@ fn gemma3_requantized_to_its_own_mix_is_bit_identical() {
         overrides: vec![],
         method: Method::Search,
         importance: None,
+        hessians: None,
     };
     quantize_gguf(&path, &out, &opts, &mut |_, _| {}).unwrap();
     let (a, b) = (GgufFile::open(&path).unwrap(), GgufFile::open(&out).unwrap());
@@ -210,6 +212,7 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
             overrides: vec![],
             method: Method::Search,
             importance: None,
+            hessians: None,
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
         let theirs = llama_perplexity(&bin, &out, &text, ctx, chunks);

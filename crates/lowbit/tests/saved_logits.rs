@@ -21,6 +21,7 @@ fn saved_reference_matches_the_live_reference() {
         overrides: vec![],
         method: Method::Rtn,
         importance: None,
+        hessians: None,
     };
     quantize_gguf(&src, &quantized, &opts, &mut |_, _| {}).unwrap();
     let reference = load_gguf_lm(&src, LoadOptions::default()).unwrap();

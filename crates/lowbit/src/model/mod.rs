@@ -36,19 +36,28 @@ pub struct Linear {
 }
 
 /// Per-column sums of squared inputs of one linear layer, and the number of input rows:
-/// the importance matrix's raw statistics (llama.cpp's `in_sum2` and `counts`).
+/// the importance matrix's raw statistics (llama.cpp's `in_sum2` and `counts`); and,
+/// when asked for, the full Σ xxᵀ (the input Hessian GPTQ needs).
 #[derive(Debug)]
 pub struct InputRecorder {
     sums: std::sync::Mutex<(Vec<f64>, u64)>,
+    xtx: Option<std::sync::Mutex<Vec<f64>>>,
 }
 
 impl InputRecorder {
-    /// A recorder for inputs `in_features` wide.
+    /// A recorder of per-column squares for inputs `in_features` wide.
     pub fn new(in_features: usize) -> InputRecorder {
-        InputRecorder { sums: std::sync::Mutex::new((vec![0.0; in_features], 0)) }
+        InputRecorder { sums: std::sync::Mutex::new((vec![0.0; in_features], 0)), xtx: None }
     }
 
-    /// Adds `t` rows of `x`.
+    /// A recorder that also sums xxᵀ (in_features² values).
+    pub fn with_hessian(in_features: usize) -> InputRecorder {
+        let xtx = Some(std::sync::Mutex::new(vec![0.0; in_features * in_features]));
+        InputRecorder { xtx, ..InputRecorder::new(in_features) }
+    }
+
+    /// Adds `t` rows of `x`. Each call's products are summed in f32 (one batch of
+    /// rows), the running totals in f64.
     pub fn record(&self, x: &[f32], t: usize) {
         let in_f = x.len() / t.max(1);
         let mut partial = vec![0.0f64; in_f];
@@ -56,6 +65,12 @@ impl InputRecorder {
             for (s, &v) in partial.iter_mut().zip(row) {
                 *s += (v as f64) * (v as f64);
             }
+        }
+        if let Some(xtx) = &self.xtx {
+            let mut g = vec![0.0f32; in_f * in_f];
+            crate::tensor::gram(x, t, in_f, &mut g);
+            let mut total = xtx.lock().expect("recorder lock");
+            total.iter_mut().zip(&g).for_each(|(a, &b)| *a += b as f64);
         }
         let mut g = self.sums.lock().expect("recorder lock");
         g.0.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
@@ -65,6 +80,11 @@ impl InputRecorder {
     /// (Σ x² per column, rows seen).
     pub fn totals(&self) -> (Vec<f64>, u64) {
         self.sums.lock().expect("recorder lock").clone()
+    }
+
+    /// Σ xxᵀ (row-major, in_features²), when recorded.
+    pub fn hessian(&self) -> Option<Vec<f64>> {
+        self.xtx.as_ref().map(|m| m.lock().expect("recorder lock").clone())
     }
 }
 

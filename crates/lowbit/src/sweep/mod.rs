@@ -76,7 +76,7 @@ impl Setting {
             }
             (None, None) => return Err(Error::Usage(format!("unknown type '{}'", self.ty))),
         };
-        Ok(QuantizeOptions { mix, overrides, method: self.method, importance: None })
+        Ok(QuantizeOptions { mix, overrides, method: self.method, importance: None, hessians: None })
     }
 }
 

@@ -110,9 +110,9 @@ pub(crate) fn block_levels(ty: GgmlType, block: &[u8]) -> Option<BlockLevels> {
         Q2_K => {
             l = BlockLevels::new(16, uniform(0, 3, 0));
             let (d, dmin) = (f16_at(block, 80), f16_at(block, 82));
-            for j in 0..16 {
-                l.scale[j] = d * (block[j] & 0x0F) as f32;
-                l.offset[j] = -dmin * (block[j] >> 4) as f32;
+            for (j, &b) in block[..16].iter().enumerate() {
+                l.scale[j] = d * (b & 0x0F) as f32;
+                l.offset[j] = -dmin * (b >> 4) as f32;
             }
         }
         Q3_K => {

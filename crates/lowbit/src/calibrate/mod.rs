@@ -22,6 +22,10 @@ use crate::format::GgmlType;
 use crate::gguf::{GgufFile, GgufWriter, TensorSpec, Value, ValueType};
 use crate::model::{InputRecorder, LoadedLm};
 
+pub mod stats;
+
+pub use stats::{shared_input_key, CalibrationStats, Hessian};
+
 /// One weight's statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ImatrixEntry {
@@ -208,6 +212,19 @@ pub fn compute_imatrix(
     opts: &EvalOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Imatrix> {
+    Ok(compute_stats(lm, text, dataset, opts, false, progress)?.imatrix)
+}
+
+/// As [`compute_imatrix`], and with `hessians` also Σ xxᵀ of every distinct layer input
+/// (one per [`shared_input_key`]: the shared input is recorded once).
+pub fn compute_stats(
+    lm: &mut LoadedLm,
+    text: &str,
+    dataset: &str,
+    opts: &EvalOptions,
+    hessians: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<CalibrationStats> {
     let tokens = lm.tokenizer.encode(text, true)?;
     let ctx = opts.ctx;
     let available = tokens.len() / ctx.max(1);
@@ -218,11 +235,18 @@ pub fn compute_imatrix(
         )));
     }
     let n_chunks = opts.max_chunks.map_or(available, |c| c.min(available));
-    let mut recorders: Vec<(String, Arc<InputRecorder>)> = Vec::new();
+    // One recorder per distinct input, attached to the first layer that reads it.
+    let mut recorders: BTreeMap<String, Arc<InputRecorder>> = BTreeMap::new();
+    let mut inputs: BTreeMap<String, String> = BTreeMap::new();
     for lin in lm.model.block_linears_mut() {
-        let r = Arc::new(InputRecorder::new(lin.in_features));
-        lin.recorder = Some(r.clone());
-        recorders.push((lin.name.clone(), r));
+        let key = shared_input_key(&lin.name);
+        inputs.insert(lin.name.clone(), key.clone());
+        if let std::collections::btree_map::Entry::Vacant(slot) = recorders.entry(key) {
+            let n = lin.in_features;
+            let r = Arc::new(if hessians { InputRecorder::with_hessian(n) } else { InputRecorder::new(n) });
+            lin.recorder = Some(r.clone());
+            slot.insert(r);
+        }
     }
     progress(0, n_chunks);
     let result = (|| {
@@ -242,17 +266,29 @@ pub fn compute_imatrix(
         lin.recorder = None;
     }
     result?;
-    let mut m = Imatrix {
-        datasets: vec![dataset.to_string()],
-        chunk_count: n_chunks as u32,
-        chunk_size: ctx as u32,
+    let mut stats = CalibrationStats {
+        imatrix: Imatrix {
+            datasets: vec![dataset.to_string()],
+            chunk_count: n_chunks as u32,
+            chunk_size: ctx as u32,
+            ..Default::default()
+        },
         ..Default::default()
     };
-    for (name, r) in recorders {
-        let (sums, count) = r.totals();
-        m.entries.insert(name, ImatrixEntry { sums: sums.iter().map(|&v| v as f32).collect(), count: count as f32 });
+    for (name, key) in &inputs {
+        let (sums, count) = recorders[key].totals();
+        let entry = ImatrixEntry { sums: sums.iter().map(|&v| v as f32).collect(), count: count as f32 };
+        stats.imatrix.entries.insert(name.clone(), entry);
     }
-    Ok(m)
+    if hessians {
+        for (key, r) in &recorders {
+            let (sums, count) = r.totals();
+            let xtx = r.hessian().expect("recorded with a Hessian");
+            stats.hessians.insert(key.clone(), Arc::new(Hessian { n: sums.len(), xtx, count }));
+        }
+        stats.inputs = inputs;
+    }
+    Ok(stats)
 }
 
 #[cfg(test)]
