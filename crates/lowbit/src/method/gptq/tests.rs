@@ -1,6 +1,9 @@
 use rand::{Rng, SeedableRng};
 
 use super::*;
+
+/// GPTQ as published (damp 0.01, no shrinkage): the theory below assumes the true H.
+const CLASSIC: GptqOptions = GptqOptions { damp: 0.01, shrink: 0.0 };
 use crate::format::dequantize_to_vec;
 use crate::format::encode::quantize_rows;
 
@@ -43,7 +46,7 @@ fn correlated_hessian(rng: &mut rand::rngs::StdRng, t: usize, n: usize, latent: 
 /// R_jj² (the variance of input j left unexplained by the inputs quantized after it,
 /// R = U⁻¹) instead of H_jj. Σ_j R_jj² / Σ_j H_jj, with R_jj = 1 / U_jj.
 fn predicted_ratio(h: &[f64], n: usize) -> f64 {
-    let (u, _) = inverse_factor(h, n, &GptqOptions::default()).unwrap();
+    let (u, _) = inverse_factor(h, n, &CLASSIC).unwrap();
     let r2: f64 = (0..n).map(|j| 1.0 / (u[j * n + j] as f64).powi(2)).sum();
     let diag: f64 = (0..n).map(|j| h[j * n + j]).sum();
     r2 / diag
@@ -58,7 +61,7 @@ fn gptq_beats_rounding_on_correlated_inputs_by_the_predicted_margin() {
     let predicted = predicted_ratio(&h, n);
     for ty in [GgmlType::Q8_0, GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::Q3_K, GgmlType::IQ4_XS] {
         let rtn = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, None, Method::Search).unwrap(), w.len()).unwrap();
-        let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &GptqOptions::default()).unwrap(), w.len()).unwrap();
+        let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &CLASSIC).unwrap(), w.len()).unwrap();
         let (e_rtn, e_gptq) = (output_error(&w, &rtn, n, &h), output_error(&w, &gptq, n, &h));
         let ratio = e_gptq / e_rtn;
         eprintln!("{ty}: rtn {e_rtn:.4e} gptq {e_gptq:.4e} ratio {ratio:.3} predicted {predicted:.3}");
@@ -84,7 +87,7 @@ fn gptq_equals_plain_rounding_error_when_inputs_are_independent() {
     let imp: Vec<f32> = diag.iter().map(|&d| d as f32).collect();
     let ty = GgmlType::Q4_K;
     let plain = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, Some(&imp), Method::Search).unwrap(), w.len()).unwrap();
-    let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &GptqOptions::default()).unwrap(), w.len()).unwrap();
+    let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &CLASSIC).unwrap(), w.len()).unwrap();
     let ratio = output_error(&w, &gptq, n, &h) / output_error(&w, &plain, n, &h);
     assert!((0.9..1.1).contains(&ratio), "ratio {ratio:.3}");
 }
@@ -97,25 +100,25 @@ fn dead_and_degenerate_hessians_are_handled() {
     // Rank one (every input the same direction) and some columns never active.
     let v: Vec<f64> = (0..n).map(|i| if i % 9 == 0 { 0.0 } else { 1.0 + (i % 3) as f64 }).collect();
     let h: Vec<f64> = (0..n * n).map(|k| v[k / n] * v[k % n]).collect();
-    let bytes = gptq_rows(GgmlType::Q4_0, &w, n, &h, &GptqOptions::default()).unwrap();
+    let bytes = gptq_rows(GgmlType::Q4_0, &w, n, &h, &CLASSIC).unwrap();
     let q = dequantize_to_vec(GgmlType::Q4_0, &bytes, w.len()).unwrap();
     assert!(q.iter().all(|x| x.is_finite()));
     // Dead columns carry no output error: GPTQ zeroes them.
     assert!((0..4).all(|r| (0..n).step_by(9).all(|i| q[r * n + i] == 0.0)));
     // Same inputs, same bytes.
-    assert_eq!(bytes, gptq_rows(GgmlType::Q4_0, &w, n, &h, &GptqOptions::default()).unwrap());
+    assert_eq!(bytes, gptq_rows(GgmlType::Q4_0, &w, n, &h, &CLASSIC).unwrap());
 }
 
 #[test]
 fn bad_shapes_and_values_are_errors() {
     let h = vec![1.0; 64 * 64];
-    assert!(gptq_rows(GgmlType::Q4_0, &[0.0; 60], 60, &vec![1.0; 3600], &GptqOptions::default()).is_err());
-    assert!(gptq_rows(GgmlType::Q4_0, &[0.0; 64], 64, &h[..100], &GptqOptions::default()).is_err());
+    assert!(gptq_rows(GgmlType::Q4_0, &[0.0; 60], 60, &vec![1.0; 3600], &CLASSIC).is_err());
+    assert!(gptq_rows(GgmlType::Q4_0, &[0.0; 64], 64, &h[..100], &CLASSIC).is_err());
     let mut w = vec![0.5f32; 64];
     w[3] = f32::NAN;
     assert!(matches!(
-        gptq_rows(GgmlType::Q4_0, &w, 64, &h, &GptqOptions::default()),
+        gptq_rows(GgmlType::Q4_0, &w, 64, &h, &CLASSIC),
         Err(EncodeError::NonFinite { index: 3, .. })
     ));
-    assert!(gptq_rows(GgmlType::MXFP4, &[0.0; 64], 64, &h, &GptqOptions::default()).is_err());
+    assert!(gptq_rows(GgmlType::MXFP4, &[0.0; 64], 64, &h, &CLASSIC).is_err());
 }
