@@ -82,7 +82,7 @@ fn hessians_and_gptq_on_a_real_model() {
         let (a, b) = (dequantize_to_vec(ty, &search, w.len()).unwrap(), dequantize_to_vec(ty, &gptq, w.len()).unwrap());
         let (es, eg) = (output_error(&w, &a, h.n, &hh.xtx), output_error(&w, &b, h.n, &hh.xtx));
         eprintln!("{ty}: held-out output error, search {es:.4e}, gptq {eg:.4e} ({:.3})", eg / es);
-        // Measured 0.68–0.71 of the search's error; 0.9 leaves room for other texts.
+        // Measured 0.53–0.57 of the search's error (0.68–0.71 with GPTQ's classic damp 0.01).
         assert!(eg < 0.9 * es, "{ty}: GPTQ {eg:.4e} is not clearly below the search's {es:.4e} on held-out text");
     }
 }

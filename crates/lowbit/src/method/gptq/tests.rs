@@ -116,9 +116,6 @@ fn bad_shapes_and_values_are_errors() {
     assert!(gptq_rows(GgmlType::Q4_0, &[0.0; 64], 64, &h[..100], &CLASSIC).is_err());
     let mut w = vec![0.5f32; 64];
     w[3] = f32::NAN;
-    assert!(matches!(
-        gptq_rows(GgmlType::Q4_0, &w, 64, &h, &CLASSIC),
-        Err(EncodeError::NonFinite { index: 3, .. })
-    ));
+    assert!(matches!(gptq_rows(GgmlType::Q4_0, &w, 64, &h, &CLASSIC), Err(EncodeError::NonFinite { index: 3, .. })));
     assert!(gptq_rows(GgmlType::MXFP4, &[0.0; 64], 64, &h, &CLASSIC).is_err());
 }
