@@ -1,7 +1,7 @@
 //! Per-layer diagnostic for GPTQ: the output error ‖(W − Ŵ)Xᵀ‖² of a few smollm2-135m
 //! layers under a calibration Hessian and a held-out one, for plain search, importance-
 //! weighted search and GPTQ. Usage: gptq_diag SOURCE.gguf CALIB.safetensors HELD.safetensors
-//! TYPE [DAMP] [SHRINK] (statistics from `lowbit calibrate -o FILE.safetensors`).
+//! TYPE [DAMP] [SHRINK] [REFINE 0|1] (statistics from `lowbit calibrate -o FILE.safetensors`).
 use lowbit::calibrate::CalibrationStats;
 use lowbit::format::encode::quantize_rows;
 use lowbit::format::{dequantize_to_vec, GgmlType};
@@ -18,6 +18,7 @@ fn main() {
     let imp = cal.imatrix.importance();
     let damp: f64 = a.get(5).map(|s| s.parse().unwrap()).unwrap_or(0.01);
     let shrink: f64 = a.get(6).map(|s| s.parse().unwrap()).unwrap_or(0.0);
+    let refine = a.get(7).is_some_and(|s| s == "1");
     for name in [
         "blk.2.attn_q.weight",
         "blk.2.ffn_down.weight",
@@ -36,7 +37,7 @@ fn main() {
         let p = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, None, Method::Search).unwrap(), w.len()).unwrap();
         let q = dequantize_to_vec(
             ty,
-            &gptq_rows(ty, &w, n, &hc[name].xtx, &GptqOptions { damp, shrink }).unwrap(),
+            &gptq_rows(ty, &w, n, &hc[name].xtx, &GptqOptions { damp, shrink, refine }).unwrap(),
             w.len(),
         )
         .unwrap();

@@ -15,7 +15,7 @@
 //! of [`ROW_TILE`] rows that share each pass over the inverse-Hessian factor. The
 //! result does not depend on the number of threads.
 
-use faer::linalg::solvers::DenseSolveCore;
+use faer::linalg::solvers::{DenseSolveCore, Solve};
 use faer::{Mat, Side};
 use rayon::prelude::*;
 
@@ -38,6 +38,11 @@ pub struct GptqOptions {
     /// correlations between inputs are the part of H that depends most on the
     /// calibration text; the diagonal (the importance matrix) transfers better.
     pub shrink: f64,
+    /// After the sweep, refit every block's float super-scales (d, dmin) for the chosen
+    /// codes in closed form, minimising the row's output error under the regularised H
+    /// (the layer-wise refinement of AdaQuant / decoupleQ, for the parameters a block
+    /// format leaves free); kept per row only where the error drops.
+    pub refine: bool,
 }
 
 impl Default for GptqOptions {
@@ -47,7 +52,7 @@ impl Default for GptqOptions {
     /// importance-weighted search's, but on Wikipedia text 0.57–1.14 (worse than the
     /// search on some layers). With damp 0.1 and shrink 0.25: 0.32–0.57 and 0.52–0.96.
     fn default() -> Self {
-        GptqOptions { damp: 0.1, shrink: 0.25 }
+        GptqOptions { damp: 0.1, shrink: 0.25, refine: true }
     }
 }
 
@@ -56,12 +61,22 @@ pub fn supports(ty: GgmlType) -> bool {
     has_levels(ty)
 }
 
+/// What the sweep needs from the Hessian.
+struct Factor {
+    /// Upper Cholesky factor of the regularised H⁻¹, row-major.
+    u: Vec<f32>,
+    /// The regularised diagonal (importance of each column for the block fits).
+    diag: Vec<f32>,
+    /// The regularised H itself, row-major (for the refinement).
+    regularised: Vec<f32>,
+}
+
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU) after dampening, as f32 row-major,
 /// and the dampened diagonal. Columns never seen in calibration (zero diagonal) get a
 /// unit diagonal, so that they decouple from the rest. If H is still not positive
 /// definite (rounding, near-duplicate columns), the dampening grows tenfold, up to six
 /// times.
-fn inverse_factor(h: &[f64], n: usize, opts: &GptqOptions) -> Result<(Vec<f32>, Vec<f32>), String> {
+fn inverse_factor(h: &[f64], n: usize, opts: &GptqOptions) -> Result<Factor, String> {
     let live: Vec<f64> = (0..n).map(|i| h[i * n + i]).filter(|&d| d > 0.0).collect();
     let mean_diag = if live.is_empty() { 1.0 } else { live.iter().sum::<f64>() / live.len() as f64 };
     let mut damp = opts.damp.max(1e-8) * mean_diag;
@@ -94,7 +109,8 @@ fn inverse_factor(h: &[f64], n: usize, opts: &GptqOptions) -> Result<(Vec<f32>, 
             }
         }
         if u.iter().all(|v| v.is_finite()) {
-            return Ok((u, diag));
+            let regularised = (0..n * n).map(|k| hd[(k / n, k % n)] as f32).collect();
+            return Ok(Factor { u, diag, regularised });
         }
         damp *= 10.0;
     }
@@ -119,18 +135,19 @@ pub fn gptq_rows(ty: GgmlType, w: &[f32], ncols: usize, h: &[f64], opts: &GptqOp
     if let Some((index, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(EncodeError::NonFinite { index, value });
     }
-    let (u, importance) = inverse_factor(h, ncols, opts).map_err(EncodeError::Hessian)?;
+    let factor = inverse_factor(h, ncols, opts).map_err(EncodeError::Hessian)?;
     let dead: Vec<bool> = (0..ncols).map(|i| h[i * ncols + i] <= 0.0).collect();
     let row_bytes = ncols / bs * ts;
     let mut out = vec![0u8; w.len() / ncols * row_bytes];
     out.par_chunks_mut(ROW_TILE * row_bytes).zip(w.par_chunks(ROW_TILE * ncols)).for_each(|(o, rows)| {
-        sweep_tile(ty, rows, ncols, &u, &importance, &dead, o);
+        sweep_tile(ty, rows, ncols, &factor, &dead, opts.refine, o);
     });
     Ok(out)
 }
 
-/// The GPTQ sweep over one tile of rows (`rows`: up to [`ROW_TILE`] rows of `ncols`).
-fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, u: &[f32], importance: &[f32], dead: &[bool], out: &mut [u8]) {
+/// The GPTQ sweep over one tile of rows (`rows`: up to [`ROW_TILE`] rows of `ncols`),
+/// then the optional refinement of each row's super-scales.
+fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool], refine: bool, out: &mut [u8]) {
     let (bs, ts) = (ty.block_size(), ty.type_size());
     let n_rows = rows.len() / ncols;
     let row_bytes = ncols / bs * ts;
@@ -141,8 +158,9 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, u: &[f32], importance: &
             work.iter_mut().skip(i).step_by(ncols).for_each(|v| *v = 0.0);
         }
     }
-    let mut levels: Vec<Option<BlockLevels>> = vec![None; n_rows];
-    let mut codes = vec![0u8; n_rows * bs];
+    let n_blocks = ncols / bs;
+    let mut levels: Vec<Vec<BlockLevels>> = vec![Vec::with_capacity(n_blocks); n_rows];
+    let mut codes = vec![0u8; n_rows * ncols];
     for j in 0..ncols {
         let (block, pos) = (j / bs, j % bs);
         if pos == 0 {
@@ -150,22 +168,21 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, u: &[f32], importance: &
                 let x = &work[r * ncols + j..r * ncols + j + bs];
                 let b = BlockInput {
                     x,
-                    importance: Some(&importance[j..j + bs]),
+                    importance: Some(&f.diag[j..j + bs]),
                     row_sigma2: sigma2[r],
                     method: Method::Search,
                 };
                 let o = &mut out[r * row_bytes + block * ts..r * row_bytes + (block + 1) * ts];
                 encode_block(ty, &b, o);
-                levels[r] = block_levels(ty, o);
+                levels[r].push(block_levels(ty, o).expect("supported types have levels"));
             }
         }
-        let u_row = &u[j * ncols + j..(j + 1) * ncols];
+        let u_row = &f.u[j * ncols + j..(j + 1) * ncols];
         let inv_diag = 1.0 / u_row[0];
         for r in 0..n_rows {
             let row = &mut work[r * ncols + j..(r + 1) * ncols];
-            let l = levels[r].as_ref().expect("fitted at the block's first column");
-            let (c, q) = l.nearest(pos, row[0]);
-            codes[r * bs + pos] = c;
+            let (c, q) = levels[r][block].nearest(pos, row[0]);
+            codes[r * ncols + j] = c;
             let err = (row[0] - q) * inv_diag;
             row[0] = q;
             for (x, &uk) in row[1..].iter_mut().zip(&u_row[1..]) {
@@ -175,9 +192,106 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, u: &[f32], importance: &
         if pos == bs - 1 {
             for r in 0..n_rows {
                 let o = &mut out[r * row_bytes + block * ts..r * row_bytes + (block + 1) * ts];
-                pack_codes(ty, &codes[r * bs..(r + 1) * bs], o);
+                pack_codes(ty, &codes[r * ncols + j + 1 - bs..r * ncols + j + 1], o);
             }
         }
+    }
+    if refine {
+        for r in 0..n_rows {
+            let w = &rows[r * ncols..(r + 1) * ncols];
+            let o = &mut out[r * row_bytes..(r + 1) * row_bytes];
+            refine_row(w, &codes[r * ncols..(r + 1) * ncols], &mut levels[r], &f.regularised, ts, o);
+        }
+    }
+}
+
+/// (w − ŵ)ᵀ H (w − ŵ) for one row.
+fn row_error(w: &[f32], w_hat: &[f32], h: &[f32]) -> f64 {
+    let n = w.len();
+    let d: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
+    (0..n).map(|i| d[i] as f64 * h[i * n..(i + 1) * n].iter().zip(&d).map(|(a, b)| a * b).sum::<f32>() as f64).sum()
+}
+
+/// Refits the super-scales of one row's blocks for fixed codes: ŵ = A·θ with θ the
+/// blocks' (d, dmin), minimise (w − Aθ)ᵀH(w − Aθ) by solving AᵀHA θ = AᵀHw, store θ as
+/// f16 and keep it if the row's error under H went down.
+fn refine_row(w: &[f32], codes: &[u8], levels: &mut [BlockLevels], h: &[f32], ts: usize, out: &mut [u8]) {
+    let n = w.len();
+    let bs = n / levels.len();
+    let per_block = if levels[0].has_min() { 2 } else { 1 };
+    let p = levels.len() * per_block;
+    // Columns of A: for block b, parameter k, the coefficients over the block's positions.
+    let mut a = vec![0.0f32; n * per_block];
+    for (i, &c) in codes.iter().enumerate() {
+        let (ad, am) = levels[i / bs].basis(i % bs, c);
+        a[i * per_block] = ad;
+        if per_block == 2 {
+            a[i * per_block + 1] = am;
+        }
+    }
+    let current: Vec<f32> = (0..n).map(|i| levels[i / bs].value(i % bs, codes[i])).collect();
+    let before = row_error(w, &current, h);
+    // HA (n × p): column (b, k) = Σ_{i in block b} H[:, i]·a[i, k] (H is symmetric).
+    let mut ha = vec![0.0f64; n * p];
+    for (i, h_row) in h.chunks_exact(n).enumerate() {
+        let b = i / bs;
+        for k in 0..per_block {
+            let coef = a[i * per_block + k];
+            if coef == 0.0 {
+                continue;
+            }
+            let col = b * per_block + k;
+            for (t, &hv) in h_row.iter().enumerate() {
+                ha[t * p + col] += (hv * coef) as f64;
+            }
+        }
+    }
+    // G = AᵀHA, rhs = (HA)ᵀw.
+    let mut g = Mat::<f64>::zeros(p, p);
+    let mut rhs = Mat::<f64>::zeros(p, 1);
+    for i in 0..n {
+        let b = i / bs;
+        for k in 0..per_block {
+            let coef = a[i * per_block + k] as f64;
+            if coef != 0.0 {
+                for col in 0..p {
+                    g[(b * per_block + k, col)] += coef * ha[i * p + col];
+                }
+            }
+        }
+        for col in 0..p {
+            rhs[(col, 0)] += ha[i * p + col] * w[i] as f64;
+        }
+    }
+    // A parameter no code uses (all-zero column) keeps its value: a unit row fixes it.
+    let trace = (0..p).map(|k| g[(k, k)]).sum::<f64>() / p as f64;
+    for k in 0..p {
+        if g[(k, k)] <= 1e-12 * trace.max(f64::MIN_POSITIVE) {
+            for col in 0..p {
+                g[(k, col)] = 0.0;
+                g[(col, k)] = 0.0;
+            }
+            g[(k, k)] = 1.0;
+            let lv = &levels[k / per_block];
+            rhs[(k, 0)] = if k % per_block == 0 { lv.d as f64 } else { lv.dmin as f64 };
+        }
+    }
+    let Ok(llt) = g.llt(Side::Lower) else { return };
+    let theta = llt.solve(&rhs);
+    if (0..p).any(|k| !theta[(k, 0)].is_finite()) {
+        return;
+    }
+    let saved: Vec<BlockLevels> = levels.to_vec();
+    let saved_bytes = out.to_vec();
+    for (b, lv) in levels.iter_mut().enumerate() {
+        let d = theta[(b * per_block, 0)] as f32;
+        let dmin = if per_block == 2 { theta[(b * per_block + 1, 0)] as f32 } else { 0.0 };
+        lv.store_scales(&mut out[b * ts..(b + 1) * ts], d, dmin);
+    }
+    let refit: Vec<f32> = (0..n).map(|i| levels[i / bs].value(i % bs, codes[i])).collect();
+    if !(row_error(w, &refit, h) < before) {
+        levels.clone_from_slice(&saved);
+        out.copy_from_slice(&saved_bytes);
     }
 }
 

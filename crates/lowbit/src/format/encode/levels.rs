@@ -5,6 +5,10 @@
 //! value the block can hold, and the rounding error is pushed onto weights not yet
 //! quantized.
 //!
+//! The block's float super-scales (d, and dmin where the format has minimums) can be
+//! replaced afterwards ([`BlockLevels::store_scales`]): every value is linear in them
+//! ([`BlockLevels::basis`]), which is what the closed-form refinement after GPTQ refits.
+//!
 //! Codes here are the stored codes of each format (the integers its decoder reads:
 //! 0..=15 for Q4_0, 0..=7 for Q3_K, 1..=255 for Q8_0 as `i8 + 128`, the grid index for
 //! IQ4); [`BlockLevels::value`] maps one back to the decoded value exactly as the
@@ -13,6 +17,7 @@
 use super::kquant::{pack_2bit, pack_q3_k, pack_q4_k, pack_q5_k, pack_q6_k};
 use super::legacy::{pack_5bit, pack_nibbles};
 use super::nonlinear::pack_iq4;
+use super::put_f16;
 use crate::format::iquant::KVALUES_IQ4NL;
 use crate::format::{f16_at, u16_at, GgmlType};
 use crate::method::search::{nearest_index, nearest_int};
@@ -33,41 +38,80 @@ pub(crate) enum CodeValues {
     Table(&'static [i8]),
 }
 
-/// Decoded scales of one block: value(i, c) = scale[s]·v(c) + offset[s] for the
-/// sub-block s = i / sub_len holding position i.
+/// Where a block stores its f16 super-scale and (for formats with minimums) its f16
+/// minimum scale; `min_sign` is +1 when the format stores dmin (value − dmin·m, the
+/// k-quants) and −1 when it stores the offset m itself (Q4_1, Q5_1).
+#[derive(Clone, Copy, Debug)]
+struct ScaleLayout {
+    d_at: usize,
+    min_at: Option<usize>,
+    min_sign: f32,
+}
+
+/// Decoded scales of one block: value(i, c) = d·k[s]·v(c) − dmin·m[s] for the sub-block
+/// s = i / sub_len holding position i, with integer sub-scales k and sub-minimums m
+/// (1 and 0 for single-scale formats) under the block's float super-scales d and dmin.
 #[derive(Clone, Debug)]
 pub(crate) struct BlockLevels {
     sub_len: usize,
-    scale: [f32; 16],
-    offset: [f32; 16],
+    /// The super-scale.
+    pub(crate) d: f32,
+    /// The minimum's super-scale (0 without minimums).
+    pub(crate) dmin: f32,
+    k: [f32; 16],
+    m: [f32; 16],
     codes: CodeValues,
+    layout: ScaleLayout,
 }
 
 impl BlockLevels {
-    fn new(sub_len: usize, codes: CodeValues) -> BlockLevels {
-        BlockLevels { sub_len, scale: [0.0; 16], offset: [0.0; 16], codes }
+    fn new(sub_len: usize, codes: CodeValues, layout: ScaleLayout) -> BlockLevels {
+        BlockLevels { sub_len, d: 0.0, dmin: 0.0, k: [1.0; 16], m: [0.0; 16], codes, layout }
+    }
+
+    fn code_value(&self, c: u8) -> f32 {
+        match self.codes {
+            CodeValues::Uniform { bias, .. } => (c as i32 + bias) as f32,
+            CodeValues::Table(t) => t[c as usize] as f32,
+        }
     }
 
     /// The value code `c` decodes to at position `i`.
     pub(crate) fn value(&self, i: usize, c: u8) -> f32 {
         let s = i / self.sub_len;
-        let v = match self.codes {
-            CodeValues::Uniform { bias, .. } => (c as i32 + bias) as f32,
-            CodeValues::Table(t) => t[c as usize] as f32,
-        };
-        self.scale[s] * v + self.offset[s]
+        self.d * self.k[s] * self.code_value(c) - self.dmin * self.m[s]
     }
 
     /// The code whose value is nearest to `x` at position `i`, and that value.
     pub(crate) fn nearest(&self, i: usize, x: f32) -> (u8, f32) {
         let s = i / self.sub_len;
-        let (scale, offset) = (self.scale[s], self.offset[s]);
+        let (scale, offset) = (self.d * self.k[s], -self.dmin * self.m[s]);
         let t = if scale != 0.0 { (x - offset) / scale } else { 0.0 };
         let c = match self.codes {
             CodeValues::Uniform { lo, hi, bias } => (nearest_int(t) - bias).clamp(lo, hi),
             CodeValues::Table(table) => nearest_index(table, t) as i32,
         } as u8;
         (c, self.value(i, c))
+    }
+
+    /// The value at position `i` with code `c` as a linear function of the super-scales:
+    /// (coefficient of d, coefficient of dmin).
+    pub(crate) fn basis(&self, i: usize, c: u8) -> (f32, f32) {
+        let s = i / self.sub_len;
+        (self.k[s] * self.code_value(c), -self.m[s])
+    }
+
+    /// Whether the block has a minimum scale (dmin) besides d.
+    pub(crate) fn has_min(&self) -> bool {
+        self.layout.min_at.is_some()
+    }
+
+    /// Stores new super-scales in `block` (as f16) and adopts the stored values.
+    pub(crate) fn store_scales(&mut self, block: &mut [u8], d: f32, dmin: f32) {
+        self.d = put_f16(block, self.layout.d_at, d);
+        if let Some(at) = self.layout.min_at {
+            self.dmin = self.layout.min_sign * put_f16(block, at, self.layout.min_sign * dmin);
+        }
     }
 }
 
@@ -91,66 +135,71 @@ fn scale_min_k4(q: &[u8], j: usize) -> (u8, u8) {
 pub(crate) fn block_levels(ty: GgmlType, block: &[u8]) -> Option<BlockLevels> {
     use GgmlType::*;
     let uniform = |lo, hi, bias| CodeValues::Uniform { lo, hi, bias };
+    let at = |d_at| ScaleLayout { d_at, min_at: None, min_sign: 1.0 };
+    let with_min = |d_at, min_at, min_sign| ScaleLayout { d_at, min_at: Some(min_at), min_sign };
     let mut l;
     match ty {
         Q4_0 | Q5_0 => {
             let half = if ty == Q4_0 { 8 } else { 16 };
-            l = BlockLevels::new(32, uniform(0, 2 * half - 1, -half));
-            l.scale[0] = f16_at(block, 0);
+            l = BlockLevels::new(32, uniform(0, 2 * half - 1, -half), at(0));
+            l.d = f16_at(block, 0);
         }
         Q4_1 | Q5_1 => {
-            l = BlockLevels::new(32, uniform(0, if ty == Q4_1 { 15 } else { 31 }, 0));
-            l.scale[0] = f16_at(block, 0);
-            l.offset[0] = f16_at(block, 2);
+            l = BlockLevels::new(32, uniform(0, if ty == Q4_1 { 15 } else { 31 }, 0), with_min(0, 2, -1.0));
+            l.d = f16_at(block, 0);
+            l.dmin = -f16_at(block, 2);
+            l.m[0] = 1.0;
         }
         Q8_0 => {
-            l = BlockLevels::new(32, uniform(1, 255, -128));
-            l.scale[0] = f16_at(block, 0);
+            l = BlockLevels::new(32, uniform(1, 255, -128), at(0));
+            l.d = f16_at(block, 0);
         }
         Q2_K => {
-            l = BlockLevels::new(16, uniform(0, 3, 0));
-            let (d, dmin) = (f16_at(block, 80), f16_at(block, 82));
+            l = BlockLevels::new(16, uniform(0, 3, 0), with_min(80, 82, 1.0));
+            (l.d, l.dmin) = (f16_at(block, 80), f16_at(block, 82));
             for (j, &b) in block[..16].iter().enumerate() {
-                l.scale[j] = d * (b & 0x0F) as f32;
-                l.offset[j] = -dmin * (b >> 4) as f32;
+                l.k[j] = (b & 0x0F) as f32;
+                l.m[j] = (b >> 4) as f32;
             }
         }
         Q3_K => {
-            l = BlockLevels::new(16, uniform(0, 7, -4));
-            let (sc, d) = (&block[96..108], f16_at(block, 108));
+            l = BlockLevels::new(16, uniform(0, 7, -4), at(108));
+            let sc = &block[96..108];
+            l.d = f16_at(block, 108);
             for j in 0..16 {
                 let low = if j < 8 { sc[j] & 0x0F } else { sc[j - 8] >> 4 };
                 let high = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
-                l.scale[j] = d * ((low | (high << 4)) as i32 - 32) as f32;
+                l.k[j] = ((low | (high << 4)) as i32 - 32) as f32;
             }
         }
         Q4_K | Q5_K => {
-            l = BlockLevels::new(32, uniform(0, if ty == Q4_K { 15 } else { 31 }, 0));
-            let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+            l = BlockLevels::new(32, uniform(0, if ty == Q4_K { 15 } else { 31 }, 0), with_min(0, 2, 1.0));
+            (l.d, l.dmin) = (f16_at(block, 0), f16_at(block, 2));
             for j in 0..8 {
                 let (ls, lm) = scale_min_k4(&block[4..16], j);
-                l.scale[j] = d * ls as f32;
-                l.offset[j] = -dmin * lm as f32;
+                l.k[j] = ls as f32;
+                l.m[j] = lm as f32;
             }
         }
         Q6_K => {
-            l = BlockLevels::new(16, uniform(0, 63, -32));
-            let d = f16_at(block, 208);
+            l = BlockLevels::new(16, uniform(0, 63, -32), at(208));
+            l.d = f16_at(block, 208);
             for j in 0..16 {
-                l.scale[j] = d * block[192 + j] as i8 as f32;
+                l.k[j] = block[192 + j] as i8 as f32;
             }
         }
         IQ4_NL => {
-            l = BlockLevels::new(32, CodeValues::Table(&KVALUES_IQ4NL));
-            l.scale[0] = f16_at(block, 0);
+            l = BlockLevels::new(32, CodeValues::Table(&KVALUES_IQ4NL), at(0));
+            l.d = f16_at(block, 0);
         }
         IQ4_XS => {
-            l = BlockLevels::new(32, CodeValues::Table(&KVALUES_IQ4NL));
-            let (d, scales_h) = (f16_at(block, 0), u16_at(block, 2));
+            l = BlockLevels::new(32, CodeValues::Table(&KVALUES_IQ4NL), at(0));
+            let scales_h = u16_at(block, 2);
+            l.d = f16_at(block, 0);
             for ib in 0..8 {
                 let low = ((block[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) as i32;
                 let high = ((scales_h >> (2 * ib)) & 3) as i32;
-                l.scale[ib] = d * ((low | (high << 4)) - 32) as f32;
+                l.k[ib] = ((low | (high << 4)) - 32) as f32;
             }
         }
         _ => return None,
@@ -215,6 +264,17 @@ mod tests {
                 pack_codes(ty, &codes, &mut rebuilt);
                 let again = dequantize_to_vec(ty, &rebuilt, bs).unwrap();
                 assert_eq!(again, decoded[b * bs..(b + 1) * bs], "{ty} block {b}: repacked codes decode differently");
+                // New super-scales: values stay linear in them and decode as predicted.
+                let mut l = l;
+                let (d, dmin) = (l.d * 1.1, l.dmin * 0.9);
+                l.store_scales(&mut rebuilt, d, dmin);
+                let scaled = dequantize_to_vec(ty, &rebuilt, bs).unwrap();
+                for i in 0..bs {
+                    let (a, m) = l.basis(i, codes[i]);
+                    let want = l.d * a + l.dmin * m;
+                    assert!((scaled[i] - want).abs() <= 1e-5 * want.abs().max(1e-3), "{ty} block {b} pos {i}");
+                    assert_eq!(scaled[i], l.value(i, codes[i]), "{ty} block {b} pos {i}");
+                }
             }
         }
     }
