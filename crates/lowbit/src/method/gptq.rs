@@ -289,7 +289,7 @@ fn refine_row(w: &[f32], codes: &[u8], levels: &mut [BlockLevels], h: &[f32], ts
         lv.store_scales(&mut out[b * ts..(b + 1) * ts], d, dmin);
     }
     let refit: Vec<f32> = (0..n).map(|i| levels[i / bs].value(i % bs, codes[i])).collect();
-    if !(row_error(w, &refit, h) < before) {
+    if row_error(w, &refit, h).partial_cmp(&before) != Some(std::cmp::Ordering::Less) {
         levels.clone_from_slice(&saved);
         out.copy_from_slice(&saved_bytes);
     }
