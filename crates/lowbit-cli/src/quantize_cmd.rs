@@ -7,6 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::calibrate::CalibrationStats;
 use lowbit::eval::EvalOptions;
+use lowbit::method::gptq::GptqOptions;
 use lowbit::method::Method;
 use lowbit::plan::{Mix, Override};
 use lowbit::quantize::{plan_model, quantize_gguf, QuantizeOptions, QuantizeSummary};
@@ -54,6 +55,10 @@ pub struct QuantizeArgs {
     /// Saved calibration statistics (`lowbit calibrate -o FILE.safetensors`).
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// With --calib: GPTQ block by block, each block calibrated on the outputs of the
+    /// blocks before it as already quantized (slower: every block runs twice).
+    #[arg(long, requires = "calib")]
+    sequential: bool,
     /// Print the plan (tensor, type, bytes), size and bpw without quantizing.
     #[arg(long)]
     dry_run: bool,
@@ -134,6 +139,10 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         "--dry-run does not calibrate; drop --calib (the plan does not depend on it)"
     );
     let want_hessians = matches!(method_name, "" | "gptq");
+    anyhow::ensure!(!args.sequential || want_hessians, "--sequential is a GPTQ mode: drop --method {method_name}");
+    if args.sequential && !args.dry_run {
+        return run_sequential(args, mix, overrides, &input);
+    }
     let stats = if let Some(p) = &args.stats {
         Some(CalibrationStats::read(p)?)
     } else if !args.calib.is_empty() {
@@ -155,9 +164,53 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         }
         _ => None,
     };
-    let opts = QuantizeOptions { mix, overrides, method, importance, hessians };
+    let opts = QuantizeOptions { mix, overrides, method, importance, hessians, pre_encoded: Default::default() };
+    finish(args, opts, &input)
+}
+
+/// Sequential GPTQ ([`lowbit::sequential`]): plan, quantize the blocks one by one on the
+/// calibration text, then write the file with the rest encoded as usual.
+fn run_sequential(args: QuantizeArgs, mix: Mix, overrides: Vec<Override>, input: &std::path::Path) -> Result<()> {
+    let base = QuantizeOptions {
+        mix,
+        overrides,
+        method: Method::Search,
+        importance: None,
+        hessians: None,
+        pre_encoded: Default::default(),
+    };
+    let plan = plan_model(&lowbit::gguf::GgufFile::open(input)?, &base)?;
+    let (text, dataset) = crate::calibrate_cmd::read_texts(&args.calib)?;
+    let mut lm = lowbit::model::load_lm(input, lowbit::model::LoadOptions::default())?;
+    let eval = EvalOptions { ctx: args.calib_ctx, max_chunks: (args.calib_chunks > 0).then_some(args.calib_chunks) };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}")
+            .expect("valid template"),
+    );
+    let r = lowbit::sequential::sequential_gptq(
+        &mut lm,
+        &plan.tensors,
+        &text,
+        &dataset,
+        &eval,
+        &GptqOptions::default(),
+        &mut |d, t| {
+            bar.set_length(t as u64);
+            bar.set_position(d as u64);
+        },
+    );
+    bar.finish_and_clear();
+    let r = r?;
+    drop(lm);
+    let opts = QuantizeOptions { importance: Some(r.imatrix.importance()), pre_encoded: r.encoded, ..base };
+    finish(args, opts, input)
+}
+
+/// Plans (--dry-run) or writes the file, prints the summary, writes the report.
+fn finish(args: QuantizeArgs, opts: QuantizeOptions, input: &std::path::Path) -> Result<()> {
     let summary = if args.dry_run {
-        let g = lowbit::gguf::GgufFile::open(&input)?;
+        let g = lowbit::gguf::GgufFile::open(input)?;
         let s = plan_model(&g, &opts)?;
         print_summary(&s, true);
         s
@@ -168,7 +221,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             ProgressStyle::with_template("quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}")
                 .expect("valid template"),
         );
-        let s = quantize_gguf(&input, &output, &opts, &mut |d, t| {
+        let s = quantize_gguf(input, &output, &opts, &mut |d, t| {
             bar.set_length(t);
             bar.set_position(d);
         });

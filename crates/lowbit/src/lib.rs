@@ -25,6 +25,7 @@ pub mod plan;
 pub mod quantize;
 pub mod safetensors;
 pub mod saved_logits;
+pub mod sequential;
 pub mod sweep;
 pub mod tensor;
 pub mod tokenizer;

@@ -35,12 +35,17 @@ pub struct QuantizeOptions {
     /// target is a ggml block type is quantized by GPTQ ([`crate::method::gptq`]); the
     /// rest (embedding, output, native formats) by the importance-weighted search.
     pub hessians: Option<HashMap<String, Arc<Hessian>>>,
+    /// Tensors already encoded (by [`crate::sequential::sequential_gptq`]), by name; they
+    /// are written as given.
+    pub pre_encoded: HashMap<String, Vec<u8>>,
 }
 
 impl QuantizeOptions {
     /// The method's name as reports show it (`gptq` when Hessians drive it).
     pub fn method_name(&self) -> &'static str {
-        if self.hessians.is_some() {
+        if !self.pre_encoded.is_empty() {
+            "gptq-sequential"
+        } else if self.hessians.is_some() {
             "gptq"
         } else if self.importance.is_some() && self.method == Method::Search {
             "importance"
@@ -259,7 +264,11 @@ pub fn quantize_gguf(
             for t in &summary.tensors {
                 crate::interrupt::check()?;
                 let (_, src) = g.tensor_bytes(&t.name)?;
-                let bytes = if t.target == t.source { src.to_vec() } else { encode_tensor(&g, input, t, opts)? };
+                let bytes = match opts.pre_encoded.get(&t.name) {
+                    Some(b) if b.len() as u64 == t.bytes => b.clone(),
+                    _ if t.target == t.source => src.to_vec(),
+                    _ => encode_tensor(&g, input, t, opts)?,
+                };
                 if send.send((t.name.clone(), bytes)).is_err() {
                     break; // the writer stopped on an error, reported below
                 }

@@ -33,6 +33,7 @@ fn native_formats_round_trip_through_a_real_model() {
         method: Method::Search,
         importance: None,
         hessians: None,
+        pre_encoded: Default::default(),
     };
     quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let (s, q) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());

@@ -128,6 +128,7 @@ fn plans_have_llama_quantize_sizes() {
             method: Method::Search,
             importance: None,
             hessians: None,
+            pre_encoded: Default::default(),
         };
         let s = plan_model(&g, &opts).unwrap();
         let ours = s.tensor_bytes as f64 / 1048576.0;
@@ -149,6 +150,7 @@ fn gemma3_requantized_to_its_own_mix_is_bit_identical() {
         method: Method::Search,
         importance: None,
         hessians: None,
+        pre_encoded: Default::default(),
     };
     quantize_gguf(&path, &out, &opts, &mut |_, _| {}).unwrap();
     let (a, b) = (GgufFile::open(&path).unwrap(), GgufFile::open(&out).unwrap());
@@ -213,6 +215,7 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
             method: Method::Search,
             importance: None,
             hessians: None,
+            pre_encoded: Default::default(),
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
         let theirs = llama_perplexity(&bin, &out, &text, ctx, chunks);

@@ -22,6 +22,7 @@ fn saved_reference_matches_the_live_reference() {
         method: Method::Rtn,
         importance: None,
         hessians: None,
+        pre_encoded: Default::default(),
     };
     quantize_gguf(&src, &quantized, &opts, &mut |_, _| {}).unwrap();
     let reference = load_gguf_lm(&src, LoadOptions::default()).unwrap();

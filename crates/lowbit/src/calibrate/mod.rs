@@ -203,6 +203,31 @@ impl Imatrix {
     }
 }
 
+/// The calibration chunks of `text`: consecutive `ctx`-token pieces from the start (the
+/// first token of each replaced by BOS where the model wants one), at most
+/// `opts.max_chunks` of them.
+pub fn calibration_chunks(lm: &LoadedLm, text: &str, opts: &EvalOptions) -> Result<Vec<Vec<u32>>> {
+    let tokens = lm.tokenizer.encode(text, true)?;
+    let ctx = opts.ctx;
+    let available = tokens.len() / ctx.max(1);
+    if ctx < 8 || available == 0 {
+        return Err(Error::Usage(format!(
+            "the calibration text has {} tokens, fewer than one chunk of {ctx}",
+            tokens.len()
+        )));
+    }
+    let n_chunks = opts.max_chunks.map_or(available, |c| c.min(available));
+    Ok((0..n_chunks)
+        .map(|c| {
+            let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+            if lm.tokenizer.add_bos {
+                chunk[0] = lm.tokenizer.bos.expect("add_bos implies bos");
+            }
+            chunk
+        })
+        .collect())
+}
+
 /// Runs `text` through `lm` in `ctx`-token chunks (BOS first where the model wants it)
 /// and records every block linear layer's input statistics. `progress(done, total)`.
 pub fn compute_imatrix(
@@ -225,16 +250,9 @@ pub fn compute_stats(
     hessians: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CalibrationStats> {
-    let tokens = lm.tokenizer.encode(text, true)?;
+    let chunks = calibration_chunks(lm, text, opts)?;
+    let n_chunks = chunks.len();
     let ctx = opts.ctx;
-    let available = tokens.len() / ctx.max(1);
-    if ctx < 8 || available == 0 {
-        return Err(Error::Usage(format!(
-            "the calibration text has {} tokens, fewer than one chunk of {ctx}",
-            tokens.len()
-        )));
-    }
-    let n_chunks = opts.max_chunks.map_or(available, |c| c.min(available));
     // One recorder per distinct input, attached to the first layer that reads it.
     let mut recorders: BTreeMap<String, Arc<InputRecorder>> = BTreeMap::new();
     let mut inputs: BTreeMap<String, String> = BTreeMap::new();
@@ -250,14 +268,10 @@ pub fn compute_stats(
     }
     progress(0, n_chunks);
     let result = (|| {
-        for c in 0..n_chunks {
+        for (c, chunk) in chunks.iter().enumerate() {
             crate::interrupt::check()?;
-            let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
-            if lm.tokenizer.add_bos {
-                chunk[0] = lm.tokenizer.bos.expect("add_bos implies bos");
-            }
             let mut cache = lm.model.new_cache(chunk.len());
-            lm.model.forward_hidden(&chunk, &mut cache)?;
+            lm.model.forward_hidden(chunk, &mut cache)?;
             progress(c + 1, n_chunks);
         }
         Ok(())

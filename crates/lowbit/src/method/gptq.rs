@@ -205,22 +205,16 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool
     }
 }
 
-/// (w − ŵ)ᵀ H (w − ŵ) for one row.
-fn row_error(w: &[f32], w_hat: &[f32], h: &[f32]) -> f64 {
-    let n = w.len();
-    let d: Vec<f32> = w.iter().zip(w_hat).map(|(a, b)| a - b).collect();
-    (0..n).map(|i| d[i] as f64 * h[i * n..(i + 1) * n].iter().zip(&d).map(|(a, b)| a * b).sum::<f32>() as f64).sum()
-}
-
 /// Refits the super-scales of one row's blocks for fixed codes: ŵ = A·θ with θ the
-/// blocks' (d, dmin), minimise (w − Aθ)ᵀH(w − Aθ) by solving AᵀHA θ = AᵀHw, store θ as
-/// f16 and keep it if the row's error under H went down.
+/// blocks' (d, dmin), minimise E(θ) = (w − Aθ)ᵀH(w − Aθ) by solving AᵀHA θ = AᵀHw, store
+/// θ as f16 and keep it if E went down. E is evaluated from the same products:
+/// E(θ) = wᵀHw − 2θᵀAᵀHw + θᵀAᵀHAθ (exact for any θ, including the rounded one).
 fn refine_row(w: &[f32], codes: &[u8], levels: &mut [BlockLevels], h: &[f32], ts: usize, out: &mut [u8]) {
     let n = w.len();
     let bs = n / levels.len();
     let per_block = if levels[0].has_min() { 2 } else { 1 };
     let p = levels.len() * per_block;
-    // Columns of A: for block b, parameter k, the coefficients over the block's positions.
+    // a[k][i]: coefficient of parameter k at position i (non-zero only inside k's block).
     let mut a = vec![0.0f32; n * per_block];
     for (i, &c) in codes.iter().enumerate() {
         let (ad, am) = levels[i / bs].basis(i % bs, c);
@@ -229,55 +223,66 @@ fn refine_row(w: &[f32], codes: &[u8], levels: &mut [BlockLevels], h: &[f32], ts
             a[i * per_block + 1] = am;
         }
     }
-    let current: Vec<f32> = (0..n).map(|i| levels[i / bs].value(i % bs, codes[i])).collect();
-    let before = row_error(w, &current, h);
-    // HA (n × p): column (b, k) = Σ_{i in block b} H[:, i]·a[i, k] (H is symmetric).
-    let mut ha = vec![0.0f64; n * p];
+    // HA, one contiguous column per parameter (H symmetric: column = Σ_i a_ik·H[i, :]),
+    // and Hw.
+    let mut ha = vec![0.0f32; p * n];
+    let mut hw = vec![0.0f32; n];
     for (i, h_row) in h.chunks_exact(n).enumerate() {
         let b = i / bs;
         for k in 0..per_block {
             let coef = a[i * per_block + k];
-            if coef == 0.0 {
-                continue;
-            }
-            let col = b * per_block + k;
-            for (t, &hv) in h_row.iter().enumerate() {
-                ha[t * p + col] += (hv * coef) as f64;
+            if coef != 0.0 {
+                let col = &mut ha[(b * per_block + k) * n..(b * per_block + k + 1) * n];
+                col.iter_mut().zip(h_row).for_each(|(x, &hv)| *x += coef * hv);
             }
         }
+        let wi = w[i];
+        hw.iter_mut().zip(h_row).for_each(|(x, &hv)| *x += wi * hv);
     }
-    // G = AᵀHA, rhs = (HA)ᵀw.
+    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| (*a as f64) * (*b as f64)).sum::<f64>();
+    let whw = dot(w, &hw);
     let mut g = Mat::<f64>::zeros(p, p);
     let mut rhs = Mat::<f64>::zeros(p, 1);
-    for i in 0..n {
-        let b = i / bs;
-        for k in 0..per_block {
-            let coef = a[i * per_block + k] as f64;
-            if coef != 0.0 {
-                for col in 0..p {
-                    g[(b * per_block + k, col)] += coef * ha[i * p + col];
-                }
-            }
-        }
+    for k in 0..p {
+        let (b, kk) = (k / per_block, k % per_block);
+        let support = b * bs..(b + 1) * bs;
         for col in 0..p {
-            rhs[(col, 0)] += ha[i * p + col] * w[i] as f64;
+            let column = &ha[col * n..(col + 1) * n];
+            g[(k, col)] = support.clone().map(|i| a[i * per_block + kk] as f64 * column[i] as f64).sum();
         }
+        rhs[(k, 0)] = dot(&ha[k * n..(k + 1) * n], w);
     }
+    let theta_now: Vec<f64> = (0..p)
+        .map(|k| {
+            let lv = &levels[k / per_block];
+            if k % per_block == 0 {
+                lv.d as f64
+            } else {
+                lv.dmin as f64
+            }
+        })
+        .collect();
+    let error = |theta: &[f64]| {
+        let quad: f64 = (0..p).map(|k| theta[k] * (0..p).map(|l| g[(k, l)] * theta[l]).sum::<f64>()).sum();
+        whw - 2.0 * (0..p).map(|k| theta[k] * rhs[(k, 0)]).sum::<f64>() + quad
+    };
+    let before = error(&theta_now);
     // A parameter no code uses (all-zero column) keeps its value: a unit row fixes it.
+    let mut system = g.clone();
+    let mut target = rhs.clone();
     let trace = (0..p).map(|k| g[(k, k)]).sum::<f64>() / p as f64;
     for k in 0..p {
         if g[(k, k)] <= 1e-12 * trace.max(f64::MIN_POSITIVE) {
             for col in 0..p {
-                g[(k, col)] = 0.0;
-                g[(col, k)] = 0.0;
+                system[(k, col)] = 0.0;
+                system[(col, k)] = 0.0;
             }
-            g[(k, k)] = 1.0;
-            let lv = &levels[k / per_block];
-            rhs[(k, 0)] = if k % per_block == 0 { lv.d as f64 } else { lv.dmin as f64 };
+            system[(k, k)] = 1.0;
+            target[(k, 0)] = theta_now[k];
         }
     }
-    let Ok(llt) = g.llt(Side::Lower) else { return };
-    let theta = llt.solve(&rhs);
+    let Ok(llt) = system.llt(Side::Lower) else { return };
+    let theta = llt.solve(&target);
     if (0..p).any(|k| !theta[(k, 0)].is_finite()) {
         return;
     }
@@ -288,8 +293,10 @@ fn refine_row(w: &[f32], codes: &[u8], levels: &mut [BlockLevels], h: &[f32], ts
         let dmin = if per_block == 2 { theta[(b * per_block + 1, 0)] as f32 } else { 0.0 };
         lv.store_scales(&mut out[b * ts..(b + 1) * ts], d, dmin);
     }
-    let refit: Vec<f32> = (0..n).map(|i| levels[i / bs].value(i % bs, codes[i])).collect();
-    if row_error(w, &refit, h).partial_cmp(&before) != Some(std::cmp::Ordering::Less) {
+    let stored: Vec<f64> = (0..p)
+        .map(|k| if k % per_block == 0 { levels[k / per_block].d as f64 } else { levels[k / per_block].dmin as f64 })
+        .collect();
+    if error(&stored).partial_cmp(&before) != Some(std::cmp::Ordering::Less) {
         levels.clone_from_slice(&saved);
         out.copy_from_slice(&saved_bytes);
     }

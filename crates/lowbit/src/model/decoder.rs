@@ -217,7 +217,20 @@ impl Decoder {
                 cache.capacity
             )));
         }
-        let mut x = vec![0.0f32; t * c.d_model];
+        let mut x = self.embed(tokens)?;
+        let pos0 = cache.len;
+        for (il, block) in self.blocks.iter().enumerate() {
+            self.block_forward(il, block, &mut x, t, pos0, cache);
+        }
+        cache.len += t;
+        rms_norm(&mut x, c.d_model, &self.out_norm, c.eps);
+        Ok(x)
+    }
+
+    /// The scaled token embeddings of `tokens`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let mut x = vec![0.0f32; tokens.len() * c.d_model];
         for (row, &tok) in x.chunks_exact_mut(c.d_model).zip(tokens) {
             let tok = tok as usize;
             if tok >= c.vocab {
@@ -228,12 +241,6 @@ impl Decoder {
                 row.iter_mut().for_each(|v| *v *= c.embed_scale);
             }
         }
-        let pos0 = cache.len;
-        for (il, block) in self.blocks.iter().enumerate() {
-            self.block_forward(il, block, &mut x, t, pos0, cache);
-        }
-        cache.len += t;
-        rms_norm(&mut x, c.d_model, &self.out_norm, c.eps);
         Ok(x)
     }
 
@@ -322,6 +329,20 @@ impl super::CausalLm for Decoder {
     }
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
         Decoder::logits(self, hidden, t)
+    }
+    fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        Decoder::embed(self, tokens)
+    }
+    fn run_block(&self, il: usize, x: &mut [f32], t: usize) {
+        let mut cache = self.new_cache(t);
+        self.block_forward(il, &self.blocks[il], x, t, 0, &mut cache);
+    }
+    fn block_linears_of(&mut self, il: usize) -> Vec<&mut super::Linear> {
+        let b = &mut self.blocks[il];
+        vec![&mut b.wq, &mut b.wk, &mut b.wv, &mut b.wo, &mut b.w_gate, &mut b.w_up, &mut b.w_down]
     }
     fn block_linears_mut(&mut self) -> Vec<&mut super::Linear> {
         self.blocks

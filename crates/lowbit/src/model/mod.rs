@@ -211,6 +211,14 @@ pub trait CausalLm: Send + Sync {
     /// The blocks' linear layers (not the output projection), for calibration and for
     /// swapping in quantized weights.
     fn block_linears_mut(&mut self) -> Vec<&mut Linear>;
+    /// Number of blocks (for block-by-block work: sequential calibration).
+    fn block_count(&self) -> usize;
+    /// The first block's input for `tokens` (the scaled embeddings).
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Runs block `il` in place on `t` rows of hidden states, one sequence from position 0.
+    fn run_block(&self, il: usize, x: &mut [f32], t: usize);
+    /// Block `il`'s linear layers.
+    fn block_linears_of(&mut self, il: usize) -> Vec<&mut Linear>;
 }
 
 /// A loaded language model and its tokenizer.

@@ -76,7 +76,14 @@ impl Setting {
             }
             (None, None) => return Err(Error::Usage(format!("unknown type '{}'", self.ty))),
         };
-        Ok(QuantizeOptions { mix, overrides, method: self.method, importance: None, hessians: None })
+        Ok(QuantizeOptions {
+            mix,
+            overrides,
+            method: self.method,
+            importance: None,
+            hessians: None,
+            pre_encoded: Default::default(),
+        })
     }
 }
 
