@@ -41,7 +41,7 @@ fn main() {
             w.len(),
         )
         .unwrap();
-        let e = |x: &[f32], h: &[f64]| output_error(&w, x, n, h);
+        let e = |x: &[f32], h: &[f32]| output_error(&w, x, n, h);
         println!("{name:28} cal: plain {:.3e} imp {:.3e} gptq {:.3e} | held: plain {:.3e} imp {:.3e} gptq {:.3e} ratio {:.3}",
             e(&p, &hc[name].xtx), e(&s, &hc[name].xtx), e(&q, &hc[name].xtx), e(&p, &hh[name].xtx), e(&s, &hh[name].xtx), e(&q, &hh[name].xtx), e(&q, &hh[name].xtx)/e(&s, &hh[name].xtx));
     }

@@ -62,7 +62,7 @@ fn hessians_and_gptq_on_a_real_model() {
     let e = &stats.imatrix.entries["blk.5.ffn_down.weight"];
     assert_eq!((h.n, h.count), (1536, 1024));
     for i in 0..h.n {
-        let (d, s) = (h.xtx[i * h.n + i], e.sums[i] as f64);
+        let (d, s) = (h.xtx[i * h.n + i] as f64, e.sums[i] as f64);
         assert!((d - s).abs() <= 1e-4 * s.max(1e-6), "diag {i}: {d} vs Σx² {s}");
         assert_eq!(h.xtx[i * h.n + (i + 7) % h.n], h.xtx[((i + 7) % h.n) * h.n + i], "symmetric");
     }

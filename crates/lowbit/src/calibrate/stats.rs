@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 pub struct Hessian {
     /// Input width.
     pub n: usize,
-    /// Σ xxᵀ, row-major n × n.
-    pub xtx: Vec<f64>,
+    /// Σ xxᵀ, row-major n × n (f32, as stored: the in-memory and saved paths agree).
+    pub xtx: Vec<f32>,
     /// Rows summed.
     pub count: u64,
 }
@@ -95,7 +95,7 @@ impl CalibrationStats {
         let f32_bytes = |v: &mut dyn Iterator<Item = f32>| v.flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (k, h) in &self.hessians {
-            buffers.push((format!("hessian.{k}"), vec![h.n, h.n], f32_bytes(&mut h.xtx.iter().map(|&v| v as f32))));
+            buffers.push((format!("hessian.{k}"), vec![h.n, h.n], f32_bytes(&mut h.xtx.iter().copied())));
         }
         for (k, e) in &self.imatrix.entries {
             buffers.push((format!("in_sum2.{k}"), vec![e.sums.len()], f32_bytes(&mut e.sums.iter().copied())));
@@ -144,7 +144,7 @@ impl CalibrationStats {
         for (k, count) in header.hessian_counts {
             let name = format!("hessian.{k}");
             let n = st.tensor(&name).map_err(|_| bad(format!("tensor {name} is missing")))?.shape()[0];
-            let xtx = floats(&name, n * n)?.into_iter().map(f64::from).collect();
+            let xtx = floats(&name, n * n)?;
             stats.hessians.insert(k, Arc::new(Hessian { n, xtx, count }));
         }
         for (k, count) in header.counts {

@@ -76,13 +76,13 @@ struct Factor {
 /// unit diagonal, so that they decouple from the rest. If H is still not positive
 /// definite (rounding, near-duplicate columns), the dampening grows tenfold, up to six
 /// times.
-fn inverse_factor(h: &[f64], n: usize, opts: &GptqOptions) -> Result<Factor, String> {
-    let live: Vec<f64> = (0..n).map(|i| h[i * n + i]).filter(|&d| d > 0.0).collect();
+fn inverse_factor(h: &[f32], n: usize, opts: &GptqOptions) -> Result<Factor, String> {
+    let live: Vec<f64> = (0..n).map(|i| h[i * n + i] as f64).filter(|&d| d > 0.0).collect();
     let mean_diag = if live.is_empty() { 1.0 } else { live.iter().sum::<f64>() / live.len() as f64 };
     let mut damp = opts.damp.max(1e-8) * mean_diag;
     for _ in 0..6 {
         let hd = Mat::<f64>::from_fn(n, n, |i, j| {
-            let v = h[i * n + j];
+            let v = h[i * n + j] as f64;
             match (i == j, h[i * n + i] > 0.0 && h[j * n + j] > 0.0) {
                 (true, true) => v + damp,
                 (true, false) => mean_diag + damp,
@@ -121,7 +121,7 @@ fn inverse_factor(h: &[f64], n: usize, opts: &GptqOptions) -> Result<Factor, Str
 /// input Hessian `h` (ncols × ncols, row-major, any positive scale: Σ xxᵀ or its mean).
 /// Block scales are fitted with the diagonal of H as importance. Returns the encoded
 /// rows, laid out as [`crate::format::encode::quantize_rows`] lays them out.
-pub fn gptq_rows(ty: GgmlType, w: &[f32], ncols: usize, h: &[f64], opts: &GptqOptions) -> Result<Vec<u8>, EncodeError> {
+pub fn gptq_rows(ty: GgmlType, w: &[f32], ncols: usize, h: &[f32], opts: &GptqOptions) -> Result<Vec<u8>, EncodeError> {
     if !supports(ty) {
         return Err(EncodeError::NotEncodable(ty));
     }
@@ -304,12 +304,12 @@ fn refine_row(w: &[f32], codes: &[u8], levels: &mut [BlockLevels], h: &[f32], ts
 
 /// ‖(W − Ŵ)Xᵀ‖² written with the Hessian: Σ_rows δ H δᵀ, δ = w − ŵ per row. The
 /// quantity GPTQ minimises; used by tests and reports.
-pub fn output_error(w: &[f32], w_hat: &[f32], ncols: usize, h: &[f64]) -> f64 {
+pub fn output_error(w: &[f32], w_hat: &[f32], ncols: usize, h: &[f32]) -> f64 {
     w.chunks_exact(ncols)
         .zip(w_hat.chunks_exact(ncols))
         .map(|(a, b)| {
             let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| (x - y) as f64).collect();
-            (0..ncols).map(|i| d[i] * (0..ncols).map(|k| h[i * ncols + k] * d[k]).sum::<f64>()).sum::<f64>()
+            (0..ncols).map(|i| d[i] * (0..ncols).map(|k| h[i * ncols + k] as f64 * d[k]).sum::<f64>()).sum::<f64>()
         })
         .sum()
 }

@@ -82,9 +82,9 @@ impl InputRecorder {
         self.sums.lock().expect("recorder lock").clone()
     }
 
-    /// Σ xxᵀ (row-major, in_features²), when recorded.
-    pub fn hessian(&self) -> Option<Vec<f64>> {
-        self.xtx.as_ref().map(|m| m.lock().expect("recorder lock").clone())
+    /// Σ xxᵀ (row-major, in_features², summed in f64, returned as f32), when recorded.
+    pub fn hessian(&self) -> Option<Vec<f32>> {
+        self.xtx.as_ref().map(|m| m.lock().expect("recorder lock").iter().map(|&v| v as f32).collect())
     }
 }
 

@@ -19,7 +19,7 @@ fn gaussian(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
 
 /// Inputs with correlated columns: `latent` factors mixed into `n` columns plus
 /// independent noise of standard deviation `noise`. Returns H = XᵀX.
-fn correlated_hessian(rng: &mut rand::rngs::StdRng, t: usize, n: usize, latent: usize, noise: f32) -> Vec<f64> {
+fn correlated_hessian(rng: &mut rand::rngs::StdRng, t: usize, n: usize, latent: usize, noise: f32) -> Vec<f32> {
     let z = gaussian(rng, t * latent);
     let a = gaussian(rng, latent * n);
     let e = gaussian(rng, t * n);
@@ -38,17 +38,17 @@ fn correlated_hessian(rng: &mut rand::rngs::StdRng, t: usize, n: usize, latent: 
             }
         }
     }
-    h
+    h.into_iter().map(|v| v as f32).collect()
 }
 
 /// The output error GPTQ should reach relative to independent rounding, if every
 /// rounding error had the same variance: the error of column j is then seen through
 /// R_jj² (the variance of input j left unexplained by the inputs quantized after it,
 /// R = U⁻¹) instead of H_jj. Σ_j R_jj² / Σ_j H_jj, with R_jj = 1 / U_jj.
-fn predicted_ratio(h: &[f64], n: usize) -> f64 {
+fn predicted_ratio(h: &[f32], n: usize) -> f64 {
     let u = inverse_factor(h, n, &CLASSIC).unwrap().u;
     let r2: f64 = (0..n).map(|j| 1.0 / (u[j * n + j] as f64).powi(2)).sum();
-    let diag: f64 = (0..n).map(|j| h[j * n + j]).sum();
+    let diag: f64 = (0..n).map(|j| h[j * n + j] as f64).sum();
     r2 / diag
 }
 
@@ -80,11 +80,11 @@ fn gptq_equals_plain_rounding_error_when_inputs_are_independent() {
     // importance-weighted rounding's within the noise of the block fits.
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let (rows, n) = (16, 256);
-    let diag: Vec<f64> = (0..n).map(|i| 1.0 + (i % 7) as f64).collect();
+    let diag: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
     let mut h = vec![0.0; n * n];
     (0..n).for_each(|i| h[i * n + i] = diag[i]);
     let w = gaussian(&mut rng, rows * n);
-    let imp: Vec<f32> = diag.iter().map(|&d| d as f32).collect();
+    let imp: Vec<f32> = diag.clone();
     let ty = GgmlType::Q4_K;
     let plain = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, Some(&imp), Method::Search).unwrap(), w.len()).unwrap();
     let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &CLASSIC).unwrap(), w.len()).unwrap();
@@ -98,8 +98,8 @@ fn dead_and_degenerate_hessians_are_handled() {
     let n = 64;
     let w = gaussian(&mut rng, 4 * n);
     // Rank one (every input the same direction) and some columns never active.
-    let v: Vec<f64> = (0..n).map(|i| if i % 9 == 0 { 0.0 } else { 1.0 + (i % 3) as f64 }).collect();
-    let h: Vec<f64> = (0..n * n).map(|k| v[k / n] * v[k % n]).collect();
+    let v: Vec<f32> = (0..n).map(|i| if i % 9 == 0 { 0.0 } else { 1.0 + (i % 3) as f32 }).collect();
+    let h: Vec<f32> = (0..n * n).map(|k| v[k / n] * v[k % n]).collect();
     let bytes = gptq_rows(GgmlType::Q4_0, &w, n, &h, &CLASSIC).unwrap();
     let q = dequantize_to_vec(GgmlType::Q4_0, &bytes, w.len()).unwrap();
     assert!(q.iter().all(|x| x.is_finite()));
