@@ -46,6 +46,17 @@ pub const MIXES: &[Mix] = &[
     Mix { name: "Q6_K", file_type: 18, default: GgmlType::Q6_K },
     Mix { name: "IQ4_NL", file_type: 25, default: GgmlType::IQ4_NL },
     Mix { name: "IQ4_XS", file_type: 30, default: GgmlType::IQ4_XS },
+    Mix { name: "IQ2_XXS", file_type: 19, default: GgmlType::IQ2_XXS },
+    Mix { name: "IQ2_XS", file_type: 20, default: GgmlType::IQ2_XS },
+    Mix { name: "Q2_K_S", file_type: 21, default: GgmlType::Q2_K },
+    Mix { name: "IQ3_XS", file_type: 22, default: GgmlType::IQ3_S },
+    Mix { name: "IQ3_XXS", file_type: 23, default: GgmlType::IQ3_XXS },
+    Mix { name: "IQ1_S", file_type: 24, default: GgmlType::IQ1_S },
+    Mix { name: "IQ3_S", file_type: 26, default: GgmlType::IQ3_S },
+    Mix { name: "IQ3_M", file_type: 27, default: GgmlType::IQ3_S },
+    Mix { name: "IQ2_S", file_type: 28, default: GgmlType::IQ2_XS },
+    Mix { name: "IQ2_M", file_type: 29, default: GgmlType::IQ2_S },
+    Mix { name: "IQ1_M", file_type: 31, default: GgmlType::IQ1_M },
     Mix { name: "MXFP4_MOE", file_type: 38, default: GgmlType::MXFP4 },
 ];
 
@@ -223,6 +234,48 @@ fn use_more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
+/// The 1–2-bit i-quant mixes, which llama.cpp gives a rule set of their own.
+fn is_low_iq_mix(f: &str) -> bool {
+    matches!(f, "IQ2_XXS" | "IQ2_XS" | "IQ1_S" | "IQ2_S" | "IQ2_M" | "IQ1_M")
+}
+
+/// llama.cpp's rules for the tensors of the 1–2-bit i-quant mixes other than the output.
+fn low_iq_rule(f: &str, shape: &ModelShape, cat: Category, layer: usize, ty: GgmlType) -> GgmlType {
+    use GgmlType::*;
+    let two_s = matches!(f, "IQ2_S" | "IQ2_M");
+    let one = matches!(f, "IQ1_S" | "IQ1_M");
+    match cat {
+        Category::TokenEmbd => {
+            if two_s {
+                IQ3_S
+            } else {
+                Q2_K
+            }
+        }
+        Category::AttnV | Category::AttnQkv | Category::AttnKvB => {
+            if shape.n_gqa >= 4 || shape.n_expert >= 4 {
+                Q4_K
+            } else if two_s {
+                IQ3_S
+            } else {
+                Q2_K
+            }
+        }
+        Category::AttnK if shape.n_expert == 8 => Q4_K,
+        Category::FfnDown if layer < shape.n_layer.max(1) / 8 => {
+            if two_s {
+                IQ3_S
+            } else {
+                Q2_K
+            }
+        }
+        Category::AttnOutput if shape.n_expert == 8 => Q5_K,
+        Category::AttnOutput if one => IQ2_XXS,
+        Category::AttnOutput if two_s => IQ3_S,
+        _ => ty,
+    }
+}
+
 /// llama.cpp's rules for one tensor of a mix (before shape fallbacks).
 fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64, has_tied: bool) -> GgmlType {
     use GgmlType::*;
@@ -234,6 +287,8 @@ fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64
     if cat == Category::Output || (has_tied && cat == Category::TokenEmbd) {
         return if f == "MXFP4_MOE" || falcon || !ncols.is_multiple_of(ty.block_size() as u64) {
             Q8_0
+        } else if is_low_iq_mix(f) || f == "IQ3_XXS" {
+            Q5_K
         } else if ty != Q8_0 {
             Q6_K
         } else {
@@ -243,7 +298,11 @@ fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64
     if f == "MXFP4_MOE" {
         return Q8_0; // dense tensors; expert tensors (3-D) are handled by the caller
     }
+    if is_low_iq_mix(f) {
+        return low_iq_rule(f, shape, cat, layer, ty);
+    }
     match cat {
+        Category::TokenEmbd if f == "IQ3_XXS" => IQ3_S,
         // llama.cpp tests "attn_v-like" (v, fused qkv, MLA kv_b) before its separate
         // fused-qkv rule, so fused qkv tensors get the attn_v rules; so do we.
         Category::AttnV | Category::AttnQkv | Category::AttnKvB if shape.n_expert == 8 => Q8_0,
@@ -263,14 +322,31 @@ fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64
                 }
             }
             "Q3_K_L" => Q5_K,
+            "Q2_K_S" if shape.n_gqa >= 4 => Q4_K,
+            "IQ3_XXS" if shape.n_gqa >= 4 => Q4_K,
+            "IQ3_XXS" if !shape.has_imatrix => IQ3_S,
+            "IQ3_XS" | "IQ3_S" if shape.n_gqa >= 4 => Q4_K,
+            "IQ3_M" => Q4_K,
             "IQ4_NL" | "IQ4_XS" if shape.n_gqa >= 4 => Q5_K,
             "Q4_K_M" | "Q5_K_M" if use_more_bits(layer, n) => Q6_K,
             "Q4_K_S" if layer < 4 => Q5_K,
             _ => ty,
         },
         Category::AttnK if shape.n_expert == 8 => Q8_0,
+        Category::AttnK | Category::AttnQ if f == "IQ3_XS" => IQ3_XXS,
+        Category::AttnK | Category::AttnQ if f == "IQ3_XXS" => IQ2_S,
+        Category::FfnGate | Category::FfnUp if f == "IQ3_XS" && layer >= n / 8 && layer < 7 * n / 8 => IQ3_XXS,
         Category::FfnDown => match f {
             "Q2_K" => Q3_K,
+            "Q2_K_S" if layer < n / 8 => Q4_K,
+            "IQ3_XXS" if !shape.has_imatrix => {
+                if layer < n / 8 {
+                    Q4_K
+                } else {
+                    Q3_K
+                }
+            }
+            "IQ3_M" if layer < n / 8 || (shape.n_expert == 8 && use_more_bits(layer, n)) => Q4_K,
             "Q3_K_M" => {
                 if layer < n / 16 {
                     Q5_K
@@ -315,12 +391,15 @@ fn mix_rule(mix: &Mix, shape: &ModelShape, cat: Category, name: &str, ncols: u64
             }
             if shape.n_expert == 8 {
                 return match f {
-                    "Q2_K" | "Q3_K_S" | "Q3_K_M" | "IQ4_NL" | "Q4_K_S" | "Q4_K_M" | "IQ4_XS" => Q5_K,
+                    "Q2_K" | "Q3_K_S" | "Q3_K_M" | "IQ4_NL" | "Q4_K_S" | "Q4_K_M" | "IQ4_XS" | "IQ3_XS" | "IQ3_XXS"
+                    | "IQ3_S" | "IQ3_M" => Q5_K,
                     _ => ty,
                 };
             }
             match f {
                 "Q2_K" => Q3_K,
+                "IQ3_XXS" => IQ3_S,
+                "IQ3_M" => Q4_K,
                 "Q3_K_M" => Q4_K,
                 "Q3_K_L" => Q5_K,
                 _ => ty,

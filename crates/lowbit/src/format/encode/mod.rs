@@ -1,10 +1,13 @@
 //! Encoding f32 weights into ggml block formats, byte for byte as llama.cpp lays them out
 //! (so llama.cpp decodes lowbit's files exactly as lowbit does). One file per family, like
-//! the decoders: [`legacy`], [`kquant`], [`nonlinear`] (IQ4 and MXFP4). Which scales and
+//! the decoders: [`legacy`], [`kquant`], [`nonlinear`] (IQ4 and MXFP4), [`iquant`] (the
+//! lattice i-quants IQ1–IQ3). Which scales and
 //! codes are chosen is the [`Method`]'s business; the optional per-column importance
 //! (an importance matrix) weights the error each choice minimises.
 
+pub mod iquant;
 pub mod kquant;
+pub(crate) mod lattice;
 pub mod legacy;
 pub(crate) mod levels;
 pub mod nonlinear;
@@ -151,6 +154,13 @@ pub fn can_encode(ty: GgmlType) -> bool {
             | IQ4_NL
             | IQ4_XS
             | MXFP4
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
+            | IQ1_S
+            | IQ1_M
     )
 }
 
@@ -176,6 +186,13 @@ pub(crate) fn encode_block(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
         IQ4_NL => nonlinear::encode_iq4_nl(b, out),
         IQ4_XS => nonlinear::encode_iq4_xs(b, out),
         MXFP4 => nonlinear::encode_mxfp4(b, out),
+        IQ2_XXS => iquant::encode_iq2_xxs(b, out),
+        IQ2_XS => iquant::encode_iq2_xs(b, out),
+        IQ2_S => iquant::encode_iq2_s(b, out),
+        IQ3_XXS => iquant::encode_iq3_xxs(b, out),
+        IQ3_S => iquant::encode_iq3_s(b, out),
+        IQ1_S => iquant::encode_iq1_s(b, out),
+        IQ1_M => iquant::encode_iq1_m(b, out),
         _ => unreachable!("checked by can_encode"),
     }
 }
