@@ -107,6 +107,18 @@ const LLAMA_QUANTIZE_MIB: &[(&str, &str, f64)] = &[
     ("smollm2-135m", "Q5_K_M", 105.21),
     ("smollm2-135m", "Q6_K", 130.27),
     ("smollm2-135m", "IQ4_XS", 85.38),
+    // The i-quant mixes (their rules do not depend on an importance matrix, except
+    // IQ3_XXS's, left out here; llama.cpp refuses IQ1/IQ2 without one, so these sizes
+    // were printed with `--imatrix`).
+    ("smollm2-135m", "IQ2_XXS", 78.24),
+    ("smollm2-135m", "IQ2_XS", 78.95),
+    ("smollm2-135m", "IQ2_S", 79.21),
+    ("smollm2-135m", "IQ2_M", 79.92),
+    ("smollm2-135m", "IQ3_S", 82.41),
+    ("smollm2-135m", "IQ3_M", 84.33),
+    ("smollm2-135m", "IQ1_S", 76.82),
+    ("smollm2-135m", "IQ1_M", 77.35),
+    ("smollm2-135m", "Q2_K_S", 80.44),
     ("gemma3-270m", "Q2_K", 219.87),
     ("gemma3-270m", "Q3_K_S", 219.52),
     ("gemma3-270m", "Q3_K_M", 224.53),
@@ -115,6 +127,10 @@ const LLAMA_QUANTIZE_MIB: &[(&str, &str, f64)] = &[
     ("gemma3-270m", "Q8_0", 271.81),
     ("gemma3-270m", "Q4_0", 224.00),
     ("gemma3-270m", "IQ4_XS", 223.87),
+    ("gemma3-270m", "IQ2_XXS", 214.25),
+    ("gemma3-270m", "IQ2_M", 217.68),
+    ("gemma3-270m", "IQ3_M", 221.70),
+    ("gemma3-270m", "IQ1_M", 213.47),
 ];
 
 #[test]
@@ -207,11 +223,23 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
     let text_str = std::fs::read_to_string(&text).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (ctx, chunks) = (128, 4);
-    for mix in ["Q4_K_M", "Q3_K_M", "Q2_K", "IQ4_XS"] {
+    // smollm2's 576-wide rows cannot hold 256-blocks, so its i-quant mixes put the lattice
+    // types on ffn_down only (the rest falls back to IQ4_NL), and its IQ3_XXS mix without
+    // an importance matrix has no IQ3_XXS tensor at all: an override puts one there.
+    let cases = [
+        ("Q4_K_M", None),
+        ("Q3_K_M", None),
+        ("Q2_K", None),
+        ("IQ4_XS", None),
+        ("IQ2_XXS", None),
+        ("IQ2_XS", None),
+        ("IQ3_XXS", Some("ffn_down=IQ3_XXS")),
+    ];
+    for (mix, over) in cases {
         let out = dir.path().join(format!("{mix}.gguf"));
         let opts = QuantizeOptions {
             mix: Mix::from_name(mix).unwrap(),
-            overrides: vec![],
+            overrides: over.map(|o| lowbit::plan::Override::parse(o).unwrap()).into_iter().collect(),
             method: Method::Search,
             importance: None,
             hessians: None,

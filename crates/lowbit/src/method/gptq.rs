@@ -19,6 +19,7 @@ use faer::linalg::solvers::{DenseSolveCore, Solve};
 use faer::{Mat, Side};
 use rayon::prelude::*;
 
+use crate::format::encode::iquant::lattice_format;
 use crate::format::encode::levels::{block_levels, has_levels, pack_codes, BlockLevels};
 use crate::format::encode::{encode_block, sum_of_squares, BlockInput, EncodeError};
 use crate::format::GgmlType;
@@ -56,9 +57,10 @@ impl Default for GptqOptions {
     }
 }
 
-/// Whether [`gptq_rows`] supports `ty`.
+/// Whether [`gptq_rows`] supports `ty`: every scalar block format lowbit writes and the
+/// lattice i-quants.
 pub fn supports(ty: GgmlType) -> bool {
-    has_levels(ty)
+    has_levels(ty) || lattice_format(ty).is_some()
 }
 
 /// What the sweep needs from the Hessian.
@@ -157,6 +159,10 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool
         if d {
             work.iter_mut().skip(i).step_by(ncols).for_each(|v| *v = 0.0);
         }
+    }
+    if lattice_format(ty).is_some() {
+        lattice::sweep_tile(ty, rows, ncols, f, &sigma2, &mut work, out);
+        return;
     }
     let n_blocks = ncols / bs;
     let mut levels: Vec<Vec<BlockLevels>> = vec![Vec::with_capacity(n_blocks); n_rows];
@@ -314,5 +320,6 @@ pub fn output_error(w: &[f32], w_hat: &[f32], ncols: usize, h: &[f32]) -> f64 {
         .sum()
 }
 
+mod lattice;
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@
 use super::lattice::{iq1s_grid, iq2s_grid, iq2xs_grid, iq2xxs_grid, iq3s_grid, iq3xxs_grid, Grid};
 use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
 use crate::format::iquant::IQ1S_DELTA;
-use crate::format::QK_K;
+use crate::format::{GgmlType, QK_K};
 use crate::method::Method;
 
 /// What distinguishes one lattice format from another, for the shared encoder.
@@ -191,8 +191,9 @@ fn fit_odd_scales(s: &[f32], a: &[f32], max_code: u8, codes: &mut [u8]) -> f32 {
     best.1
 }
 
-/// Encodes one 256-value block as `fmt` (without packing).
-pub(crate) fn encode_lattice(fmt: &LatticeFormat, b: &BlockInput) -> LatticeBlock {
+/// Chooses d, the sub-scale codes and every group's grid point of one 256-value block
+/// (without packing).
+pub(crate) fn fit_lattice(fmt: &LatticeFormat, b: &BlockInput) -> LatticeBlock {
     let grid = (fmt.grid)();
     let x = b.x;
     let sigma2 = 2.0 * sum_of_squares(x) / QK_K as f32;
@@ -223,16 +224,75 @@ pub(crate) fn encode_lattice(fmt: &LatticeFormat, b: &BlockInput) -> LatticeBloc
     }
     let dd = fit_odd_scales(&s, &a, fmt.max_code, &mut block.codes);
     block.d = half::f16::from_f32(dd / fmt.unit).to_f32();
-    let dd = block.d * fmt.unit;
-    if dd > 0.0 {
-        for j in 0..n_scales {
-            let r = fmt.scale_group * j..fmt.scale_group * (j + 1);
-            let scale = dd * (2 * block.codes[j] as i32 + 1) as f32;
-            let p = &mut block.points[vectors_per_scale * j..vectors_per_scale * (j + 1)];
-            assign(grid, &t[r.clone()], &w[r], scale, p);
+    requantize_all(fmt, &mut block, x, &w);
+    block
+}
+
+/// The sub-scale as stored for the 8 values of group `g`.
+fn group_scale(fmt: &LatticeFormat, block: &LatticeBlock, g: usize) -> f32 {
+    block.d * fmt.unit * (2 * block.codes[8 * g / fmt.scale_group] as i32 + 1) as f32
+}
+
+/// Re-chooses every group's signs and grid point (IQ1: and shift) under the stored scales.
+fn requantize_all(fmt: &LatticeFormat, block: &mut LatticeBlock, x: &[f32], w: &[f32]) {
+    if block.d > 0.0 {
+        for g in 0..QK_K / 8 {
+            requantize_group(fmt, block, g, &x[8 * g..8 * g + 8], &w[8 * g..8 * g + 8]);
         }
     }
-    block
+}
+
+/// Chooses the signs and grid point(s) of group `g` (8 values `x`, error weights `w`)
+/// under the block's stored scales (IQ1_M: and the group's shift; IQ1_S keeps the
+/// sub-block's), records them in `block` and returns the 8 values as they will decode.
+/// The step GPTQ's sweep takes at each group with the weights updated so far.
+pub(crate) fn requantize_group(
+    fmt: &LatticeFormat,
+    block: &mut LatticeBlock,
+    g: usize,
+    x: &[f32],
+    w: &[f32],
+) -> [f32; 8] {
+    let grid = (fmt.grid)();
+    let scale = group_scale(fmt, block, g);
+    let mut y = [0.0f32; 8];
+    if scale <= 0.0 {
+        return y;
+    }
+    let mut t = [0.0f32; 8];
+    if fmt.signed_grid {
+        let options: &[bool] =
+            if fmt.shift_per_vector { &[false, true] } else { std::slice::from_ref(&block.negative_shift[g]) };
+        let mut best = (f32::INFINITY, 0usize, block.negative_shift[g]);
+        for &neg in options {
+            let delta = if neg { -IQ1S_DELTA } else { IQ1S_DELTA };
+            for (ti, &xi) in t.iter_mut().zip(x) {
+                *ti = xi - scale * delta;
+            }
+            let (i, e) = grid.nearest(&t, w, scale);
+            if e < best.0 {
+                best = (e, i, neg);
+            }
+        }
+        (block.points[g], block.negative_shift[g]) = (best.1 as u16, best.2);
+        let delta = if best.2 { -IQ1S_DELTA } else { IQ1S_DELTA };
+        for (yi, &p) in y.iter_mut().zip(grid.point(best.1)) {
+            *yi = scale * (p + delta);
+        }
+        return y;
+    }
+    let signs = signs_and_targets(x, w, fmt.parity_signs, &mut t);
+    block.signs[g] = signs;
+    let per = 8 / grid.dim;
+    for k in 0..per {
+        let r = grid.dim * k..grid.dim * (k + 1);
+        let (i, _) = grid.nearest(&t[r.clone()], &w[r.clone()], scale);
+        block.points[per * g + k] = i as u16;
+        for (j, &p) in r.zip(grid.point(i)) {
+            y[j] = if signs & (1 << j) != 0 { -scale * p } else { scale * p };
+        }
+    }
+    y
 }
 
 /// Picks, for values x ≈ scale·(g + δ), each vector's grid point and (with
@@ -328,39 +388,13 @@ fn encode_shifted(
     }
     let dd = fit_odd_scales(&s, &a, fmt.max_code, &mut block.codes);
     block.d = half::f16::from_f32(dd / fmt.unit).to_f32();
-    let dd = block.d * fmt.unit;
-    if dd > 0.0 {
-        for j in 0..n_scales {
-            let r = fmt.scale_group * j..fmt.scale_group * (j + 1);
-            let scale = dd * (2 * block.codes[j] as i32 + 1) as f32;
-            let sh = &mut block.negative_shift[nv * j..nv * (j + 1)];
-            let p = &mut block.points[nv * j..nv * (j + 1)];
-            let mut t = [0.0f32; 8];
-            for (k, (xv, wv)) in x[r.clone()].chunks_exact(8).zip(w[r.clone()].chunks_exact(8)).enumerate() {
-                let options: &[bool] = if per_vector { &[false, true] } else { std::slice::from_ref(&sh[k]) };
-                let mut best = (f32::INFINITY, 0usize, sh[k]);
-                for &neg in options {
-                    let delta = if neg { -IQ1S_DELTA } else { IQ1S_DELTA };
-                    for (ti, &xi) in t.iter_mut().zip(xv) {
-                        *ti = xi - scale * delta;
-                    }
-                    let (i, e) = grid.nearest(&t, wv, scale);
-                    if e < best.0 {
-                        best = (e, i, neg);
-                    }
-                }
-                p[k] = best.1 as u16;
-                sh[k] = best.2;
-            }
-        }
-    }
+    requantize_all(fmt, &mut block, x, w);
     block
 }
 
 /// IQ2_XXS: f16 d; per 32 values two u32: four 8-bit grid indices, then 4×7 sign bits
 /// and the 4-bit sub-scale.
-pub fn encode_iq2_xxs(b: &BlockInput, out: &mut [u8]) {
-    let q = encode_lattice(&IQ2_XXS, b);
+fn pack_iq2_xxs(q: &LatticeBlock, out: &mut [u8]) {
     put_f16(out, 0, q.d);
     for ib in 0..8 {
         let (mut aux0, mut aux1) = (0u32, (q.codes[ib] as u32) << 28);
@@ -374,8 +408,7 @@ pub fn encode_iq2_xxs(b: &BlockInput, out: &mut [u8]) {
 }
 
 /// IQ2_XS: f16 d; 32 u16 (9-bit grid index, 7 sign bits); 8 bytes of two 4-bit scales.
-pub fn encode_iq2_xs(b: &BlockInput, out: &mut [u8]) {
-    let q = encode_lattice(&IQ2_XS, b);
+fn pack_iq2_xs(q: &LatticeBlock, out: &mut [u8]) {
     put_f16(out, 0, q.d);
     for g in 0..32 {
         let v = q.points[g] | (((q.signs[g] & 127) as u16) << 9);
@@ -388,8 +421,7 @@ pub fn encode_iq2_xs(b: &BlockInput, out: &mut [u8]) {
 
 /// IQ2_S: f16 d; qs[32] low index bits, signs[32], qh[8] (two high index bits per group),
 /// scales[8] (two 4-bit scales per 32).
-pub fn encode_iq2_s(b: &BlockInput, out: &mut [u8]) {
-    let q = encode_lattice(&IQ2_S, b);
+fn pack_iq2_s(q: &LatticeBlock, out: &mut [u8]) {
     put_f16(out, 0, q.d);
     out[66..74].fill(0);
     for g in 0..32 {
@@ -404,8 +436,7 @@ pub fn encode_iq2_s(b: &BlockInput, out: &mut [u8]) {
 
 /// IQ3_XXS: f16 d; qs[64] 8-bit indices of 4-vectors; per 32 values a u32 of 4×7 sign
 /// bits and the 4-bit sub-scale.
-pub fn encode_iq3_xxs(b: &BlockInput, out: &mut [u8]) {
-    let q = encode_lattice(&IQ3_XXS, b);
+fn pack_iq3_xxs(q: &LatticeBlock, out: &mut [u8]) {
     put_f16(out, 0, q.d);
     for i in 0..64 {
         out[2 + i] = q.points[i] as u8;
@@ -420,8 +451,7 @@ pub fn encode_iq3_xxs(b: &BlockInput, out: &mut [u8]) {
 }
 
 /// IQ3_S: f16 d; qs[64] low index bits, qh[8] ninth bits, signs[32], scales[4].
-pub fn encode_iq3_s(b: &BlockInput, out: &mut [u8]) {
-    let q = encode_lattice(&IQ3_S, b);
+fn pack_iq3_s(q: &LatticeBlock, out: &mut [u8]) {
     put_f16(out, 0, q.d);
     out[66..74].fill(0);
     for i in 0..64 {
@@ -436,8 +466,7 @@ pub fn encode_iq3_s(b: &BlockInput, out: &mut [u8]) {
 
 /// IQ1_S: f16 d; qs[32] low index bits; per 32 values a u16 of 4×3 high index bits, the
 /// 3-bit sub-scale and the shift's sign.
-pub fn encode_iq1_s(b: &BlockInput, out: &mut [u8]) {
-    let q = encode_lattice(&IQ1_S, b);
+fn pack_iq1_s(q: &LatticeBlock, out: &mut [u8]) {
     put_f16(out, 0, q.d);
     for ib in 0..8 {
         let mut qh = ((q.codes[ib] as u16) << 12) | ((q.negative_shift[4 * ib] as u16) << 15);
@@ -453,8 +482,7 @@ pub fn encode_iq1_s(b: &BlockInput, out: &mut [u8]) {
 /// IQ1_M: qs[32] low index bits; qh[16]: per 8 values 3 high index bits and the shift's
 /// sign; scales: four u16 holding two 3-bit sub-scales per 32 values, and in their top
 /// nibbles the bits of the f16 super-scale.
-pub fn encode_iq1_m(b: &BlockInput, out: &mut [u8]) {
-    let q = encode_lattice(&IQ1_M, b);
+fn pack_iq1_m(q: &LatticeBlock, out: &mut [u8]) {
     let d_bits = half::f16::from_f32(q.d).to_bits();
     out[32..48].fill(0);
     for g in 0..32 {
@@ -472,4 +500,40 @@ pub fn encode_iq1_m(b: &BlockInput, out: &mut [u8]) {
             | (((d_bits >> (4 * k)) & 15) << 12);
         out[48 + 2 * k..50 + 2 * k].copy_from_slice(&v.to_le_bytes());
     }
+}
+
+/// The lattice format of `ty`, if `ty` is one of the i-quants these encoders write.
+pub(crate) fn lattice_format(ty: GgmlType) -> Option<&'static LatticeFormat> {
+    use GgmlType as T;
+    Some(match ty {
+        T::IQ2_XXS => &IQ2_XXS,
+        T::IQ2_XS => &IQ2_XS,
+        T::IQ2_S => &IQ2_S,
+        T::IQ3_XXS => &IQ3_XXS,
+        T::IQ3_S => &IQ3_S,
+        T::IQ1_S => &IQ1_S,
+        T::IQ1_M => &IQ1_M,
+        _ => return None,
+    })
+}
+
+/// Writes `q` in `ty`'s byte layout (one block of `ty.type_size()` bytes).
+pub(crate) fn pack_lattice(ty: GgmlType, q: &LatticeBlock, out: &mut [u8]) {
+    use GgmlType as T;
+    match ty {
+        T::IQ2_XXS => pack_iq2_xxs(q, out),
+        T::IQ2_XS => pack_iq2_xs(q, out),
+        T::IQ2_S => pack_iq2_s(q, out),
+        T::IQ3_XXS => pack_iq3_xxs(q, out),
+        T::IQ3_S => pack_iq3_s(q, out),
+        T::IQ1_S => pack_iq1_s(q, out),
+        T::IQ1_M => pack_iq1_m(q, out),
+        _ => unreachable!("{ty} is not a lattice format"),
+    }
+}
+
+/// Encodes one 256-value block of the lattice type `ty`.
+pub fn encode(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
+    let fmt = lattice_format(ty).expect("callers pass lattice types");
+    pack_lattice(ty, &fit_lattice(fmt, b), out);
 }

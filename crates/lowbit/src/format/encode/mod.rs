@@ -186,13 +186,7 @@ pub(crate) fn encode_block(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
         IQ4_NL => nonlinear::encode_iq4_nl(b, out),
         IQ4_XS => nonlinear::encode_iq4_xs(b, out),
         MXFP4 => nonlinear::encode_mxfp4(b, out),
-        IQ2_XXS => iquant::encode_iq2_xxs(b, out),
-        IQ2_XS => iquant::encode_iq2_xs(b, out),
-        IQ2_S => iquant::encode_iq2_s(b, out),
-        IQ3_XXS => iquant::encode_iq3_xxs(b, out),
-        IQ3_S => iquant::encode_iq3_s(b, out),
-        IQ1_S => iquant::encode_iq1_s(b, out),
-        IQ1_M => iquant::encode_iq1_m(b, out),
+        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M => iquant::encode(ty, b, out),
         _ => unreachable!("checked by can_encode"),
     }
 }

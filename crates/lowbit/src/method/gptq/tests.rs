@@ -137,3 +137,36 @@ fn refinement_never_raises_the_output_error() {
         assert!(b <= a * 1.001, "{ty}: refinement raised the error {a:.4e} → {b:.4e}");
     }
 }
+
+#[test]
+fn lattice_gptq_beats_importance_rounding_on_correlated_inputs() {
+    // The i-quants round 8 columns at a time, so the columns of a group cannot compensate
+    // each other: the gain is somewhat smaller than the scalar prediction, but of its order.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (rows, n) = (32, 256);
+    let h = correlated_hessian(&mut rng, 1024, n, 24, 0.5);
+    let w = gaussian(&mut rng, rows * n);
+    let diag: Vec<f32> = (0..n).map(|i| h[i * n + i]).collect();
+    let predicted = predicted_ratio(&h, n);
+    for ty in [
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+    ] {
+        let plain = quantize_rows(ty, &w, n, Some(&diag), Method::Search).unwrap();
+        let plain = dequantize_to_vec(ty, &plain, w.len()).unwrap();
+        let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &CLASSIC).unwrap(), w.len()).unwrap();
+        let (e_plain, e_gptq) = (output_error(&w, &plain, n, &h), output_error(&w, &gptq, n, &h));
+        let ratio = e_gptq / e_plain;
+        eprintln!(
+            "{ty}: importance {e_plain:.4e} gptq {e_gptq:.4e} ratio {ratio:.3} predicted (scalar) {predicted:.3}"
+        );
+        // Measured 0.097–0.166 against 0.079: 1.2–2.1× (IQ1 most: its sub-scale and shift
+        // are fitted before the updates arrive).
+        assert!(ratio < 2.5 * predicted, "{ty}: ratio {ratio:.3} vs predicted {predicted:.3}");
+    }
+}

@@ -1,0 +1,69 @@
+//! GPTQ for the lattice i-quants (IQ1–IQ3): the sweep of [`super`], but a format stores 8
+//! weights as one grid point, so the unit of rounding is a group of 8 columns. When the
+//! sweep reaches a 256-column block, the block's scales are fitted on the weights as
+//! updated so far; at each group of 8 the group's signs and grid point are chosen for the
+//! updated weights (weighted by each column's conditional precision 1/U_jj², the diagonal
+//! of the group's error metric), then the 8 errors are pushed, column by column, onto the
+//! columns not yet quantized. With the group's values fixed first, the column-by-column
+//! updates are exactly the block update GPTVQ (van Baalen et al., 2024) makes.
+
+use super::Factor;
+use crate::format::encode::iquant::{fit_lattice, lattice_format, pack_lattice, requantize_group, LatticeBlock};
+use crate::format::encode::BlockInput;
+use crate::format::{GgmlType, QK_K};
+use crate::method::Method;
+
+/// The sweep over one tile of rows of a lattice type; writes the encoded rows to `out`.
+pub(super) fn sweep_tile(
+    ty: GgmlType,
+    rows: &[f32],
+    ncols: usize,
+    f: &Factor,
+    sigma2: &[f32],
+    work: &mut [f32],
+    out: &mut [u8],
+) {
+    let fmt = lattice_format(ty).expect("callers pass lattice types");
+    let ts = ty.type_size();
+    let n_rows = rows.len() / ncols;
+    let row_bytes = ncols / QK_K * ts;
+    let mut blocks: Vec<Option<LatticeBlock>> = (0..n_rows).map(|_| None).collect();
+    for g in 0..ncols / 8 {
+        let j0 = 8 * g;
+        let (block, pos) = (j0 / QK_K, j0 % QK_K);
+        if pos == 0 {
+            for (r, slot) in blocks.iter_mut().enumerate() {
+                let b = BlockInput {
+                    x: &work[r * ncols + j0..r * ncols + j0 + QK_K],
+                    importance: Some(&f.diag[j0..j0 + QK_K]),
+                    row_sigma2: sigma2[r],
+                    method: Method::Search,
+                };
+                *slot = Some(fit_lattice(fmt, &b));
+            }
+        }
+        // Conditional precision of each column of the group: the error metric's diagonal.
+        let mut w = [0.0f32; 8];
+        for (k, wk) in w.iter_mut().enumerate() {
+            let ujj = f.u[(j0 + k) * ncols + j0 + k];
+            *wk = 1.0 / (ujj * ujj);
+        }
+        for (r, slot) in blocks.iter_mut().enumerate() {
+            let q = slot.as_mut().expect("fitted at the block's first group");
+            let row = &mut work[r * ncols..(r + 1) * ncols];
+            let y = requantize_group(fmt, q, pos / 8, &row[j0..j0 + 8], &w);
+            for (k, &yk) in y.iter().enumerate() {
+                let j = j0 + k;
+                let u_row = &f.u[j * ncols + j..(j + 1) * ncols];
+                let err = (row[j] - yk) / u_row[0];
+                row[j] = yk;
+                for (x, &uk) in row[j + 1..].iter_mut().zip(&u_row[1..]) {
+                    *x -= err * uk;
+                }
+            }
+            if pos + 8 == QK_K {
+                pack_lattice(ty, q, &mut out[r * row_bytes + block * ts..r * row_bytes + (block + 1) * ts]);
+            }
+        }
+    }
+}
