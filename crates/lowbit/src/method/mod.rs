@@ -4,6 +4,7 @@
 //! scales and minimums ([`search`]), both driven by optional per-weight importances.
 
 pub mod gptq;
+pub mod kmeans;
 pub mod search;
 
 /// How block scales and codes are chosen.
