@@ -13,6 +13,7 @@ pub mod legacy;
 pub mod native;
 pub mod storage;
 mod ternary;
+pub mod vq;
 
 use rayon::prelude::*;
 

@@ -64,9 +64,9 @@ pub fn supports(ty: GgmlType) -> bool {
 }
 
 /// What the sweep needs from the Hessian.
-struct Factor {
+pub(crate) struct Factor {
     /// Upper Cholesky factor of the regularised H⁻¹, row-major.
-    u: Vec<f32>,
+    pub(crate) u: Vec<f32>,
     /// The regularised diagonal (importance of each column for the block fits).
     diag: Vec<f32>,
     /// The regularised H itself, row-major (for the refinement).
@@ -78,7 +78,7 @@ struct Factor {
 /// unit diagonal, so that they decouple from the rest. If H is still not positive
 /// definite (rounding, near-duplicate columns), the dampening grows tenfold, up to six
 /// times.
-fn inverse_factor(h: &[f32], n: usize, opts: &GptqOptions) -> Result<Factor, String> {
+pub(crate) fn inverse_factor(h: &[f32], n: usize, opts: &GptqOptions) -> Result<Factor, String> {
     let live: Vec<f64> = (0..n).map(|i| h[i * n + i] as f64).filter(|&d| d > 0.0).collect();
     let mean_diag = if live.is_empty() { 1.0 } else { live.iter().sum::<f64>() / live.len() as f64 };
     let mut damp = opts.damp.max(1e-8) * mean_diag;

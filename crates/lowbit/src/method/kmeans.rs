@@ -97,16 +97,14 @@ pub fn kmeans(points: &[f32], weights: &[f32], dim: usize, k: usize, opts: &Kmea
     }
     let mut centroids = seed_plus_plus(points, weights, dim, k, opts.seed);
     let mut assignment = vec![u32::MAX; n];
-    let mut distortion = 0.0;
     for _ in 0..opts.iterations.max(1) {
-        let changed;
-        (changed, distortion) = assign(points, weights, dim, &centroids, &mut assignment);
+        let (changed, _) = assign(points, weights, dim, &centroids, &mut assignment);
         update(points, weights, dim, &assignment, &mut centroids);
         if changed == 0 {
             break;
         }
     }
-    (_, distortion) = assign(points, weights, dim, &centroids, &mut assignment);
+    let (_, distortion) = assign(points, weights, dim, &centroids, &mut assignment);
     Codebook { dim, centroids, assignment, distortion }
 }
 

@@ -6,6 +6,7 @@
 pub mod gptq;
 pub mod kmeans;
 pub mod search;
+pub mod vq;
 
 /// How block scales and codes are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
