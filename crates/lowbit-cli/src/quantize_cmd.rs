@@ -7,6 +7,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::calibrate::CalibrationStats;
 use lowbit::eval::EvalOptions;
+use lowbit::format::storage::StorageType;
+use lowbit::format::vq::VqFormat;
 use lowbit::method::gptq::GptqOptions;
 use lowbit::method::Method;
 use lowbit::plan::{Mix, Override};
@@ -23,9 +25,24 @@ pub struct QuantizeArgs {
     /// or a lowbit-native format for every weight matrix (int2…int8 with _gGROUP and
     /// optional _zp, nf4_gG, fp8_gG, fp4_gG, e.g. int4_g128; llama.cpp cannot run those),
     /// for the blocks' matrices, with Q8_0 for the token embedding and output and where a
-    /// matrix's rows are not whole groups.
+    /// matrix's rows are not whole groups; or learned-codebook vector quantization for the
+    /// blocks' matrices: `vq` with --bpw (and --vec, --codebook, --residual), or a VQ format
+    /// by name (vq4x256, vq8x256+256, …).
     #[arg(long = "type")]
     ty: String,
+    /// With `--type vq`: bits per weight in codes (scales and codebooks come on top and are
+    /// counted in the summary).
+    #[arg(long, requires = "ty")]
+    bpw: Option<f64>,
+    /// With `--type vq`: weights per vector.
+    #[arg(long = "vec", default_value_t = 4)]
+    vec_len: usize,
+    /// With `--type vq`: entries of the (first) codebook, a power of two up to 65536.
+    #[arg(long)]
+    codebook: Option<usize>,
+    /// With `--type vq`: add a residual codebook (the code bits are split between the two).
+    #[arg(long)]
+    residual: bool,
     /// Output GGUF (required unless --dry-run).
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -100,24 +117,84 @@ fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
     if let (Some(f), Some(t)) = (s.file_bytes, s.seconds) {
         println!("file {:.2} MB ({f} bytes), quantized in {t:.1} s", f as f64 / 1e6);
     }
+    if !s.codebooks.is_empty() {
+        let share = |u: usize, k: usize| u as f64 / k.max(1) as f64;
+        let worst = s.codebooks.iter().min_by(|a, b| share(a.used, a.entries).total_cmp(&share(b.used, b.entries)));
+        let mean = s.codebooks.iter().map(|c| share(c.used, c.entries)).sum::<f64>() / s.codebooks.len() as f64;
+        if let Some(w) = worst {
+            println!(
+                "codebooks: {} tensors, mean {:.1}% of entries used; least {} ({}/{})",
+                s.codebooks.len(),
+                100.0 * mean,
+                w.tensor,
+                w.used,
+                w.entries
+            );
+        }
+    }
+}
+
+/// The VQ format `--type vq --bpw B [--vec V --codebook K --residual]` asks for: B·V
+/// code bits per vector, all in one codebook or split between two.
+fn vq_format(args: &QuantizeArgs) -> Result<VqFormat> {
+    let bpw = args.bpw.ok_or_else(|| anyhow!("--type vq needs --bpw (code bits per weight, e.g. 2)"))?;
+    let v = args.vec_len;
+    anyhow::ensure!((2..=16).contains(&v), "--vec {v}: vectors of 2 to 16 weights");
+    let bits = (bpw * v as f64).round() as i64;
+    let main = match args.codebook {
+        Some(k) => {
+            anyhow::ensure!(k.is_power_of_two() && (2..=65536).contains(&k), "--codebook {k}: a power of two, 2…65536");
+            k.trailing_zeros() as i64
+        }
+        None if args.residual => (bits + 1) / 2,
+        None => bits,
+    };
+    let residual = if args.residual { bits - main } else { 0 };
+    anyhow::ensure!(
+        args.residual || main == bits,
+        "--bpw {bpw} with --vec {v} is {bits} code bits per vector, but --codebook {} has {main}; add --residual or change --bpw",
+        args.codebook.unwrap_or(0)
+    );
+    anyhow::ensure!(
+        (1..=16).contains(&main) && (0..=16).contains(&residual) && (!args.residual || residual >= 1),
+        "--bpw {bpw} with --vec {v} is {bits} code bits per vector: each codebook takes 1 to 16 bits (try --vec {} or --residual)",
+        (16.0 / bpw).floor().max(2.0)
+    );
+    let name = if args.residual {
+        format!("vq{v}x{}+{}", 1u64 << main, 1u64 << residual)
+    } else {
+        format!("vq{v}x{}", 1u64 << main)
+    };
+    VqFormat::from_name(&name).ok_or_else(|| anyhow!("{name} is not a valid VQ format"))
 }
 
 /// Runs `lowbit quantize`.
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let native = lowbit::format::native::NativeFormat::from_name(&args.ty);
-    let mix = match (Mix::from_name(&args.ty), native) {
+    let vq_flags = args.bpw.is_some() || args.codebook.is_some() || args.residual;
+    anyhow::ensure!(
+        !vq_flags || args.ty.eq_ignore_ascii_case("vq"),
+        "--bpw, --codebook and --residual go with --type vq"
+    );
+    let whole_block_format: Option<StorageType> = if args.ty.eq_ignore_ascii_case("vq") {
+        Some(StorageType::Vq(vq_format(&args)?))
+    } else {
+        lowbit::format::native::NativeFormat::from_name(&args.ty)
+            .map(StorageType::Native)
+            .or_else(|| VqFormat::from_name(&args.ty).map(StorageType::Vq))
+    };
+    let mix = match (Mix::from_name(&args.ty), whole_block_format) {
         (Some(m), _) => m,
         (None, Some(_)) => Mix::from_name("Q8_0").expect("Q8_0 is a mix"),
         (None, None) => {
             return Err(anyhow!(
-                "unknown --type '{}'; known: {}, or a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32",
+                "unknown --type '{}'; known: {}, a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32, or vq (with --bpw) / a VQ format such as vq4x256",
                 args.ty,
                 Mix::names().join(", ")
             ))
         }
     };
     let mut overrides = args.overrides.iter().map(|o| Override::parse(o)).collect::<Result<Vec<_>, _>>()?;
-    if let Some(f) = native {
+    if let Some(f) = whole_block_format {
         // Every block weight matrix the user did not override gets the native format; the
         // token embedding and output stay Q8_0, as llama.cpp's mixes protect them.
         overrides.push(Override::parse(&format!("^blk\\.={f}"))?);

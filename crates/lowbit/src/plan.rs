@@ -453,6 +453,8 @@ pub fn make_plan(
                 StorageType::Ggml(g) => StorageType::Ggml(shape_fallback(g, ncols)),
                 StorageType::Native(f) if ncols.is_multiple_of(f.group as u64) => o.ty,
                 StorageType::Native(_) => StorageType::Ggml(shape_fallback(GgmlType::Q8_0, ncols)),
+                StorageType::Vq(f) if f.row_bytes(ncols as usize).is_some() => o.ty,
+                StorageType::Vq(_) => StorageType::Ggml(shape_fallback(GgmlType::Q8_0, ncols)),
             };
             let why =
                 if ty == o.ty { format!("override {}", o.text) } else { format!("override {} → fallback", o.text) };

@@ -14,9 +14,11 @@ use crate::calibrate::Hessian;
 use crate::error::{Error, Result};
 use crate::format::encode::EncodeError;
 use crate::format::storage::{encode_rows, StorageType};
+use crate::format::vq::codebook_name;
 use crate::format::GgmlType;
 use crate::gguf::{native_key, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType};
 use crate::method::gptq::{gptq_rows, GptqOptions};
+use crate::method::vq::{quantize_vq, VqOptions};
 use crate::method::Method;
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
 
@@ -91,6 +93,24 @@ pub struct QuantizeSummary {
     pub file_bytes: Option<u64>,
     /// Wall time of quantization, once done.
     pub seconds: Option<f64>,
+    /// Codebook utilisation of every VQ tensor, once quantized.
+    pub codebooks: Vec<CodebookUse>,
+}
+
+/// How much of its codebooks a VQ tensor uses (a collapse guard: entries no vector uses
+/// are wasted bits).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CodebookUse {
+    /// Tensor name.
+    pub tensor: String,
+    /// Main-codebook entries used, of `entries`.
+    pub used: usize,
+    /// Main-codebook size.
+    pub entries: usize,
+    /// Residual-codebook entries used, of `residual_entries`.
+    pub used_residual: usize,
+    /// Residual-codebook size (0 without one).
+    pub residual_entries: usize,
 }
 
 /// Reads what the plan rules need from a GGUF's metadata.
@@ -114,9 +134,16 @@ pub fn model_shape(g: &GgufFile, has_imatrix: bool) -> ModelShape {
 pub fn plan_model(g: &GgufFile, opts: &QuantizeOptions) -> Result<QuantizeSummary> {
     let mut entries = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
+        // A VQ tensor's codebook travels with it (rewritten or copied with the tensor).
+        if let Some(base) = t.name.strip_suffix(".codebook") {
+            if matches!(g.tensor_info(base).map(|b| b.ty), Some(TensorType::Vq(_))) {
+                continue;
+            }
+        }
         let source = match t.ty {
             TensorType::Known(ty) => StorageType::Ggml(ty),
             TensorType::Native(f) => StorageType::Native(f),
+            TensorType::Vq(f) => StorageType::Vq(f),
             TensorType::Unknown(id) => {
                 return Err(Error::tensor(g.path(), &t.name, format!("unknown tensor type {id}: cannot quantize")))
             }
@@ -158,6 +185,7 @@ fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSum
         bpw_quantized: 8.0 * qb as f64 / qn.max(1) as f64,
         file_bytes: None,
         seconds: None,
+        codebooks: Vec::new(),
     }
 }
 
@@ -174,25 +202,47 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Decodes one tensor of `g` to f32 and encodes it as its planned type.
-fn encode_tensor(g: &GgufFile, input: &Path, t: &PlannedTensor, opts: &QuantizeOptions) -> Result<Vec<u8>> {
+/// Decodes one tensor of `g` to f32 and encodes it as its planned type. VQ tensors come
+/// back as their rows followed by their codebook bytes, with their codebook use.
+fn encode_tensor(
+    g: &GgufFile,
+    input: &Path,
+    t: &PlannedTensor,
+    opts: &QuantizeOptions,
+) -> Result<(Vec<u8>, Option<CodebookUse>)> {
     let values = g.dequantize(&t.name)?;
     let ncols = t.dims.first().copied().unwrap_or(1) as usize;
     let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice());
     let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name));
+    let mut usage = None;
     let encoded = match (t.target, hessian) {
+        (StorageType::Vq(f), h) => {
+            let h = h.filter(|h| h.n == ncols).map(|h| h.xtx.as_slice());
+            quantize_vq(&f, &values, ncols, importance, h, &VqOptions::default()).map(|v| {
+                usage = Some(CodebookUse {
+                    tensor: t.name.clone(),
+                    used: v.used,
+                    entries: f.entries(),
+                    used_residual: v.used_residual,
+                    residual_entries: f.residual_entries(),
+                });
+                [v.payload, v.codebook].concat()
+            })
+        }
         (StorageType::Ggml(ty), Some(h)) if crate::method::gptq::supports(ty) && h.n == ncols => {
             gptq_rows(ty, &values, ncols, &h.xtx, &GptqOptions::default())
         }
         _ => encode_rows(t.target, &values, ncols, importance, opts.method),
     };
-    encoded.map_err(|e| {
-        let what = match e {
-            EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
-            e => e.to_string(),
-        };
-        Error::tensor(input, &t.name, format!("cannot quantize to {}: {what}", t.target))
-    })
+    encoded
+        .map_err(|e| {
+            let what = match e {
+                EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
+                e => e.to_string(),
+            };
+            Error::tensor(input, &t.name, format!("cannot quantize to {}: {what}", t.target))
+        })
+        .map(|bytes| (bytes, usage))
 }
 
 /// Quantizes `input` (a GGUF) into `output` following `opts`. `progress(done, total)` is
@@ -230,25 +280,38 @@ pub fn quantize_gguf(
         metadata.push(("lowbit.quantize.overrides".into(), Value::Array(ValueType::String, texts)));
     }
     for t in &summary.tensors {
-        if let StorageType::Native(f) = t.target {
-            metadata.push((native_key(&t.name), Value::String(f.to_string())));
+        match t.target {
+            StorageType::Native(f) => metadata.push((native_key(&t.name), Value::String(f.to_string()))),
+            StorageType::Vq(f) => metadata.push((native_key(&t.name), Value::String(f.to_string()))),
+            StorageType::Ggml(_) => {}
         }
     }
     let specs: Vec<TensorSpec> = summary
         .tensors
         .iter()
-        .map(|t| match t.target {
-            StorageType::Ggml(ty) => TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty },
+        .flat_map(|t| match t.target {
+            StorageType::Ggml(ty) => vec![TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty }],
             // Native tensors are stored as raw bytes, one stored row per logical row.
             StorageType::Native(f) => {
                 let mut dims = t.dims.clone();
                 dims[0] = f.row_bytes(dims[0] as usize).expect("the plan checked whole groups") as u64;
-                TensorSpec { name: t.name.clone(), dims, ty: GgmlType::I8 }
+                vec![TensorSpec { name: t.name.clone(), dims, ty: GgmlType::I8 }]
+            }
+            // VQ: the rows likewise, then the codebooks as an F16 tensor.
+            StorageType::Vq(f) => {
+                let mut dims = t.dims.clone();
+                dims[0] = f.row_bytes(dims[0] as usize).expect("the plan checked whole vectors") as u64;
+                let entries = (f.entries() + f.residual_entries()) as u64;
+                vec![
+                    TensorSpec { name: t.name.clone(), dims, ty: GgmlType::I8 },
+                    TensorSpec { name: codebook_name(&t.name), dims: vec![f.dim as u64, entries], ty: GgmlType::F16 },
+                ]
             }
         })
         .collect();
     let total = summary.elements;
     let mut done = 0u64;
+    let mut summary_codebooks = Vec::new();
     let mut w = GgufWriter::create(output, &metadata, specs)?;
     // Encoded tensors go to a writer thread through a short queue, so writing one tensor
     // overlaps encoding the next (memory: at most two encoded tensors in flight).
@@ -266,10 +329,27 @@ pub fn quantize_gguf(
                 let (_, src) = g.tensor_bytes(&t.name)?;
                 let bytes = match opts.pre_encoded.get(&t.name) {
                     Some(b) if b.len() as u64 == t.bytes => b.clone(),
-                    _ if t.target == t.source => src.to_vec(),
-                    _ => encode_tensor(&g, input, t, opts)?,
+                    _ if t.target == t.source => match t.source {
+                        StorageType::Vq(_) => [src, g.tensor_bytes(&codebook_name(&t.name))?.1].concat(),
+                        _ => src.to_vec(),
+                    },
+                    _ => {
+                        let (bytes, usage) = encode_tensor(&g, input, t, opts)?;
+                        summary_codebooks.extend(usage);
+                        bytes
+                    }
                 };
-                if send.send((t.name.clone(), bytes)).is_err() {
+                let parts = match t.target {
+                    StorageType::Vq(f) => {
+                        let split = bytes.len() - f.codebook_bytes();
+                        vec![
+                            (t.name.clone(), bytes[..split].to_vec()),
+                            (codebook_name(&t.name), bytes[split..].to_vec()),
+                        ]
+                    }
+                    _ => vec![(t.name.clone(), bytes)],
+                };
+                if parts.into_iter().any(|p| send.send(p).is_err()) {
                     break; // the writer stopped on an error, reported below
                 }
                 done += t.n_elements();
@@ -285,6 +365,7 @@ pub fn quantize_gguf(
         Ok(())
     });
     written?;
+    summary.codebooks = summary_codebooks;
     summary.seconds = Some(start.elapsed().as_secs_f64());
     Ok(summary)
 }

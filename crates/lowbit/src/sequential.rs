@@ -13,6 +13,7 @@ use crate::eval::EvalOptions;
 use crate::format::dequantize_to_vec;
 use crate::format::storage::{decode_native, encode_rows, StorageType};
 use crate::method::gptq::{gptq_rows, supports, GptqOptions};
+use crate::method::vq::{quantize_vq, VqOptions};
 use crate::method::Method;
 use crate::model::{InputRecorder, LoadedLm};
 use crate::plan::PlannedTensor;
@@ -26,10 +27,16 @@ pub struct SequentialResult {
     pub imatrix: Imatrix,
 }
 
-fn decode(ty: StorageType, bytes: &[u8], n: usize) -> std::result::Result<Vec<f32>, String> {
+/// Decodes a tensor encoded as `ty` (`n` values in rows of `cols`). Encoded VQ tensors
+/// are their rows followed by their codebook bytes.
+fn decode(ty: StorageType, bytes: &[u8], n: usize, cols: usize) -> std::result::Result<Vec<f32>, String> {
     match ty {
         StorageType::Ggml(t) => dequantize_to_vec(t, bytes, n).map_err(|e| e.to_string()),
         StorageType::Native(f) => decode_native(f, bytes, n),
+        StorageType::Vq(f) => {
+            let split = bytes.len().checked_sub(f.codebook_bytes()).ok_or("shorter than its codebook")?;
+            f.decode(&bytes[..split], &bytes[split..], cols)
+        }
     }
 }
 
@@ -97,10 +104,15 @@ pub fn sequential_gptq(
                     let xtx = r.hessian().expect("recorded with a Hessian");
                     gptq_rows(ty, &lin.weight, n, &xtx, gptq)
                 }
+                StorageType::Vq(f) => {
+                    let xtx = r.hessian().expect("recorded with a Hessian");
+                    let opts = VqOptions { gptq: *gptq, ..VqOptions::default() };
+                    quantize_vq(&f, &lin.weight, n, None, Some(&xtx), &opts).map(|v| [v.payload, v.codebook].concat())
+                }
                 other => encode_rows(other, &lin.weight, n, Some(&importance), Method::Search),
             }
             .map_err(|e| Error::Usage(format!("{}: cannot quantize to {}: {e}", lin.name, t.target)))?;
-            lin.weight = decode(t.target, &bytes, lin.weight.len())
+            lin.weight = decode(t.target, &bytes, lin.weight.len(), n)
                 .map_err(|e| Error::Usage(format!("{}: cannot decode its {}: {e}", lin.name, t.target)))?;
             result.encoded.insert(lin.name.clone(), bytes);
         }

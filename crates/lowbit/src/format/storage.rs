@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use super::encode::{can_encode, encode_rows_with, quantize_rows, EncodeError};
 use super::native::NativeFormat;
+use super::vq::VqFormat;
 use super::GgmlType;
 use crate::method::Method;
 
@@ -18,36 +19,44 @@ pub enum StorageType {
     Ggml(GgmlType),
     /// A lowbit-native format (see [`super::native`]).
     Native(NativeFormat),
+    /// A learned-codebook vector format (see [`super::vq`]); encoded a whole tensor at a
+    /// time (the codebook is fitted to it).
+    Vq(VqFormat),
 }
 
 impl StorageType {
-    /// Parses a ggml type name (`Q4_K`, `IQ4_XS`, …) or a native format name
-    /// (`int4_g128`, `nf4_g64`, …).
+    /// Parses a ggml type name (`Q4_K`, `IQ4_XS`, …), a native format name
+    /// (`int4_g128`, `nf4_g64`, …) or a VQ format name (`vq4x256`, `vq8x256+256`).
     pub fn from_name(name: &str) -> Option<StorageType> {
         GgmlType::from_name(name)
             .map(StorageType::Ggml)
             .or_else(|| NativeFormat::from_name(name).map(StorageType::Native))
+            .or_else(|| VqFormat::from_name(name).map(StorageType::Vq))
     }
 
     /// Whether lowbit can write it.
     pub fn can_encode(&self) -> bool {
         match self {
             StorageType::Ggml(t) => can_encode(*t),
-            StorageType::Native(_) => true,
+            StorageType::Native(_) | StorageType::Vq(_) => true,
         }
     }
 
-    /// Values sharing one scale block (ggml block size, native group).
+    /// Values sharing one scale block (ggml block size, native group, VQ vector).
     pub fn block_size(&self) -> usize {
         match self {
             StorageType::Ggml(t) => t.block_size(),
             StorageType::Native(f) => f.group,
+            StorageType::Vq(f) => f.dim,
         }
     }
 
     /// Bytes of a tensor of `dims` (innermost first), or `None` if its rows are not whole
     /// blocks.
     pub fn tensor_bytes(&self, dims: &[u64]) -> Option<u64> {
+        if let StorageType::Vq(f) = self {
+            return f.tensor_bytes(dims);
+        }
         let n: u64 = dims.iter().product();
         let row = dims.first().copied().unwrap_or(1);
         if !row.is_multiple_of(self.block_size() as u64) {
@@ -56,6 +65,7 @@ impl StorageType {
         let block_bytes = match self {
             StorageType::Ggml(t) => t.type_size(),
             StorageType::Native(f) => f.group_bytes(),
+            StorageType::Vq(_) => unreachable!("handled above"),
         };
         Some(n / self.block_size() as u64 * block_bytes as u64)
     }
@@ -71,6 +81,7 @@ impl fmt::Display for StorageType {
         match self {
             StorageType::Ggml(t) => write!(f, "{t}"),
             StorageType::Native(n) => write!(f, "{n}"),
+            StorageType::Vq(v) => write!(f, "{v}"),
         }
     }
 }
@@ -88,7 +99,8 @@ impl From<GgmlType> for StorageType {
 }
 
 /// Encodes a row-major matrix as `st`, rows in parallel (deterministic); see
-/// [`quantize_rows`].
+/// [`quantize_rows`]. VQ formats are fitted to a whole tensor: see
+/// [`crate::method::vq::quantize_vq`].
 pub fn encode_rows(
     st: StorageType,
     data: &[f32],
@@ -99,6 +111,7 @@ pub fn encode_rows(
     let f = match st {
         StorageType::Ggml(t) => return quantize_rows(t, data, row_len, importance, method),
         StorageType::Native(f) => f,
+        StorageType::Vq(f) => return Err(EncodeError::WholeTensor(f.to_string())),
     };
     let row_bytes = f
         .row_bytes(row_len)
@@ -109,11 +122,13 @@ pub fn encode_rows(
 
 /// Scalar reference dot product of one stored row with `x` (`x.len()` values): each
 /// block decoded on its own and accumulated in f64. Slow on purpose; it is the
-/// definition fast kernels are tested against.
+/// definition fast kernels are tested against. VQ rows need their codebook: see
+/// [`VqFormat::decode_row`].
 pub fn dot_reference(st: StorageType, row: &[u8], x: &[f32]) -> f64 {
     let (bs, block_bytes) = match st {
         StorageType::Ggml(t) => (t.block_size(), t.type_size()),
         StorageType::Native(f) => (f.group, f.group_bytes()),
+        StorageType::Vq(f) => panic!("{f} rows cannot be decoded without their codebook"),
     };
     let mut block = vec![0.0f32; bs];
     let mut sum = 0.0f64;
@@ -121,6 +136,7 @@ pub fn dot_reference(st: StorageType, row: &[u8], x: &[f32]) -> f64 {
         match st {
             StorageType::Ggml(t) => super::dequantize(t, b, &mut block).expect("one whole block"),
             StorageType::Native(f) => f.decode_row(b, &mut block),
+            StorageType::Vq(_) => unreachable!("refused above"),
         }
         sum += block.iter().zip(xb).map(|(&w, &v)| w as f64 * v as f64).sum::<f64>();
     }

@@ -12,6 +12,7 @@ use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 use crate::error::{Error, Result};
 use crate::format::native::NativeFormat;
 use crate::format::storage::decode_native;
+use crate::format::vq::{codebook_name, VqFormat};
 use crate::format::{self, GgmlType};
 
 /// Longest metadata array lowbit accepts (a 262k-token vocabulary is far below it).
@@ -30,6 +31,9 @@ pub enum TensorType {
     /// tensor) and named by the `lowbit.native.<tensor>` metadata string; the tensor's
     /// dims are the logical ones.
     Native(NativeFormat),
+    /// A learned-codebook VQ format: stored like a native format, with its codebooks in
+    /// the F16 tensor `<tensor>.codebook`.
+    Vq(VqFormat),
     /// A type id lowbit does not know; the tensor is listed but cannot be read.
     Unknown(u32),
 }
@@ -44,6 +48,7 @@ impl std::fmt::Display for TensorType {
         match self {
             TensorType::Known(t) => write!(f, "{t}"),
             TensorType::Native(n) => write!(f, "{n} (lowbit-native)"),
+            TensorType::Vq(v) => write!(f, "{v} (lowbit-native)"),
             TensorType::Unknown(id) => write!(f, "unknown type {id}"),
         }
     }
@@ -332,7 +337,7 @@ impl GgufFile {
                         .ok_or_else(|| Error::tensor(&path, &name, "byte size overflows"))?;
                     Some(bytes)
                 }
-                TensorType::Native(_) | TensorType::Unknown(_) => None,
+                TensorType::Native(_) | TensorType::Vq(_) | TensorType::Unknown(_) => None,
             };
             if offset % alignment != 0 {
                 return Err(Error::tensor(&path, &name, format!("data offset {offset} is not aligned to {alignment}")));
@@ -422,6 +427,25 @@ impl GgufFile {
                 format::dequantize_to_vec(ty, bytes, n).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
             }
             TensorType::Native(f) => decode_native(f, bytes, n).map_err(|e| Error::tensor(&self.path, name, e)),
+            TensorType::Vq(f) => {
+                let cb_name = codebook_name(name);
+                let (cb_info, codebook) = self.tensor_bytes(&cb_name).map_err(|_| {
+                    Error::tensor(
+                        &self.path,
+                        name,
+                        format!("{f} needs its codebook tensor '{cb_name}', which is missing"),
+                    )
+                })?;
+                if cb_info.ty != TensorType::Known(GgmlType::F16) {
+                    return Err(Error::tensor(
+                        &self.path,
+                        &cb_name,
+                        format!("a codebook must be F16, found {}", cb_info.ty),
+                    ));
+                }
+                let cols = info.dims.first().copied().unwrap_or(0) as usize;
+                f.decode(bytes, codebook, cols).map_err(|e| Error::tensor(&self.path, name, e))
+            }
             TensorType::Unknown(_) => unreachable!("tensor_bytes checked the type"),
         }
     }
@@ -433,11 +457,21 @@ fn resolve_native(path: &Path, metadata: &[(String, Value)], tensors: &mut [Tens
     for t in tensors.iter_mut() {
         let Some((_, v)) = metadata.iter().find(|(k, _)| *k == native_key(&t.name)) else { continue };
         let name = v.as_str().ok_or_else(|| Error::tensor(path, &t.name, "lowbit.native entry is not a string"))?;
+        if t.ty != TensorType::Known(GgmlType::I8) {
+            return Err(Error::tensor(path, &t.name, format!("native {name} must be stored as I8, found {}", t.ty)));
+        }
+        if let Some(f) = VqFormat::from_name(name) {
+            let row_bytes = t.dims.first().copied().unwrap_or(0) as usize;
+            let cols = f.cols_of_row_bytes(row_bytes).ok_or_else(|| {
+                Error::tensor(path, &t.name, format!("{row_bytes} bytes per row is not a whole {f} row"))
+            })?;
+            t.dims[0] = cols as u64;
+            t.n_elements = t.dims.iter().product();
+            t.ty = TensorType::Vq(f);
+            continue;
+        }
         let f = NativeFormat::from_name(name)
             .ok_or_else(|| Error::tensor(path, &t.name, format!("unknown lowbit-native format '{name}'")))?;
-        if t.ty != TensorType::Known(GgmlType::I8) {
-            return Err(Error::tensor(path, &t.name, format!("native {f} must be stored as I8, found {}", t.ty)));
-        }
         let row_bytes = t.dims.first().copied().unwrap_or(0);
         if row_bytes == 0 || !row_bytes.is_multiple_of(f.group_bytes() as u64) {
             return Err(Error::tensor(path, &t.name, format!("{row_bytes} bytes per row is not whole {f} groups")));

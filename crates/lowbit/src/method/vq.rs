@@ -172,11 +172,29 @@ fn to_f16(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = half::f16::from_f32(*x).to_f32());
 }
 
+/// At most this many vectors per codebook entry go into k-means (an evenly strided,
+/// deterministic sample); every vector is then assigned to the fitted codebook. 128 per
+/// entry estimates each centroid to well under the quantization step, at a fraction of
+/// the cost of clustering millions of vectors.
+const SAMPLE_PER_ENTRY: usize = 128;
+
+/// k-means on an evenly strided sample of the `dim`-vectors of `x` (all of them when few).
+fn kmeans_sampled(x: &[f32], weights: &[f32], dim: usize, k: usize, opts: &KmeansOptions) -> Vec<f32> {
+    let n = x.len() / dim;
+    let cap = (SAMPLE_PER_ENTRY * k).max(16384);
+    if n <= cap {
+        return kmeans(x, weights, dim, k, opts).centroids;
+    }
+    let stride = n.div_ceil(cap);
+    let pick = |v: &[f32]| -> Vec<f32> { v.chunks_exact(dim).step_by(stride).flatten().copied().collect() };
+    kmeans(&pick(x), &pick(weights), dim, k, opts).centroids
+}
+
 /// k-means for the main codebook, then for the residual one on what remains.
 fn fit_codebooks(f: &VqFormat, x: &[f32], weights: &[f32], opts: &VqOptions) -> Codes {
     let dim = f.dim;
-    let main_book = kmeans(x, weights, dim, f.entries(), &opts.kmeans);
-    let mut codebook = main_book.centroids;
+    let main_centroids = kmeans_sampled(x, weights, dim, f.entries(), &opts.kmeans);
+    let mut codebook = main_centroids;
     to_f16(&mut codebook);
     let main: Vec<u32> = x
         .par_chunks_exact(dim)
@@ -191,8 +209,7 @@ fn fit_codebooks(f: &VqFormat, x: &[f32], weights: &[f32], opts: &VqOptions) -> 
             .flat_map(|(v, &c)| v.iter().zip(&codebook[c as usize * dim..]).map(|(a, b)| a - b).collect::<Vec<_>>())
             .collect();
         let seeded = KmeansOptions { seed: opts.kmeans.seed.wrapping_add(1), ..opts.kmeans };
-        let book = kmeans(&rest, weights, dim, f.residual_entries(), &seeded);
-        residual_codebook = book.centroids;
+        residual_codebook = kmeans_sampled(&rest, weights, dim, f.residual_entries(), &seeded);
         to_f16(&mut residual_codebook);
         residual = rest
             .par_chunks_exact(dim)

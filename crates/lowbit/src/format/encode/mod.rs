@@ -51,6 +51,9 @@ pub enum EncodeError {
         /// The value.
         value: f32,
     },
+    /// A VQ format is fitted to a whole tensor, not encoded row by row.
+    #[error("{0} is fitted to a whole tensor; it cannot be encoded row by row")]
+    WholeTensor(String),
     /// The calibration Hessian cannot be used (not positive definite).
     #[error("{0}")]
     Hessian(String),
