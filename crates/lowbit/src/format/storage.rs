@@ -179,6 +179,7 @@ mod tests {
             let decoded = match st {
                 StorageType::Ggml(t) => crate::format::dequantize_to_vec(t, &bytes, n).unwrap(),
                 StorageType::Native(f) => decode_native(f, &bytes, n).unwrap(),
+                StorageType::Vq(_) => unreachable!("not in the list"),
             };
             let want: f64 = decoded.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
             let got = dot_reference(st, &bytes, &x);

@@ -265,11 +265,11 @@ fn sweep(f: &VqFormat, w: &[f32], scales: &[f32], cols: usize, u: &[f32], codes:
                 v.iter_mut().zip(&work[j0..j0 + dim]).for_each(|(a, b)| *a = b / s);
                 let (c, c2) = choose(shared, dim, &v, &prec[j0..j0 + dim], &mut rest);
                 entry(shared, dim, c, c2, &mut q);
-                for k in 0..dim {
+                for (k, &qk) in q.iter().enumerate() {
                     let j = j0 + k;
                     let u_row = &u[j * cols + j..(j + 1) * cols];
-                    let err = (work[j] - s * q[k]) / u_row[0];
-                    work[j] = s * q[k];
+                    let err = (work[j] - s * qk) / u_row[0];
+                    work[j] = s * qk;
                     for (x, &uk) in work[j + 1..].iter_mut().zip(&u_row[1..]) {
                         *x -= err * uk;
                     }
@@ -329,9 +329,9 @@ fn output_error(f: &VqFormat, w: &[f32], scales: &[f32], cols: usize, codes: &Co
         for g in 0..per_row {
             let i = r * per_row + g;
             entry(codes, dim, codes.main[i], codes.residual.get(i).copied().unwrap_or(0), &mut q);
-            for k in 0..dim {
+            for (k, &qk) in q.iter().enumerate() {
                 let j = g * dim + k;
-                d[j] = w[r * cols + j] - scales[r] * q[k];
+                d[j] = w[r * cols + j] - scales[r] * qk;
             }
         }
     });

@@ -225,12 +225,59 @@ pub(crate) fn fit_lattice(fmt: &LatticeFormat, b: &BlockInput) -> LatticeBlock {
     let dd = fit_odd_scales(&s, &a, fmt.max_code, &mut block.codes);
     block.d = half::f16::from_f32(dd / fmt.unit).to_f32();
     requantize_all(fmt, &mut block, x, &w);
+    if b.method == Method::Search {
+        refit_super_scale(fmt, &mut block, x, &w);
+    }
     block
 }
 
 /// The sub-scale as stored for the 8 values of group `g`.
 fn group_scale(fmt: &LatticeFormat, block: &LatticeBlock, g: usize) -> f32 {
     block.d * fmt.unit * (2 * block.codes[8 * g / fmt.scale_group] as i32 + 1) as f32
+}
+
+/// The block's weighted error and its least-squares super-scale for the codes as chosen:
+/// every value is d·a with a = unit·(2c + 1)·(±g), so d* = Σ w·x·a / Σ w·a².
+fn block_fit(fmt: &LatticeFormat, block: &LatticeBlock, x: &[f32], w: &[f32]) -> (f32, f32) {
+    let grid = (fmt.grid)();
+    let per = 8 / grid.dim;
+    let (mut xa, mut aa) = (0.0f32, 0.0f32);
+    let (mut err, d) = (0.0f32, block.d);
+    for g in 0..QK_K / 8 {
+        let m = fmt.unit * (2 * block.codes[8 * g / fmt.scale_group] as i32 + 1) as f32;
+        for k in 0..per {
+            let p = grid.point(block.points[per * g + k] as usize);
+            for (jj, &gv) in p.iter().enumerate() {
+                let j = grid.dim * k + jj;
+                let i = 8 * g + j;
+                let a = if block.signs[g] & (1 << j) != 0 { -m * gv } else { m * gv };
+                xa += w[i] * x[i] * a;
+                aa += w[i] * a * a;
+                err += w[i] * (x[i] - d * a) * (x[i] - d * a);
+            }
+        }
+    }
+    (err, if aa > 0.0 { xa / aa } else { d })
+}
+
+/// After the codes are chosen: refit d by least squares for them, store it as f16,
+/// re-choose the codes under it, and keep the result only if the weighted error fell.
+fn refit_super_scale(fmt: &LatticeFormat, block: &mut LatticeBlock, x: &[f32], w: &[f32]) {
+    if block.d <= 0.0 {
+        return;
+    }
+    let (before, d_star) = block_fit(fmt, block, x, w);
+    let d_new = half::f16::from_f32(d_star).to_f32();
+    if d_new.is_nan() || d_new <= 0.0 || d_new == block.d {
+        return;
+    }
+    let saved = (block.d, block.points, block.signs);
+    block.d = d_new;
+    requantize_all(fmt, block, x, w);
+    let (after, _) = block_fit(fmt, block, x, w);
+    if after >= before {
+        (block.d, block.points, block.signs) = saved;
+    }
 }
 
 /// Re-chooses every group's signs and grid point (IQ1: and shift) under the stored scales.
@@ -281,14 +328,43 @@ pub(crate) fn requantize_group(
         }
         return y;
     }
-    let signs = signs_and_targets(x, w, fmt.parity_signs, &mut t);
-    block.signs[g] = signs;
+    // With parity-constrained signs and an odd count of negatives, one value must take the
+    // wrong sign: try the three cheapest (by w·x²) and keep the one the grid fits best.
+    let natural = (0..8).fold(0u8, |s, j| if x[j] < 0.0 { s | (1 << j) } else { s });
+    let flips: Vec<Option<usize>> = if fmt.parity_signs && natural.count_ones() % 2 == 1 {
+        let mut order: Vec<usize> = (0..8).collect();
+        order.sort_by(|&a, &b| (w[a] * x[a] * x[a]).total_cmp(&(w[b] * x[b] * x[b])).then(a.cmp(&b)));
+        order.into_iter().take(3).map(Some).collect()
+    } else {
+        vec![None]
+    };
     let per = 8 / grid.dim;
-    for k in 0..per {
-        let r = grid.dim * k..grid.dim * (k + 1);
-        let (i, _) = grid.nearest(&t[r.clone()], &w[r.clone()], scale);
-        block.points[per * g + k] = i as u16;
-        for (j, &p) in r.zip(grid.point(i)) {
+    let mut best = (f32::INFINITY, 0u8, [0u16; 2]);
+    for flip in flips {
+        for j in 0..8 {
+            t[j] = x[j].abs();
+        }
+        let mut signs = natural;
+        if let Some(j) = flip {
+            signs ^= 1 << j;
+            t[j] = -t[j];
+        }
+        let (mut err, mut pts) = (0.0f32, [0u16; 2]);
+        for (k, p) in pts.iter_mut().enumerate().take(per) {
+            let r = grid.dim * k..grid.dim * (k + 1);
+            let (i, e) = grid.nearest(&t[r.clone()], &w[r], scale);
+            *p = i as u16;
+            err += e;
+        }
+        if err < best.0 {
+            best = (err, signs, pts);
+        }
+    }
+    let (_, signs, pts) = best;
+    block.signs[g] = signs;
+    for (k, &i) in pts.iter().enumerate().take(per) {
+        block.points[per * g + k] = i;
+        for (j, &p) in (grid.dim * k..grid.dim * (k + 1)).zip(grid.point(i as usize)) {
             y[j] = if signs & (1 << j) != 0 { -scale * p } else { scale * p };
         }
     }
