@@ -10,8 +10,7 @@ use std::sync::Arc;
 use crate::calibrate::{calibration_chunks, shared_input_key, Imatrix, ImatrixEntry};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
-use crate::format::dequantize_to_vec;
-use crate::format::storage::{decode_native, encode_rows, StorageType};
+use crate::format::storage::{decode, encode_rows, StorageType};
 use crate::method::gptq::{gptq_rows, supports, GptqOptions};
 use crate::method::vq::{quantize_vq, VqOptions};
 use crate::method::Method;
@@ -25,19 +24,6 @@ pub struct SequentialResult {
     pub encoded: HashMap<String, Vec<u8>>,
     /// Per-weight importance from the sequential pass.
     pub imatrix: Imatrix,
-}
-
-/// Decodes a tensor encoded as `ty` (`n` values in rows of `cols`). Encoded VQ tensors
-/// are their rows followed by their codebook bytes.
-fn decode(ty: StorageType, bytes: &[u8], n: usize, cols: usize) -> std::result::Result<Vec<f32>, String> {
-    match ty {
-        StorageType::Ggml(t) => dequantize_to_vec(t, bytes, n).map_err(|e| e.to_string()),
-        StorageType::Native(f) => decode_native(f, bytes, n),
-        StorageType::Vq(f) => {
-            let split = bytes.len().checked_sub(f.codebook_bytes()).ok_or("shorter than its codebook")?;
-            f.decode(&bytes[..split], &bytes[split..], cols)
-        }
-    }
 }
 
 /// Quantizes the block weights of `lm` (loaded from the plan's source) following `plan`,

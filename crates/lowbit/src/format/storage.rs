@@ -143,6 +143,20 @@ pub fn dot_reference(st: StorageType, row: &[u8], x: &[f32]) -> f64 {
     sum
 }
 
+/// Decodes `n` values (rows of `cols`) stored as `st`, whatever the kind: the inverse of
+/// [`encode_rows`] and [`crate::method::vq::quantize_vq`]. VQ bytes are the rows followed
+/// by the codebook bytes, as a planned VQ tensor's size counts them.
+pub fn decode(st: StorageType, bytes: &[u8], n: usize, cols: usize) -> Result<Vec<f32>, String> {
+    match st {
+        StorageType::Ggml(t) => super::dequantize_to_vec(t, bytes, n).map_err(|e| e.to_string()),
+        StorageType::Native(f) => decode_native(f, bytes, n),
+        StorageType::Vq(f) => {
+            let split = bytes.len().checked_sub(f.codebook_bytes()).ok_or("shorter than its codebook")?;
+            f.decode(&bytes[..split], &bytes[split..], cols)
+        }
+    }
+}
+
 /// Decodes a native tensor of `n` values stored in `bytes` (rows in parallel).
 pub fn decode_native(f: NativeFormat, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
     let need = n / f.group * f.group_bytes();
