@@ -70,10 +70,20 @@ fn bad_quantize_arguments_fail_cleanly_and_write_nothing() {
         (vec!["--type", "Q9_K"], vec!["unknown --type 'Q9_K'", "int4_g128"]),
         (vec!["--type", "Q4_K_M", "--override", "attn_zz=Q8_0"], vec!["'attn_zz=Q8_0' matches no tensor"]),
         (vec!["--type", "Q4_K_M", "--override", "attn_q"], vec!["expected REGEX=TYPE"]),
-        (vec!["--type", "Q4_K_M", "--override", "attn_q=IQ2_XXS"], vec!["'IQ2_XXS' is not a type lowbit can write"]),
+        (vec!["--type", "Q4_K_M", "--override", "attn_q=TQ1_0"], vec!["'TQ1_0' is not a type lowbit can write"]),
         (vec!["--type", "Q4_K_M", "--override", "attn_(q=Q8_0"], vec!["bad regex"]),
         (vec!["--type", "Q4_K_M", "--method", "gptq9"], vec!["unknown --method 'gptq9'"]),
         (vec!["--type", "int9_g32"], vec!["unknown --type 'int9_g32'"]),
+        (vec!["--type", "vq"], vec!["--type vq needs --bpw"]),
+        (vec!["--type", "Q4_K_M", "--bpw", "2"], vec!["go with --type vq"]),
+        (vec!["--type", "vq", "--bpw", "2", "--codebook", "100"], vec!["--codebook 100: a power of two"]),
+        (
+            vec!["--type", "vq", "--bpw", "2", "--vec", "8", "--codebook", "256"],
+            vec!["16 code bits per vector", "--residual"],
+        ),
+        (vec!["--type", "vq", "--bpw", "3", "--vec", "8"], vec!["each codebook takes 1 to 16 bits"]),
+        // A codebook with more entries than the matrix has vectors learns nothing.
+        (vec!["--type", "vq4x65536"], vec!["blk.0.attn_q.weight", "65536 entries", "16384 vectors"]),
     ];
     for (args, expect) in cases {
         let o = lowbit().args(["quantize", "--model"]).arg(&src).args(&args).arg("-o").arg(&out).output().unwrap();

@@ -96,6 +96,13 @@ pub fn quantize_vq(
         }
     }
     let rows = w.len() / cols;
+    let vectors = w.len() / dim;
+    if f.entries() > vectors / 2 {
+        return Err(EncodeError::Codebook(format!(
+            "a codebook of {} entries for only {vectors} vectors learns nothing: use fewer entries (or a residual codebook)",
+            f.entries()
+        )));
+    }
     // Row scales as stored (f16), and the normalised rows.
     let scales: Vec<f32> = w
         .chunks_exact(cols)
@@ -441,5 +448,7 @@ mod tests {
             Err(EncodeError::NonFinite { index: 7, .. })
         ));
         assert!(quantize_vq(&f, &w, 64, Some(&[1.0; 3]), None, &VqOptions::default()).is_err());
+        let big = VqFormat::from_name("vq8x1024").unwrap(); // 256 vectors
+        assert!(matches!(quantize_vq(&big, &w, 64, None, None, &VqOptions::default()), Err(EncodeError::Codebook(_))));
     }
 }

@@ -51,6 +51,9 @@ pub enum EncodeError {
         /// The value.
         value: f32,
     },
+    /// A VQ codebook that does not fit the tensor.
+    #[error("{0}")]
+    Codebook(String),
     /// A VQ format is fitted to a whole tensor, not encoded row by row.
     #[error("{0} is fitted to a whole tensor; it cannot be encoded row by row")]
     WholeTensor(String),
