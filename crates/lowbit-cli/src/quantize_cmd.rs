@@ -20,8 +20,9 @@ pub struct QuantizeArgs {
     /// Source model: a GGUF file or a zoo name.
     #[arg(long)]
     model: String,
-    /// Mix (llama-quantize names): Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S,
-    /// Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, MXFP4_MOE, F16, BF16, F32;
+    /// Mix (llama-quantize names): Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M,
+    /// Q5_K_S, Q5_K_M, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, IQ4_XS, IQ3_M, IQ3_S,
+    /// IQ3_XS, IQ3_XXS, IQ2_M, IQ2_S, IQ2_XS, IQ2_XXS, IQ1_M, IQ1_S, MXFP4_MOE, F16, BF16, F32;
     /// or a lowbit-native format for every weight matrix (int2…int8 with _gGROUP and
     /// optional _zp, nf4_gG, fp8_gG, fp4_gG, e.g. int4_g128; llama.cpp cannot run those),
     /// for the blocks' matrices, with Q8_0 for the token embedding and output and where a
