@@ -280,10 +280,8 @@ pub fn quantize_gguf(
         metadata.push(("lowbit.quantize.overrides".into(), Value::Array(ValueType::String, texts)));
     }
     for t in &summary.tensors {
-        match t.target {
-            StorageType::Native(f) => metadata.push((native_key(&t.name), Value::String(f.to_string()))),
-            StorageType::Vq(f) => metadata.push((native_key(&t.name), Value::String(f.to_string()))),
-            StorageType::Ggml(_) => {}
+        if !t.target.is_ggml() {
+            metadata.push((native_key(&t.name), Value::String(t.target.to_string())));
         }
     }
     let specs: Vec<TensorSpec> = summary
@@ -341,11 +339,8 @@ pub fn quantize_gguf(
                 };
                 let parts = match t.target {
                     StorageType::Vq(f) => {
-                        let split = bytes.len() - f.codebook_bytes();
-                        vec![
-                            (t.name.clone(), bytes[..split].to_vec()),
-                            (codebook_name(&t.name), bytes[split..].to_vec()),
-                        ]
+                        let (rows, codebook) = f.split_encoded(&bytes).expect("encoded with its codebook");
+                        vec![(t.name.clone(), rows.to_vec()), (codebook_name(&t.name), codebook.to_vec())]
                     }
                     _ => vec![(t.name.clone(), bytes)],
                 };

@@ -288,7 +288,7 @@ impl fmt::Display for NativeFormat {
 }
 
 /// The `n`-bit value at bit offset `at` of a little-endian bit stream.
-fn read_bits(bytes: &[u8], at: usize, n: usize) -> u32 {
+pub(crate) fn read_bits(bytes: &[u8], at: usize, n: usize) -> u32 {
     let (byte, shift) = (at / 8, at % 8);
     let mut v = 0u32;
     for (k, &b) in bytes[byte..(byte + (shift + n).div_ceil(8)).min(bytes.len())].iter().enumerate() {
@@ -298,7 +298,7 @@ fn read_bits(bytes: &[u8], at: usize, n: usize) -> u32 {
 }
 
 /// Ors the `n`-bit value `q` into the bit stream at bit offset `at` (bytes start zeroed).
-fn write_bits(bytes: &mut [u8], at: usize, n: usize, q: u32) {
+pub(crate) fn write_bits(bytes: &mut [u8], at: usize, n: usize, q: u32) {
     let (byte, shift) = (at / 8, at % 8);
     let v = (q & ((1u32 << n) - 1)) << shift;
     for k in 0..(shift + n).div_ceil(8) {

@@ -151,8 +151,8 @@ pub fn decode(st: StorageType, bytes: &[u8], n: usize, cols: usize) -> Result<Ve
         StorageType::Ggml(t) => super::dequantize_to_vec(t, bytes, n).map_err(|e| e.to_string()),
         StorageType::Native(f) => decode_native(f, bytes, n),
         StorageType::Vq(f) => {
-            let split = bytes.len().checked_sub(f.codebook_bytes()).ok_or("shorter than its codebook")?;
-            f.decode(&bytes[..split], &bytes[split..], cols)
+            let (rows, codebook) = f.split_encoded(bytes).ok_or("shorter than its codebook")?;
+            f.decode(rows, codebook, cols)
         }
     }
 }

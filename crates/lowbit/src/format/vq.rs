@@ -20,6 +20,7 @@ use std::fmt;
 use rayon::prelude::*;
 
 use super::f16_at;
+use super::native::{read_bits, write_bits};
 
 /// A vector-quantization format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,21 +102,26 @@ impl VqFormat {
     /// (`(K + K2) × dim` f32 values, main entries first).
     pub fn decode_row(&self, codebook: &[f32], row: &[u8], out: &mut [f32]) {
         let scale = f16_at(row, 0);
+        let codes = &row[2..];
+        let (bits, residual_bits) = (self.bits as usize, self.residual_bits as usize);
         let n = out.len() / self.dim;
-        let mut bits = BitReader::new(&row[2..]);
-        for v in out.chunks_exact_mut(self.dim) {
-            let c = bits.read(self.bits as usize) as usize;
+        let base = self.entries() * self.dim;
+        for (i, v) in out.chunks_exact_mut(self.dim).enumerate() {
+            let c = read_bits(codes, i * bits, bits) as usize;
             v.copy_from_slice(&codebook[c * self.dim..(c + 1) * self.dim]);
-        }
-        if self.residual_bits > 0 {
-            let base = self.entries() * self.dim;
-            for v in out.chunks_exact_mut(self.dim).take(n) {
-                let c = bits.read(self.residual_bits as usize) as usize;
-                let e = &codebook[base + c * self.dim..base + (c + 1) * self.dim];
+            if residual_bits > 0 {
+                let c2 = read_bits(codes, n * bits + i * residual_bits, residual_bits) as usize;
+                let e = &codebook[base + c2 * self.dim..base + (c2 + 1) * self.dim];
                 v.iter_mut().zip(e).for_each(|(a, b)| *a += b);
             }
+            v.iter_mut().for_each(|a| *a *= scale);
         }
-        out.iter_mut().for_each(|v| *v *= scale);
+    }
+
+    /// Splits an encoded tensor (its rows followed by its codebook bytes, as a planned VQ
+    /// tensor's size counts them) into (rows, codebook).
+    pub fn split_encoded<'a>(&self, bytes: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+        Some(bytes.split_at(bytes.len().checked_sub(self.codebook_bytes())?))
     }
 
     /// Decodes a whole tensor of rows of `cols` values: `payload` holds the stored rows,
@@ -150,44 +156,19 @@ pub fn codebook_name(name: &str) -> String {
     format!("{name}.codebook")
 }
 
-/// Reads little-endian bit fields of up to 16 bits.
-struct BitReader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> BitReader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        BitReader { bytes, pos: 0 }
-    }
-
-    fn read(&mut self, n: usize) -> u32 {
-        let mut v = 0u32;
-        for k in 0..n {
-            let bit = (self.bytes[(self.pos + k) / 8] >> ((self.pos + k) % 8)) & 1;
-            v |= (bit as u32) << k;
-        }
-        self.pos += n;
-        v
-    }
-}
-
 /// Writes a stored row: f16 `scale`, then `codes` (`bits` each), then `residual`
 /// (`residual_bits` each); `out` is the row's bytes.
 pub fn pack_row(f: &VqFormat, scale: f32, codes: &[u32], residual: &[u32], out: &mut [u8]) {
     out.fill(0);
     out[..2].copy_from_slice(&half::f16::from_f32(scale).to_bits().to_le_bytes());
-    let mut pos = 0usize;
-    let mut put = |v: u32, n: usize| {
-        for k in 0..n {
-            if (v >> k) & 1 != 0 {
-                out[2 + (pos + k) / 8] |= 1 << ((pos + k) % 8);
-            }
-        }
-        pos += n;
-    };
-    codes.iter().for_each(|&c| put(c, f.bits as usize));
-    residual.iter().for_each(|&c| put(c, f.residual_bits as usize));
+    let (bits, residual_bits) = (f.bits as usize, f.residual_bits as usize);
+    let stream = &mut out[2..];
+    for (i, &c) in codes.iter().enumerate() {
+        write_bits(stream, i * bits, bits, c);
+    }
+    for (i, &c) in residual.iter().enumerate() {
+        write_bits(stream, codes.len() * bits + i * residual_bits, residual_bits, c);
+    }
 }
 
 #[cfg(test)]

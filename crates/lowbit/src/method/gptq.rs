@@ -161,7 +161,7 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool
         }
     }
     if lattice_format(ty).is_some() {
-        lattice::sweep_tile(ty, rows, ncols, f, &sigma2, &mut work, out);
+        lattice::sweep_tile(ty, ncols, f, &sigma2, &mut work, out);
         return;
     }
     let n_blocks = ncols / bs;

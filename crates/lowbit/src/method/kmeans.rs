@@ -57,10 +57,15 @@ impl Codebook {
     /// How many distinct centroids some point uses (collapse guard: far below `len()`
     /// means the codebook wastes its bits).
     pub fn used(&self) -> usize {
-        let mut seen = vec![false; self.len()];
-        self.assignment.iter().for_each(|&a| seen[a as usize] = true);
-        seen.iter().filter(|&&s| s).count()
+        used_entries(&self.assignment, self.len())
     }
+}
+
+/// How many of `k` codebook entries the `assignment` uses.
+pub fn used_entries(assignment: &[u32], k: usize) -> usize {
+    let mut seen = vec![false; k];
+    assignment.iter().for_each(|&a| seen[a as usize] = true);
+    seen.iter().filter(|&&s| s).count()
 }
 
 /// Weighted squared distance.

@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 
 use super::gptq::{inverse_factor, GptqOptions};
-use super::kmeans::{kmeans, nearest, KmeansOptions};
+use super::kmeans::{kmeans, nearest, used_entries, KmeansOptions};
 use crate::format::encode::EncodeError;
 use crate::format::vq::{pack_row, VqFormat};
 
@@ -129,8 +129,7 @@ pub fn quantize_vq(
             let factor = inverse_factor(h, cols, &opts.gptq).map_err(EncodeError::Hessian)?;
             sweep(f, w, &scales, cols, &factor.u, &mut codes);
             let mut best = (output_error(f, w, &scales, cols, &codes, h), codes.main.clone(), codes.residual.clone());
-            let saved = (codes.codebook.clone(), codes.residual_codebook.clone());
-            let mut best_books = saved;
+            let mut best_books = (codes.codebook.clone(), codes.residual_codebook.clone());
             for _ in 0..opts.rounds {
                 refit_codebooks(f, &x, &weights, &mut codes);
                 sweep(f, w, &scales, cols, &factor.u, &mut codes);
@@ -160,16 +159,11 @@ pub fn quantize_vq(
             if codes.residual.is_empty() { &[][..] } else { &codes.residual[r * per_row..(r + 1) * per_row] };
         pack_row(f, scales[r], main, residual, out);
     });
-    let count_used = |c: &[u32], k: usize| {
-        let mut seen = vec![false; k];
-        c.iter().for_each(|&i| seen[i as usize] = true);
-        seen.iter().filter(|&&s| s).count()
-    };
     Ok(VqTensor {
         payload,
         codebook,
-        used: count_used(&codes.main, f.entries()),
-        used_residual: count_used(&codes.residual, f.residual_entries()),
+        used: used_entries(&codes.main, f.entries()),
+        used_residual: used_entries(&codes.residual, f.residual_entries()),
         output_error,
     })
 }
@@ -210,11 +204,11 @@ fn fit_codebooks(f: &VqFormat, x: &[f32], weights: &[f32], opts: &VqOptions) -> 
         .collect();
     let (mut residual, mut residual_codebook) = (Vec::new(), Vec::new());
     if f.residual_bits > 0 {
-        let rest: Vec<f32> = x
-            .chunks_exact(dim)
-            .zip(&main)
-            .flat_map(|(v, &c)| v.iter().zip(&codebook[c as usize * dim..]).map(|(a, b)| a - b).collect::<Vec<_>>())
-            .collect();
+        // What the first codebook leaves of every vector.
+        let mut rest = x.to_vec();
+        for (v, &c) in rest.chunks_exact_mut(dim).zip(&main) {
+            v.iter_mut().zip(&codebook[c as usize * dim..]).for_each(|(a, b)| *a -= b);
+        }
         let seeded = KmeansOptions { seed: opts.kmeans.seed.wrapping_add(1), ..opts.kmeans };
         residual_codebook = kmeans_sampled(&rest, weights, dim, f.residual_entries(), &seeded);
         to_f16(&mut residual_codebook);

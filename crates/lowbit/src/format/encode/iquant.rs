@@ -306,28 +306,17 @@ pub(crate) fn requantize_group(
     if scale <= 0.0 {
         return y;
     }
-    let mut t = [0.0f32; 8];
     if fmt.signed_grid {
         let options: &[bool] =
             if fmt.shift_per_vector { &[false, true] } else { std::slice::from_ref(&block.negative_shift[g]) };
-        let mut best = (f32::INFINITY, 0usize, block.negative_shift[g]);
-        for &neg in options {
-            let delta = if neg { -IQ1S_DELTA } else { IQ1S_DELTA };
-            for (ti, &xi) in t.iter_mut().zip(x) {
-                *ti = xi - scale * delta;
-            }
-            let (i, e) = grid.nearest(&t, w, scale);
-            if e < best.0 {
-                best = (e, i, neg);
-            }
-        }
-        (block.points[g], block.negative_shift[g]) = (best.1 as u16, best.2);
-        let delta = if best.2 { -IQ1S_DELTA } else { IQ1S_DELTA };
-        for (yi, &p) in y.iter_mut().zip(grid.point(best.1)) {
-            *yi = scale * (p + delta);
+        let (i, _, neg) = nearest_shifted(grid, x, w, scale, options);
+        (block.points[g], block.negative_shift[g]) = (i as u16, neg);
+        for (yi, &p) in y.iter_mut().zip(grid.point(i)) {
+            *yi = scale * (p + shift(neg));
         }
         return y;
     }
+    let mut t = [0.0f32; 8];
     // With parity-constrained signs and an odd count of negatives, one value must take the
     // wrong sign: try the three cheapest (by w·x²) and keep the one the grid fits best.
     let natural = (0..8).fold(0u8, |s, j| if x[j] < 0.0 { s | (1 << j) } else { s });
@@ -371,6 +360,33 @@ pub(crate) fn requantize_group(
     y
 }
 
+/// The IQ1 grid shift: −1/8 when `negative`, else +1/8.
+fn shift(negative: bool) -> f32 {
+    if negative {
+        -IQ1S_DELTA
+    } else {
+        IQ1S_DELTA
+    }
+}
+
+/// For 8 values x ≈ scale·(g + δ): the grid point and shift (among `options`, true =
+/// negative) with the least weighted error, as (point, error, negative).
+fn nearest_shifted(grid: &Grid, x: &[f32], w: &[f32], scale: f32, options: &[bool]) -> (usize, f32, bool) {
+    let mut t = [0.0f32; 8];
+    let mut best = (0usize, f32::INFINITY, options[0]);
+    for &neg in options {
+        let delta = shift(neg);
+        for (ti, &xi) in t.iter_mut().zip(x) {
+            *ti = xi - scale * delta;
+        }
+        let (i, e) = grid.nearest(&t, w, scale);
+        if e < best.1 {
+            best = (i, e, neg);
+        }
+    }
+    best
+}
+
 /// Picks, for values x ≈ scale·(g + δ), each vector's grid point and (with
 /// `per_vector`) its shift δ = ±1/8; without, every vector takes `shift[0]`. Then refits
 /// the scale by least squares; returns (scale, Σ w·(g + δ)², error at that scale).
@@ -383,27 +399,16 @@ fn assign_shifted(
     shifts: &mut [bool],
     points: &mut [u16],
 ) -> (f32, f32, f32) {
-    let mut t = [0.0f32; 8];
     let (mut num, mut den) = (0.0f32, 0.0f32);
     for (k, (xv, wv)) in xs.chunks_exact(8).zip(ws.chunks_exact(8)).enumerate() {
         let options: &[bool] = if per_vector { &[false, true] } else { std::slice::from_ref(&shifts[0]) };
-        let mut best = (f32::INFINITY, 0usize, false);
-        for &neg in options {
-            let delta = if neg { -IQ1S_DELTA } else { IQ1S_DELTA };
-            for (ti, &xi) in t.iter_mut().zip(xv) {
-                *ti = xi - scale * delta;
-            }
-            let (i, e) = grid.nearest(&t, wv, scale);
-            if e < best.0 {
-                best = (e, i, neg);
-            }
-        }
-        points[k] = best.1 as u16;
+        let (i, _, neg) = nearest_shifted(grid, xv, wv, scale, options);
+        points[k] = i as u16;
         if per_vector {
-            shifts[k] = best.2;
+            shifts[k] = neg;
         }
-        let delta = if best.2 { -IQ1S_DELTA } else { IQ1S_DELTA };
-        for ((&g, &xi), &wi) in grid.point(best.1).iter().zip(xv).zip(wv) {
+        let delta = shift(neg);
+        for ((&g, &xi), &wi) in grid.point(i).iter().zip(xv).zip(wv) {
             num += wi * xi * (g + delta);
             den += wi * (g + delta) * (g + delta);
         }
@@ -411,8 +416,7 @@ fn assign_shifted(
     let s = if den > 0.0 { num / den } else { 0.0 };
     let mut err = 0.0f32;
     for (k, (xv, wv)) in xs.chunks_exact(8).zip(ws.chunks_exact(8)).enumerate() {
-        let neg = if per_vector { shifts[k] } else { shifts[0] };
-        let delta = if neg { -IQ1S_DELTA } else { IQ1S_DELTA };
+        let delta = shift(if per_vector { shifts[k] } else { shifts[0] });
         for ((&g, &xi), &wi) in grid.point(points[k] as usize).iter().zip(xv).zip(wv) {
             let r = xi - s * (g + delta);
             err += wi * r * r;

@@ -13,19 +13,12 @@ use crate::format::encode::BlockInput;
 use crate::format::{GgmlType, QK_K};
 use crate::method::Method;
 
-/// The sweep over one tile of rows of a lattice type; writes the encoded rows to `out`.
-pub(super) fn sweep_tile(
-    ty: GgmlType,
-    rows: &[f32],
-    ncols: usize,
-    f: &Factor,
-    sigma2: &[f32],
-    work: &mut [f32],
-    out: &mut [u8],
-) {
+/// The sweep over one tile of rows of a lattice type (`work`: the rows with dead columns
+/// zeroed, updated in place); writes the encoded rows to `out`.
+pub(super) fn sweep_tile(ty: GgmlType, ncols: usize, f: &Factor, sigma2: &[f32], work: &mut [f32], out: &mut [u8]) {
     let fmt = lattice_format(ty).expect("callers pass lattice types");
     let ts = ty.type_size();
-    let n_rows = rows.len() / ncols;
+    let n_rows = work.len() / ncols;
     let row_bytes = ncols / QK_K * ts;
     let mut blocks: Vec<Option<LatticeBlock>> = (0..n_rows).map(|_| None).collect();
     for g in 0..ncols / 8 {
