@@ -27,8 +27,8 @@ pub struct QuantizeArgs {
     /// optional _zp, nf4_gG, fp8_gG, fp4_gG, e.g. int4_g128; llama.cpp cannot run those),
     /// for the blocks' matrices, with Q8_0 for the token embedding and output and where a
     /// matrix's rows are not whole groups; or learned-codebook vector quantization for the
-    /// blocks' matrices: `vq` with --bpw (and --vec, --codebook, --residual), or a VQ format
-    /// by name (vq4x256, vq8x256+256, …).
+    /// blocks' matrices: `vq` with --bpw (and --vec, --codebook, --residual, --outliers), or
+    /// a VQ format by name (vq4x256, vq8x256+256, vq4x256+128o8, …).
     #[arg(long = "type")]
     ty: String,
     /// With `--type vq`: bits per weight in codes (scales and codebooks come on top and are
@@ -44,6 +44,10 @@ pub struct QuantizeArgs {
     /// With `--type vq`: add a residual codebook (the code bits are split between the two).
     #[arg(long)]
     residual: bool,
+    /// With `--type vq`: input columns per matrix kept apart as f16 values (those with the
+    /// largest inputs; 16 bits per row each, on top of --bpw).
+    #[arg(long, default_value_t = 0)]
+    outliers: u16,
     /// Output GGUF (required unless --dry-run).
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -161,20 +165,29 @@ fn vq_format(args: &QuantizeArgs) -> Result<VqFormat> {
         "--bpw {bpw} with --vec {v} is {bits} code bits per vector: each codebook takes 1 to 16 bits (try --vec {} or --residual)",
         (16.0 / bpw).floor().max(2.0)
     );
-    let name = if args.residual {
+    anyhow::ensure!(
+        args.outliers <= lowbit::format::vq::MAX_OUTLIERS,
+        "--outliers {}: at most {}",
+        args.outliers,
+        lowbit::format::vq::MAX_OUTLIERS
+    );
+    let mut name = if args.residual {
         format!("vq{v}x{}+{}", 1u64 << main, 1u64 << residual)
     } else {
         format!("vq{v}x{}", 1u64 << main)
     };
+    if args.outliers > 0 {
+        name += &format!("o{}", args.outliers);
+    }
     VqFormat::from_name(&name).ok_or_else(|| anyhow!("{name} is not a valid VQ format"))
 }
 
 /// Runs `lowbit quantize`.
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let vq_flags = args.bpw.is_some() || args.codebook.is_some() || args.residual;
+    let vq_flags = args.bpw.is_some() || args.codebook.is_some() || args.residual || args.outliers > 0;
     anyhow::ensure!(
         !vq_flags || args.ty.eq_ignore_ascii_case("vq"),
-        "--bpw, --codebook and --residual go with --type vq"
+        "--bpw, --codebook, --residual and --outliers go with --type vq"
     );
     let whole_block_format: Option<StorageType> = if args.ty.eq_ignore_ascii_case("vq") {
         Some(StorageType::Vq(vq_format(&args)?))

@@ -82,6 +82,8 @@ fn bad_quantize_arguments_fail_cleanly_and_write_nothing() {
             vec!["16 code bits per vector", "--residual"],
         ),
         (vec!["--type", "vq", "--bpw", "3", "--vec", "8"], vec!["each codebook takes 1 to 16 bits"]),
+        (vec!["--type", "Q4_K_M", "--outliers", "4"], vec!["go with --type vq"]),
+        (vec!["--type", "vq", "--bpw", "2", "--outliers", "5000"], vec!["--outliers 5000: at most 4096"]),
         // A codebook with more entries than the matrix has vectors learns nothing.
         (vec!["--type", "vq4x65536"], vec!["blk.0.attn_q.weight", "65536 entries", "16384 vectors"]),
     ];

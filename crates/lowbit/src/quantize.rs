@@ -299,10 +299,9 @@ pub fn quantize_gguf(
             StorageType::Vq(f) => {
                 let mut dims = t.dims.clone();
                 dims[0] = f.row_bytes(dims[0] as usize).expect("the plan checked whole vectors") as u64;
-                let entries = (f.entries() + f.residual_entries()) as u64;
                 vec![
                     TensorSpec { name: t.name.clone(), dims, ty: GgmlType::I8 },
-                    TensorSpec { name: codebook_name(&t.name), dims: vec![f.dim as u64, entries], ty: GgmlType::F16 },
+                    TensorSpec { name: codebook_name(&t.name), dims: f.codebook_dims(), ty: GgmlType::F16 },
                 ]
             }
         })

@@ -94,7 +94,10 @@ fn vq_formats_round_trip_through_a_real_model() {
     let out = dir.path().join("vq.gguf");
     let opts = QuantizeOptions {
         mix: Mix::from_name("Q8_0").unwrap(),
-        overrides: ["attn_output=vq4x256+256", "attn_q=vq4x256"].iter().map(|o| Override::parse(o).unwrap()).collect(),
+        overrides: ["attn_output=vq4x256+256o8", "attn_q=vq4x256"]
+            .iter()
+            .map(|o| Override::parse(o).unwrap())
+            .collect(),
         method: Method::Search,
         importance: None,
         hessians: None,

@@ -5,15 +5,24 @@
 //! one codebook serves rows of different magnitude. The codebooks are learned per tensor
 //! ([`crate::method::vq`]).
 //!
+//! Optionally, a few input columns — those whose inputs are largest (the outlier
+//! channels of LLM activations, where a code's error costs most) — are kept apart: every
+//! row stores its value in each of them as an f16, and that value replaces what the
+//! codebooks give there. (8-bit values were tried first: on the columns of the largest
+//! inputs, the 8-bit rounding alone cost more output error than the codes it replaced.)
+//!
 //! Name: `vq<dim>x<K>` or `vq<dim>x<K>+<K2>` (residual), K and K2 powers of two up to
-//! 65536, e.g. `vq4x256` (2 bits per weight in codes), `vq8x256+256`, `vq8x65536`.
+//! 65536, then optionally `o<N>` for N outlier columns, e.g. `vq4x256` (2 bits per weight
+//! in codes), `vq8x256+256`, `vq8x65536`, `vq4x256+128o8`.
 //!
 //! Storage, in a GGUF file: the tensor itself is an I8 tensor with one stored row per
 //! logical row — f16 scale, then the row's codes as a little-endian bit stream (all
-//! first-codebook indices, then all residual indices) — named by the
-//! `lowbit.native.<tensor>` metadata string like the other native formats; the codebooks
-//! are an F16 tensor `<tensor>.codebook` of `K + K2` entries of `dim` values. Bits per
-//! weight count everything: codes, scales and codebooks.
+//! first-codebook indices, then all residual indices), then the row's N outlier values
+//! (f16) — named by the `lowbit.native.<tensor>` metadata string like the other native
+//! formats; the codebooks are an F16 tensor `<tensor>.codebook` of `K + K2` entries of
+//! `dim` values, followed by the N outlier columns' indices (ascending, as raw
+//! little-endian u16 in the f16 slots). Bits per weight count everything: codes, scales,
+//! codebooks and outliers.
 
 use std::fmt;
 
@@ -31,13 +40,40 @@ pub struct VqFormat {
     pub bits: u8,
     /// Index bits of the residual codebook, 0 for none.
     pub residual_bits: u8,
+    /// Outlier columns stored apart (f16 values), 0 for none.
+    pub outliers: u16,
+}
+
+/// Most outlier columns a format may name.
+pub const MAX_OUTLIERS: u16 = 4096;
+
+/// A VQ tensor's codebook tensor, decoded: what [`VqFormat::decode_row`] needs besides
+/// the row itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Codebook {
+    /// Entries, main codebook then residual codebook, `dim` values each.
+    pub entries: Vec<f32>,
+    /// The outlier columns, ascending.
+    pub outlier_columns: Vec<usize>,
+}
+
+impl Codebook {
+    /// The codebook tensor's bytes (f16 entries, then u16 outlier columns).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let halves = self.entries.iter().map(|&v| half::f16::from_f32(v).to_bits());
+        halves.chain(self.outlier_columns.iter().map(|&c| c as u16)).flat_map(|b| b.to_le_bytes()).collect()
+    }
 }
 
 impl VqFormat {
-    /// Parses `vq8x256`, `vq4x65536`, `vq8x256+256`.
+    /// Parses `vq8x256`, `vq4x65536`, `vq8x256+256`, `vq4x256+128o8`.
     pub fn from_name(name: &str) -> Option<VqFormat> {
         let rest = name.to_ascii_lowercase();
         let rest = rest.strip_prefix("vq")?;
+        let (rest, outliers) = match rest.split_once('o') {
+            Some((a, n)) => (a, n.parse::<u16>().ok().filter(|n| (1..=MAX_OUTLIERS).contains(n))?),
+            None => (rest, 0),
+        };
         let (dim, ks) = rest.split_once('x')?;
         let dim: usize = dim.parse().ok()?;
         let (k, k2) = match ks.split_once('+') {
@@ -46,7 +82,7 @@ impl VqFormat {
         };
         let bits = |k: u32| (k.is_power_of_two() && k <= 65536).then(|| k.trailing_zeros() as u8);
         let (bits, residual_bits) = (bits(k)?, bits(k2)?);
-        let f = VqFormat { dim, bits, residual_bits };
+        let f = VqFormat { dim, bits, residual_bits, outliers };
         ((2..=16).contains(&dim) && bits >= 1).then_some(f)
     }
 
@@ -70,25 +106,56 @@ impl VqFormat {
     }
 
     /// Bytes of one stored row of `cols` values, or `None` if `cols` is not a whole
-    /// number of vectors or its codes do not fill whole bytes.
+    /// number of vectors, its codes do not fill whole bytes, or it has no more columns
+    /// than the format keeps apart (or more than a u16 index reaches).
     pub fn row_bytes(&self, cols: usize) -> Option<usize> {
-        if cols == 0 || !cols.is_multiple_of(self.dim) {
+        let outliers = self.outliers as usize;
+        if cols == 0 || !cols.is_multiple_of(self.dim) || (outliers > 0 && (cols <= outliers || cols > 65536)) {
             return None;
         }
         let bits = cols / self.dim * self.code_bits();
-        bits.is_multiple_of(8).then_some(2 + bits / 8)
+        bits.is_multiple_of(8).then_some(2 + bits / 8 + 2 * outliers)
     }
 
     /// The row length a stored row of `row_bytes` bytes holds (inverse of
     /// [`VqFormat::row_bytes`]).
     pub fn cols_of_row_bytes(&self, row_bytes: usize) -> Option<usize> {
-        let bits = row_bytes.checked_sub(2)? * 8;
+        let bits = row_bytes.checked_sub(2 + 2 * self.outliers as usize)? * 8;
         (bits > 0 && bits.is_multiple_of(self.code_bits())).then(|| bits / self.code_bits() * self.dim)
     }
 
-    /// Bytes of the codebook tensor (f16 entries of both codebooks).
+    /// Bytes of the codebook tensor: f16 entries of both codebooks, then a 2-byte column
+    /// index per outlier column.
     pub fn codebook_bytes(&self) -> usize {
-        2 * self.dim * (self.entries() + self.residual_entries())
+        2 * self.dim * (self.entries() + self.residual_entries()) + 2 * self.outliers as usize
+    }
+
+    /// Dimensions of the codebook tensor (innermost first): `[dim, K + K2]`, or, with
+    /// outlier columns, one flat run of `codebook_bytes / 2` f16 slots.
+    pub fn codebook_dims(&self) -> Vec<u64> {
+        if self.outliers > 0 {
+            vec![self.codebook_bytes() as u64 / 2]
+        } else {
+            vec![self.dim as u64, (self.entries() + self.residual_entries()) as u64]
+        }
+    }
+
+    /// Reads a codebook tensor's bytes for rows of `cols` values, checking its length
+    /// and its outlier columns (ascending, inside the row).
+    pub fn parse_codebook(&self, bytes: &[u8], cols: usize) -> Result<Codebook, String> {
+        if bytes.len() != self.codebook_bytes() {
+            return Err(format!("codebook of {} bytes for {self}, expected {}", bytes.len(), self.codebook_bytes()));
+        }
+        let n = self.outliers as usize;
+        let halves: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        let (entries, columns) = halves.split_at(halves.len() - n);
+        let outlier_columns: Vec<usize> = columns.iter().map(|&c| c as usize).collect();
+        if outlier_columns.windows(2).any(|w| w[0] >= w[1]) || outlier_columns.last().is_some_and(|&c| c >= cols) {
+            return Err(format!(
+                "{self}: outlier columns {outlier_columns:?} are not ascending columns of a {cols}-wide row"
+            ));
+        }
+        Ok(Codebook { entries: entries.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect(), outlier_columns })
     }
 
     /// Total bytes of a tensor of `dims` (innermost first): rows plus codebooks.
@@ -98,11 +165,11 @@ impl VqFormat {
         Some(rows * self.row_bytes(cols)? as u64 + self.codebook_bytes() as u64)
     }
 
-    /// Decodes one stored row (`out.len()` values) with the codebooks `codebook`
-    /// (`(K + K2) × dim` f32 values, main entries first).
-    pub fn decode_row(&self, codebook: &[f32], row: &[u8], out: &mut [f32]) {
+    /// Decodes one stored row (`out.len()` values) with its tensor's codebook.
+    pub fn decode_row(&self, book: &Codebook, row: &[u8], out: &mut [f32]) {
+        let codebook = &book.entries;
         let scale = f16_at(row, 0);
-        let codes = &row[2..];
+        let (codes, outliers) = row[2..].split_at(row.len() - 2 - 2 * self.outliers as usize);
         let (bits, residual_bits) = (self.bits as usize, self.residual_bits as usize);
         let n = out.len() / self.dim;
         let base = self.entries() * self.dim;
@@ -116,6 +183,9 @@ impl VqFormat {
             }
             v.iter_mut().for_each(|a| *a *= scale);
         }
+        for (&c, v) in book.outlier_columns.iter().zip(outliers.chunks_exact(2)) {
+            out[c] = f16_at(v, 0);
+        }
     }
 
     /// Splits an encoded tensor (its rows followed by its codebook bytes, as a planned VQ
@@ -127,16 +197,13 @@ impl VqFormat {
     /// Decodes a whole tensor of rows of `cols` values: `payload` holds the stored rows,
     /// `codebook` the f16 bytes of the codebook tensor.
     pub fn decode(&self, payload: &[u8], codebook: &[u8], cols: usize) -> Result<Vec<f32>, String> {
-        if codebook.len() != self.codebook_bytes() {
-            return Err(format!("codebook of {} bytes for {self}, expected {}", codebook.len(), self.codebook_bytes()));
-        }
+        let book = self.parse_codebook(codebook, cols)?;
         let rb = self.row_bytes(cols).ok_or_else(|| format!("rows of {cols} values cannot be stored as {self}"))?;
         if !payload.len().is_multiple_of(rb) {
             return Err(format!("{} bytes is not a whole number of {rb}-byte {self} rows", payload.len()));
         }
-        let cb: Vec<f32> = codebook.chunks_exact(2).map(|b| f16_at(b, 0)).collect();
         let mut out = vec![0.0f32; payload.len() / rb * cols];
-        out.par_chunks_mut(cols).zip(payload.par_chunks(rb)).for_each(|(o, r)| self.decode_row(&cb, r, o));
+        out.par_chunks_mut(cols).zip(payload.par_chunks(rb)).for_each(|(o, r)| self.decode_row(&book, r, o));
         Ok(out)
     }
 }
@@ -146,6 +213,9 @@ impl fmt::Display for VqFormat {
         write!(f, "vq{}x{}", self.dim, self.entries())?;
         if self.residual_bits > 0 {
             write!(f, "+{}", self.residual_entries())?;
+        }
+        if self.outliers > 0 {
+            write!(f, "o{}", self.outliers)?;
         }
         Ok(())
     }
@@ -157,12 +227,16 @@ pub fn codebook_name(name: &str) -> String {
 }
 
 /// Writes a stored row: f16 `scale`, then `codes` (`bits` each), then `residual`
-/// (`residual_bits` each); `out` is the row's bytes.
-pub fn pack_row(f: &VqFormat, scale: f32, codes: &[u32], residual: &[u32], out: &mut [u8]) {
+/// (`residual_bits` each), then the outlier values (as f16); `out` is the row's bytes.
+pub fn pack_row(f: &VqFormat, scale: f32, codes: &[u32], residual: &[u32], outliers: &[f32], out: &mut [u8]) {
     out.fill(0);
+    let tail = out.len() - 2 * outliers.len();
+    for (o, &v) in out[tail..].chunks_exact_mut(2).zip(outliers) {
+        o.copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+    }
     out[..2].copy_from_slice(&half::f16::from_f32(scale).to_bits().to_le_bytes());
     let (bits, residual_bits) = (f.bits as usize, f.residual_bits as usize);
-    let stream = &mut out[2..];
+    let stream = &mut out[2..tail];
     for (i, &c) in codes.iter().enumerate() {
         write_bits(stream, i * bits, bits, c);
     }
@@ -177,10 +251,12 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_sizes_count_everything() {
-        for name in ["vq4x256", "vq8x256+256", "vq8x65536", "vq6x4096"] {
+        for name in ["vq4x256", "vq8x256+256", "vq8x65536", "vq6x4096", "vq4x256+128o8", "vq4x16o1"] {
             assert_eq!(VqFormat::from_name(name).unwrap().to_string(), name);
         }
-        for bad in ["vq8x300", "vq1x256", "vq8x131072", "vq8", "q8x256", "vq8x256+3"] {
+        for bad in
+            ["vq8x300", "vq1x256", "vq8x131072", "vq8", "q8x256", "vq8x256+3", "vq4x256o0", "vq4x256o5000", "vq4x256o"]
+        {
             assert!(VqFormat::from_name(bad).is_none(), "{bad}");
         }
         let f = VqFormat::from_name("vq4x256").unwrap();
@@ -194,6 +270,14 @@ mod tests {
         assert_eq!(r.codebook_bytes(), 2 * 8 * 512);
         assert_eq!(VqFormat::from_name("vq8x4096").unwrap().row_bytes(8), None);
         // 12 bits
+        // Outliers: two bytes per row and column, two per column in the codebook.
+        let o = VqFormat::from_name("vq4x256o8").unwrap();
+        assert_eq!(o.row_bytes(576), Some(2 + 144 + 16));
+        assert_eq!(o.cols_of_row_bytes(162), Some(576));
+        assert_eq!(o.tensor_bytes(&[576, 576]).unwrap(), 576 * 162 + 2048 + 16);
+        assert_eq!(o.row_bytes(8), None);
+        assert_eq!(o.codebook_dims(), vec![(2048 + 16) / 2]);
+        assert_eq!(f.codebook_dims(), vec![4, 256]);
     }
 
     #[test]
@@ -201,9 +285,24 @@ mod tests {
         let f = VqFormat::from_name("vq2x4+4").unwrap();
         let cb: Vec<f32> = vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 0.5, 0.5, -1.0, -1.0, 0.0, 0.0, 0.0, 0.0];
         let mut row = vec![0u8; f.row_bytes(8).unwrap()];
-        pack_row(&f, 2.0, &[3, 0, 1, 2], &[1, 0, 0, 1], &mut row);
+        pack_row(&f, 2.0, &[3, 0, 1, 2], &[1, 0, 0, 1], &[], &mut row);
         let mut out = vec![0.0f32; 8];
-        f.decode_row(&cb, &row, &mut out);
+        let book = Codebook { entries: cb.clone(), outlier_columns: vec![] };
+        f.decode_row(&book, &row, &mut out);
         assert_eq!(out, vec![10.0, 12.0, 1.0, 3.0, 5.0, 7.0, 6.0, 8.0]);
+        // Two outlier columns replace what the codes give there.
+        let o = VqFormat::from_name("vq2x4+4o2").unwrap();
+        let mut row = vec![0u8; o.row_bytes(8).unwrap()];
+        pack_row(&o, 2.0, &[3, 0, 1, 2], &[1, 0, 0, 1], &[-1.5, 25.0], &mut row);
+        let book = Codebook { entries: cb, outlier_columns: vec![1, 6] };
+        let bytes = book.to_bytes();
+        assert_eq!(o.parse_codebook(&bytes, 8).unwrap(), book);
+        assert!(o.parse_codebook(&bytes, 6).is_err(), "column 6 of a 6-wide row");
+        assert!(o.parse_codebook(&bytes[2..], 8).is_err());
+        let mut swapped = book.clone();
+        swapped.outlier_columns = vec![6, 1];
+        assert!(o.parse_codebook(&swapped.to_bytes(), 8).is_err());
+        o.decode_row(&book, &row, &mut out);
+        assert_eq!(out, vec![10.0, -1.5, 1.0, 3.0, 5.0, 7.0, 25.0, 8.0]);
     }
 }

@@ -70,7 +70,7 @@ pub(crate) struct Factor {
     /// The regularised diagonal (importance of each column for the block fits).
     diag: Vec<f32>,
     /// The regularised H itself, row-major (for the refinement).
-    regularised: Vec<f32>,
+    pub(crate) regularised: Vec<f32>,
 }
 
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU) after dampening, as f32 row-major,
