@@ -136,6 +136,16 @@ fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
                 w.entries
             );
         }
+        let errors: Vec<(&str, f64)> =
+            s.codebooks.iter().filter_map(|c| Some((c.tensor.as_str(), c.relative_output_error?))).collect();
+        if let Some(&(name, e)) = errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)) {
+            let mean = errors.iter().map(|x| x.1).sum::<f64>() / errors.len() as f64;
+            println!(
+                "VQ output error on the calibration inputs (relative): mean {:.3}%, largest {name} ({:.3}%)",
+                100.0 * mean,
+                100.0 * e
+            );
+        }
     }
 }
 

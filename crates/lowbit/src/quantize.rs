@@ -111,6 +111,9 @@ pub struct CodebookUse {
     pub used_residual: usize,
     /// Residual-codebook size (0 without one).
     pub residual_entries: usize,
+    /// Layer output error on the calibration inputs relative to the layer's output,
+    /// ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖², when quantized with a Hessian.
+    pub relative_output_error: Option<f64>,
 }
 
 /// Reads what the plan rules need from a GGUF's metadata.
@@ -225,6 +228,7 @@ fn encode_tensor(
                     entries: f.entries(),
                     used_residual: v.used_residual,
                     residual_entries: f.residual_entries(),
+                    relative_output_error: v.relative_output_error,
                 });
                 [v.payload, v.codebook].concat()
             })

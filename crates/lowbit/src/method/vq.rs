@@ -96,6 +96,8 @@ pub struct VqTensor {
     pub used_residual: usize,
     /// Layer output error ‖(W − Ŵ)Xᵀ‖² of the result, when a Hessian was given.
     pub output_error: Option<f64>,
+    /// The same relative to the layer's output, ‖(W − Ŵ)Xᵀ‖² / ‖WXᵀ‖².
+    pub relative_output_error: Option<f64>,
 }
 
 /// Codes of every vector and the codebooks, in normalised units, and the outlier
@@ -278,6 +280,9 @@ pub fn quantize_vq(
         used: used_entries(&codes.main, f.entries()),
         used_residual: used_entries(&codes.residual, f.residual_entries()),
         output_error,
+        relative_output_error: output_error
+            .zip(hessian)
+            .map(|(e, h)| e / output_energy(w, cols, h).max(f64::MIN_POSITIVE)),
     })
 }
 
@@ -678,6 +683,14 @@ impl OutlierCompensation {
     }
 }
 
+/// ‖WXᵀ‖² = Σ_rows w H wᵀ: the layer's output energy on the calibration inputs.
+fn output_energy(w: &[f32], cols: usize, h: &[f32]) -> f64 {
+    let rows = w.len() / cols;
+    let mut wh = vec![0.0f32; w.len()];
+    crate::tensor::matmul_wt(w, rows, cols, h, cols, &mut wh);
+    w.iter().zip(&wh).map(|(a, b)| *a as f64 * *b as f64).sum()
+}
+
 /// ‖(W − Ŵ)Xᵀ‖² = Σ_rows δ H δᵀ for the decoded codes.
 fn output_error(f: &VqFormat, w: &[f32], scales: &[f32], cols: usize, codes: &Codes, h: &[f32]) -> f64 {
     let rows = scales.len();
@@ -772,6 +785,11 @@ mod tests {
             // The reported error is the error of what decodes.
             let reported = swept.output_error.unwrap();
             assert!((reported - e_swept).abs() < 1e-3 * e_swept, "{refit:?}: {reported} vs {e_swept}");
+            // Relative to the layer's output energy Σ w H wᵀ.
+            let zero = vec![0.0f32; w.len()];
+            let energy = crate::method::gptq::output_error(&w, &zero, cols, &h);
+            let relative = swept.relative_output_error.unwrap();
+            assert!((relative - e_swept / energy).abs() < 1e-3 * relative, "{relative} vs {}", e_swept / energy);
         }
         assert_eq!(CodebookRefit::Auto.resolve(&f), CodebookRefit::LeastSquares);
         let fine = VqFormat::from_name("vq4x256+256").unwrap();
