@@ -241,13 +241,11 @@ pub fn quantize_vq(
                 }
             };
             for _ in 0..opts.rounds {
-                match opts.refit.resolve(f) {
-                    CodebookRefit::Centroids => refit_centroids(f, &x, &weights, &mut codes),
-                    CodebookRefit::LeastSquares => {
-                        refit_codebooks(f, w, &scales, cols, hr, &mut codes);
-                        refit_scales(f, w, &mut scales, cols, hr, &codes);
-                    }
-                    CodebookRefit::Auto => unreachable!("resolved"),
+                if opts.refit.resolve(f) == CodebookRefit::LeastSquares {
+                    refit_codebooks(f, w, &scales, cols, hr, &mut codes);
+                    refit_scales(f, w, &mut scales, cols, hr, &codes);
+                } else {
+                    refit_centroids(f, &x, &weights, &mut codes);
                 }
                 compensation.refit(f, w, &scales, cols, &mut codes);
                 keep_if_better(&codes, &scales);
