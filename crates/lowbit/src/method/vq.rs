@@ -68,7 +68,7 @@ pub enum CodebookRefit {
     /// smollm2-135m and gemma3-270m (Austen calibration, wiki.valid KLD): at 2 bits least
     /// squares lowers KLD by 9 % (1.944 → 1.778), at 3.5–3.8 bits it raises it by 5–11 %
     /// (0.2144 → 0.2379, 0.3301 → 0.3454), and also (0.1272 → 0.1308) with Hessians from
-    /// the evaluation text itself: once the codes are fine, a lower layer output error
+    /// wikitext-2, the evaluation's own domain: once the codes are fine, a lower layer output error
     /// stops meaning a lower KLD.
     Auto,
 }
