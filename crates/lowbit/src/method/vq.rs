@@ -112,6 +112,13 @@ struct Codes {
     outliers: Outliers,
 }
 
+impl Codes {
+    /// Decodes the rows with the current codebooks ([`decode_rows`]).
+    fn decode(&self, dim: usize, scales: &[f32], with_outliers: bool) -> Vec<f32> {
+        decode_rows(dim, self, &self.codebook, &self.residual_codebook, scales, with_outliers)
+    }
+}
+
 /// The columns kept apart ([`VqFormat::outliers`]) and every row's values there.
 #[derive(Clone, Default)]
 struct Outliers {
@@ -200,7 +207,7 @@ pub fn quantize_vq(
     let mut outliers = Outliers::choose(&column_weight, f.outliers as usize);
     let coded_cols = cols - outliers.columns.len();
     // Row scales as stored (f16): the RMS over the coded columns; the normalised rows.
-    let scales: Vec<f32> = w
+    let mut scales: Vec<f32> = w
         .chunks_exact(cols)
         .map(|r| {
             let sq: f32 = r.iter().enumerate().filter(|(j, _)| outliers.coded(*j)).map(|(_, v)| v * v).sum();
@@ -221,7 +228,6 @@ pub fn quantize_vq(
     let raw: Vec<f32> = w.chunks_exact(cols).flat_map(|r| outliers.columns.iter().map(|&c| r[c])).collect();
     outliers.set(&raw);
     let mut codes = Codes { outliers, ..fit_codebooks(f, &x, &weights, opts) };
-    let mut scales = scales;
     let output_error = match hessian {
         None => None,
         Some(h) => {
@@ -281,7 +287,7 @@ pub fn quantize_vq(
         output_error,
         relative_output_error: output_error
             .zip(hessian)
-            .map(|(e, h)| e / output_energy(w, cols, h).max(f64::MIN_POSITIVE)),
+            .map(|(e, h)| e / quadratic_form(w, cols, h).max(f64::MIN_POSITIVE)),
     })
 }
 
@@ -568,7 +574,7 @@ fn refit_codebooks(f: &VqFormat, w: &[f32], scales: &[f32], cols: usize, h: &[f3
         scatter(dim, codes, n_main, n_residual, scales, &times_h(&decode_rows(dim, codes, &a, &b, scales, false)))
     };
     // r = Pᵀ S H (w − ŵ)
-    let decoded = decode_rows(dim, codes, &codes.codebook, &codes.residual_codebook, scales, true);
+    let decoded = codes.decode(dim, scales, true);
     let diff: Vec<f32> = w.iter().zip(&decoded).map(|(a, b)| a - b).collect();
     let mut r = scatter(dim, codes, n_main, n_residual, scales, &times_h(&diff));
     let precondition =
@@ -608,14 +614,19 @@ fn refit_codebooks(f: &VqFormat, w: &[f32], scales: &[f32], cols: usize, h: &[f3
 /// decodes to zero keeps its scale.
 fn refit_scales(f: &VqFormat, w: &[f32], scales: &mut [f32], cols: usize, h: &[f32], codes: &Codes) {
     let rows = scales.len();
-    let unit = decode_rows(f.dim, codes, &codes.codebook, &codes.residual_codebook, &vec![1.0; rows], false);
-    let outliers = decode_rows(f.dim, codes, &codes.codebook, &codes.residual_codebook, &vec![0.0; rows], true);
+    let unit = codes.decode(f.dim, &vec![1.0; rows], false);
     let mut uh = vec![0.0f32; unit.len()];
     crate::tensor::matmul_wt(&unit, rows, cols, h, cols, &mut uh);
+    let n_out = codes.outliers.columns.len();
+    let mut target = vec![0.0f32; cols];
     for (r, s) in scales.iter_mut().enumerate() {
         let span = r * cols..(r + 1) * cols;
-        let target = w[span.clone()].iter().zip(&outliers[span.clone()]).map(|(a, b)| (a - b) as f64);
-        let num: f64 = target.zip(&uh[span.clone()]).map(|(a, b)| a * *b as f64).sum();
+        // The part of the row the scale multiplies: w_r − o_r.
+        target.copy_from_slice(&w[span.clone()]);
+        for (&c, &o) in codes.outliers.columns.iter().zip(&codes.outliers.values[r * n_out..(r + 1) * n_out]) {
+            target[c] -= o;
+        }
+        let num: f64 = target.iter().zip(&uh[span.clone()]).map(|(a, b)| *a as f64 * *b as f64).sum();
         let den: f64 = unit[span.clone()].iter().zip(&uh[span]).map(|(a, b)| *a as f64 * *b as f64).sum();
         if den > 0.0 && num > 0.0 {
             *s = half::f16::from_f64(num / den).to_f32();
@@ -657,7 +668,7 @@ impl OutlierCompensation {
         if self.gain.is_empty() {
             return;
         }
-        let coded = decode_rows(f.dim, codes, &codes.codebook, &codes.residual_codebook, scales, false);
+        let coded = codes.decode(f.dim, scales, false);
         let o = &codes.outliers.columns;
         let raw: Vec<f32> = w
             .par_chunks_exact(cols)
@@ -682,22 +693,20 @@ impl OutlierCompensation {
     }
 }
 
-/// ‖WXᵀ‖² = Σ_rows w H wᵀ: the layer's output energy on the calibration inputs.
-fn output_energy(w: &[f32], cols: usize, h: &[f32]) -> f64 {
-    let rows = w.len() / cols;
-    let mut wh = vec![0.0f32; w.len()];
-    crate::tensor::matmul_wt(w, rows, cols, h, cols, &mut wh);
-    w.iter().zip(&wh).map(|(a, b)| *a as f64 * *b as f64).sum()
+/// Σ_rows d H dᵀ for the rows of `d` (a gemm, then an f64 sum): with d = w it is the
+/// layer's output energy ‖WXᵀ‖² on the calibration inputs, with d = w − ŵ the output
+/// error. [`crate::method::gptq::output_error`] is the same quantity as a plain loop.
+fn quadratic_form(d: &[f32], cols: usize, h: &[f32]) -> f64 {
+    let mut dh = vec![0.0f32; d.len()];
+    crate::tensor::matmul_wt(d, d.len() / cols, cols, h, cols, &mut dh);
+    d.iter().zip(&dh).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
 
 /// ‖(W − Ŵ)Xᵀ‖² = Σ_rows δ H δᵀ for the decoded codes.
 fn output_error(f: &VqFormat, w: &[f32], scales: &[f32], cols: usize, codes: &Codes, h: &[f32]) -> f64 {
-    let rows = scales.len();
-    let decoded = decode_rows(f.dim, codes, &codes.codebook, &codes.residual_codebook, scales, true);
+    let decoded = codes.decode(f.dim, scales, true);
     let delta: Vec<f32> = w.iter().zip(&decoded).map(|(a, b)| a - b).collect();
-    let mut dh = vec![0.0f32; w.len()];
-    crate::tensor::matmul_wt(&delta, rows, cols, h, cols, &mut dh);
-    delta.iter().zip(&dh).map(|(a, b)| *a as f64 * *b as f64).sum()
+    quadratic_form(&delta, cols, h)
 }
 
 #[cfg(test)]
@@ -756,19 +765,28 @@ mod tests {
         assert!(two < 0.66 * one, "{two:.4} vs {one:.4}");
     }
 
+    /// The Hessian (Gram matrix) of `t` correlated inputs of `cols` features: `factors`
+    /// latent Gaussian factors mixed into every feature, plus Gaussian noise of `noise`.
+    fn correlated_hessian(rng: &mut rand::rngs::StdRng, t: usize, cols: usize, factors: usize, noise: f32) -> Vec<f32> {
+        let z = gaussian(rng, t * factors);
+        let mix = gaussian(rng, factors * cols);
+        let e = gaussian(rng, t * cols);
+        let x: Vec<f32> = (0..t * cols)
+            .map(|i| {
+                let latent: f32 = (0..factors).map(|k| z[(i / cols) * factors + k] * mix[k * cols + i % cols]).sum();
+                latent + noise * e[i]
+            })
+            .collect();
+        let mut h = vec![0.0f32; cols * cols];
+        crate::tensor::gram(&x, t, cols, &mut h);
+        h
+    }
+
     #[test]
     fn hessian_sweep_lowers_the_output_error() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let (rows, cols, t) = (64, 128, 512);
-        // Correlated inputs: a few latent factors plus noise.
-        let z = gaussian(&mut rng, t * 8);
-        let a = gaussian(&mut rng, 8 * cols);
-        let e = gaussian(&mut rng, t * cols);
-        let x: Vec<f32> = (0..t * cols)
-            .map(|i| (0..8).map(|k| z[(i / cols) * 8 + k] * a[k * cols + i % cols]).sum::<f32>() + 0.3 * e[i])
-            .collect();
-        let mut h = vec![0.0f32; cols * cols];
-        crate::tensor::gram(&x, t, cols, &mut h);
+        let h = correlated_hessian(&mut rng, t, cols, 8, 0.3);
         let w = gaussian(&mut rng, rows * cols);
         let f = VqFormat::from_name("vq4x256").unwrap();
         let diag: Vec<f32> = (0..cols).map(|i| h[i * cols + i]).collect();
@@ -851,14 +869,7 @@ mod tests {
         // error within the f16 rounding (relative 2⁻¹¹ on entries: ~1e-5 of the error here).
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         let (rows, cols, t) = (24, 16, 256);
-        let z = gaussian(&mut rng, t * 3);
-        let mix = gaussian(&mut rng, 3 * cols);
-        let noise = gaussian(&mut rng, t * cols);
-        let x: Vec<f32> = (0..t * cols)
-            .map(|i| (0..3).map(|k| z[(i / cols) * 3 + k] * mix[k * cols + i % cols]).sum::<f32>() + 0.2 * noise[i])
-            .collect();
-        let mut h = vec![0.0f32; cols * cols];
-        crate::tensor::gram(&x, t, cols, &mut h);
+        let h = correlated_hessian(&mut rng, t, cols, 3, 0.2);
         let w = gaussian(&mut rng, rows * cols);
         let scales: Vec<f32> = (0..rows).map(|r| 0.5 + 0.05 * r as f32).collect();
         for name in ["vq2x8", "vq4x4+4"] {
