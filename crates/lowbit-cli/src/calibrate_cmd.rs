@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::calibrate::{compute_stats, CalibrationStats};
@@ -37,30 +37,16 @@ pub struct CalibrateArgs {
     format: Option<String>,
 }
 
-/// The calibration texts as one string, and a dataset name listing them.
-pub fn read_texts(paths: &[PathBuf]) -> Result<(String, String)> {
-    let mut text = String::new();
-    for p in paths {
-        let t = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read the text", p.display()))?;
-        text.push_str(&t);
-    }
-    let names: Vec<String> = paths
-        .iter()
-        .map(|p| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().to_string()))
-        .collect();
-    Ok((text, names.join("+")))
-}
-
 /// Runs the calibration texts through the model at `path` with a progress bar.
 pub fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool) -> Result<CalibrationStats> {
-    let (text, dataset) = read_texts(texts)?;
+    let t = lowbit::calibrate::read_texts(texts)?;
     let mut lm = load_lm(path, LoadOptions::default())?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}")
             .expect("valid template"),
     );
-    let stats = compute_stats(&mut lm, &text, &dataset, opts, hessians, &mut |d, t| {
+    let stats = compute_stats(&mut lm, &t.text, &t.dataset, opts, hessians, &mut |d, t| {
         bar.set_length(t as u64);
         bar.set_position(d as u64);
     });

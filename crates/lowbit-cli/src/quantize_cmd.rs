@@ -5,14 +5,11 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::calibrate::CalibrationStats;
 use lowbit::eval::EvalOptions;
-use lowbit::format::storage::StorageType;
 use lowbit::format::vq::VqFormat;
-use lowbit::method::gptq::GptqOptions;
 use lowbit::method::Method;
 use lowbit::plan::{Mix, Override};
-use lowbit::quantize::{plan_model, quantize_gguf, QuantizeOptions, QuantizeSummary};
+use lowbit::quantize::{mix_for_type, plan_model, CalibrationInput, QuantizeJob, QuantizeSummary, Stage};
 
 /// Arguments of `lowbit quantize`.
 #[derive(Args)]
@@ -192,137 +189,67 @@ fn vq_format(args: &QuantizeArgs) -> Result<VqFormat> {
     VqFormat::from_name(&name).ok_or_else(|| anyhow!("{name} is not a valid VQ format"))
 }
 
-/// Runs `lowbit quantize`.
-pub fn run(args: QuantizeArgs) -> Result<()> {
+/// The quantization job the arguments describe (checked before any work).
+fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
     let vq_flags = args.bpw.is_some() || args.codebook.is_some() || args.residual || args.outliers > 0;
     anyhow::ensure!(
         !vq_flags || args.ty.eq_ignore_ascii_case("vq"),
         "--bpw, --codebook, --residual and --outliers go with --type vq"
     );
-    let whole_block_format: Option<StorageType> = if args.ty.eq_ignore_ascii_case("vq") {
-        Some(StorageType::Vq(vq_format(&args)?))
-    } else {
-        lowbit::format::native::NativeFormat::from_name(&args.ty)
-            .map(StorageType::Native)
-            .or_else(|| VqFormat::from_name(&args.ty).map(StorageType::Vq))
-    };
-    let mix = match (Mix::from_name(&args.ty), whole_block_format) {
-        (Some(m), _) => m,
-        (None, Some(_)) => Mix::from_name("Q8_0").expect("Q8_0 is a mix"),
-        (None, None) => {
-            return Err(anyhow!(
-                "unknown --type '{}'; known: {}, a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32, or vq (with --bpw) / a VQ format such as vq4x256",
-                args.ty,
-                Mix::names().join(", ")
-            ))
-        }
-    };
+    let ty = if args.ty.eq_ignore_ascii_case("vq") { vq_format(args)?.to_string() } else { args.ty.clone() };
+    let (mix, blocks) = mix_for_type(&ty).ok_or_else(|| {
+        anyhow!(
+            "unknown --type '{}'; known: {}, a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32, or vq (with --bpw) / a VQ format such as vq4x256",
+            args.ty,
+            Mix::names().join(", ")
+        )
+    })?;
+    // The user's overrides come first (first match wins), then the whole-block format.
     let mut overrides = args.overrides.iter().map(|o| Override::parse(o)).collect::<Result<Vec<_>, _>>()?;
-    if let Some(f) = whole_block_format {
-        // Every block weight matrix the user did not override gets the native format; the
-        // token embedding and output stay Q8_0, as llama.cpp's mixes protect them.
-        overrides.push(Override::parse(&format!("^blk\\.={f}"))?);
-    }
-    let input = crate::resolve_model(&args.model)?;
-    let method_name = args.method.as_deref().unwrap_or("");
-    anyhow::ensure!(
-        matches!(method_name, "" | "rtn" | "search" | "importance" | "gptq"),
-        "unknown --method '{method_name}' (rtn, search, gptq)"
-    );
-    let method = Method::from_name(method_name).unwrap_or(Method::Search);
-    let has_calibration = !args.calib.is_empty() || args.stats.is_some();
-    anyhow::ensure!(
-        method_name != "gptq" || has_calibration,
-        "--method gptq needs calibration data: --calib TEXT… or --stats FILE (from `lowbit calibrate -o FILE.safetensors`)"
-    );
+    overrides.extend(blocks);
+    let method = match args.method.as_deref() {
+        None => None,
+        Some(m) => Some(Method::from_name(m).ok_or_else(|| anyhow!("unknown --method '{m}' (rtn, search, gptq)"))?),
+    };
     anyhow::ensure!(
         !args.dry_run || args.calib.is_empty(),
         "--dry-run does not calibrate; drop --calib (the plan does not depend on it)"
     );
-    let want_hessians = matches!(method_name, "" | "gptq");
-    anyhow::ensure!(!args.sequential || want_hessians, "--sequential is a GPTQ mode: drop --method {method_name}");
-    if args.sequential && !args.dry_run {
-        return run_sequential(args, mix, overrides, &input);
-    }
-    let stats = if let Some(p) = &args.stats {
-        Some(CalibrationStats::read(p)?)
+    let calibration = if let Some(p) = &args.imatrix {
+        CalibrationInput::Imatrix(p.clone())
+    } else if let Some(p) = &args.stats {
+        CalibrationInput::Stats(p.clone())
     } else if !args.calib.is_empty() {
         let eval =
             EvalOptions { ctx: args.calib_ctx, max_chunks: (args.calib_chunks > 0).then_some(args.calib_chunks) };
-        Some(crate::calibrate_cmd::calibrate(&input, &args.calib, &eval, want_hessians)?)
+        CalibrationInput::Texts { paths: args.calib.clone(), eval }
     } else {
-        None
+        CalibrationInput::None
     };
-    let importance = match (&args.imatrix, &stats) {
-        (Some(p), _) => Some(lowbit::calibrate::Imatrix::read(p)?.importance()),
-        (None, Some(s)) if method != Method::Rtn => Some(s.imatrix.importance()),
-        _ => None,
-    };
-    let hessians = match &stats {
-        Some(s) if want_hessians && !s.hessians.is_empty() => Some(s.hessians_by_weight()),
-        Some(_) if method_name == "gptq" => {
-            return Err(anyhow!("the statistics file has no Hessians (calibrate with -o FILE.safetensors)"))
-        }
-        _ => None,
-    };
-    let opts = QuantizeOptions { mix, overrides, method, importance, hessians, pre_encoded: Default::default() };
-    finish(args, opts, &input)
+    let job = QuantizeJob { method, calibration, sequential: args.sequential, ..QuantizeJob::new(mix, overrides) };
+    job.check()?;
+    Ok(job)
 }
 
-/// Sequential GPTQ ([`lowbit::sequential`]): plan, quantize the blocks one by one on the
-/// calibration text, then write the file with the rest encoded as usual.
-fn run_sequential(args: QuantizeArgs, mix: Mix, overrides: Vec<Override>, input: &std::path::Path) -> Result<()> {
-    let base = QuantizeOptions {
-        mix,
-        overrides,
-        method: Method::Search,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-    };
-    let plan = plan_model(&lowbit::gguf::GgufFile::open(input)?, &base)?;
-    let (text, dataset) = crate::calibrate_cmd::read_texts(&args.calib)?;
-    let mut lm = lowbit::model::load_lm(input, lowbit::model::LoadOptions::default())?;
-    let eval = EvalOptions { ctx: args.calib_ctx, max_chunks: (args.calib_chunks > 0).then_some(args.calib_chunks) };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}")
-            .expect("valid template"),
-    );
-    let r = lowbit::sequential::sequential_gptq(
-        &mut lm,
-        &plan.tensors,
-        &text,
-        &dataset,
-        &eval,
-        &GptqOptions::default(),
-        &mut |d, t| {
-            bar.set_length(t as u64);
-            bar.set_position(d as u64);
-        },
-    );
-    bar.finish_and_clear();
-    let r = r?;
-    drop(lm);
-    let opts = QuantizeOptions { importance: Some(r.imatrix.importance()), pre_encoded: r.encoded, ..base };
-    finish(args, opts, input)
-}
-
-/// Plans (--dry-run) or writes the file, prints the summary, writes the report.
-fn finish(args: QuantizeArgs, opts: QuantizeOptions, input: &std::path::Path) -> Result<()> {
+/// Runs `lowbit quantize`: the library's [`lowbit::quantize::run`] with progress bars.
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let job = job(&args)?;
+    let input = crate::resolve_model(&args.model)?;
     let summary = if args.dry_run {
-        let g = lowbit::gguf::GgufFile::open(input)?;
-        let s = plan_model(&g, &opts)?;
+        let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
+        let s = plan_model(&lowbit::gguf::GgufFile::open(&input)?, &opts)?;
         print_summary(&s, true);
         s
     } else {
-        let output = args.output.ok_or_else(|| anyhow!("--output is required (or use --dry-run)"))?;
+        let output = args.output.as_ref().ok_or_else(|| anyhow!("--output is required (or use --dry-run)"))?;
         let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}")
-                .expect("valid template"),
-        );
-        let s = quantize_gguf(input, &output, &opts, &mut |d, t| {
+        let mut stage = None;
+        let s = lowbit::quantize::run(&input, output, &job, &mut |st, d, t| {
+            if stage != Some(st) {
+                stage = Some(st);
+                bar.reset();
+                bar.set_style(ProgressStyle::with_template(template(st)).expect("valid template"));
+            }
             bar.set_length(t);
             bar.set_position(d);
         });
@@ -337,4 +264,13 @@ fn finish(args: QuantizeArgs, opts: QuantizeOptions, input: &std::path::Path) ->
         lowbit::atomic::write_atomic(&path, json.as_bytes())?;
     }
     Ok(())
+}
+
+/// The progress bar of each stage.
+fn template(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Calibrate => "calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}",
+        Stage::Sequential => "sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}",
+        Stage::Quantize => "quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}",
+    }
 }

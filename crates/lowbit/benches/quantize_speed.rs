@@ -43,7 +43,7 @@ fn encoding_throughput() {
             let mut secs: Vec<f64> = (0..3)
                 .map(|_| {
                     let t = Instant::now();
-                    pool.install(|| quantize_rows(ty, &data, cols, None, method).expect("encodes"));
+                    pool.install(|| quantize_rows(ty, &data, cols, None, method.fit()).expect("encodes"));
                     t.elapsed().as_secs_f64()
                 })
                 .collect();
@@ -69,6 +69,7 @@ fn whole_model(threads: usize) {
         importance: None,
         hessians: None,
         pre_encoded: Default::default(),
+        method_options: Default::default(),
     };
     let (mut ours, mut theirs) = (vec![], vec![]);
     for _ in 0..7 {

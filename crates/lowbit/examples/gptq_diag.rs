@@ -32,9 +32,10 @@ fn main() {
         if n % ty.block_size() != 0 {
             continue;
         }
-        let s = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, Some(&imp[name]), Method::Search).unwrap(), w.len())
-            .unwrap();
-        let p = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, None, Method::Search).unwrap(), w.len()).unwrap();
+        let s =
+            dequantize_to_vec(ty, &quantize_rows(ty, &w, n, Some(&imp[name]), Method::Search.fit()).unwrap(), w.len())
+                .unwrap();
+        let p = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, None, Method::Search.fit()).unwrap(), w.len()).unwrap();
         let q = dequantize_to_vec(
             ty,
             &gptq_rows(ty, &w, n, &hc[name].xtx, &GptqOptions { damp, shrink, refine }).unwrap(),

@@ -156,6 +156,13 @@ impl Override {
         })?;
         Ok(Override { pattern, ty, text: text.to_string() })
     }
+
+    /// `ty` for every block tensor (`^blk\.`), as a whole-model native or VQ `--type`
+    /// asks for.
+    pub fn blocks(ty: StorageType) -> Override {
+        let re = r"^blk\.";
+        Override { pattern: Regex::new(re).expect("a valid regex"), ty, text: format!("{re}={ty}") }
+    }
 }
 
 /// Tensor roles the rules distinguish (llama.cpp's `tensor_category`).

@@ -5,15 +5,13 @@
 //! hidden states (chunks × ctx × hidden floats) plus one block's Hessians at a time.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::calibrate::{calibration_chunks, shared_input_key, Imatrix, ImatrixEntry};
+use crate::calibrate::{calibration_chunks, shared_input_key, CalibrationText, Imatrix, ImatrixEntry};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
-use crate::format::storage::{decode, encode_rows, StorageType};
-use crate::method::gptq::{gptq_rows, supports, GptqOptions};
-use crate::method::vq::{quantize_vq, VqOptions};
-use crate::method::Method;
+use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions};
 use crate::model::{InputRecorder, LoadedLm};
 use crate::plan::PlannedTensor;
 
@@ -21,30 +19,30 @@ use crate::plan::PlannedTensor;
 /// re-encodes, by tensor name, and the importance matrix seen along the way.
 pub struct SequentialResult {
     /// Encoded tensors (the rest of the model is encoded as usual).
-    pub encoded: HashMap<String, Vec<u8>>,
+    pub encoded: HashMap<String, Encoded>,
     /// Per-weight importance from the sequential pass.
     pub imatrix: Imatrix,
 }
 
-/// Quantizes the block weights of `lm` (loaded from the plan's source) following `plan`,
+/// Quantizes the block weights of `lm` (loaded from `source`, the plan's source) following `plan`,
 /// block by block on the calibration `text`. `progress(done, total)` counts blocks.
 pub fn sequential_gptq(
     lm: &mut LoadedLm,
+    source: &Path,
     plan: &[PlannedTensor],
-    text: &str,
-    dataset: &str,
+    text: &CalibrationText,
     eval: &EvalOptions,
-    gptq: &GptqOptions,
+    options: &MethodOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SequentialResult> {
-    let chunks = calibration_chunks(lm, text, eval)?;
+    let chunks = calibration_chunks(lm, &text.text, eval)?;
     let targets: HashMap<&str, &PlannedTensor> = plan.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut hidden: Vec<Vec<f32>> = chunks.iter().map(|c| lm.model.embed(c)).collect::<Result<_>>()?;
     let n_blocks = lm.model.block_count();
     let mut result = SequentialResult {
         encoded: HashMap::new(),
         imatrix: Imatrix {
-            datasets: vec![dataset.to_string()],
+            datasets: vec![text.dataset.clone()],
             chunk_count: chunks.len() as u32,
             chunk_size: eval.ctx as u32,
             ..Default::default()
@@ -85,22 +83,14 @@ pub fn sequential_gptq(
                 continue; // copied unchanged, as the weights already are
             }
             let n = lin.in_features;
-            let bytes = match t.target {
-                StorageType::Ggml(ty) if supports(ty) => {
-                    let xtx = r.hessian().expect("recorded with a Hessian");
-                    gptq_rows(ty, &lin.weight, n, &xtx, gptq)
-                }
-                StorageType::Vq(f) => {
-                    let xtx = r.hessian().expect("recorded with a Hessian");
-                    let opts = VqOptions { gptq: *gptq, ..VqOptions::default() };
-                    quantize_vq(&f, &lin.weight, n, None, Some(&xtx), &opts).map(|v| [v.payload, v.codebook].concat())
-                }
-                other => encode_rows(other, &lin.weight, n, Some(&importance), Method::Search),
-            }
-            .map_err(|e| Error::Usage(format!("{}: cannot quantize to {}: {e}", lin.name, t.target)))?;
-            lin.weight = decode(t.target, &bytes, lin.weight.len(), n)
-                .map_err(|e| Error::Usage(format!("{}: cannot decode its {}: {e}", lin.name, t.target)))?;
-            result.encoded.insert(lin.name.clone(), bytes);
+            let xtx = r.hessian().expect("recorded with a Hessian");
+            let calibration = Calibration { importance: Some(&importance), hessian: Some(&xtx) };
+            let encoded = quantize_tensor(t.target, &lin.weight, n, Method::Gptq, &calibration, options)
+                .map_err(|e| crate::quantize::encode_error(source, &lin.name, t.target, e))?;
+            lin.weight = encoded
+                .decode(t.target, lin.weight.len(), n)
+                .map_err(|e| Error::tensor(source, &lin.name, format!("cannot decode its {}: {e}", t.target)))?;
+            result.encoded.insert(lin.name.clone(), encoded);
         }
         // 3. The next block's inputs, through the quantized block.
         for (c, h) in chunks.iter().zip(hidden.iter_mut()) {

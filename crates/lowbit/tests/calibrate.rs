@@ -77,7 +77,7 @@ fn hessians_and_gptq_on_a_real_model() {
     let w = lm.model.block_linears_mut().into_iter().find(|l| l.name == name).unwrap().weight.clone();
     let imp: Vec<f32> = e.sums.iter().map(|s| s / e.count).collect();
     for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
-        let search = quantize_rows(ty, &w, h.n, Some(&imp), Method::Search).unwrap();
+        let search = quantize_rows(ty, &w, h.n, Some(&imp), Method::Search.fit()).unwrap();
         let gptq = gptq_rows(ty, &w, h.n, &h.xtx, &GptqOptions::default()).unwrap();
         let (a, b) = (dequantize_to_vec(ty, &search, w.len()).unwrap(), dequantize_to_vec(ty, &gptq, w.len()).unwrap());
         let (es, eg) = (output_error(&w, &a, h.n, &hh.xtx), output_error(&w, &b, h.n, &hh.xtx));

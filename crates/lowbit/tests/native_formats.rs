@@ -34,6 +34,7 @@ fn native_formats_round_trip_through_a_real_model() {
         importance: None,
         hessians: None,
         pre_encoded: Default::default(),
+        method_options: Default::default(),
     };
     quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let (s, q) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());
@@ -102,6 +103,7 @@ fn vq_formats_round_trip_through_a_real_model() {
         importance: None,
         hessians: None,
         pre_encoded: Default::default(),
+        method_options: Default::default(),
     };
     let summary = quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     assert!(summary.tensors.iter().all(|t| !t.name.ends_with(".codebook")));

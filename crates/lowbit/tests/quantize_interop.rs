@@ -47,7 +47,7 @@ fn gguf_py_opens_lowbit_files_and_decodes_every_type_identically() {
         for method in [Method::Rtn, Method::Search] {
             let name = format!("t{i}.{}.{}", ty.name(), method.name());
             specs.push(TensorSpec { name: name.clone(), dims: vec![cols as u64, rows as u64], ty: *ty });
-            blobs.push((name, *ty, quantize_rows(*ty, &x, cols, None, method).unwrap()));
+            blobs.push((name, *ty, quantize_rows(*ty, &x, cols, None, method.fit()).unwrap()));
         }
     }
     let meta = vec![("general.architecture".to_string(), Value::String("test".into()))];
@@ -89,7 +89,7 @@ fn round_to_nearest_matches_llama_cpp_reference_encoders_bit_for_bit() {
             .unwrap();
         assert!(ok.success());
         let want = std::fs::read(&out).unwrap();
-        let ours = quantize_rows(ty, &x, cols, None, Method::Rtn).unwrap();
+        let ours = quantize_rows(ty, &x, cols, None, Method::Rtn.fit()).unwrap();
         assert_eq!(ours.len(), want.len(), "{ty}");
         let first = ours.iter().zip(&want).position(|(a, b)| a != b);
         assert_eq!(first, None, "{ty}: lowbit's round-to-nearest differs from llama.cpp's at byte {first:?}");
@@ -145,6 +145,7 @@ fn plans_have_llama_quantize_sizes() {
             importance: None,
             hessians: None,
             pre_encoded: Default::default(),
+            method_options: Default::default(),
         };
         let s = plan_model(&g, &opts).unwrap();
         let ours = s.tensor_bytes as f64 / 1048576.0;
@@ -167,6 +168,7 @@ fn gemma3_requantized_to_its_own_mix_is_bit_identical() {
         importance: None,
         hessians: None,
         pre_encoded: Default::default(),
+        method_options: Default::default(),
     };
     quantize_gguf(&path, &out, &opts, &mut |_, _| {}).unwrap();
     let (a, b) = (GgufFile::open(&path).unwrap(), GgufFile::open(&out).unwrap());
@@ -244,6 +246,7 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
             importance: None,
             hessians: None,
             pre_encoded: Default::default(),
+            method_options: Default::default(),
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
         let theirs = llama_perplexity(&bin, &out, &text, ctx, chunks);

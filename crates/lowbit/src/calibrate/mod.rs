@@ -203,6 +203,31 @@ impl Imatrix {
     }
 }
 
+/// Calibration text and the name an importance matrix records for it.
+#[derive(Clone, Debug)]
+pub struct CalibrationText {
+    /// The texts, concatenated.
+    pub text: String,
+    /// Their file names joined by `+` (`emma.txt+persuasion.txt`).
+    pub dataset: String,
+}
+
+/// The calibration texts at `paths`, concatenated in order, and a dataset name listing
+/// their file names, as the importance matrix records it.
+pub fn read_texts(paths: &[std::path::PathBuf]) -> Result<CalibrationText> {
+    let mut text = String::new();
+    for p in paths {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| Error::Usage(format!("{}: cannot read the text: {e}", p.display())))?;
+        text.push_str(&t);
+    }
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().to_string()))
+        .collect();
+    Ok(CalibrationText { text, dataset: names.join("+") })
+}
+
 /// The calibration chunks of `text`: consecutive `ctx`-token pieces from the start (the
 /// first token of each replaced by BOS where the model wants one), at most
 /// `opts.max_chunks` of them.

@@ -14,8 +14,8 @@ use std::fmt;
 
 use super::encode::{magnitude_weight, put_f16, sum_of_squares, BlockInput, EncodeError};
 use super::f16_at;
-use crate::method::search::{fit_affine, fit_codebook, fit_symmetric, nearest_index, nearest_int};
-use crate::method::Method;
+use crate::format::encode::search::{fit_affine, fit_codebook, fit_symmetric, nearest_index, nearest_int};
+use crate::format::encode::Fit;
 
 /// The value grid a format's codes index, or plain integers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,7 +187,7 @@ impl NativeFormat {
         &self,
         x: &[f32],
         importance: Option<&[f32]>,
-        method: Method,
+        fit: Fit,
         out: &mut [u8],
     ) -> Result<(), EncodeError> {
         let g = self.group;
@@ -211,7 +211,7 @@ impl NativeFormat {
         let mut w = vec![0.0f32; g];
         for (i, o) in out.chunks_exact_mut(self.group_bytes()).enumerate() {
             let r = i * g..(i + 1) * g;
-            let b = BlockInput { x: &x[r.clone()], importance: importance.map(|q| &q[r]), row_sigma2, method };
+            let b = BlockInput { x: &x[r.clone()], importance: importance.map(|q| &q[r]), row_sigma2, fit };
             b.weights(0..g, row_sigma2, &mut w, magnitude_weight(row_sigma2));
             let header = self.encode_group(&b, &w, grid.as_ref(), o, &mut codes);
             o[header..].fill(0);
@@ -226,7 +226,7 @@ impl NativeFormat {
     /// its length.
     fn encode_group(&self, b: &BlockInput, w: &[f32], grid: Option<&Grid>, o: &mut [u8], codes: &mut [u32]) -> usize {
         let x = b.x;
-        let search = b.method == Method::Search;
+        let search = b.fit == Fit::Search;
         match self.kind {
             NativeKind::Int { bits, zero_point: false } => {
                 let half = 1i32 << (bits - 1);
@@ -363,9 +363,9 @@ mod tests {
         let x = row(1, 1024);
         for name in ["int2_g32", "int3_g64", "int4_g128", "int5_g32_zp", "int8_g64", "nf4_g64", "fp8_g32", "fp4_g32"] {
             let f = NativeFormat::from_name(name).unwrap();
-            for method in [Method::Rtn, Method::Search] {
+            for fit in [Fit::Rtn, Fit::Search] {
                 let mut bytes = vec![0u8; f.row_bytes(x.len()).unwrap()];
-                f.encode_row(&x, None, method, &mut bytes).unwrap();
+                f.encode_row(&x, None, fit, &mut bytes).unwrap();
                 let mut y = vec![0.0f32; x.len()];
                 f.decode_row(&bytes, &mut y);
                 for (gi, (xg, (yg, bg))) in
@@ -392,7 +392,7 @@ mod tests {
                     };
                     let bound = half_step + clipped + 1e-4 * amax + 1e-7;
                     for (a, b) in xg.iter().zip(yg) {
-                        assert!((a - b).abs() <= bound, "{name} {method:?} group {gi}: {a} vs {b} (bound {bound})");
+                        assert!((a - b).abs() <= bound, "{name} {fit:?} group {gi}: {a} vs {b} (bound {bound})");
                     }
                 }
             }
@@ -404,14 +404,14 @@ mod tests {
         let x = row(2, 4096);
         for name in ["int3_g64", "int4_g32_zp", "nf4_g64", "fp4_g32"] {
             let f = NativeFormat::from_name(name).unwrap();
-            let err = |method| {
+            let err = |fit| {
                 let mut bytes = vec![0u8; f.row_bytes(x.len()).unwrap()];
-                f.encode_row(&x, None, method, &mut bytes).unwrap();
+                f.encode_row(&x, None, fit, &mut bytes).unwrap();
                 let mut y = vec![0.0f32; x.len()];
                 f.decode_row(&bytes, &mut y);
                 x.iter().zip(&y).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>()
             };
-            let (rtn, search) = (err(Method::Rtn), err(Method::Search));
+            let (rtn, search) = (err(Fit::Rtn), err(Fit::Search));
             assert!(search < rtn, "{name}: search {search:.4e} vs rtn {rtn:.4e}");
         }
     }
@@ -421,14 +421,11 @@ mod tests {
         let f = NativeFormat::from_name("int4_g32").unwrap();
         let mut out = vec![0u8; 18];
         assert!(matches!(
-            f.encode_row(&[0.0; 33], None, Method::Search, &mut out),
+            f.encode_row(&[0.0; 33], None, Fit::Search, &mut out),
             Err(EncodeError::PartialGroup { n: 33, group: 32, .. })
         ));
         let mut x = vec![0.0; 32];
         x[5] = f32::NAN;
-        assert!(matches!(
-            f.encode_row(&x, None, Method::Search, &mut out),
-            Err(EncodeError::NonFinite { index: 5, .. })
-        ));
+        assert!(matches!(f.encode_row(&x, None, Fit::Search, &mut out), Err(EncodeError::NonFinite { index: 5, .. })));
     }
 }

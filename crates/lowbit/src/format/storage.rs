@@ -10,7 +10,7 @@ use super::encode::{can_encode, encode_rows_with, quantize_rows, EncodeError};
 use super::native::NativeFormat;
 use super::vq::VqFormat;
 use super::GgmlType;
-use crate::method::Method;
+use crate::format::encode::Fit;
 
 /// A tensor's storage: ggml type or native format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,10 +106,10 @@ pub fn encode_rows(
     data: &[f32],
     row_len: usize,
     importance: Option<&[f32]>,
-    method: Method,
+    fit: Fit,
 ) -> Result<Vec<u8>, EncodeError> {
     let f = match st {
-        StorageType::Ggml(t) => return quantize_rows(t, data, row_len, importance, method),
+        StorageType::Ggml(t) => return quantize_rows(t, data, row_len, importance, fit),
         StorageType::Native(f) => f,
         StorageType::Vq(f) => return Err(EncodeError::WholeTensor(f.to_string())),
     };
@@ -117,7 +117,7 @@ pub fn encode_rows(
         .row_bytes(row_len)
         .filter(|_| row_len > 0 && data.len().is_multiple_of(row_len))
         .ok_or_else(|| EncodeError::PartialGroup { format: f.to_string(), n: row_len, group: f.group })?;
-    encode_rows_with(data, row_len, row_bytes, |x, o| f.encode_row(x, importance, method, o))
+    encode_rows_with(data, row_len, row_bytes, |x, o| f.encode_row(x, importance, fit, o))
 }
 
 /// Scalar reference dot product of one stored row with `x` (`x.len()` values): each
@@ -144,16 +144,19 @@ pub fn dot_reference(st: StorageType, row: &[u8], x: &[f32]) -> f64 {
 }
 
 /// Decodes `n` values (rows of `cols`) stored as `st`, whatever the kind: the inverse of
-/// [`encode_rows`] and [`crate::method::vq::quantize_vq`]. VQ bytes are the rows followed
-/// by the codebook bytes, as a planned VQ tensor's size counts them.
-pub fn decode(st: StorageType, bytes: &[u8], n: usize, cols: usize) -> Result<Vec<f32>, String> {
+/// [`encode_rows`] and [`crate::method::vq::quantize_vq`]. A VQ tensor's bytes are its
+/// rows, and `codebook` its codebook tensor's bytes.
+pub fn decode(
+    st: StorageType,
+    bytes: &[u8],
+    codebook: Option<&[u8]>,
+    n: usize,
+    cols: usize,
+) -> Result<Vec<f32>, String> {
     match st {
         StorageType::Ggml(t) => super::dequantize_to_vec(t, bytes, n).map_err(|e| e.to_string()),
         StorageType::Native(f) => decode_native(f, bytes, n),
-        StorageType::Vq(f) => {
-            let (rows, codebook) = f.split_encoded(bytes).ok_or("shorter than its codebook")?;
-            f.decode(rows, codebook, cols)
-        }
+        StorageType::Vq(f) => f.decode(bytes, codebook.ok_or("a VQ tensor needs its codebook")?, cols),
     }
 }
 
@@ -189,7 +192,7 @@ mod tests {
             types.push(StorageType::from_name(name).unwrap());
         }
         for st in types {
-            let bytes = encode_rows(st, &w, n, None, Method::Search).unwrap();
+            let bytes = encode_rows(st, &w, n, None, Fit::Search).unwrap();
             let decoded = match st {
                 StorageType::Ggml(t) => crate::format::dequantize_to_vec(t, &bytes, n).unwrap(),
                 StorageType::Native(f) => decode_native(f, &bytes, n).unwrap(),

@@ -188,12 +188,6 @@ impl VqFormat {
         }
     }
 
-    /// Splits an encoded tensor (its rows followed by its codebook bytes, as a planned VQ
-    /// tensor's size counts them) into (rows, codebook).
-    pub fn split_encoded<'a>(&self, bytes: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
-        Some(bytes.split_at(bytes.len().checked_sub(self.codebook_bytes())?))
-    }
-
     /// Decodes a whole tensor of rows of `cols` values: `payload` holds the stored rows,
     /// `codebook` the f16 bytes of the codebook tensor.
     pub fn decode(&self, payload: &[u8], codebook: &[u8], cols: usize) -> Result<Vec<f32>, String> {

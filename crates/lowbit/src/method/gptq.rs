@@ -21,9 +21,9 @@ use rayon::prelude::*;
 
 use crate::format::encode::iquant::lattice_format;
 use crate::format::encode::levels::{block_levels, has_levels, pack_codes, BlockLevels};
+use crate::format::encode::Fit;
 use crate::format::encode::{encode_block, sum_of_squares, BlockInput, EncodeError};
 use crate::format::GgmlType;
-use crate::method::Method;
 
 /// Rows processed together against one pass over the inverse-Hessian factor.
 const ROW_TILE: usize = 8;
@@ -172,12 +172,7 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool
         if pos == 0 {
             for r in 0..n_rows {
                 let x = &work[r * ncols + j..r * ncols + j + bs];
-                let b = BlockInput {
-                    x,
-                    importance: Some(&f.diag[j..j + bs]),
-                    row_sigma2: sigma2[r],
-                    method: Method::Search,
-                };
+                let b = BlockInput { x, importance: Some(&f.diag[j..j + bs]), row_sigma2: sigma2[r], fit: Fit::Search };
                 let o = &mut out[r * row_bytes + block * ts..r * row_bytes + (block + 1) * ts];
                 encode_block(ty, &b, o);
                 levels[r].push(block_levels(ty, o).expect("supported types have levels"));

@@ -1,33 +1,42 @@
-//! Methods for choosing quantized values. A *format* says how numbers are stored; a
-//! *method* decides which stored numbers best represent a weight row. This module holds
-//! the calibration-free methods: round-to-nearest and the error-minimising search of
-//! scales and minimums ([`search`]), both driven by optional per-weight importances.
+//! Methods for choosing quantized values. A *format* ([`crate::format`]) says how numbers
+//! are stored and how one block is fitted on its own; a *method* decides which stored
+//! numbers best represent a whole weight matrix, possibly looking across blocks and rows
+//! with calibration statistics. [`quantize_tensor`] is the one entry point every caller
+//! (the file quantizer, sequential GPTQ, the sweep) goes through.
 
 pub mod gptq;
 pub mod kmeans;
-pub mod search;
+mod tensor;
 pub mod vq;
 
-/// How block scales and codes are chosen.
+pub use tensor::{quantize_tensor, Calibration, Encoded, MethodOptions, VqFit};
+
+use crate::format::encode::Fit;
+
+/// How a weight matrix is quantized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Method {
-    /// Round to nearest with the scale set by the block's largest magnitude (llama.cpp's
-    /// `quantize_row_*_ref` for the legacy types; no search anywhere).
+    /// Every block rounded to nearest on its own ([`Fit::Rtn`]).
     Rtn,
-    /// Weighted least-squares search over candidate scales (and minimums), then the
-    /// super-block scales themselves fitted by weighted search; at least as thorough as
-    /// llama.cpp's `make_qx_quants` / `make_qkx*_quants` family.
+    /// Every block fitted on its own by the weighted least-squares search ([`Fit::Search`]),
+    /// importance-weighted when an importance matrix is given.
     #[default]
     Search,
+    /// GPTQ: blocks chosen in column order with the input Hessian, each block's rounding
+    /// error pushed onto the columns not yet quantized ([`gptq`]); learned-codebook (VQ)
+    /// formats get the Hessian sweep and refits of [`vq`]. Falls back to [`Method::Search`]
+    /// for formats GPTQ does not support (native formats) and tensors without a Hessian.
+    Gptq,
 }
 
 impl Method {
-    /// Parses `rtn` or `search` (also accepted: `importance`, which is `search` driven by
-    /// an importance matrix when one is given).
+    /// Parses `rtn`, `search` (also accepted: `importance`, which is `search` driven by an
+    /// importance matrix when one is given) or `gptq`.
     pub fn from_name(name: &str) -> Option<Method> {
         match name.to_ascii_lowercase().as_str() {
             "rtn" => Some(Method::Rtn),
             "search" | "importance" => Some(Method::Search),
+            "gptq" => Some(Method::Gptq),
             _ => None,
         }
     }
@@ -37,6 +46,15 @@ impl Method {
         match self {
             Method::Rtn => "rtn",
             Method::Search => "search",
+            Method::Gptq => "gptq",
+        }
+    }
+
+    /// How a single block is fitted where this method fits blocks on their own.
+    pub fn fit(self) -> Fit {
+        match self {
+            Method::Rtn => Fit::Rtn,
+            Method::Search | Method::Gptq => Fit::Search,
         }
     }
 }

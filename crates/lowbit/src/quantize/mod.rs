@@ -4,6 +4,13 @@
 //! input is never overwritten. A tensor whose source type already is its target type is
 //! copied byte for byte (as llama-quantize does), so re-quantizing a model to the mix it
 //! came in reproduces it exactly.
+//!
+//! [`run`] is the whole job in one call (calibrate → plan → quantize → write), as the CLI
+//! and the sweep use it; [`quantize_gguf`] is the writing half, given resolved options.
+
+mod job;
+
+pub use job::{mix_for_type, resolve, run, CalibrationInput, QuantizeJob, Stage};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,13 +20,11 @@ use std::time::Instant;
 use crate::calibrate::Hessian;
 use crate::error::{Error, Result};
 use crate::format::encode::EncodeError;
-use crate::format::storage::{encode_rows, StorageType};
+use crate::format::storage::StorageType;
 use crate::format::vq::codebook_name;
 use crate::format::GgmlType;
 use crate::gguf::{native_key, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType};
-use crate::method::gptq::{gptq_rows, GptqOptions};
-use crate::method::vq::{quantize_vq, VqOptions};
-use crate::method::Method;
+use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions, VqFit};
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
 
 /// What to produce.
@@ -29,17 +34,21 @@ pub struct QuantizeOptions {
     pub mix: Mix,
     /// Per-tensor `REGEX=TYPE` overrides, first match wins.
     pub overrides: Vec<Override>,
-    /// How scales and codes are chosen.
+    /// How tensors are quantized ([`Method::Gptq`] for the tensors with a Hessian in
+    /// `hessians`; the others fall back to the search).
     pub method: Method,
     /// Per-tensor column importances (an importance matrix), by tensor name.
     pub importance: Option<HashMap<String, Vec<f32>>>,
-    /// Input Hessians by tensor name: when set, every weight that has one and whose
-    /// target is a ggml block type is quantized by GPTQ ([`crate::method::gptq`]); the
-    /// rest (embedding, output, native formats) by the importance-weighted search.
+    /// Input Hessians by tensor name: with [`Method::Gptq`], every weight that has one and
+    /// whose target is a ggml block type or a VQ format is quantized by GPTQ
+    /// ([`crate::method::quantize_tensor`]); the rest (embedding, output, native formats)
+    /// by the importance-weighted search.
     pub hessians: Option<HashMap<String, Arc<Hessian>>>,
     /// Tensors already encoded (by [`crate::sequential::sequential_gptq`]), by name; they
     /// are written as given.
-    pub pre_encoded: HashMap<String, Vec<u8>>,
+    pub pre_encoded: HashMap<String, Encoded>,
+    /// Method tunables (GPTQ dampening, k-means, …).
+    pub method_options: MethodOptions,
 }
 
 impl QuantizeOptions {
@@ -47,7 +56,7 @@ impl QuantizeOptions {
     pub fn method_name(&self) -> &'static str {
         if !self.pre_encoded.is_empty() {
             "gptq-sequential"
-        } else if self.hessians.is_some() {
+        } else if self.method == Method::Gptq && self.hessians.is_some() {
             "gptq"
         } else if self.importance.is_some() && self.method == Method::Search {
             "importance"
@@ -116,6 +125,23 @@ pub struct CodebookUse {
     pub relative_output_error: Option<f64>,
 }
 
+impl CodebookUse {
+    fn new(tensor: &str, target: StorageType, v: &VqFit) -> CodebookUse {
+        let (entries, residual_entries) = match target {
+            StorageType::Vq(f) => (f.entries(), f.residual_entries()),
+            _ => (0, 0),
+        };
+        CodebookUse {
+            tensor: tensor.to_string(),
+            used: v.used,
+            entries,
+            used_residual: v.used_residual,
+            residual_entries,
+            relative_output_error: v.relative_output_error,
+        }
+    }
+}
+
 /// Reads what the plan rules need from a GGUF's metadata.
 pub fn model_shape(g: &GgufFile, has_imatrix: bool) -> ModelShape {
     let arch = g.architecture().unwrap_or("").to_string();
@@ -135,6 +161,12 @@ pub fn model_shape(g: &GgufFile, has_imatrix: bool) -> ModelShape {
 
 /// The plan for quantizing `g` with `opts`, with its size totals.
 pub fn plan_model(g: &GgufFile, opts: &QuantizeOptions) -> Result<QuantizeSummary> {
+    plan_model_with(g, opts, opts.importance.is_some())
+}
+
+/// [`plan_model`], saying whether an importance matrix will be there when the tensors are
+/// encoded (llama.cpp's rules for some mixes depend on it).
+pub fn plan_model_with(g: &GgufFile, opts: &QuantizeOptions, has_imatrix: bool) -> Result<QuantizeSummary> {
     let mut entries = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         // A VQ tensor's codebook travels with it (rewritten or copied with the tensor).
@@ -153,7 +185,7 @@ pub fn plan_model(g: &GgufFile, opts: &QuantizeOptions) -> Result<QuantizeSummar
         };
         entries.push(TensorEntry { name: t.name.clone(), dims: t.dims.clone(), source });
     }
-    let shape = model_shape(g, opts.importance.is_some());
+    let shape = model_shape(g, has_imatrix);
     let tensors = make_plan(&entries, &shape, &opts.mix, &opts.overrides)?;
     Ok(summarize(opts, tensors))
 }
@@ -205,48 +237,41 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Decodes one tensor of `g` to f32 and encodes it as its planned type. VQ tensors come
-/// back as their rows followed by their codebook bytes, with their codebook use.
+/// Decodes one tensor of `g` to f32 and encodes it as its planned type
+/// ([`quantize_tensor`]), with its codebook use for a VQ tensor.
 fn encode_tensor(
     g: &GgufFile,
     input: &Path,
     t: &PlannedTensor,
     opts: &QuantizeOptions,
-) -> Result<(Vec<u8>, Option<CodebookUse>)> {
+) -> Result<(Encoded, Option<CodebookUse>)> {
     let values = g.dequantize(&t.name)?;
     let ncols = t.dims.first().copied().unwrap_or(1) as usize;
-    let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice());
-    let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name));
-    let mut usage = None;
-    let encoded = match (t.target, hessian) {
-        (StorageType::Vq(f), h) => {
-            let h = h.filter(|h| h.n == ncols).map(|h| h.xtx.as_slice());
-            quantize_vq(&f, &values, ncols, importance, h, &VqOptions::default()).map(|v| {
-                usage = Some(CodebookUse {
-                    tensor: t.name.clone(),
-                    used: v.used,
-                    entries: f.entries(),
-                    used_residual: v.used_residual,
-                    residual_entries: f.residual_entries(),
-                    relative_output_error: v.relative_output_error,
-                });
-                [v.payload, v.codebook].concat()
-            })
-        }
-        (StorageType::Ggml(ty), Some(h)) if crate::method::gptq::supports(ty) && h.n == ncols => {
-            gptq_rows(ty, &values, ncols, &h.xtx, &GptqOptions::default())
-        }
-        _ => encode_rows(t.target, &values, ncols, importance, opts.method),
+    let calibration = Calibration {
+        importance: opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice()),
+        hessian: opts.hessians.as_ref().and_then(|m| m.get(&t.name)).map(|h| h.xtx.as_slice()),
     };
-    encoded
-        .map_err(|e| {
-            let what = match e {
-                EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
-                e => e.to_string(),
-            };
-            Error::tensor(input, &t.name, format!("cannot quantize to {}: {what}", t.target))
-        })
-        .map(|bytes| (bytes, usage))
+    let encoded = quantize_tensor(t.target, &values, ncols, opts.method, &calibration, &opts.method_options)
+        .map_err(|e| encode_error(input, &t.name, t.target, e))?;
+    let usage = encoded.vq.as_ref().map(|v| CodebookUse::new(&t.name, t.target, v));
+    Ok((encoded, usage))
+}
+
+/// The error for a tensor that could not be encoded: a non-finite weight means the
+/// source is damaged.
+pub(crate) fn encode_error(input: &Path, name: &str, target: StorageType, e: EncodeError) -> Error {
+    let what = match e {
+        EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
+        e => e.to_string(),
+    };
+    Error::tensor(input, name, format!("cannot quantize to {target}: {what}"))
+}
+
+/// The GGUF tensors an encoded tensor is written as: itself, and a VQ tensor's codebook.
+fn encoded_parts(t: &PlannedTensor, e: Encoded) -> Vec<(String, Vec<u8>)> {
+    let mut parts = vec![(t.name.clone(), e.bytes)];
+    parts.extend(e.vq.map(|v| (codebook_name(&t.name), v.codebook)));
+    parts
 }
 
 /// Quantizes `input` (a GGUF) into `output` following `opts`. `progress(done, total)` is
@@ -257,12 +282,26 @@ pub fn quantize_gguf(
     opts: &QuantizeOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<QuantizeSummary> {
+    let g = GgufFile::open(input)?;
+    let summary = plan_model(&g, opts)?;
+    write_planned(&g, summary, output, opts, progress)
+}
+
+/// Writes `output` from the already opened source `g` following `summary`'s plan (from
+/// [`plan_model`] on `g`): the second half of [`quantize_gguf`], for callers that plan
+/// first (sequential GPTQ quantizes blocks between planning and writing).
+pub fn write_planned(
+    g: &GgufFile,
+    mut summary: QuantizeSummary,
+    output: &Path,
+    opts: &QuantizeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<QuantizeSummary> {
+    let input = g.path();
     if same_file(input, output) {
         return Err(Error::Usage(format!("{}: the output would overwrite the input", output.display())));
     }
     let start = Instant::now();
-    let g = GgufFile::open(input)?;
-    let mut summary = plan_model(&g, opts)?;
     let mut metadata: Vec<(String, Value)> = g
         .metadata
         .iter()
@@ -328,24 +367,23 @@ pub fn quantize_gguf(
             for t in &summary.tensors {
                 crate::interrupt::check()?;
                 let (_, src) = g.tensor_bytes(&t.name)?;
-                let bytes = match opts.pre_encoded.get(&t.name) {
-                    Some(b) if b.len() as u64 == t.bytes => b.clone(),
+                let parts = match opts.pre_encoded.get(&t.name) {
+                    Some(e) if e.stored_bytes() == t.bytes => encoded_parts(t, e.clone()),
                     _ if t.target == t.source => match t.source {
-                        StorageType::Vq(_) => [src, g.tensor_bytes(&codebook_name(&t.name))?.1].concat(),
-                        _ => src.to_vec(),
+                        StorageType::Vq(_) => {
+                            let codebook = codebook_name(&t.name);
+                            vec![
+                                (t.name.clone(), src.to_vec()),
+                                (codebook.clone(), g.tensor_bytes(&codebook)?.1.to_vec()),
+                            ]
+                        }
+                        _ => vec![(t.name.clone(), src.to_vec())],
                     },
                     _ => {
-                        let (bytes, usage) = encode_tensor(&g, input, t, opts)?;
+                        let (encoded, usage) = encode_tensor(g, input, t, opts)?;
                         summary_codebooks.extend(usage);
-                        bytes
+                        encoded_parts(t, encoded)
                     }
-                };
-                let parts = match t.target {
-                    StorageType::Vq(f) => {
-                        let (rows, codebook) = f.split_encoded(&bytes).expect("encoded with its codebook");
-                        vec![(t.name.clone(), rows.to_vec()), (codebook_name(&t.name), codebook.to_vec())]
-                    }
-                    _ => vec![(t.name.clone(), bytes)],
                 };
                 if parts.into_iter().any(|p| send.send(p).is_err()) {
                     break; // the writer stopped on an error, reported below

@@ -15,44 +15,46 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::calibrate::{compute_imatrix, Imatrix};
+use crate::calibrate::{compute_stats, CalibrationStats, Imatrix};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalOptions, EvalReport, Reference, SaveLogits};
-use crate::format::native::NativeFormat;
 use crate::gguf::GgufFile;
 use crate::method::Method;
 use crate::model::{load_gguf_lm, LoadOptions};
-use crate::plan::{allows_quantization, Mix, Override};
-use crate::quantize::{quantize_gguf, QuantizeOptions};
+use crate::plan::allows_quantization;
+use crate::quantize::{mix_for_type, CalibrationInput, QuantizeJob};
 use crate::saved_logits::LogitsReader;
 use crate::zoo::sha256_file;
 
 pub use plot::{plot_layers, plot_pareto};
 pub use report::{markdown as report_markdown, write_report, InputFile, SweepReport};
 
-/// One quantization setting: a mix (or native format) and a method.
+/// One quantization setting: a mix (or a native or VQ format) and a method.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Setting {
-    /// Mix name as given (`Q4_K_M`, `int4_g64`, …).
+    /// The type as given (`Q4_K_M`, `int4_g64`, `vq4x256+128`, …), as `lowbit quantize
+    /// --type` takes it.
     pub ty: String,
-    /// How scales and codes are chosen.
+    /// How tensors are quantized (`search` unless the setting names another; `gptq` needs
+    /// the sweep's calibration texts).
     pub method: Method,
 }
 
 impl Setting {
-    /// Parses `TYPE` or `TYPE:METHOD` (e.g. `Q4_K_M:rtn`).
+    /// Parses `TYPE` or `TYPE:METHOD` (e.g. `Q4_K_M:rtn`, `Q4_K_M:gptq`).
     pub fn parse(text: &str) -> Result<Setting> {
         let (ty, method) = match text.split_once(':') {
             Some((t, m)) => (
                 t,
-                Method::from_name(m)
-                    .ok_or_else(|| Error::Usage(format!("setting '{text}': unknown method '{m}' (search, rtn)")))?,
+                Method::from_name(m).ok_or_else(|| {
+                    Error::Usage(format!("setting '{text}': unknown method '{m}' (search, rtn, gptq)"))
+                })?,
             ),
             None => (text, Method::Search),
         };
-        if Mix::from_name(ty).is_none() && NativeFormat::from_name(ty).is_none() {
+        if mix_for_type(ty).is_none() {
             return Err(Error::Usage(format!(
-                "setting '{text}': unknown type '{ty}' (a llama-quantize mix such as Q4_K_M, or a native format such as int4_g64)"
+                "setting '{text}': unknown type '{ty}' (a llama-quantize mix such as Q4_K_M, a native format such as int4_g64, or a VQ format such as vq4x256+128)"
             )));
         }
         Ok(Setting { ty: ty.to_string(), method })
@@ -66,24 +68,11 @@ impl Setting {
         }
     }
 
-    /// The quantizer options this setting means.
-    pub fn options(&self) -> Result<QuantizeOptions> {
-        let (mix, overrides) = match (Mix::from_name(&self.ty), NativeFormat::from_name(&self.ty)) {
-            (Some(m), _) => (m, vec![]),
-            // As `lowbit quantize --type NATIVE`: block matrices native, the rest Q8_0.
-            (None, Some(f)) => {
-                (Mix::from_name("Q8_0").expect("Q8_0 is a mix"), vec![Override::parse(&format!("^blk\\.={f}"))?])
-            }
-            (None, None) => return Err(Error::Usage(format!("unknown type '{}'", self.ty))),
-        };
-        Ok(QuantizeOptions {
-            mix,
-            overrides,
-            method: self.method,
-            importance: None,
-            hessians: None,
-            pre_encoded: Default::default(),
-        })
+    /// The quantization job this setting means, without calibration.
+    pub fn job(&self) -> Result<QuantizeJob> {
+        let (mix, overrides) =
+            mix_for_type(&self.ty).ok_or_else(|| Error::Usage(format!("unknown type '{}'", self.ty)))?;
+        Ok(QuantizeJob { method: Some(self.method), ..QuantizeJob::new(mix, overrides) })
     }
 }
 
@@ -300,6 +289,9 @@ pub fn run_sweep(
     if opts.settings.is_empty() && opts.compare.is_empty() {
         return Err(Error::Usage("nothing to sweep: give at least one setting or --compare file".into()));
     }
+    if let Some(s) = opts.settings.iter().find(|s| s.method == Method::Gptq && opts.calib.is_empty()) {
+        return Err(Error::Usage(format!("setting '{}': gptq needs calibration texts (--calib)", s.name())));
+    }
     let mut names: Vec<String> = opts.settings.iter().map(Setting::name).collect();
     names.sort();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -362,10 +354,18 @@ pub fn run_sweep(
             inputs.push(InputFile { role: "calibration".into(), path: p.display().to_string(), sha256: sha.clone() });
             shas.push(sha);
         }
-        let ikey = format!("{key} calib {} chunks {}", shas.join(","), opts.calib_chunks);
+        // GPTQ settings need the input Hessians too: then the full statistics are saved
+        // beside the importance matrix.
+        let hessians = opts.settings.iter().any(|s| s.method == Method::Gptq);
+        let mut ikey = format!("{key} calib {} chunks {}", shas.join(","), opts.calib_chunks);
+        if hessians {
+            ikey.push_str(" hessians");
+        }
         let path = dir.join("imatrix.gguf");
+        let stats_path = dir.join("stats.safetensors");
         let ijson = dir.join("settings").join("_imatrix.json");
         let cached = reuse::<serde_json::Value>(&ijson, &ikey, |v| v["key"].as_str().unwrap_or(""))
+            .filter(|_| !hessians || stats_path.is_file())
             .and_then(|_| Imatrix::read(&path).ok());
         let m = match cached {
             Some(m) => {
@@ -377,17 +377,28 @@ pub fn run_sweep(
                 let mut lm = load_gguf_lm(source_path, LoadOptions::default())?;
                 let names: Vec<String> = opts.calib.iter().map(|p| p.display().to_string()).collect();
                 let copts = EvalOptions { ctx: 512, max_chunks: Some(opts.calib_chunks) };
-                let m = compute_imatrix(&mut lm, &calib_text, &names.join("+"), &copts, &mut |d, t| {
-                    progress(SweepEvent::Chunks(d, t))
-                })?;
-                m.write_gguf(&path)?;
+                let stats: CalibrationStats =
+                    compute_stats(&mut lm, &calib_text, &names.join("+"), &copts, hessians, &mut |d, t| {
+                        progress(SweepEvent::Chunks(d, t))
+                    })?;
+                stats.imatrix.write_gguf(&path)?;
+                if hessians {
+                    stats.write(&stats_path)?;
+                }
                 save_json(&ijson, &serde_json::json!({ "key": ikey }))?;
-                m
+                stats.imatrix
             }
         };
         (Some(m.importance()), ikey)
     };
-
+    let calibration = |s: &Setting| match (&importance, s.method) {
+        (None, Method::Gptq) => {
+            Err(Error::Usage(format!("setting '{}': gptq needs calibration texts (--calib)", s.name())))
+        }
+        (None, _) => Ok(CalibrationInput::None),
+        (Some(_), Method::Gptq) => Ok(CalibrationInput::Stats(dir.join("stats.safetensors"))),
+        (Some(_), _) => Ok(CalibrationInput::Imatrix(dir.join("imatrix.gguf"))),
+    };
     // 3. Every setting: quantize, evaluate, measure, record.
     let mut results = Vec::new();
     for (i, setting) in opts.settings.iter().enumerate() {
@@ -403,9 +414,8 @@ pub fn run_sweep(
         progress(SweepEvent::Step(&name, i + 1, total));
         let model = dir.join("models").join(format!("{name}.gguf"));
         let t0 = Instant::now();
-        let mut qopts = setting.options()?;
-        qopts.importance = importance.clone();
-        quantize_gguf(source_path, &model, &qopts, &mut |_, _| {})?;
+        let job = QuantizeJob { calibration: calibration(setting)?, ..setting.job()? };
+        crate::quantize::run(source_path, &model, &job, &mut |_, _, _| {})?;
         let secs = t0.elapsed().as_secs_f64();
         let m = measure(&model, &source, &logits, &text, &opts.eval, importance.as_ref(), &mut |d, t| {
             progress(SweepEvent::Chunks(d, t))
@@ -472,7 +482,7 @@ mod tests {
         let s = Setting::parse("Q4_K_M:rtn").unwrap();
         assert_eq!((s.ty.as_str(), s.method, s.name().as_str()), ("Q4_K_M", Method::Rtn, "Q4_K_M-rtn"));
         assert_eq!(Setting::parse("int4_g64").unwrap().name(), "int4_g64");
-        assert!(Setting::parse("int4_g64").unwrap().options().unwrap().overrides.len() == 1);
+        assert!(Setting::parse("int4_g64").unwrap().job().unwrap().overrides.len() == 1);
         for bad in ["Q9_K", "Q4_K_M:gptq9", "int4"] {
             assert!(Setting::parse(bad).is_err(), "{bad}");
         }

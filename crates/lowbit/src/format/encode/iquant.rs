@@ -17,9 +17,9 @@
 
 use super::lattice::{iq1s_grid, iq2s_grid, iq2xs_grid, iq2xxs_grid, iq3s_grid, iq3xxs_grid, Grid};
 use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
+use crate::format::encode::Fit;
 use crate::format::iquant::IQ1S_DELTA;
 use crate::format::{GgmlType, QK_K};
-use crate::method::Method;
 
 /// What distinguishes one lattice format from another, for the shared encoder.
 #[derive(Clone, Copy)]
@@ -124,15 +124,15 @@ fn assign(grid: &Grid, t: &[f32], w: &[f32], scale: f32, points: &mut [u16]) -> 
 /// The weighted-least-squares scale of one sub-block (targets `t`, weights `w`) and the
 /// curvature Σ w·g² of its error at that scale. Trial scales span 0.7–1.4 of "largest
 /// target on the largest level"; each is refitted for the points it chose.
-fn fit_sub_scale(grid: &Grid, t: &[f32], w: &[f32], method: Method, points: &mut [u16]) -> (f32, f32) {
+fn fit_sub_scale(grid: &Grid, t: &[f32], w: &[f32], fit: Fit, points: &mut [u16]) -> (f32, f32) {
     let max = t.iter().copied().fold(0.0f32, f32::max);
     if max <= 0.0 {
         return (0.0, 0.0);
     }
     let base = max / grid.max_level();
-    let trials: &[f32] = match method {
-        Method::Rtn => &[1.0],
-        Method::Search => &[0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4],
+    let trials: &[f32] = match fit {
+        Fit::Rtn => &[1.0],
+        Fit::Search => &[0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.3, 1.4],
     };
     let mut best = (f32::INFINITY, 0.0f32, 0.0f32);
     let mut trial_points = vec![0u16; points.len()];
@@ -208,7 +208,7 @@ pub(crate) fn fit_lattice(fmt: &LatticeFormat, b: &BlockInput) -> LatticeBlock {
     };
     let vectors_per_scale = fmt.scale_group / grid.dim;
     if fmt.signed_grid {
-        return encode_shifted(fmt, grid, x, &w, b.method, block);
+        return encode_shifted(fmt, grid, x, &w, b.fit, block);
     }
     let mut t = [0.0f32; QK_K];
     for g in 0..QK_K / 8 {
@@ -220,12 +220,12 @@ pub(crate) fn fit_lattice(fmt: &LatticeFormat, b: &BlockInput) -> LatticeBlock {
     for j in 0..n_scales {
         let r = fmt.scale_group * j..fmt.scale_group * (j + 1);
         let p = &mut block.points[vectors_per_scale * j..vectors_per_scale * (j + 1)];
-        (s[j], a[j]) = fit_sub_scale(grid, &t[r.clone()], &w[r], b.method, p);
+        (s[j], a[j]) = fit_sub_scale(grid, &t[r.clone()], &w[r], b.fit, p);
     }
     let dd = fit_odd_scales(&s, &a, fmt.max_code, &mut block.codes);
     block.d = half::f16::from_f32(dd / fmt.unit).to_f32();
     requantize_all(fmt, &mut block, x, &w);
-    if b.method == Method::Search {
+    if b.fit == Fit::Search {
         refit_super_scale(fmt, &mut block, x, &w);
     }
     block
@@ -432,7 +432,7 @@ fn encode_shifted(
     grid: &Grid,
     x: &[f32],
     w: &[f32],
-    method: Method,
+    fit: Fit,
     mut block: LatticeBlock,
 ) -> LatticeBlock {
     let per_vector = fmt.shift_per_vector;
@@ -446,9 +446,9 @@ fn encode_shifted(
         let max = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let mut best = (f32::INFINITY, 0.0f32, 0.0f32);
         if max > 0.0 {
-            let trials: &[f32] = match method {
-                Method::Rtn => &[1.0],
-                Method::Search => &[0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25],
+            let trials: &[f32] = match fit {
+                Fit::Rtn => &[1.0],
+                Fit::Search => &[0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25],
             };
             let shift_options: &[bool] = if per_vector { &[false] } else { &[false, true] };
             for &k in trials {

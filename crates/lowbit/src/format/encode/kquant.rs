@@ -2,13 +2,13 @@
 //! super-block is fitted in two levels: every sub-block gets a float scale (and minimum)
 //! by weighted search, then those floats are themselves quantized to the 4/6/8-bit
 //! sub-block scales under one f16 super-scale by a weighted fit, and finally every code
-//! is re-rounded against the scales as stored. [`Method::Rtn`] skips both searches
+//! is re-rounded against the scales as stored. [`Fit::Rtn`] skips both searches
 //! (max-based scales, as the simplest k-quant encoder would).
 
 use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
+use crate::format::encode::search::{fit_affine, fit_symmetric, fit_unsigned, nearest_int, GROUP_MAX_EPS};
+use crate::format::encode::Fit;
 use crate::format::QK_K;
-use crate::method::search::{fit_affine, fit_symmetric, fit_unsigned, nearest_int, GROUP_MAX_EPS};
-use crate::method::Method;
 
 /// Packs 2-bit codes as ggml does: byte `j/4 + l` of each 128-value half holds values
 /// l, l+32, l+64, l+96 in bits 0-1, 2-3, 4-5, 6-7.
@@ -23,10 +23,10 @@ pub(crate) fn pack_2bit(codes: &[u8], qs: &mut [u8]) {
 
 /// Sub-block scales quantized to unsigned `nmax`-level codes under one super-scale:
 /// weighted fit for the search, max-based rounding for round-to-nearest.
-fn quantize_unsigned_scales(values: &[f32], sw: &[f32], nmax: i32, method: Method, codes: &mut [u8]) -> f32 {
-    match method {
-        Method::Search => fit_unsigned(values, sw, nmax, codes),
-        Method::Rtn => {
+fn quantize_unsigned_scales(values: &[f32], sw: &[f32], nmax: i32, fit: Fit, codes: &mut [u8]) -> f32 {
+    match fit {
+        Fit::Search => fit_unsigned(values, sw, nmax, codes),
+        Fit::Rtn => {
             let max = values.iter().copied().fold(0.0f32, f32::max);
             if max <= 0.0 {
                 codes.iter_mut().for_each(|c| *c = 0);
@@ -42,10 +42,10 @@ fn quantize_unsigned_scales(values: &[f32], sw: &[f32], nmax: i32, method: Metho
 }
 
 /// Signed sub-block scales as codes in [lo, hi] under one super-scale.
-fn quantize_signed_scales(values: &[f32], sw: &[f32], lo: i32, hi: i32, method: Method, codes: &mut [i32]) -> f32 {
-    match method {
-        Method::Search => fit_symmetric(values, sw, lo, hi, 9, true, codes),
-        Method::Rtn => fit_symmetric(values, sw, lo, hi, 0, false, codes),
+fn quantize_signed_scales(values: &[f32], sw: &[f32], lo: i32, hi: i32, fit: Fit, codes: &mut [i32]) -> f32 {
+    match fit {
+        Fit::Search => fit_symmetric(values, sw, lo, hi, 9, true, codes),
+        Fit::Rtn => fit_symmetric(values, sw, lo, hi, 0, false, codes),
     }
 }
 
@@ -60,7 +60,7 @@ fn symmetric_sub_blocks(
 ) -> ([f32; 16], [f32; 16]) {
     let (mut scales, mut sw) = ([0.0f32; 16], [0.0f32; 16]);
     let (mut l, mut w) = ([0i32; 16], [0.0f32; 16]);
-    let (steps, polish) = if b.method == Method::Search { (9, true) } else { (0, false) };
+    let (steps, polish) = if b.fit == Fit::Search { (9, true) } else { (0, false) };
     for j in 0..16 {
         let r = 16 * j..16 * (j + 1);
         weights(r.clone(), &mut w);
@@ -90,7 +90,7 @@ fn affine_sub_blocks<const SUB: usize>(
         let rms = (sum_of_squares(xs) / SUB as f32).sqrt();
         b.weights(r.clone(), sigma2, &mut w[..SUB], |v| default_weights(rms, v));
         sw[j] = w[..SUB].iter().sum();
-        let nstep = if b.method == Method::Search { 36 } else { 0 };
+        let nstep = if b.fit == Fit::Search { 36 } else { 0 };
         let (s, m) = fit_affine(xs, &w[..SUB], nmax, -0.9, 0.05, nstep, &mut codes[r]);
         scales[j] = s;
         mins[j] = m;
@@ -106,8 +106,8 @@ pub fn encode_q2_k(b: &BlockInput, out: &mut [u8]) {
     // Default weights: |x|, as llama.cpp's reference encoder uses.
     let (scales, mins, sw) = affine_sub_blocks::<16>(b, 3, 1.0, |_, v| v.abs(), &mut codes);
     let (mut ls, mut lm) = ([0u8; 16], [0u8; 16]);
-    let dm = quantize_unsigned_scales(&scales, &sw, 15, b.method, &mut ls);
-    let mm = quantize_unsigned_scales(&mins, &sw, 15, b.method, &mut lm);
+    let dm = quantize_unsigned_scales(&scales, &sw, 15, b.fit, &mut ls);
+    let mm = quantize_unsigned_scales(&mins, &sw, 15, b.fit, &mut lm);
     let d = put_f16(out, 80, dm);
     let dmin = put_f16(out, 82, mm);
     for j in 0..16 {
@@ -131,7 +131,7 @@ pub fn encode_q3_k(b: &BlockInput, out: &mut [u8]) {
     let sigma2 = 2.0 * sum_of_squares(x) / QK_K as f32;
     let (scales, sw) = symmetric_sub_blocks(b, -4, 3, |r, w| b.weights(r, sigma2, w, magnitude_weight(sigma2)));
     let mut ls = [0i32; 16];
-    let d_block = quantize_signed_scales(&scales, &sw, -32, 31, b.method, &mut ls);
+    let d_block = quantize_signed_scales(&scales, &sw, -32, 31, b.fit, &mut ls);
     let sc = &mut out[96..108];
     sc.fill(0);
     for (j, &s) in ls.iter().enumerate() {
@@ -197,8 +197,8 @@ fn encode_q45_k(b: &BlockInput, nmax: i32, out: &mut [u8], codes: &mut [u8; QK_K
     let x = b.x;
     let (scales, mins, sw) = affine_sub_blocks::<32>(b, nmax, 2.0, rms_plus_abs, codes);
     let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
-    let dm = quantize_unsigned_scales(&scales, &sw, 63, b.method, &mut ls);
-    let mm = quantize_unsigned_scales(&mins, &sw, 63, b.method, &mut lm);
+    let dm = quantize_unsigned_scales(&scales, &sw, 63, b.fit, &mut ls);
+    let mm = quantize_unsigned_scales(&mins, &sw, 63, b.fit, &mut lm);
     let d = put_f16(out, 0, dm);
     let dmin = put_f16(out, 2, mm);
     pack_scale_min_k4(&ls, &lm, &mut out[4..16]);
@@ -277,7 +277,7 @@ pub fn encode_q6_k(b: &BlockInput, out: &mut [u8]) {
         return;
     }
     let mut ls = [0i32; 16];
-    let d_block = quantize_signed_scales(&scales, &sw, -128, 127, b.method, &mut ls);
+    let d_block = quantize_signed_scales(&scales, &sw, -128, 127, b.fit, &mut ls);
     let d = put_f16(out, 208, d_block);
     let mut codes = [32u8; QK_K];
     for j in 0..16 {

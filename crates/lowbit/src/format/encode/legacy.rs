@@ -1,11 +1,11 @@
 //! Encoders for the legacy 32-element formats Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0.
-//! [`Method::Rtn`] reproduces llama.cpp's `quantize_row_q*_ref` bit for bit; the search
+//! [`Fit::Rtn`] reproduces llama.cpp's `quantize_row_q*_ref` bit for bit; the search
 //! fits the scale (and minimum) by weighted least squares and rounds the codes against
 //! the scale as actually stored (f16).
 
 use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
-use crate::method::search::{fit_affine, fit_symmetric, nearest_int};
-use crate::method::Method;
+use crate::format::encode::search::{fit_affine, fit_symmetric, nearest_int};
+use crate::format::encode::Fit;
 
 const QK: usize = 32;
 
@@ -28,8 +28,8 @@ pub(crate) fn pack_5bit(codes: &[u8], qh: &mut [u8], qs: &mut [u8]) {
 /// Symmetric codes in [-nmax, nmax-1] stored with offset nmax; returns the stored scale.
 fn symmetric(b: &BlockInput, nmax: i32, scale_at: usize, out: &mut [u8], codes: &mut [u8; QK]) {
     let x = b.x;
-    let d = match b.method {
-        Method::Rtn => {
+    let d = match b.fit {
+        Fit::Rtn => {
             // quantize_row_q4_0_ref / q5_0: d = max / -nmax, codes truncated after +nmax+0.5.
             let (mut amax, mut max) = (0.0f32, 0.0f32);
             for &v in x {
@@ -46,7 +46,7 @@ fn symmetric(b: &BlockInput, nmax: i32, scale_at: usize, out: &mut [u8], codes: 
             }
             return;
         }
-        Method::Search => {
+        Fit::Search => {
             let mut w = [0.0f32; QK];
             // Default weights √(f·σ² + x²): at 4 bits (Q4_0) a flatter weighting (f = 8)
             // measured better than f = 1 (smollm2, 10 chunks: Q4_0 mix KLD 0.273 → 0.259,
@@ -68,8 +68,8 @@ fn symmetric(b: &BlockInput, nmax: i32, scale_at: usize, out: &mut [u8], codes: 
 /// Affine codes in [0, nmax] with x ≈ d·l + m; writes d and m as f16 at `at`, `at + 2`.
 fn affine(b: &BlockInput, nmax: i32, at: usize, out: &mut [u8], codes: &mut [u8; QK]) {
     let x = b.x;
-    let (d, m) = match b.method {
-        Method::Rtn => {
+    let (d, m) = match b.fit {
+        Fit::Rtn => {
             // quantize_row_q4_1_ref / q5_1: d = (max - min) / nmax, m = min.
             let min = x.iter().copied().fold(f32::MAX, f32::min);
             let max = x.iter().copied().fold(-f32::MAX, f32::max);
@@ -82,7 +82,7 @@ fn affine(b: &BlockInput, nmax: i32, at: usize, out: &mut [u8], codes: &mut [u8;
             }
             return;
         }
-        Method::Search => {
+        Fit::Search => {
             let mut w = [0.0f32; QK];
             let av = (sum_of_squares(x) / QK as f32).sqrt();
             b.weights(0..QK, b.row_sigma2, &mut w, |v| av + v.abs());
@@ -133,8 +133,8 @@ pub fn encode_q5_1(b: &BlockInput, out: &mut [u8]) {
 /// integer kernels assume no −128).
 pub fn encode_q8_0(b: &BlockInput, out: &mut [u8]) {
     let x = b.x;
-    let d = match b.method {
-        Method::Rtn => {
+    let d = match b.fit {
+        Fit::Rtn => {
             let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -144,7 +144,7 @@ pub fn encode_q8_0(b: &BlockInput, out: &mut [u8]) {
             }
             return;
         }
-        Method::Search => {
+        Fit::Search => {
             let mut w = [0.0f32; QK];
             b.weights(0..QK, b.row_sigma2, &mut w, magnitude_weight(b.row_sigma2));
             let mut l = [0i32; QK];

@@ -18,9 +18,9 @@ use super::kquant::{pack_2bit, pack_q3_k, pack_q4_k, pack_q5_k, pack_q6_k};
 use super::legacy::{pack_5bit, pack_nibbles};
 use super::nonlinear::pack_iq4;
 use super::put_f16;
+use crate::format::encode::search::{nearest_index, nearest_int};
 use crate::format::iquant::KVALUES_IQ4NL;
 use crate::format::{f16_at, u16_at, GgmlType};
-use crate::method::search::{nearest_index, nearest_int};
 
 /// The values codes stand for before a sub-block's scale and offset apply.
 #[derive(Clone, Copy, Debug)]
@@ -238,7 +238,7 @@ mod tests {
     use super::*;
     use crate::format::dequantize_to_vec;
     use crate::format::encode::quantize_row;
-    use crate::method::Method;
+    use crate::format::encode::Fit;
 
     /// For every type: each decoded value of an encoded row is a level of its block
     /// (nearest returns it exactly), and packing those codes rebuilds the same bytes.
@@ -248,7 +248,7 @@ mod tests {
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.45) * (1.0 + (i % 5) as f32)).collect();
         for ty in GgmlType::all().filter(|&t| has_levels(t)) {
             let mut bytes = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
-            quantize_row(ty, &x, None, Method::Search, &mut bytes).unwrap();
+            quantize_row(ty, &x, None, Fit::Search, &mut bytes).unwrap();
             let decoded = dequantize_to_vec(ty, &bytes, n).unwrap();
             let (bs, ts) = (ty.block_size(), ty.type_size());
             for (b, block) in bytes.chunks_exact(ts).enumerate() {

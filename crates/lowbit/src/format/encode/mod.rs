@@ -1,9 +1,11 @@
 //! Encoding f32 weights into ggml block formats, byte for byte as llama.cpp lays them out
 //! (so llama.cpp decodes lowbit's files exactly as lowbit does). One file per family, like
 //! the decoders: [`legacy`], [`kquant`], [`nonlinear`] (IQ4 and MXFP4), [`iquant`] (the
-//! lattice i-quants IQ1–IQ3). Which scales and
-//! codes are chosen is the [`Method`]'s business; the optional per-column importance
-//! (an importance matrix) weights the error each choice minimises.
+//! lattice i-quants IQ1–IQ3). How a block's scales and codes are fitted on their own is
+//! the [`Fit`]'s business ([`search`] holds the weighted least-squares fits every scalar
+//! encoder uses); the optional per-column importance (an importance matrix) weights the
+//! error each choice minimises. Methods that look across blocks (GPTQ, learned codebooks)
+//! live above, in [`crate::method`], and call in here.
 
 pub mod iquant;
 pub mod kquant;
@@ -11,11 +13,24 @@ pub(crate) mod lattice;
 pub mod legacy;
 pub(crate) mod levels;
 pub mod nonlinear;
+pub mod search;
 
 use rayon::prelude::*;
 
 use super::GgmlType;
-use crate::method::Method;
+
+/// How one block's scales and codes are chosen, looking at that block alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+pub enum Fit {
+    /// Round to nearest with the scale set by the block's largest magnitude (llama.cpp's
+    /// `quantize_row_*_ref` for the legacy types; no search anywhere).
+    Rtn,
+    /// Weighted least-squares search over candidate scales (and minimums), then the
+    /// super-block scales themselves fitted by weighted search; at least as thorough as
+    /// llama.cpp's `make_qx_quants` / `make_qkx*_quants` family.
+    #[default]
+    Search,
+}
 
 /// Why a row could not be encoded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -79,7 +94,7 @@ pub struct BlockInput<'a> {
     /// Mean of x² over the whole row (llama.cpp's σ² for the legacy types' weighting).
     pub row_sigma2: f32,
     /// How to choose scales and codes.
-    pub method: Method,
+    pub fit: Fit,
 }
 
 impl BlockInput<'_> {
@@ -202,7 +217,7 @@ pub fn quantize_row(
     ty: GgmlType,
     x: &[f32],
     importance: Option<&[f32]>,
-    method: Method,
+    fit: Fit,
     out: &mut [u8],
 ) -> Result<(), EncodeError> {
     if !can_encode(ty) {
@@ -236,7 +251,7 @@ pub fn quantize_row(
             let row_sigma2 = sum_of_squares(x) / x.len().max(1) as f32;
             for (i, o) in out.chunks_exact_mut(ts).enumerate() {
                 let r = i * bs..(i + 1) * bs;
-                let b = BlockInput { x: &x[r.clone()], importance: importance.map(|q| &q[r]), row_sigma2, method };
+                let b = BlockInput { x: &x[r.clone()], importance: importance.map(|q| &q[r]), row_sigma2, fit };
                 encode_block(ty, &b, o);
             }
         }
@@ -252,7 +267,7 @@ pub fn quantize_rows(
     data: &[f32],
     row_len: usize,
     importance: Option<&[f32]>,
-    method: Method,
+    fit: Fit,
 ) -> Result<Vec<u8>, EncodeError> {
     if !can_encode(ty) {
         return Err(EncodeError::NotEncodable(ty));
@@ -261,7 +276,7 @@ pub fn quantize_rows(
     if row_len == 0 || !row_len.is_multiple_of(bs) || !data.len().is_multiple_of(row_len) {
         return Err(EncodeError::PartialBlock { ty, n: row_len, block: bs });
     }
-    encode_rows_with(data, row_len, row_len / bs * ty.type_size(), |x, o| quantize_row(ty, x, importance, method, o))
+    encode_rows_with(data, row_len, row_len / bs * ty.type_size(), |x, o| quantize_row(ty, x, importance, fit, o))
 }
 
 /// Runs `encode_row(row, out)` over every `row_len`-value row of `data` in parallel into

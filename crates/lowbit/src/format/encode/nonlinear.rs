@@ -3,11 +3,11 @@
 //! scale). Codes index a fixed table, so the search is over the scale only.
 
 use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
+use crate::format::encode::search::{fit_codebook, fit_symmetric, nearest_index, nearest_int};
+use crate::format::encode::Fit;
 use crate::format::fp4::{e8m0_to_f32_half, KVALUES_MXFP4};
 use crate::format::iquant::KVALUES_IQ4NL;
 use crate::format::QK_K;
-use crate::method::search::{fit_codebook, fit_symmetric, nearest_index, nearest_int};
-use crate::method::Method;
 
 /// Codebook fit of one 32-value sub-block; round-to-nearest maps the largest magnitude
 /// to the grid's end and stops there.
@@ -15,7 +15,7 @@ fn fit_sub_block(b: &BlockInput, r: std::ops::Range<usize>, sigma2: f32, codes: 
     let mut w = [0.0f32; 32];
     b.weights(r.clone(), sigma2, &mut w, magnitude_weight(sigma2));
     *sw = w.iter().sum();
-    let ntry = if b.method == Method::Search { 7 } else { -1 };
+    let ntry = if b.fit == Fit::Search { 7 } else { -1 };
     fit_codebook(&b.x[r], &w, &KVALUES_IQ4NL, ntry, codes)
 }
 
@@ -53,9 +53,9 @@ pub fn encode_iq4_xs(b: &BlockInput, out: &mut [u8]) {
         scales[ib] = fit_sub_block(b, r.clone(), sigma2, &mut codes[r], &mut sw[ib]);
     }
     let mut ls = [0i32; 8];
-    let d = match b.method {
-        Method::Search => fit_symmetric(&scales, &sw, -32, 31, 9, true, &mut ls),
-        Method::Rtn => {
+    let d = match b.fit {
+        Fit::Search => fit_symmetric(&scales, &sw, -32, 31, 9, true, &mut ls),
+        Fit::Rtn => {
             // llama.cpp: d = −max/32, sub-scales rounded against it.
             let max = scales.iter().copied().fold(0.0f32, |m, s| if s.abs() > m.abs() { s } else { m });
             let d = -max / 32.0;
@@ -80,7 +80,7 @@ pub fn encode_iq4_xs(b: &BlockInput, out: &mut [u8]) {
     };
     let dh = put_f16(out, 0, d);
     round(dh, &mut codes);
-    if b.method == Method::Search {
+    if b.fit == Fit::Search {
         let mut w = [0.0f32; QK_K];
         for ib in 0..8 {
             let r = 32 * ib..32 * (ib + 1);
@@ -139,7 +139,7 @@ pub fn encode_mxfp4(b: &BlockInput, out: &mut [u8]) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let e0 = if amax > 0.0 { (amax.log2().floor() - 2.0 + 127.0) as u8 } else { 0 };
     let mut best_e = e0;
-    if b.method == Method::Search && amax > 0.0 {
+    if b.fit == Fit::Search && amax > 0.0 {
         let mut w = [0.0f32; 32];
         b.weights(0..32, b.row_sigma2, &mut w, magnitude_weight(b.row_sigma2));
         let err = |e: u8| -> f32 {

@@ -61,13 +61,13 @@ fn every_type_round_trips_within_its_step_size() {
     let (rows, cols) = (16, 512);
     let x = matrix(1, rows, cols);
     for ty in encodable_types() {
-        for method in [Method::Rtn, Method::Search] {
-            let bytes = quantize_rows(ty, &x, cols, None, method).unwrap();
+        for fit in [Fit::Rtn, Fit::Search] {
+            let bytes = quantize_rows(ty, &x, cols, None, fit).unwrap();
             assert_eq!(bytes.len() as u64, rows as u64 * ty.row_bytes(cols as u64).unwrap());
             let y = dequantize_to_vec(ty, &bytes, x.len()).unwrap();
             let e = rel_rmse(&x, &y);
-            eprintln!("{ty} {method:?}: {e:.5} (bound {:.5})", bound(ty));
-            assert!(e < bound(ty), "{ty} {method:?}: relative RMSE {e:.4} over bound {:.4}", bound(ty));
+            eprintln!("{ty} {fit:?}: {e:.5} (bound {:.5})", bound(ty));
+            assert!(e < bound(ty), "{ty} {fit:?}: relative RMSE {e:.4} over bound {:.4}", bound(ty));
         }
     }
 }
@@ -81,7 +81,7 @@ fn search_is_no_worse_than_round_to_nearest() {
             let b = quantize_rows(ty, &x, cols, None, m).unwrap();
             rel_rmse(&x, &dequantize_to_vec(ty, &b, x.len()).unwrap())
         };
-        let (rtn, search) = (err(Method::Rtn), err(Method::Search));
+        let (rtn, search) = (err(Fit::Rtn), err(Fit::Search));
         // The search minimises a magnitude-weighted error (√(σ²+x²) or RMS+|x|), not plain RMSE, so
         // allow 2% slack on this unweighted measure.
         assert!(search <= rtn * 1.02, "{ty}: search {search:.5} vs rtn {rtn:.5}");
@@ -98,7 +98,7 @@ fn importance_moves_error_to_unimportant_columns() {
     let imp: Vec<f32> = (0..cols).map(|c| if important(c) { 100.0 } else { 1.0 }).collect();
     for ty in [GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q3_K, GgmlType::Q2_K, GgmlType::IQ4_XS, GgmlType::Q6_K] {
         let col_err = |imp: Option<&[f32]>| {
-            let b = quantize_rows(ty, &x, cols, imp, Method::Search).unwrap();
+            let b = quantize_rows(ty, &x, cols, imp, Fit::Search).unwrap();
             let y = dequantize_to_vec(ty, &b, x.len()).unwrap();
             let mut e = 0.0f64;
             for r in 0..rows {
@@ -117,9 +117,9 @@ fn importance_moves_error_to_unimportant_columns() {
 fn encoding_is_deterministic_across_thread_counts() {
     let x = matrix(4, 40, 256);
     for ty in [GgmlType::Q4_K, GgmlType::IQ4_XS, GgmlType::Q5_0] {
-        let a = quantize_rows(ty, &x, 256, None, Method::Search).unwrap();
+        let a = quantize_rows(ty, &x, 256, None, Fit::Search).unwrap();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let b = pool.install(|| quantize_rows(ty, &x, 256, None, Method::Search).unwrap());
+        let b = pool.install(|| quantize_rows(ty, &x, 256, None, Fit::Search).unwrap());
         assert_eq!(a, b, "{ty}");
     }
 }
@@ -127,21 +127,18 @@ fn encoding_is_deterministic_across_thread_counts() {
 #[test]
 fn bad_rows_are_errors_not_panics() {
     let mut x = matrix(5, 2, 64);
+    assert!(matches!(quantize_rows(GgmlType::Q4_K, &x, 64, None, Fit::Search), Err(EncodeError::PartialBlock { .. })));
     assert!(matches!(
-        quantize_rows(GgmlType::Q4_K, &x, 64, None, Method::Search),
-        Err(EncodeError::PartialBlock { .. })
-    ));
-    assert!(matches!(
-        quantize_rows(GgmlType::Q4_0, &x, 64, Some(&[1.0; 3]), Method::Search),
+        quantize_rows(GgmlType::Q4_0, &x, 64, Some(&[1.0; 3]), Fit::Search),
         Err(EncodeError::ImportanceLength { got: 3, need: 64 })
     ));
     x[70] = f32::NAN;
-    match quantize_rows(GgmlType::Q4_0, &x, 64, None, Method::Search) {
+    match quantize_rows(GgmlType::Q4_0, &x, 64, None, Fit::Search) {
         Err(EncodeError::NonFinite { index, value }) => assert!(index == 70 && value.is_nan()),
         other => panic!("expected a NonFinite error, got {other:?}"),
     }
     assert_eq!(
-        quantize_rows(GgmlType::TQ1_0, &x, 64, None, Method::Search),
+        quantize_rows(GgmlType::TQ1_0, &x, 64, None, Fit::Search),
         Err(EncodeError::NotEncodable(GgmlType::TQ1_0))
     );
 }
@@ -150,7 +147,7 @@ fn bad_rows_are_errors_not_panics() {
 fn zero_blocks_decode_to_zero() {
     let x = vec![0.0f32; 512];
     for ty in encodable_types() {
-        let b = quantize_rows(ty, &x, 256, None, Method::Search).unwrap();
+        let b = quantize_rows(ty, &x, 256, None, Fit::Search).unwrap();
         let y = dequantize_to_vec(ty, &b, 512).unwrap();
         assert!(y.iter().all(|v| *v == 0.0), "{ty}");
     }

@@ -10,8 +10,8 @@
 use super::Factor;
 use crate::format::encode::iquant::{fit_lattice, lattice_format, pack_lattice, requantize_group, LatticeBlock};
 use crate::format::encode::BlockInput;
+use crate::format::encode::Fit;
 use crate::format::{GgmlType, QK_K};
-use crate::method::Method;
 
 /// The sweep over one tile of rows of a lattice type (`work`: the rows with dead columns
 /// zeroed, updated in place); writes the encoded rows to `out`.
@@ -30,7 +30,7 @@ pub(super) fn sweep_tile(ty: GgmlType, ncols: usize, f: &Factor, sigma2: &[f32],
                     x: &work[r * ncols + j0..r * ncols + j0 + QK_K],
                     importance: Some(&f.diag[j0..j0 + QK_K]),
                     row_sigma2: sigma2[r],
-                    method: Method::Search,
+                    fit: Fit::Search,
                 };
                 *slot = Some(fit_lattice(fmt, &b));
             }

@@ -60,7 +60,7 @@ fn gptq_beats_rounding_on_correlated_inputs_by_the_predicted_margin() {
     let w = gaussian(&mut rng, rows * n);
     let predicted = predicted_ratio(&h, n);
     for ty in [GgmlType::Q8_0, GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::Q3_K, GgmlType::IQ4_XS] {
-        let rtn = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, None, Method::Search).unwrap(), w.len()).unwrap();
+        let rtn = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, None, Fit::Search).unwrap(), w.len()).unwrap();
         let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &CLASSIC).unwrap(), w.len()).unwrap();
         let (e_rtn, e_gptq) = (output_error(&w, &rtn, n, &h), output_error(&w, &gptq, n, &h));
         let ratio = e_gptq / e_rtn;
@@ -86,7 +86,7 @@ fn gptq_equals_plain_rounding_error_when_inputs_are_independent() {
     let w = gaussian(&mut rng, rows * n);
     let imp: Vec<f32> = diag.clone();
     let ty = GgmlType::Q4_K;
-    let plain = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, Some(&imp), Method::Search).unwrap(), w.len()).unwrap();
+    let plain = dequantize_to_vec(ty, &quantize_rows(ty, &w, n, Some(&imp), Fit::Search).unwrap(), w.len()).unwrap();
     let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &CLASSIC).unwrap(), w.len()).unwrap();
     let ratio = output_error(&w, &gptq, n, &h) / output_error(&w, &plain, n, &h);
     assert!((0.9..1.1).contains(&ratio), "ratio {ratio:.3}");
@@ -157,7 +157,7 @@ fn lattice_gptq_beats_importance_rounding_on_correlated_inputs() {
         GgmlType::IQ1_S,
         GgmlType::IQ1_M,
     ] {
-        let plain = quantize_rows(ty, &w, n, Some(&diag), Method::Search).unwrap();
+        let plain = quantize_rows(ty, &w, n, Some(&diag), Fit::Search).unwrap();
         let plain = dequantize_to_vec(ty, &plain, w.len()).unwrap();
         let gptq = dequantize_to_vec(ty, &gptq_rows(ty, &w, n, &h, &CLASSIC).unwrap(), w.len()).unwrap();
         let (e_plain, e_gptq) = (output_error(&w, &plain, n, &h), output_error(&w, &gptq, n, &h));

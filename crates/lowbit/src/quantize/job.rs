@@ -1,0 +1,229 @@
+//! A whole quantization in one call: read or compute the calibration statistics, resolve
+//! the method they allow, plan, (for sequential GPTQ) quantize the blocks one by one on
+//! the calibration text, and write the file. The CLI's `quantize` and the sweep both go
+//! through [`run`], so every format and method is available to both.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{plan_model_with, write_planned, QuantizeOptions, QuantizeSummary};
+use crate::calibrate::{compute_stats, read_texts, CalibrationStats, Hessian, Imatrix};
+use crate::error::{Error, Result};
+use crate::eval::EvalOptions;
+use crate::format::storage::StorageType;
+use crate::gguf::GgufFile;
+use crate::method::{Method, MethodOptions};
+use crate::model::{load_lm, LoadOptions};
+use crate::plan::{Mix, Override};
+
+/// Where a quantization's calibration comes from.
+#[derive(Clone, Debug, Default)]
+pub enum CalibrationInput {
+    /// None: every block fitted on its own, weighted by the weights' magnitudes.
+    #[default]
+    None,
+    /// An importance matrix file (llama.cpp's GGUF or legacy `.dat`, from `lowbit
+    /// calibrate` or `llama-imatrix`).
+    Imatrix(PathBuf),
+    /// A statistics file with Hessians (`lowbit calibrate -o FILE.safetensors`).
+    Stats(PathBuf),
+    /// Calibration texts, concatenated in order and run through the source first.
+    Texts {
+        /// The text files (BENCHMARKS.md: the Austen novels).
+        paths: Vec<PathBuf>,
+        /// Chunk length and count.
+        eval: EvalOptions,
+    },
+}
+
+/// What to produce from a source model.
+#[derive(Clone, Debug)]
+pub struct QuantizeJob {
+    /// The mix (default type plus llama.cpp's promotion rules).
+    pub mix: Mix,
+    /// Per-tensor overrides, first match wins.
+    pub overrides: Vec<Override>,
+    /// The method; `None` means the best the calibration allows (GPTQ with Hessians,
+    /// else the importance-weighted search).
+    pub method: Option<Method>,
+    /// Calibration statistics, if any.
+    pub calibration: CalibrationInput,
+    /// GPTQ block by block, each block calibrated on the outputs of the blocks before it as
+    /// already quantized ([`crate::sequential`]); needs calibration texts.
+    pub sequential: bool,
+    /// Method tunables.
+    pub method_options: MethodOptions,
+}
+
+impl QuantizeJob {
+    /// A job for `mix` and `overrides` without calibration, method chosen by default.
+    pub fn new(mix: Mix, overrides: Vec<Override>) -> QuantizeJob {
+        QuantizeJob {
+            mix,
+            overrides,
+            method: None,
+            calibration: CalibrationInput::None,
+            sequential: false,
+            method_options: MethodOptions::default(),
+        }
+    }
+
+    /// Refuses combinations that cannot work, before any work is done.
+    pub fn check(&self) -> Result<()> {
+        let has_stats = matches!(self.calibration, CalibrationInput::Stats(_) | CalibrationInput::Texts { .. });
+        if self.method == Some(Method::Gptq) && !has_stats {
+            return Err(Error::Usage(
+                "--method gptq needs calibration data: --calib TEXT… or --stats FILE (from `lowbit calibrate -o FILE.safetensors`)"
+                    .into(),
+            ));
+        }
+        if self.sequential {
+            if !matches!(self.calibration, CalibrationInput::Texts { .. }) {
+                return Err(Error::Usage("--sequential needs calibration texts (--calib)".into()));
+            }
+            if let Some(m) = self.method.filter(|&m| m != Method::Gptq) {
+                return Err(Error::Usage(format!("--sequential is a GPTQ mode: drop --method {}", m.name())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stages [`run`] reports progress for; each counts in its own unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Running the calibration text through the source (chunks).
+    Calibrate,
+    /// Sequential GPTQ (blocks).
+    Sequential,
+    /// Encoding and writing tensors (weights).
+    Quantize,
+}
+
+/// The mix and overrides a `--type` name stands for: a llama-quantize mix (`Q4_K_M`), or a
+/// lowbit-native or VQ format (`int4_g64`, `vq4x256+128`) for every block weight matrix,
+/// with Q8_0 for the token embedding and output (as llama.cpp's mixes protect them) and
+/// where a matrix's rows are not whole groups.
+pub fn mix_for_type(name: &str) -> Option<(Mix, Vec<Override>)> {
+    if let Some(m) = Mix::from_name(name) {
+        return Some((m, Vec::new()));
+    }
+    match StorageType::from_name(name)? {
+        st @ (StorageType::Native(_) | StorageType::Vq(_)) => {
+            Some((Mix::from_name("Q8_0").expect("Q8_0 is a mix"), vec![Override::blocks(st)]))
+        }
+        StorageType::Ggml(_) => None,
+    }
+}
+
+/// Reads or computes `job`'s calibration and resolves it into quantizer options (method,
+/// importances, Hessians). `progress(Stage::Calibrate, done, total)` while computing.
+pub fn resolve(source: &Path, job: &QuantizeJob, progress: &mut dyn FnMut(Stage, u64, u64)) -> Result<QuantizeOptions> {
+    job.check()?;
+    let want_hessians = matches!(job.method, None | Some(Method::Gptq));
+    let stats = match &job.calibration {
+        CalibrationInput::Stats(p) => Some(CalibrationStats::read(p)?),
+        CalibrationInput::Texts { paths, eval } => Some(calibrate(source, paths, eval, want_hessians, progress)?),
+        CalibrationInput::None | CalibrationInput::Imatrix(_) => None,
+    };
+    let searching = job.method != Some(Method::Rtn);
+    let importance = match (&job.calibration, &stats) {
+        (CalibrationInput::Imatrix(p), _) => Some(Imatrix::read(p)?.importance()),
+        (_, Some(s)) if searching => Some(s.imatrix.importance()),
+        _ => None,
+    };
+    let hessians: Option<HashMap<String, Arc<Hessian>>> = match &stats {
+        Some(s) if want_hessians && !s.hessians.is_empty() => Some(s.hessians_by_weight()),
+        Some(_) if job.method == Some(Method::Gptq) => {
+            return Err(Error::Usage("the statistics file has no Hessians (calibrate with -o FILE.safetensors)".into()))
+        }
+        _ => None,
+    };
+    let method = match (job.method, &hessians) {
+        (Some(m), _) => m,
+        (None, Some(_)) => Method::Gptq,
+        (None, None) => Method::Search,
+    };
+    Ok(QuantizeOptions {
+        mix: job.mix,
+        overrides: job.overrides.clone(),
+        method,
+        importance,
+        hessians,
+        pre_encoded: HashMap::new(),
+        method_options: job.method_options,
+    })
+}
+
+/// Runs the calibration texts through the model at `source`.
+fn calibrate(
+    source: &Path,
+    paths: &[PathBuf],
+    eval: &EvalOptions,
+    hessians: bool,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<CalibrationStats> {
+    let t = read_texts(paths)?;
+    let mut lm = load_lm(source, LoadOptions::default())?;
+    compute_stats(&mut lm, &t.text, &t.dataset, eval, hessians, &mut |d, t| {
+        progress(Stage::Calibrate, d as u64, t as u64)
+    })
+}
+
+/// Quantizes the GGUF at `source` into `output` as `job` says: calibrate (when asked),
+/// plan, quantize, write atomically. Returns the summary with file size and time.
+pub fn run(
+    source: &Path,
+    output: &Path,
+    job: &QuantizeJob,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<QuantizeSummary> {
+    job.check()?;
+    if job.sequential {
+        return run_sequential(source, output, job, progress);
+    }
+    let opts = resolve(source, job, progress)?;
+    let g = GgufFile::open(source)?;
+    let plan = plan_model_with(&g, &opts, opts.importance.is_some())?;
+    write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))
+}
+
+/// Sequential GPTQ: plan once (an importance matrix will be there), quantize the blocks on
+/// the calibration text, then write the file with the rest encoded as usual.
+fn run_sequential(
+    source: &Path,
+    output: &Path,
+    job: &QuantizeJob,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<QuantizeSummary> {
+    let CalibrationInput::Texts { paths, eval } = &job.calibration else {
+        return Err(Error::Usage("--sequential needs calibration texts (--calib)".into()));
+    };
+    let mut opts = QuantizeOptions {
+        mix: job.mix,
+        overrides: job.overrides.clone(),
+        method: Method::Gptq,
+        importance: None,
+        hessians: None,
+        pre_encoded: HashMap::new(),
+        method_options: job.method_options,
+    };
+    let g = GgufFile::open(source)?;
+    let plan = plan_model_with(&g, &opts, true)?;
+    let text = read_texts(paths)?;
+    let mut lm = load_lm(source, LoadOptions::default())?;
+    let r = crate::sequential::sequential_gptq(
+        &mut lm,
+        source,
+        &plan.tensors,
+        &text,
+        eval,
+        &job.method_options,
+        &mut |d, t| progress(Stage::Sequential, d as u64, t as u64),
+    )?;
+    drop(lm);
+    opts.importance = Some(r.imatrix.importance());
+    opts.pre_encoded = r.encoded;
+    write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))
+}

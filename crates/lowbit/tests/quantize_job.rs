@@ -1,0 +1,67 @@
+//! A calibrated quantization in one library call ([`lowbit::quantize::run`]) on the real
+//! smollm2-135m: it gives the same bytes as the two-step path (statistics, then the
+//! writer with the resolved options), picks GPTQ by default when Hessians are there, and
+//! GPTQ lowers the quantized layer's output error on the calibration inputs below the
+//! importance-weighted search's. One tensor is re-quantized (the rest are copied) so the
+//! test stays fast in a debug build.
+
+mod support;
+
+use lowbit::calibrate::compute_stats;
+use lowbit::eval::EvalOptions;
+use lowbit::gguf::GgufFile;
+use lowbit::method::gptq::output_error;
+use lowbit::method::Method;
+use lowbit::model::{load_gguf_lm, LoadOptions};
+use lowbit::plan::{Mix, Override};
+use lowbit::quantize::{quantize_gguf, run, CalibrationInput, QuantizeJob, QuantizeOptions};
+
+const TENSOR: &str = "blk.0.ffn_down.weight";
+
+#[test]
+fn calibrated_quantization_in_one_call() {
+    let Some(src) = support::zoo_model("smollm2-135m") else { return };
+    let emma = support::shared_data("austen/emma.txt");
+    let eval = EvalOptions { ctx: 64, max_chunks: Some(2) };
+    // The source's own types everywhere (copied), one matrix re-quantized as Q4_K.
+    let overrides =
+        vec![Override::parse(&format!("{TENSOR}=Q4_K")).unwrap(), Override::parse("token_embd=Q8_0").unwrap()];
+    let job = QuantizeJob {
+        calibration: CalibrationInput::Texts { paths: vec![emma.clone()], eval: eval.clone() },
+        ..QuantizeJob::new(Mix::from_name("Q4_1").unwrap(), overrides.clone())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let one_call = dir.path().join("one-call.gguf");
+    let summary = run(&src, &one_call, &job, &mut |_, _, _| {}).unwrap();
+    assert_eq!(summary.method, "gptq", "Hessians are there, so the default method is GPTQ");
+
+    // The same by hand: statistics, then the writer.
+    let text = std::fs::read_to_string(&emma).unwrap();
+    let mut lm = load_gguf_lm(&src, LoadOptions::default()).unwrap();
+    let stats = compute_stats(&mut lm, &text, "emma.txt", &eval, true, &mut |_, _| {}).unwrap();
+    let by_hand = |method: Method, path: &std::path::Path| {
+        let opts = QuantizeOptions {
+            mix: Mix::from_name("Q4_1").unwrap(),
+            overrides: overrides.clone(),
+            method,
+            importance: Some(stats.imatrix.importance()),
+            hessians: Some(stats.hessians_by_weight()),
+            pre_encoded: Default::default(),
+            method_options: Default::default(),
+        };
+        quantize_gguf(&src, path, &opts, &mut |_, _| {}).unwrap();
+    };
+    let two_steps = dir.path().join("two-steps.gguf");
+    by_hand(Method::Gptq, &two_steps);
+    assert_eq!(std::fs::read(&one_call).unwrap(), std::fs::read(&two_steps).unwrap());
+
+    // GPTQ minimises the output error on the calibration inputs: lower than the search's.
+    let searched = dir.path().join("search.gguf");
+    by_hand(Method::Search, &searched);
+    let w = GgufFile::open(&src).unwrap().dequantize(TENSOR).unwrap();
+    let h = &stats.hessians_by_weight()[TENSOR];
+    let err =
+        |p: &std::path::Path| output_error(&w, &GgufFile::open(p).unwrap().dequantize(TENSOR).unwrap(), h.n, &h.xtx);
+    let (e_gptq, e_search) = (err(&one_call), err(&searched));
+    assert!(e_gptq < e_search, "GPTQ output error {e_gptq:.4e} is not below the search's {e_search:.4e}");
+}
