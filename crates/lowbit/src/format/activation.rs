@@ -6,18 +6,10 @@
 
 use super::GgmlType;
 
-/// The activation type llama.cpp pairs with weights of type `w` (`None`: plain f32).
+/// The activation type llama.cpp pairs with weights of type `w` (`None`: plain f32); from
+/// the type's table entry.
 pub fn vec_dot_type(w: GgmlType) -> Option<GgmlType> {
-    use GgmlType::*;
-    Some(match w {
-        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | MXFP4 => Q8_0,
-        Q4_1 | Q5_1 => Q8_1,
-        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M | IQ4_XS
-        | TQ1_0 | TQ2_0 => Q8_K,
-        F16 => F16,
-        BF16 => BF16,
-        _ => return None,
-    })
+    w.facts().vec_dot
 }
 
 /// Replaces each value of `row` by its value after quantizing to `ty` and back (round

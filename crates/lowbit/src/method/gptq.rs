@@ -19,11 +19,10 @@ use faer::linalg::solvers::{DenseSolveCore, Solve};
 use faer::{Mat, Side};
 use rayon::prelude::*;
 
-use crate::format::encode::iquant::lattice_format;
-use crate::format::encode::levels::{block_levels, has_levels, pack_codes, BlockLevels};
+use crate::format::encode::levels::{block_levels, pack_codes, BlockLevels};
 use crate::format::encode::Fit;
 use crate::format::encode::{encode_block, sum_of_squares, BlockInput, EncodeError};
-use crate::format::GgmlType;
+use crate::format::{GgmlType, Gptq};
 
 /// Rows processed together against one pass over the inverse-Hessian factor.
 const ROW_TILE: usize = 8;
@@ -60,7 +59,7 @@ impl Default for GptqOptions {
 /// Whether [`gptq_rows`] supports `ty`: every scalar block format lowbit writes and the
 /// lattice i-quants.
 pub fn supports(ty: GgmlType) -> bool {
-    has_levels(ty) || lattice_format(ty).is_some()
+    !matches!(ty.facts().gptq, Gptq::No)
 }
 
 /// What the sweep needs from the Hessian.
@@ -160,8 +159,8 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool
             work.iter_mut().skip(i).step_by(ncols).for_each(|v| *v = 0.0);
         }
     }
-    if lattice_format(ty).is_some() {
-        lattice::sweep_tile(ty, ncols, f, &sigma2, &mut work, out);
+    if let Gptq::Lattice(fmt) = ty.facts().gptq {
+        lattice::sweep_tile(fmt, ty.type_size(), ncols, f, &sigma2, &mut work, out);
         return;
     }
     let n_blocks = ncols / bs;

@@ -19,7 +19,7 @@ use super::lattice::{iq1s_grid, iq2s_grid, iq2xs_grid, iq2xxs_grid, iq3s_grid, i
 use super::{magnitude_weight, put_f16, sum_of_squares, BlockInput};
 use crate::format::encode::Fit;
 use crate::format::iquant::IQ1S_DELTA;
-use crate::format::{GgmlType, QK_K};
+use crate::format::QK_K;
 
 /// What distinguishes one lattice format from another, for the shared encoder.
 #[derive(Clone, Copy)]
@@ -38,6 +38,8 @@ pub(crate) struct LatticeFormat {
     pub unit: f32,
     /// IQ1_M: every 8 values choose their own shift (IQ1_S: one per 32).
     pub shift_per_vector: bool,
+    /// Writes a chosen block in the type's byte layout.
+    pub pack: fn(&LatticeBlock, &mut [u8]),
 }
 
 /// IQ2_XXS: 256-point grid, 7 sign bits, 4-bit scale per 32; d·(0.5 + c)·0.25.
@@ -49,16 +51,20 @@ pub(crate) const IQ2_XXS: LatticeFormat = LatticeFormat {
     max_code: 15,
     unit: 0.125,
     shift_per_vector: false,
+    pack: pack_iq2_xxs,
 };
 /// IQ2_XS: 512-point grid, 7 sign bits, 4-bit scale per 16.
-pub(crate) const IQ2_XS: LatticeFormat = LatticeFormat { grid: iq2xs_grid, scale_group: 16, ..IQ2_XXS };
+pub(crate) const IQ2_XS: LatticeFormat =
+    LatticeFormat { grid: iq2xs_grid, scale_group: 16, pack: pack_iq2_xs, ..IQ2_XXS };
 /// IQ2_S: 1024-point grid, 8 sign bits, 4-bit scale per 16.
 pub(crate) const IQ2_S: LatticeFormat =
-    LatticeFormat { grid: iq2s_grid, scale_group: 16, parity_signs: false, ..IQ2_XXS };
+    LatticeFormat { grid: iq2s_grid, scale_group: 16, parity_signs: false, pack: pack_iq2_s, ..IQ2_XXS };
 /// IQ3_XXS: 256 4-vectors, 7 sign bits per 8, 4-bit scale per 32; d·(0.5 + c)·0.5.
-pub(crate) const IQ3_XXS: LatticeFormat = LatticeFormat { grid: iq3xxs_grid, unit: 0.25, ..IQ2_XXS };
+pub(crate) const IQ3_XXS: LatticeFormat =
+    LatticeFormat { grid: iq3xxs_grid, unit: 0.25, pack: pack_iq3_xxs, ..IQ2_XXS };
 /// IQ3_S: 512 4-vectors, 8 sign bits, 4-bit scale per 32; d·(1 + 2c).
-pub(crate) const IQ3_S: LatticeFormat = LatticeFormat { grid: iq3s_grid, parity_signs: false, unit: 1.0, ..IQ2_XXS };
+pub(crate) const IQ3_S: LatticeFormat =
+    LatticeFormat { grid: iq3s_grid, parity_signs: false, unit: 1.0, pack: pack_iq3_s, ..IQ2_XXS };
 /// IQ1_S: 2048 signed 8-vectors, 3-bit scale and a ±1/8 shift per 32; d·(2c + 1).
 pub(crate) const IQ1_S: LatticeFormat = LatticeFormat {
     grid: iq1s_grid,
@@ -68,9 +74,11 @@ pub(crate) const IQ1_S: LatticeFormat = LatticeFormat {
     max_code: 7,
     unit: 1.0,
     shift_per_vector: false,
+    pack: pack_iq1_s,
 };
 /// IQ1_M: 2048 signed 8-vectors, 3-bit scale per 16, a ±1/8 shift per 8.
-pub(crate) const IQ1_M: LatticeFormat = LatticeFormat { scale_group: 16, shift_per_vector: true, ..IQ1_S };
+pub(crate) const IQ1_M: LatticeFormat =
+    LatticeFormat { scale_group: 16, shift_per_vector: true, pack: pack_iq1_m, ..IQ1_S };
 
 /// The chosen representation of one 256-value block, before packing.
 pub(crate) struct LatticeBlock {
@@ -582,38 +590,7 @@ fn pack_iq1_m(q: &LatticeBlock, out: &mut [u8]) {
     }
 }
 
-/// The lattice format of `ty`, if `ty` is one of the i-quants these encoders write.
-pub(crate) fn lattice_format(ty: GgmlType) -> Option<&'static LatticeFormat> {
-    use GgmlType as T;
-    Some(match ty {
-        T::IQ2_XXS => &IQ2_XXS,
-        T::IQ2_XS => &IQ2_XS,
-        T::IQ2_S => &IQ2_S,
-        T::IQ3_XXS => &IQ3_XXS,
-        T::IQ3_S => &IQ3_S,
-        T::IQ1_S => &IQ1_S,
-        T::IQ1_M => &IQ1_M,
-        _ => return None,
-    })
-}
-
-/// Writes `q` in `ty`'s byte layout (one block of `ty.type_size()` bytes).
-pub(crate) fn pack_lattice(ty: GgmlType, q: &LatticeBlock, out: &mut [u8]) {
-    use GgmlType as T;
-    match ty {
-        T::IQ2_XXS => pack_iq2_xxs(q, out),
-        T::IQ2_XS => pack_iq2_xs(q, out),
-        T::IQ2_S => pack_iq2_s(q, out),
-        T::IQ3_XXS => pack_iq3_xxs(q, out),
-        T::IQ3_S => pack_iq3_s(q, out),
-        T::IQ1_S => pack_iq1_s(q, out),
-        T::IQ1_M => pack_iq1_m(q, out),
-        _ => unreachable!("{ty} is not a lattice format"),
-    }
-}
-
-/// Encodes one 256-value block of the lattice type `ty`.
-pub fn encode(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
-    let fmt = lattice_format(ty).expect("callers pass lattice types");
-    pack_lattice(ty, &fit_lattice(fmt, b), out);
+/// Encodes one 256-value block of the lattice format `fmt`.
+pub(crate) fn encode(fmt: &LatticeFormat, b: &BlockInput, out: &mut [u8]) {
+    (fmt.pack)(&fit_lattice(fmt, b), out);
 }

@@ -115,10 +115,32 @@ impl BlockLevels {
     }
 }
 
-/// Whether [`block_levels`] and [`pack_codes`] handle `ty`.
-pub(crate) fn has_levels(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(ty, Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS)
+/// The types without levels, listed so that a new type is a compile error here until it
+/// is placed on one side.
+macro_rules! no_levels {
+    () => {
+        F32 | F16
+            | BF16
+            | F64
+            | I8
+            | I16
+            | I32
+            | I64
+            | Q8_1
+            | Q8_K
+            | Q1_0
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
+            | IQ1_S
+            | IQ1_M
+            | TQ1_0
+            | TQ2_0
+            | MXFP4
+            | NVFP4
+    };
 }
 
 /// Q4_K/Q5_K's 6-bit (scale, min) pair `j` (ggml's `get_scale_min_k4`).
@@ -131,7 +153,8 @@ fn scale_min_k4(q: &[u8], j: usize) -> (u8, u8) {
 }
 
 /// The scales of an encoded block of `ty` (`block` is one block's bytes); None for types
-/// without [`has_levels`].
+/// whose table entry does not say [`crate::format::Gptq::Levels`] (a table test checks the
+/// two agree).
 pub(crate) fn block_levels(ty: GgmlType, block: &[u8]) -> Option<BlockLevels> {
     use GgmlType::*;
     let uniform = |lo, hi, bias| CodeValues::Uniform { lo, hi, bias };
@@ -202,13 +225,13 @@ pub(crate) fn block_levels(ty: GgmlType, block: &[u8]) -> Option<BlockLevels> {
                 l.k[ib] = ((low | (high << 4)) - 32) as f32;
             }
         }
-        _ => return None,
+        no_levels!() => return None,
     }
     Some(l)
 }
 
 /// Writes `codes` (one stored code per value) into `block`, keeping its scales.
-/// Panics for types without [`has_levels`] (callers check).
+/// Panics for types without levels (callers check the table).
 pub(crate) fn pack_codes(ty: GgmlType, codes: &[u8], block: &mut [u8]) {
     use GgmlType::*;
     match ty {
@@ -229,16 +252,16 @@ pub(crate) fn pack_codes(ty: GgmlType, codes: &[u8], block: &mut [u8]) {
         Q5_K => pack_q5_k(codes, block),
         Q6_K => pack_q6_k(codes, block),
         IQ4_XS => pack_iq4(codes, &mut block[8..136]),
-        _ => panic!("pack_codes: {ty} has no levels"),
+        no_levels!() => panic!("pack_codes: {ty} has no levels"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::dequantize_to_vec;
     use crate::format::encode::quantize_row;
     use crate::format::encode::Fit;
+    use crate::format::{dequantize_to_vec, Gptq};
 
     /// For every type: each decoded value of an encoded row is a level of its block
     /// (nearest returns it exactly), and packing those codes rebuilds the same bytes.
@@ -246,7 +269,7 @@ mod tests {
     fn levels_reproduce_the_decoder_and_codes_repack_exactly() {
         let n = 512;
         let x: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.45) * (1.0 + (i % 5) as f32)).collect();
-        for ty in GgmlType::all().filter(|&t| has_levels(t)) {
+        for ty in GgmlType::all().filter(|&t| matches!(t.facts().gptq, Gptq::Levels)) {
             let mut bytes = vec![0u8; ty.row_bytes(n as u64).unwrap() as usize];
             quantize_row(ty, &x, None, Fit::Search, &mut bytes).unwrap();
             let decoded = dequantize_to_vec(ty, &bytes, n).unwrap();

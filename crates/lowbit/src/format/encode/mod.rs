@@ -17,7 +17,7 @@ pub mod search;
 
 use rayon::prelude::*;
 
-use super::GgmlType;
+use super::{Encoder, GgmlType};
 
 /// How one block's scales and codes are chosen, looking at that block alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
@@ -154,35 +154,9 @@ pub(crate) fn put_f16(out: &mut [u8], at: usize, v: f32) -> f32 {
     h.to_f32()
 }
 
-/// Whether lowbit can write tensors of type `ty`.
+/// Whether lowbit can write tensors of type `ty` (its table entry has an encoder).
 pub fn can_encode(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | Q8_K
-            | IQ4_NL
-            | IQ4_XS
-            | MXFP4
-            | IQ2_XXS
-            | IQ2_XS
-            | IQ2_S
-            | IQ3_XXS
-            | IQ3_S
-            | IQ1_S
-            | IQ1_M
-    )
+    ty.facts().encode.is_some()
 }
 
 /// Every type [`can_encode`] accepts.
@@ -190,25 +164,12 @@ pub fn encodable_types() -> Vec<GgmlType> {
     GgmlType::all().filter(|&t| can_encode(t)).collect()
 }
 
+/// Encodes one block of `ty`, a type its table entry encodes block by block (GPTQ's level
+/// types; callers check [`crate::format::TypeFacts::encode`]).
 pub(crate) fn encode_block(ty: GgmlType, b: &BlockInput, out: &mut [u8]) {
-    use GgmlType::*;
-    match ty {
-        Q4_0 => legacy::encode_q4_0(b, out),
-        Q4_1 => legacy::encode_q4_1(b, out),
-        Q5_0 => legacy::encode_q5_0(b, out),
-        Q5_1 => legacy::encode_q5_1(b, out),
-        Q8_0 => legacy::encode_q8_0(b, out),
-        Q2_K => kquant::encode_q2_k(b, out),
-        Q3_K => kquant::encode_q3_k(b, out),
-        Q4_K => kquant::encode_q4_k(b, out),
-        Q5_K => kquant::encode_q5_k(b, out),
-        Q6_K => kquant::encode_q6_k(b, out),
-        Q8_K => kquant::encode_q8_k(b, out),
-        IQ4_NL => nonlinear::encode_iq4_nl(b, out),
-        IQ4_XS => nonlinear::encode_iq4_xs(b, out),
-        MXFP4 => nonlinear::encode_mxfp4(b, out),
-        IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ1_S | IQ1_M => iquant::encode(ty, b, out),
-        _ => unreachable!("checked by can_encode"),
+    match ty.facts().encode {
+        Some(Encoder::Block(encode)) => encode(b, out),
+        Some(Encoder::Plain(_)) | None => panic!("{ty} is not encoded block by block"),
     }
 }
 
@@ -220,9 +181,7 @@ pub fn quantize_row(
     fit: Fit,
     out: &mut [u8],
 ) -> Result<(), EncodeError> {
-    if !can_encode(ty) {
-        return Err(EncodeError::NotEncodable(ty));
-    }
+    let Some(encoder) = ty.facts().encode else { return Err(EncodeError::NotEncodable(ty)) };
     let (bs, ts) = (ty.block_size(), ty.type_size());
     if !x.len().is_multiple_of(bs) {
         return Err(EncodeError::PartialBlock { ty, n: x.len(), block: bs });
@@ -239,20 +198,14 @@ pub fn quantize_row(
         }
     }
     assert_eq!(out.len(), x.len() / bs * ts, "output buffer must hold the encoded row");
-    match ty {
-        GgmlType::F32 => x.iter().zip(out.chunks_exact_mut(4)).for_each(|(v, o)| o.copy_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => x.iter().zip(out.chunks_exact_mut(2)).for_each(|(v, o)| {
-            o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
-        }),
-        GgmlType::BF16 => x.iter().zip(out.chunks_exact_mut(2)).for_each(|(v, o)| {
-            o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes());
-        }),
-        _ => {
+    match encoder {
+        Encoder::Plain(encode) => x.iter().zip(out.chunks_exact_mut(ts)).for_each(|(&v, o)| encode(v, o)),
+        Encoder::Block(encode) => {
             let row_sigma2 = sum_of_squares(x) / x.len().max(1) as f32;
             for (i, o) in out.chunks_exact_mut(ts).enumerate() {
                 let r = i * bs..(i + 1) * bs;
                 let b = BlockInput { x: &x[r.clone()], importance: importance.map(|q| &q[r]), row_sigma2, fit };
-                encode_block(ty, &b, o);
+                encode(&b, o);
             }
         }
     }

@@ -8,16 +8,22 @@
 //! updates are exactly the block update GPTVQ (van Baalen et al., 2024) makes.
 
 use super::Factor;
-use crate::format::encode::iquant::{fit_lattice, lattice_format, pack_lattice, requantize_group, LatticeBlock};
+use crate::format::encode::iquant::{fit_lattice, requantize_group, LatticeBlock, LatticeFormat};
 use crate::format::encode::BlockInput;
 use crate::format::encode::Fit;
-use crate::format::{GgmlType, QK_K};
+use crate::format::QK_K;
 
-/// The sweep over one tile of rows of a lattice type (`work`: the rows with dead columns
+/// The sweep over one tile of rows of the lattice format `fmt` (blocks of `ts` bytes; `work`: the rows with dead columns
 /// zeroed, updated in place); writes the encoded rows to `out`.
-pub(super) fn sweep_tile(ty: GgmlType, ncols: usize, f: &Factor, sigma2: &[f32], work: &mut [f32], out: &mut [u8]) {
-    let fmt = lattice_format(ty).expect("callers pass lattice types");
-    let ts = ty.type_size();
+pub(super) fn sweep_tile(
+    fmt: &LatticeFormat,
+    ts: usize,
+    ncols: usize,
+    f: &Factor,
+    sigma2: &[f32],
+    work: &mut [f32],
+    out: &mut [u8],
+) {
     let n_rows = work.len() / ncols;
     let row_bytes = ncols / QK_K * ts;
     let mut blocks: Vec<Option<LatticeBlock>> = (0..n_rows).map(|_| None).collect();
@@ -55,7 +61,7 @@ pub(super) fn sweep_tile(ty: GgmlType, ncols: usize, f: &Factor, sigma2: &[f32],
                 }
             }
             if pos + 8 == QK_K {
-                pack_lattice(ty, q, &mut out[r * row_bytes + block * ts..r * row_bytes + (block + 1) * ts]);
+                (fmt.pack)(q, &mut out[r * row_bytes + block * ts..r * row_bytes + (block + 1) * ts]);
             }
         }
     }
