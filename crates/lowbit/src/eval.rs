@@ -121,6 +121,114 @@ fn chunk_hidden(lm: &LoadedLm, chunk: &[u32]) -> Result<Vec<f32>> {
 /// vocabulary never needs a full ctx × vocab buffer.
 const LOGIT_ROWS_PER_BATCH: usize = 32;
 
+/// Refuses saved distributions that were not computed on this run's chunks.
+fn check_saved_reference(r: &LogitsReader, header: &LogitsHeader) -> Result<()> {
+    let h = &r.header;
+    let why = if h.ctx != header.ctx {
+        Some(format!("they were saved with --ctx {}, this run uses {}", h.ctx, header.ctx))
+    } else if h.chunks != header.chunks {
+        Some(format!("they hold {} chunks, this run evaluates {}: use --chunks {}", h.chunks, header.chunks, h.chunks))
+    } else if h.tokens_sha256 != header.tokens_sha256 {
+        Some("they were computed on different tokens (another text or tokenizer)".to_string())
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::Usage(format!("{}: cannot be the reference here: {why}", r.path().display()))),
+        None => Ok(()),
+    }
+}
+
+/// Per scored token: its negative log-likelihood; with a reference, (KL divergence,
+/// whether the top-1 tokens agree, the reference's nll); the encoded record when saving.
+type RowStats = (f64, Option<(f64, bool, f64)>, Vec<u8>);
+
+/// Scores `targets.len()` rows of `logits` (vocabulary `v`), row `i` predicting
+/// `targets[i]`, against the reference batch; rows in parallel, results in row order.
+fn score_rows(logits: &[f32], reference: &ReferenceBatch, targets: &[u32], v: usize, saving: bool) -> Vec<RowStats> {
+    let rec_bytes = record_bytes(v);
+    (0..targets.len())
+        .into_par_iter()
+        .map(|i| {
+            let row = &logits[i * v..(i + 1) * v];
+            let lp = log_softmax(row);
+            let target = targets[i] as usize;
+            let top = argmax(row);
+            let kl = match reference {
+                ReferenceBatch::None => None,
+                ReferenceBatch::Logits(rl) => {
+                    let rrow = &rl[i * v..(i + 1) * v];
+                    let rlp = log_softmax(rrow);
+                    Some((kl_divergence(&rlp, &lp), argmax(rrow) == top, -rlp[target]))
+                }
+                ReferenceBatch::Records(recs) => {
+                    let mut rlp = vec![0.0; v];
+                    let saved = decode_row(&recs[i * rec_bytes..(i + 1) * rec_bytes], &mut rlp);
+                    Some((kl_divergence(&rlp, &lp), saved.argmax == top, saved.target_nll))
+                }
+            };
+            let mut record = Vec::new();
+            if saving {
+                record.reserve_exact(rec_bytes);
+                encode_row(&lp, top, -lp[target], &mut record);
+            }
+            (-lp[target], kl, record)
+        })
+        .collect()
+}
+
+/// Running sums over the scored tokens, in scoring order.
+#[derive(Default)]
+struct Totals {
+    nll: f64,
+    nll2: f64,
+    count: usize,
+    klds: Vec<f64>,
+    ref_nll: f64,
+    agree: usize,
+}
+
+impl Totals {
+    fn add(&mut self, nll: f64, kl: Option<(f64, bool, f64)>) {
+        self.nll += nll;
+        self.nll2 += nll * nll;
+        self.count += 1;
+        if let Some((k, a, rl)) = kl {
+            self.klds.push(k);
+            self.agree += a as usize;
+            self.ref_nll += rl;
+        }
+    }
+
+    /// Perplexity and its standard error (llama-perplexity's formula).
+    fn ppl(&self) -> (f64, f64) {
+        let count = self.count as f64;
+        let mean = self.nll / count;
+        let var = (self.nll2 / count - mean * mean).max(0.0);
+        let ppl = mean.exp();
+        (ppl, (var / (count - 1.0)).sqrt() * ppl)
+    }
+
+    /// The KL statistics against the reference.
+    fn kld(&self) -> KldReport {
+        let klds = &self.klds;
+        let n = klds.len() as f64;
+        let m = klds.iter().sum::<f64>() / n;
+        let v = klds.iter().map(|k| (k - m) * (k - m)).sum::<f64>() / (n - 1.0).max(1.0);
+        let mut sorted = klds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let p99 = sorted[((0.99 * (n - 1.0)).round() as usize).min(sorted.len() - 1)];
+        KldReport {
+            mean: m,
+            mean_err: (v / n).sqrt(),
+            p99,
+            max: *sorted.last().unwrap_or(&0.0),
+            top1_agreement: self.agree as f64 / n,
+            reference_ppl: (self.ref_nll / n).exp(),
+        }
+    }
+}
+
 /// Evaluates `lm` on `text`: tokenise once, cut into `ctx`-token chunks, put BOS first in
 /// each chunk when the tokenizer adds one, score the second half of every chunk. With
 /// `reference`, also the KL divergence and top-1 agreement on the same tokens; with
@@ -175,25 +283,10 @@ pub fn evaluate(
         tokens_sha256: tokens_sha256(&(0..n_chunks).flat_map(chunk_tokens).collect::<Vec<u32>>()),
     };
     if let Some(Reference::Saved(r)) = &reference {
-        let h = &r.header;
-        let why = if h.ctx != ctx {
-            Some(format!("they were saved with --ctx {}, this run uses {ctx}", h.ctx))
-        } else if h.chunks != n_chunks {
-            Some(format!("they hold {} chunks, this run evaluates {n_chunks}: use --chunks {}", h.chunks, h.chunks))
-        } else if h.tokens_sha256 != header.tokens_sha256 {
-            Some("they were computed on different tokens (another text or tokenizer)".to_string())
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(Error::Usage(format!("{}: cannot be the reference here: {why}", r.path().display())));
-        }
+        check_saved_reference(r, &header)?;
     }
     let mut writer = save.as_ref().map(|s| LogitsWriter::create(s.path, &header)).transpose()?;
-    let rec_bytes = record_bytes(lm.model.vocab_size());
-    let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
-    let mut klds: Vec<f64> = Vec::new();
-    let (mut ref_nll, mut agree) = (0f64, 0usize);
+    let mut totals = Totals::default();
     let mut model_time = 0f64;
     let mut running = Vec::with_capacity(n_chunks);
     progress(0, n_chunks, 0);
@@ -227,85 +320,29 @@ pub fn evaluate(
                 }
                 _ => ReferenceBatch::None,
             };
-            let saving = writer.is_some();
-            // Per scored token: nll, with a reference (KL, top-1 agrees, reference nll),
-            // and the encoded record when saving.
-            type RowStats = (f64, Option<(f64, bool, f64)>, Vec<u8>);
-            let per_row: Vec<RowStats> = (0..n)
-                .into_par_iter()
-                .map(|i| {
-                    let row = &logits[i * v..(i + 1) * v];
-                    let lp = log_softmax(row);
-                    let target = chunk[start + i + 1] as usize;
-                    let top = argmax(row);
-                    let kl = match &ref_batch {
-                        ReferenceBatch::None => None,
-                        ReferenceBatch::Logits(rl) => {
-                            let rrow = &rl[i * v..(i + 1) * v];
-                            let rlp = log_softmax(rrow);
-                            Some((kl_divergence(&rlp, &lp), argmax(rrow) == top, -rlp[target]))
-                        }
-                        ReferenceBatch::Records(recs) => {
-                            let mut rlp = vec![0.0; v];
-                            let saved = decode_row(&recs[i * rec_bytes..(i + 1) * rec_bytes], &mut rlp);
-                            Some((kl_divergence(&rlp, &lp), saved.argmax == top, saved.target_nll))
-                        }
-                    };
-                    let mut record = Vec::new();
-                    if saving {
-                        record.reserve_exact(rec_bytes);
-                        encode_row(&lp, top, -lp[target], &mut record);
-                    }
-                    (-lp[target], kl, record)
-                })
-                .collect();
+            let per_row = score_rows(&logits, &ref_batch, &chunk[start + 1..start + 1 + n], v, writer.is_some());
             for (l, kl, record) in per_row {
-                nll += l;
-                nll2 += l * l;
-                count += 1;
-                if let Some((k, a, rl)) = kl {
-                    klds.push(k);
-                    agree += a as usize;
-                    ref_nll += rl;
-                }
+                totals.add(l, kl);
                 if let Some(w) = writer.as_mut() {
                     w.push_encoded(&record)?;
                 }
             }
             start += n;
         }
-        running.push((nll / count as f64).exp());
+        running.push((totals.nll / totals.count as f64).exp());
         progress(c + 1, n_chunks, (c + 1) * ctx);
     }
-    let mean = nll / count as f64;
-    let var = (nll2 / count as f64 - mean * mean).max(0.0);
-    let ppl = mean.exp();
-    let ppl_err = (var / (count as f64 - 1.0)).sqrt() * ppl;
+    let (ppl, ppl_err) = totals.ppl();
     if let Some(w) = writer {
         w.finish()?;
     }
-    let kld = reference.map(|_| {
-        let n = klds.len() as f64;
-        let m = klds.iter().sum::<f64>() / n;
-        let v = klds.iter().map(|k| (k - m) * (k - m)).sum::<f64>() / (n - 1.0).max(1.0);
-        let mut sorted = klds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let p99 = sorted[((0.99 * (n - 1.0)).round() as usize).min(sorted.len() - 1)];
-        KldReport {
-            mean: m,
-            mean_err: (v / n).sqrt(),
-            p99,
-            max: *sorted.last().unwrap_or(&0.0),
-            top1_agreement: agree as f64 / n,
-            reference_ppl: (ref_nll / n).exp(),
-        }
-    });
+    let kld = reference.map(|_| totals.kld());
     Ok(EvalReport {
         ppl,
         ppl_err,
         chunks: n_chunks,
         ctx,
-        scored_tokens: count,
+        scored_tokens: totals.count,
         kld,
         tokens_per_second: (n_chunks * ctx) as f64 / model_time.max(1e-9),
         running_ppl: running,

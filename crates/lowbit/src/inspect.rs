@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::gguf::{GgufFile, TensorType, Value};
+use crate::gguf::{GgufFile, Value};
 use crate::safetensors::SafetensorsModel;
 
 /// One tensor as listed by `inspect`.
@@ -115,9 +115,9 @@ pub fn summarize_gguf(g: &GgufFile) -> ModelSummary {
         .map(|t| TensorSummary {
             name: t.name.clone(),
             shape: t.dims.clone(),
-            dtype: match t.ty {
-                TensorType::Known(ty) => ty.name().to_string(),
-                other => other.to_string(),
+            dtype: match t.ty.ggml() {
+                Some(ty) => ty.name().to_string(),
+                None => t.ty.to_string(),
             },
             params: t.n_elements,
             bytes: t.n_bytes,

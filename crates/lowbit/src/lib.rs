@@ -8,6 +8,9 @@
 //! file; an evaluator compares the result against the source. This crate holds all of it
 //! except argument parsing, which lives in `lowbit-cli`.
 #![warn(missing_docs)]
+// `unsafe` only where a module allows it by name (the mmaps, the gemm calls), each with a
+// SAFETY note.
+#![deny(unsafe_code)]
 
 pub mod atomic;
 pub mod calibrate;

@@ -20,6 +20,7 @@ pub fn matmul_wt(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [
     // elements, and the strides below address only those: x (row stride k, column 1),
     // wᵀ (element (i, j) = w[j·k + i]: row stride 1, column stride k), out (row stride n,
     // column 1). `out` does not alias the inputs (it is a distinct &mut).
+    #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             t,
@@ -61,6 +62,7 @@ pub fn gram(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
     // (n×t: element (i, s) = x[s·n + i], row stride 1, column stride n), the right one x
     // (t×n: row stride n, column stride 1), the destination out (row stride n, column
     // stride 1); every address lies inside its slice and out does not alias x.
+    #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             n,
@@ -123,6 +125,7 @@ pub fn matmul_strided(
     assert!((m - 1) * dst_rs + n <= dst.len() && n <= dst_rs, "matmul_strided: dst view out of bounds");
     // SAFETY: the asserts above prove that every element the views address lies inside
     // its slice; `dst` is a distinct &mut and so does not alias `lhs` or `rhs`.
+    #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
             m,

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use lowbit::eval::{evaluate, EvalOptions};
 use lowbit::format::native::NativeFormat;
+use lowbit::format::storage::StorageType;
 use lowbit::gguf::{GgufFile, TensorType};
 use lowbit::method::Method;
 use lowbit::model::{load_gguf_lm, LoadOptions};
@@ -42,7 +43,7 @@ fn native_formats_round_trip_through_a_real_model() {
     for t in &q.tensors {
         let source = s.tensor_info(&t.name).unwrap();
         assert_eq!(t.dims, source.dims, "{}: logical dims", t.name);
-        let TensorType::Native(f) = t.ty else { continue };
+        let TensorType::Known(StorageType::Native(f)) = t.ty else { continue };
         seen.insert(f.to_string());
         // Relative RMS error of the decoded weights against the source: a b-bit grid's
         // step over a group's range is about 2^-b of it, so the RMS error is well below
@@ -84,7 +85,7 @@ fn native_formats_round_trip_through_a_real_model() {
                 n = [t for t in r.tensors if t.tensor_type.name == 'I8']; print(len(r.tensors), len(n))";
     let o = Command::new(py).args(["-c", code]).arg(&out).output().unwrap();
     assert!(o.status.success(), "gguf-py: {}", String::from_utf8_lossy(&o.stderr));
-    let natives = q.tensors.iter().filter(|t| matches!(t.ty, TensorType::Native(_))).count();
+    let natives = q.tensors.iter().filter(|t| matches!(t.ty, TensorType::Known(StorageType::Native(_)))).count();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("{} {natives}", q.tensors.len()));
 }
 
@@ -121,7 +122,7 @@ fn vq_formats_round_trip_through_a_real_model() {
     assert_eq!(planned, stored);
     let mut vq = 0;
     for t in &q.tensors {
-        let TensorType::Vq(f) = t.ty else { continue };
+        let TensorType::Known(StorageType::Vq(f)) = t.ty else { continue };
         vq += 1;
         assert_eq!(t.dims, s.tensor_info(&t.name).unwrap().dims, "{}: logical dims", t.name);
         // Relative RMS error within 2^(1 − bits per weight), as for the scalar formats
@@ -145,7 +146,7 @@ fn vq_formats_round_trip_through_a_real_model() {
     quantize_gguf(&out, &again, &opts, &mut |_, _| {}).unwrap();
     let r = GgufFile::open(&again).unwrap();
     assert_eq!(r.tensors.len(), q.tensors.len());
-    for t in q.tensors.iter().filter(|t| matches!(t.ty, TensorType::Vq(_))) {
+    for t in q.tensors.iter().filter(|t| matches!(t.ty, TensorType::Known(StorageType::Vq(_)))) {
         assert_eq!(r.tensor_bytes(&t.name).unwrap().1, q.tensor_bytes(&t.name).unwrap().1, "{}", t.name);
         let cb = format!("{}.codebook", t.name);
         assert_eq!(r.tensor_bytes(&cb).unwrap().1, q.tensor_bytes(&cb).unwrap().1, "{cb}");

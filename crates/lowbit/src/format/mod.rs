@@ -586,6 +586,9 @@ pub enum DecodeError {
         /// Bytes given.
         got: usize,
     },
+    /// Bytes that do not form a valid tensor of a lowbit-native or VQ format.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Decodes `out.len()` elements of type `ty` from `bytes` into `out`, exactly as

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::encode::{can_encode, encode_rows_with, quantize_rows, EncodeError};
 use super::native::NativeFormat;
 use super::vq::VqFormat;
-use super::GgmlType;
+use super::{DecodeError, GgmlType};
 use crate::format::encode::Fit;
 
 /// A tensor's storage: ggml type or native format.
@@ -152,19 +152,23 @@ pub fn decode(
     codebook: Option<&[u8]>,
     n: usize,
     cols: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<f32>, DecodeError> {
     match st {
-        StorageType::Ggml(t) => super::dequantize_to_vec(t, bytes, n).map_err(|e| e.to_string()),
+        StorageType::Ggml(t) => super::dequantize_to_vec(t, bytes, n),
         StorageType::Native(f) => decode_native(f, bytes, n),
-        StorageType::Vq(f) => f.decode(bytes, codebook.ok_or("a VQ tensor needs its codebook")?, cols),
+        StorageType::Vq(f) => f.decode(
+            bytes,
+            codebook.ok_or_else(|| DecodeError::Invalid("a VQ tensor needs its codebook".into()))?,
+            cols,
+        ),
     }
 }
 
 /// Decodes a native tensor of `n` values stored in `bytes` (rows in parallel).
-pub fn decode_native(f: NativeFormat, bytes: &[u8], n: usize) -> Result<Vec<f32>, String> {
+pub fn decode_native(f: NativeFormat, bytes: &[u8], n: usize) -> Result<Vec<f32>, DecodeError> {
     let need = n / f.group * f.group_bytes();
     if !n.is_multiple_of(f.group) || bytes.len() != need {
-        return Err(format!("{} bytes for {n} values of {f}, expected {need}", bytes.len()));
+        return Err(DecodeError::Invalid(format!("{} bytes for {n} values of {f}, expected {need}", bytes.len())));
     }
     let mut out = vec![0.0f32; n];
     // Whole groups per work item; about 16k values each.

@@ -28,8 +28,8 @@ use std::fmt;
 
 use rayon::prelude::*;
 
-use super::f16_at;
 use super::native::{read_bits, write_bits};
+use super::{f16_at, DecodeError};
 
 /// A vector-quantization format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -142,18 +142,22 @@ impl VqFormat {
 
     /// Reads a codebook tensor's bytes for rows of `cols` values, checking its length
     /// and its outlier columns (ascending, inside the row).
-    pub fn parse_codebook(&self, bytes: &[u8], cols: usize) -> Result<Codebook, String> {
+    pub fn parse_codebook(&self, bytes: &[u8], cols: usize) -> Result<Codebook, DecodeError> {
         if bytes.len() != self.codebook_bytes() {
-            return Err(format!("codebook of {} bytes for {self}, expected {}", bytes.len(), self.codebook_bytes()));
+            return Err(DecodeError::Invalid(format!(
+                "codebook of {} bytes for {self}, expected {}",
+                bytes.len(),
+                self.codebook_bytes()
+            )));
         }
         let n = self.outliers as usize;
         let halves: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
         let (entries, columns) = halves.split_at(halves.len() - n);
         let outlier_columns: Vec<usize> = columns.iter().map(|&c| c as usize).collect();
         if outlier_columns.windows(2).any(|w| w[0] >= w[1]) || outlier_columns.last().is_some_and(|&c| c >= cols) {
-            return Err(format!(
+            return Err(DecodeError::Invalid(format!(
                 "{self}: outlier columns {outlier_columns:?} are not ascending columns of a {cols}-wide row"
-            ));
+            )));
         }
         Ok(Codebook { entries: entries.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect(), outlier_columns })
     }
@@ -190,11 +194,16 @@ impl VqFormat {
 
     /// Decodes a whole tensor of rows of `cols` values: `payload` holds the stored rows,
     /// `codebook` the f16 bytes of the codebook tensor.
-    pub fn decode(&self, payload: &[u8], codebook: &[u8], cols: usize) -> Result<Vec<f32>, String> {
+    pub fn decode(&self, payload: &[u8], codebook: &[u8], cols: usize) -> Result<Vec<f32>, DecodeError> {
         let book = self.parse_codebook(codebook, cols)?;
-        let rb = self.row_bytes(cols).ok_or_else(|| format!("rows of {cols} values cannot be stored as {self}"))?;
+        let rb = self
+            .row_bytes(cols)
+            .ok_or_else(|| DecodeError::Invalid(format!("rows of {cols} values cannot be stored as {self}")))?;
         if !payload.len().is_multiple_of(rb) {
-            return Err(format!("{} bytes is not a whole number of {rb}-byte {self} rows", payload.len()));
+            return Err(DecodeError::Invalid(format!(
+                "{} bytes is not a whole number of {rb}-byte {self} rows",
+                payload.len()
+            )));
         }
         let mut out = vec![0.0f32; payload.len() / rb * cols];
         out.par_chunks_mut(cols).zip(payload.par_chunks(rb)).for_each(|(o, r)| self.decode_row(&book, r, o));

@@ -3,11 +3,13 @@
 //! map without trusting a single length in the file; [`GgufWriter`] streams version 3.
 
 mod metadata;
+mod native;
 mod reader;
 mod writer;
 
 pub use metadata::{Value, ValueType};
-pub use reader::{native_key, GgufFile, TensorInfo, TensorType};
+pub use native::{codebook_of, is_codebook, native_key, tensor_specs};
+pub use reader::{GgufFile, TensorInfo, TensorType};
 pub use writer::{GgufWriter, TensorSpec};
 
 /// The four magic bytes at the start of every GGUF file.

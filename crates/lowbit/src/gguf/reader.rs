@@ -10,10 +10,8 @@ use memmap2::Mmap;
 use super::metadata::{Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 use crate::error::{Error, Result};
-use crate::format::native::NativeFormat;
-use crate::format::storage::decode_native;
-use crate::format::vq::{codebook_name, VqFormat};
-use crate::format::{self, GgmlType};
+use crate::format::storage::{decode, StorageType};
+use crate::format::GgmlType;
 
 /// Longest metadata array lowbit accepts (a 262k-token vocabulary is far below it).
 const MAX_ARRAY_LEN: u64 = 1 << 24;
@@ -22,33 +20,31 @@ const MAX_ARRAY_DEPTH: u32 = 4;
 /// Longest tensor name (llama.cpp's GGML_MAX_NAME is 64; be generous but bounded).
 const MAX_NAME_LEN: u64 = 4096;
 
-/// A tensor's element type: one lowbit knows, or a raw id it does not.
+/// A tensor's storage: one lowbit knows (a ggml type, or a lowbit-native or VQ format
+/// named by metadata: see [`super::native`]), or a raw type id it does not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorType {
-    /// A ggml type lowbit can size and decode.
-    Known(GgmlType),
-    /// A lowbit-native format: stored as raw I8 bytes (one stored row per row of the
-    /// tensor) and named by the `lowbit.native.<tensor>` metadata string; the tensor's
-    /// dims are the logical ones.
-    Native(NativeFormat),
-    /// A learned-codebook VQ format: stored like a native format, with its codebooks in
-    /// the F16 tensor `<tensor>.codebook`.
-    Vq(VqFormat),
+    /// Storage lowbit can size and decode.
+    Known(StorageType),
     /// A type id lowbit does not know; the tensor is listed but cannot be read.
     Unknown(u32),
 }
 
-/// Metadata key naming the native format of tensor `name`.
-pub fn native_key(name: &str) -> String {
-    format!("lowbit.native.{name}")
+impl TensorType {
+    /// The ggml type, for a tensor stored as one.
+    pub fn ggml(self) -> Option<GgmlType> {
+        match self {
+            TensorType::Known(StorageType::Ggml(t)) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for TensorType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TensorType::Known(t) => write!(f, "{t}"),
-            TensorType::Native(n) => write!(f, "{n} (lowbit-native)"),
-            TensorType::Vq(v) => write!(f, "{v} (lowbit-native)"),
+            TensorType::Known(st) if st.is_ggml() => write!(f, "{st}"),
+            TensorType::Known(st) => write!(f, "{st} (lowbit-native)"),
             TensorType::Unknown(id) => write!(f, "unknown type {id}"),
         }
     }
@@ -228,11 +224,13 @@ impl GgufFile {
         if meta.len() < 24 {
             return Err(Error::format(path, format!("too short to be GGUF ({} bytes)", meta.len())));
         }
-        // SAFETY-free: memmap2's `map` is unsafe because another process could change the
-        // file under us; lowbit never writes to files it has open for reading.
+        // SAFETY: memmap2's `map` is unsafe because another process could change or
+        // truncate the file under the map. The map is read-only, lowbit never writes a
+        // file it has open for reading (outputs go to a temp file renamed into place, and
+        // never onto an input), and every length read from it is checked against the
+        // map's size before slicing; a change by another process is outside what any
+        // mmap reader can defend against.
         #[allow(unsafe_code)]
-        // SAFETY: the map is read-only and lowbit never modifies an input file while it is
-        // mapped; external modification is outside what any mmap reader can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         Self::parse(path.to_path_buf(), Backing::Mapped(mmap))
     }
@@ -319,11 +317,12 @@ impl GgufFile {
             let type_id = c.u32(&format!("type of '{name}'"))?;
             let offset = c.u64(&format!("offset of '{name}'"))?;
             let ty = match GgmlType::from_id(type_id) {
-                Some(t) => TensorType::Known(t),
+                Some(t) => TensorType::Known(StorageType::Ggml(t)),
                 None => TensorType::Unknown(type_id),
             };
-            let n_bytes = match ty {
-                TensorType::Known(t) => {
+            // Native and VQ storage is resolved from the metadata below, after the sizes.
+            let n_bytes = match ty.ggml() {
+                Some(t) => {
                     let row = dims.first().copied().unwrap_or(1);
                     if row % t.block_size() as u64 != 0 {
                         return Err(Error::tensor(
@@ -337,7 +336,7 @@ impl GgufFile {
                         .ok_or_else(|| Error::tensor(&path, &name, "byte size overflows"))?;
                     Some(bytes)
                 }
-                TensorType::Native(_) | TensorType::Vq(_) | TensorType::Unknown(_) => None,
+                None => None,
             };
             if offset % alignment != 0 {
                 return Err(Error::tensor(&path, &name, format!("data offset {offset} is not aligned to {alignment}")));
@@ -377,7 +376,7 @@ impl GgufFile {
                 return Err(Error::tensor(&path, w[1].2, format!("data overlaps tensor '{}'", w[0].2)));
             }
         }
-        resolve_native(&path, &metadata, &mut tensors)?;
+        super::native::resolve(&path, &metadata, &mut tensors)?;
         Ok(GgufFile { path, mmap, version, metadata, tensors, alignment, data_offset, by_name })
     }
 
@@ -422,63 +421,11 @@ impl GgufFile {
         let (info, bytes) = self.tensor_bytes(name)?;
         let n = usize::try_from(info.n_elements)
             .map_err(|_| Error::tensor(&self.path, name, "too many elements for this machine"))?;
-        match info.ty {
-            TensorType::Known(ty) => {
-                format::dequantize_to_vec(ty, bytes, n).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
-            }
-            TensorType::Native(f) => decode_native(f, bytes, n).map_err(|e| Error::tensor(&self.path, name, e)),
-            TensorType::Vq(f) => {
-                let cb_name = codebook_name(name);
-                let (cb_info, codebook) = self.tensor_bytes(&cb_name).map_err(|_| {
-                    Error::tensor(
-                        &self.path,
-                        name,
-                        format!("{f} needs its codebook tensor '{cb_name}', which is missing"),
-                    )
-                })?;
-                if cb_info.ty != TensorType::Known(GgmlType::F16) {
-                    return Err(Error::tensor(
-                        &self.path,
-                        &cb_name,
-                        format!("a codebook must be F16, found {}", cb_info.ty),
-                    ));
-                }
-                let cols = info.dims.first().copied().unwrap_or(0) as usize;
-                f.decode(bytes, codebook, cols).map_err(|e| Error::tensor(&self.path, name, e))
-            }
-            TensorType::Unknown(_) => unreachable!("tensor_bytes checked the type"),
-        }
+        let TensorType::Known(st) = info.ty else {
+            return Err(Error::tensor(&self.path, name, format!("stored as {}, which lowbit cannot read", info.ty)));
+        };
+        let codebook = super::native::codebook_of(self, name, st)?;
+        let cols = info.dims.first().copied().unwrap_or(0) as usize;
+        decode(st, bytes, codebook, n, cols).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
     }
-}
-
-/// Turns tensors named by `lowbit.native.*` metadata into [`TensorType::Native`] with their
-/// logical dims (the stored I8 row holds whole groups).
-fn resolve_native(path: &Path, metadata: &[(String, Value)], tensors: &mut [TensorInfo]) -> Result<()> {
-    for t in tensors.iter_mut() {
-        let Some((_, v)) = metadata.iter().find(|(k, _)| *k == native_key(&t.name)) else { continue };
-        let name = v.as_str().ok_or_else(|| Error::tensor(path, &t.name, "lowbit.native entry is not a string"))?;
-        if t.ty != TensorType::Known(GgmlType::I8) {
-            return Err(Error::tensor(path, &t.name, format!("native {name} must be stored as I8, found {}", t.ty)));
-        }
-        if let Some(f) = VqFormat::from_name(name) {
-            let row_bytes = t.dims.first().copied().unwrap_or(0) as usize;
-            let cols = f.cols_of_row_bytes(row_bytes).ok_or_else(|| {
-                Error::tensor(path, &t.name, format!("{row_bytes} bytes per row is not a whole {f} row"))
-            })?;
-            t.dims[0] = cols as u64;
-            t.n_elements = t.dims.iter().product();
-            t.ty = TensorType::Vq(f);
-            continue;
-        }
-        let f = NativeFormat::from_name(name)
-            .ok_or_else(|| Error::tensor(path, &t.name, format!("unknown lowbit-native format '{name}'")))?;
-        let row_bytes = t.dims.first().copied().unwrap_or(0);
-        if row_bytes == 0 || !row_bytes.is_multiple_of(f.group_bytes() as u64) {
-            return Err(Error::tensor(path, &t.name, format!("{row_bytes} bytes per row is not whole {f} groups")));
-        }
-        t.dims[0] = row_bytes / f.group_bytes() as u64 * f.group as u64;
-        t.n_elements = t.dims.iter().product();
-        t.ty = TensorType::Native(f);
-    }
-    Ok(())
 }

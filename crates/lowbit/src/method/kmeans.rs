@@ -30,9 +30,9 @@ impl Default for KmeansOptions {
     }
 }
 
-/// A fitted codebook and how it is used.
+/// A k-means result: the centroids (a codebook) and which one each point uses.
 #[derive(Clone, Debug)]
-pub struct Codebook {
+pub struct Clustering {
     /// Vector length.
     pub dim: usize,
     /// `k × dim` centroids, row-major.
@@ -43,7 +43,7 @@ pub struct Codebook {
     pub distortion: f64,
 }
 
-impl Codebook {
+impl Clustering {
     /// Number of centroids.
     pub fn len(&self) -> usize {
         self.centroids.len() / self.dim
@@ -94,11 +94,11 @@ pub fn nearest(centroids: &[f32], dim: usize, x: &[f32], w: &[f32]) -> (u32, f32
 /// Clusters `points` (`n × dim`, row-major) with per-coordinate `weights` (same shape)
 /// into at most `k` centroids. With fewer distinct points than `k`, the extra centroids
 /// duplicate existing ones (unused, harmless). Deterministic for a given seed.
-pub fn kmeans(points: &[f32], weights: &[f32], dim: usize, k: usize, opts: &KmeansOptions) -> Codebook {
+pub fn kmeans(points: &[f32], weights: &[f32], dim: usize, k: usize, opts: &KmeansOptions) -> Clustering {
     assert!(dim > 0 && points.len() == weights.len() && points.len().is_multiple_of(dim) && k > 0);
     let n = points.len() / dim;
     if n == 0 {
-        return Codebook { dim, centroids: vec![0.0; k * dim], assignment: vec![], distortion: 0.0 };
+        return Clustering { dim, centroids: vec![0.0; k * dim], assignment: vec![], distortion: 0.0 };
     }
     let mut centroids = seed_plus_plus(points, weights, dim, k, opts.seed);
     let mut assignment = vec![u32::MAX; n];
@@ -110,7 +110,7 @@ pub fn kmeans(points: &[f32], weights: &[f32], dim: usize, k: usize, opts: &Kmea
         }
     }
     let (_, distortion) = assign(points, weights, dim, &centroids, &mut assignment);
-    Codebook { dim, centroids, assignment, distortion }
+    Clustering { dim, centroids, assignment, distortion }
 }
 
 /// k-means++ seeding with weighted distances: each next centroid is a point drawn with

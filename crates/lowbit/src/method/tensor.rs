@@ -9,6 +9,7 @@ use super::vq::{quantize_vq, VqOptions};
 use super::Method;
 use crate::format::encode::EncodeError;
 use crate::format::storage::{decode, encode_rows, StorageType};
+use crate::format::DecodeError;
 
 /// What calibration knows about one weight matrix's inputs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -47,7 +48,7 @@ impl Encoded {
     }
 
     /// The values these bytes stand for (`n` values in rows of `cols`), stored as `target`.
-    pub fn decode(&self, target: StorageType, n: usize, cols: usize) -> Result<Vec<f32>, String> {
+    pub fn decode(&self, target: StorageType, n: usize, cols: usize) -> Result<Vec<f32>, DecodeError> {
         decode(target, &self.bytes, self.vq.as_ref().map(|v| v.codebook.as_slice()), n, cols)
     }
 }

@@ -174,10 +174,8 @@ impl GgufWeights<'_> {
     /// The activation type llama.cpp would quantize inputs to before multiplying by
     /// tensor `name` (only in llama.cpp-numerics mode; `None` means exact f32).
     pub fn act_quant_for(&self, name: &str) -> Option<GgmlType> {
-        match (self.llama_cpp_numerics, self.file.tensor_info(name).map(|t| t.ty)) {
-            (true, Some(TensorType::Known(ty))) => vec_dot_type(ty),
-            _ => None,
-        }
+        let ty = self.file.tensor_info(name).and_then(|t| t.ty.ggml());
+        ty.filter(|_| self.llama_cpp_numerics).and_then(vec_dot_type)
     }
 
     /// A required integer hyper-parameter.

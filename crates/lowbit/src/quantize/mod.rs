@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 use crate::format::encode::EncodeError;
 use crate::format::storage::StorageType;
 use crate::format::vq::codebook_name;
-use crate::format::GgmlType;
-use crate::gguf::{native_key, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType};
+use crate::gguf::{
+    codebook_of, is_codebook, native_key, tensor_specs, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType,
+};
 use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions, VqFit};
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
 
@@ -170,15 +171,11 @@ pub fn plan_model_with(g: &GgufFile, opts: &QuantizeOptions, has_imatrix: bool) 
     let mut entries = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
         // A VQ tensor's codebook travels with it (rewritten or copied with the tensor).
-        if let Some(base) = t.name.strip_suffix(".codebook") {
-            if matches!(g.tensor_info(base).map(|b| b.ty), Some(TensorType::Vq(_))) {
-                continue;
-            }
+        if is_codebook(g, &t.name) {
+            continue;
         }
         let source = match t.ty {
-            TensorType::Known(ty) => StorageType::Ggml(ty),
-            TensorType::Native(f) => StorageType::Native(f),
-            TensorType::Vq(f) => StorageType::Vq(f),
+            TensorType::Known(st) => st,
             TensorType::Unknown(id) => {
                 return Err(Error::tensor(g.path(), &t.name, format!("unknown tensor type {id}: cannot quantize")))
             }
@@ -327,28 +324,12 @@ pub fn write_planned(
             metadata.push((native_key(&t.name), Value::String(t.target.to_string())));
         }
     }
-    let specs: Vec<TensorSpec> = summary
-        .tensors
-        .iter()
-        .flat_map(|t| match t.target {
-            StorageType::Ggml(ty) => vec![TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty }],
-            // Native tensors are stored as raw bytes, one stored row per logical row.
-            StorageType::Native(f) => {
-                let mut dims = t.dims.clone();
-                dims[0] = f.row_bytes(dims[0] as usize).expect("the plan checked whole groups") as u64;
-                vec![TensorSpec { name: t.name.clone(), dims, ty: GgmlType::I8 }]
-            }
-            // VQ: the rows likewise, then the codebooks as an F16 tensor.
-            StorageType::Vq(f) => {
-                let mut dims = t.dims.clone();
-                dims[0] = f.row_bytes(dims[0] as usize).expect("the plan checked whole vectors") as u64;
-                vec![
-                    TensorSpec { name: t.name.clone(), dims, ty: GgmlType::I8 },
-                    TensorSpec { name: codebook_name(&t.name), dims: f.codebook_dims(), ty: GgmlType::F16 },
-                ]
-            }
-        })
-        .collect();
+    let mut specs: Vec<TensorSpec> = Vec::with_capacity(summary.tensors.len());
+    for t in &summary.tensors {
+        specs.extend(tensor_specs(&t.name, &t.dims, t.target).ok_or_else(|| {
+            Error::tensor(input, &t.name, format!("rows of {} values are not whole {} blocks", t.dims[0], t.target))
+        })?);
+    }
     let total = summary.elements;
     let mut done = 0u64;
     let mut summary_codebooks = Vec::new();
@@ -369,16 +350,12 @@ pub fn write_planned(
                 let (_, src) = g.tensor_bytes(&t.name)?;
                 let parts = match opts.pre_encoded.get(&t.name) {
                     Some(e) if e.stored_bytes() == t.bytes => encoded_parts(t, e.clone()),
-                    _ if t.target == t.source => match t.source {
-                        StorageType::Vq(_) => {
-                            let codebook = codebook_name(&t.name);
-                            vec![
-                                (t.name.clone(), src.to_vec()),
-                                (codebook.clone(), g.tensor_bytes(&codebook)?.1.to_vec()),
-                            ]
-                        }
-                        _ => vec![(t.name.clone(), src.to_vec())],
-                    },
+                    _ if t.target == t.source => {
+                        let mut parts = vec![(t.name.clone(), src.to_vec())];
+                        let codebook = codebook_of(g, &t.name, t.source)?;
+                        parts.extend(codebook.map(|c| (codebook_name(&t.name), c.to_vec())));
+                        parts
+                    }
                     _ => {
                         let (encoded, usage) = encode_tensor(g, input, t, opts)?;
                         summary_codebooks.extend(usage);

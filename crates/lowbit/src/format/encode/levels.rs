@@ -20,6 +20,7 @@ use super::nonlinear::pack_iq4;
 use super::put_f16;
 use crate::format::encode::search::{nearest_index, nearest_int};
 use crate::format::iquant::KVALUES_IQ4NL;
+use crate::format::kquant::scale_min_k4;
 use crate::format::{f16_at, u16_at, GgmlType};
 
 /// The values codes stand for before a sub-block's scale and offset apply.
@@ -143,15 +144,6 @@ macro_rules! no_levels {
     };
 }
 
-/// Q4_K/Q5_K's 6-bit (scale, min) pair `j` (ggml's `get_scale_min_k4`).
-fn scale_min_k4(q: &[u8], j: usize) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    }
-}
-
 /// The scales of an encoded block of `ty` (`block` is one block's bytes); None for types
 /// whose table entry does not say [`crate::format::Gptq::Levels`] (a table test checks the
 /// two agree).
@@ -199,7 +191,7 @@ pub(crate) fn block_levels(ty: GgmlType, block: &[u8]) -> Option<BlockLevels> {
             l = BlockLevels::new(32, uniform(0, if ty == Q4_K { 15 } else { 31 }, 0), with_min(0, 2, 1.0));
             (l.d, l.dmin) = (f16_at(block, 0), f16_at(block, 2));
             for j in 0..8 {
-                let (ls, lm) = scale_min_k4(&block[4..16], j);
+                let (ls, lm) = scale_min_k4(j, &block[4..16]);
                 l.k[j] = ls as f32;
                 l.m[j] = lm as f32;
             }
