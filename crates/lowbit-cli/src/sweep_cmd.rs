@@ -14,8 +14,9 @@ pub struct SweepArgs {
     /// Source model: a GGUF file or a zoo name.
     #[arg(long)]
     model: String,
-    /// Settings, comma-separated: llama-quantize mixes or native formats, each optionally
-    /// `:rtn` or `:search` (default), e.g. `Q4_K_M,Q4_K_M:rtn,int4_g64`.
+    /// Settings, comma-separated: anything `lowbit quantize --type` takes (llama-quantize
+    /// mixes, native formats, VQ formats), each optionally `:rtn`, `:search` (default) or
+    /// `:gptq` (needs --calib), e.g. `Q4_K_M,Q4_K_M:rtn,Q4_K_M:gptq,int4_g64,vq4x256+128`.
     #[arg(long, value_delimiter = ',', default_value = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K")]
     types: Vec<String>,
     /// Evaluation text (e.g. ../shared/data/wikitext-2/wiki.valid.raw).
@@ -34,7 +35,8 @@ pub struct SweepArgs {
     #[arg(long)]
     keep: bool,
     /// Calibration texts (e.g. the Austen novels of BENCHMARKS.md): quantize every setting
-    /// with their importance matrix and weight per-tensor errors by it.
+    /// with their importance matrix (and `:gptq` settings with their Hessians) and weight
+    /// per-tensor errors by it.
     #[arg(long, num_args = 1..)]
     calib: Vec<PathBuf>,
     /// Calibration chunks of 512 tokens.
