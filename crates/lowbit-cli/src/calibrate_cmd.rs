@@ -66,6 +66,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         matches!(format.as_str(), "gguf" | "dat" | "stats"),
         "unknown --format '{format}' (gguf, dat, stats)"
     );
+    lowbit::atomic::check_output(&args.output)?;
     let path = crate::resolve_model(&args.model)?;
     let opts = EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) };
     let stats = calibrate(&path, &args.text, &opts, format == "stats")?;

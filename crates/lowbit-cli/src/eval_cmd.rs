@@ -42,6 +42,9 @@ pub struct EvalArgs {
 
 /// Runs `lowbit eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    if let Some(out) = &args.save_logits {
+        lowbit::atomic::check_output(out)?;
+    }
     let text = std::fs::read(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
     let text = String::from_utf8(text).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", args.text.display()))?;
     let model_path = crate::resolve_model(&args.model)?;

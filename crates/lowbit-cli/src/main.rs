@@ -138,8 +138,9 @@ fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // First Ctrl-C: long work stops at its next check and removes its temporary files;
-    // a second one exits at once.
+    // First Ctrl-C (or SIGTERM, SIGHUP): long work stops at its next check and removes its
+    // temporary files; a second one exits at once (a temp file left then, like one from
+    // SIGKILL, is removed by the next run writing the same output).
     let _ = ctrlc::set_handler(|| {
         if lowbit::interrupt::requested() {
             std::process::exit(130);

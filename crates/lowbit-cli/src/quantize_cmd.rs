@@ -234,6 +234,11 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
 /// Runs `lowbit quantize`: the library's [`lowbit::quantize::run`] with progress bars.
 pub fn run(args: QuantizeArgs) -> Result<()> {
     let job = job(&args)?;
+    // Every output path is checked before any work (a bad --report used to fail only
+    // after the whole quantization).
+    for p in args.output.iter().chain(&args.report) {
+        lowbit::atomic::check_output(p)?;
+    }
     let input = crate::resolve_model(&args.model)?;
     let summary = if args.dry_run {
         let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;

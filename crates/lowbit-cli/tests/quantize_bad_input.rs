@@ -139,13 +139,9 @@ fn a_full_disk_fails_cleanly() {
     assert!(extra_files(dir.path(), &[&src]).is_empty(), "{:?}", extra_files(dir.path(), &[&src]));
 }
 
-/// Ctrl-C during `quantize`: the run stops, exits 130 and leaves no temporary file.
-#[cfg(unix)]
-#[test]
-fn interrupting_quantize_leaves_no_partial_file() {
-    let dir = tempfile::tempdir().unwrap();
-    // Big enough that quantizing takes a while: 64 tensors of 256×1024.
-    let path = dir.path().join("big.gguf");
+/// A source big enough that quantizing it takes a while: 64 tensors of 256×1024.
+fn big_source(dir: &Path) -> PathBuf {
+    let path = dir.join("big.gguf");
     let md = vec![("general.architecture".to_string(), Value::String("llama".into()))];
     let names: Vec<String> = (0..64).map(|i| format!("blk.{i}.ffn_up.weight")).collect();
     let specs =
@@ -156,33 +152,138 @@ fn interrupting_quantize_leaves_no_partial_file() {
         w.write_tensor(n, &vals).unwrap();
     }
     w.finish().unwrap();
-    let out = dir.path().join("out.gguf");
+    path
+}
+
+/// Starts quantizing `src` into `out`, waits until the temporary output exists, sends
+/// `signal`; returns the exit status and stderr, or `None` when the run finished first.
+fn quantize_and_signal(src: &Path, out: &Path, signal: &str) -> Option<(std::process::ExitStatus, String)> {
+    let dir = out.parent().unwrap();
     let mut child = lowbit()
         .args(["quantize", "--model"])
-        .arg(&path)
+        .arg(src)
         .args(["--type", "IQ4_XS", "-o"])
-        .arg(&out)
+        .arg(out)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the temporary output exists, then interrupt.
     let start = std::time::Instant::now();
-    while extra_files(dir.path(), &[&path]).is_empty() && start.elapsed().as_secs() < 30 {
+    while extra_files(dir, &[src]).is_empty() && start.elapsed().as_secs() < 30 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     if status.success() {
         // Finished before the signal arrived (very fast machine): nothing to check.
-        eprintln!("SKIPPED: quantize finished before the interrupt");
-        return;
+        eprintln!("SKIPPED: quantize finished before SIG{signal}");
+        return None;
     }
-    assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
-    assert!(extra_files(dir.path(), &[&path]).is_empty(), "{:?}", extra_files(dir.path(), &[&path]));
+    Some((status, stderr))
+}
+
+/// Ctrl-C and SIGTERM during `quantize`: the run stops, exits 130 and leaves no
+/// temporary file.
+#[cfg(unix)]
+#[test]
+fn interrupting_quantize_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = big_source(dir.path());
+    let out = dir.path().join("out.gguf");
+    for signal in ["INT", "TERM"] {
+        let Some((status, stderr)) = quantize_and_signal(&path, &out, signal) else { continue };
+        assert_eq!(status.code(), Some(130), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        assert!(extra_files(dir.path(), &[&path]).is_empty(), "{:?}", extra_files(dir.path(), &[&path]));
+    }
+}
+
+/// SIGKILL cannot be caught: its temporary file stays, and the next run writing the same
+/// output removes it (and writes the output).
+#[cfg(unix)]
+#[test]
+fn a_killed_runs_temp_file_is_removed_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = big_source(dir.path());
+    let out = dir.path().join("out.gguf");
+    let Some((status, _)) = quantize_and_signal(&path, &out, "KILL") else { return };
+    assert_eq!(status.code(), None, "killed by a signal");
+    let left = extra_files(dir.path(), &[&path]);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(".tmp"), "{left:?}");
+    let o =
+        lowbit().args(["quantize", "--model"]).arg(&path).args(["--type", "Q8_0", "-o"]).arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(extra_files(dir.path(), &[&path]), vec![out.display().to_string()]);
+}
+
+/// Outputs are checked before any work, and lowbit never replaces what is not a regular
+/// file: a device (`/dev/null`), a named pipe, a symlink or a folder given as `-o`,
+/// `--report`, `calibrate -o` or `eval --save-logits` is refused and left as it was.
+#[cfg(unix)]
+#[test]
+fn outputs_are_checked_first_and_special_files_never_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path(), "src.gguf", false);
+    let target = dir.path().join("target.gguf");
+    std::fs::write(&target, b"keep me").unwrap();
+    let link = dir.path().join("link.gguf");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let fifo = dir.path().join("pipe.gguf");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let keep: Vec<&Path> = vec![&src, &target, &link, &fifo, &sub];
+    let good = dir.path().join("good.gguf");
+    let quantize = |o: &Path, extra: &[&str]| {
+        lowbit()
+            .args(["quantize", "--model"])
+            .arg(&src)
+            .args(["--type", "Q8_0", "-o"])
+            .arg(o)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (o, expect) in [
+        (Path::new("/dev/null"), "device, pipe or socket"),
+        (fifo.as_path(), "device, pipe or socket"),
+        (link.as_path(), "symbolic link"),
+        (sub.as_path(), "a folder"),
+    ] {
+        assert_clean_failure(&quantize(o, &[]), &[expect, "regular files"]);
+        // --report is checked before the quantization: no model is written either.
+        assert_clean_failure(&quantize(&good, &["--report", o.to_str().unwrap()]), &[expect]);
+        assert_clean_failure(
+            &quantize(&good, &["--report", dir.path().join("no/such/r.json").to_str().unwrap()]),
+            &["no/such"],
+        );
+        let o2 = lowbit()
+            .args(["calibrate", "--model"])
+            .arg(&src)
+            .args(["--text", "/nonexistent.txt", "-o"])
+            .arg(o)
+            .output()
+            .unwrap();
+        assert_clean_failure(&o2, &[expect]);
+        let o3 = lowbit()
+            .args(["eval", "--model"])
+            .arg(&src)
+            .args(["--text", "/nonexistent.txt", "--save-logits"])
+            .arg(o)
+            .output()
+            .unwrap();
+        assert_clean_failure(&o3, &[expect]);
+        assert!(extra_files(dir.path(), &keep).is_empty(), "{o:?} left {:?}", extra_files(dir.path(), &keep));
+    }
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    assert!(sub.is_dir() && std::fs::read_dir(&sub).unwrap().count() == 0);
 }
 
 #[test]

@@ -244,6 +244,12 @@ pub fn evaluate(
     if opts.ctx < 8 {
         return Err(Error::Usage(format!("--ctx {} is too small (at least 8)", opts.ctx)));
     }
+    if let Some(trained) = lm.context_length.filter(|&c| opts.ctx > c) {
+        return Err(Error::Usage(format!(
+            "--ctx {} is longer than the model's trained context of {trained} tokens: its positions past that are untrained",
+            opts.ctx
+        )));
+    }
     let ref_vocab = match &reference {
         Some(Reference::Model(r)) => Some(r.model.vocab_size()),
         Some(Reference::Saved(r)) => Some(r.header.vocab),

@@ -62,6 +62,10 @@ fn pick(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
     cand[cand.len() - 1].0 as u32
 }
 
+/// The context assumed for a model whose file does not state one (it bounds the KV cache
+/// `-n` can ask for).
+const UNKNOWN_CONTEXT: usize = 1 << 17;
+
 /// Continues `prompt` by up to `n` tokens, calling `on_text` with each new piece of text
 /// as soon as it is complete. Stops early at end-of-sequence. Returns the new token ids.
 pub fn generate(
@@ -75,6 +79,15 @@ pub fn generate(
     if ids.is_empty() {
         return Err(Error::Usage("the prompt is empty".into()));
     }
+    // Bounded before anything is allocated: the KV cache holds prompt + new tokens.
+    let limit = lm.context_length.unwrap_or(UNKNOWN_CONTEXT);
+    if ids.len() >= limit || n > limit - ids.len() {
+        return Err(Error::Usage(format!(
+            "the prompt's {} tokens and -n {n} exceed the model's trained context of {limit} tokens; use -n {} or less",
+            ids.len(),
+            limit.saturating_sub(ids.len())
+        )));
+    }
     let m = &lm.model;
     let mut cache = m.new_cache(ids.len() + n);
     let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
@@ -84,6 +97,7 @@ pub fn generate(
     let mut out = Vec::new();
     let mut printed = String::new();
     for _ in 0..n {
+        crate::interrupt::check()?;
         let tok = pick(&last, s, &mut rng);
         if Some(tok) == lm.tokenizer.eos {
             break;

@@ -51,23 +51,29 @@ impl StorageType {
         }
     }
 
+    /// For the types stored block by block within a row (ggml types and native formats):
+    /// (values, bytes) per block. `None` for VQ formats, whose rows need their codebook.
+    pub fn row_block(&self) -> Option<(usize, usize)> {
+        match self {
+            StorageType::Ggml(t) => Some((t.block_size(), t.type_size())),
+            StorageType::Native(f) => Some((f.group, f.group_bytes())),
+            StorageType::Vq(_) => None,
+        }
+    }
+
     /// Bytes of a tensor of `dims` (innermost first), or `None` if its rows are not whole
     /// blocks.
     pub fn tensor_bytes(&self, dims: &[u64]) -> Option<u64> {
-        if let StorageType::Vq(f) = self {
-            return f.tensor_bytes(dims);
-        }
+        let (bs, block_bytes) = match (self, self.row_block()) {
+            (StorageType::Vq(f), _) => return f.tensor_bytes(dims),
+            (_, block) => block?,
+        };
         let n: u64 = dims.iter().product();
         let row = dims.first().copied().unwrap_or(1);
-        if !row.is_multiple_of(self.block_size() as u64) {
+        if !row.is_multiple_of(bs as u64) {
             return None;
         }
-        let block_bytes = match self {
-            StorageType::Ggml(t) => t.type_size(),
-            StorageType::Native(f) => f.group_bytes(),
-            StorageType::Vq(_) => unreachable!("handled above"),
-        };
-        Some(n / self.block_size() as u64 * block_bytes as u64)
+        Some(n / bs as u64 * block_bytes as u64)
     }
 
     /// Whether llama.cpp can run it.
@@ -122,25 +128,17 @@ pub fn encode_rows(
 
 /// Scalar reference dot product of one stored row with `x` (`x.len()` values): each
 /// block decoded on its own and accumulated in f64. Slow on purpose; it is the
-/// definition fast kernels are tested against. VQ rows need their codebook: see
-/// [`VqFormat::decode_row`].
-pub fn dot_reference(st: StorageType, row: &[u8], x: &[f32]) -> f64 {
-    let (bs, block_bytes) = match st {
-        StorageType::Ggml(t) => (t.block_size(), t.type_size()),
-        StorageType::Native(f) => (f.group, f.group_bytes()),
-        StorageType::Vq(f) => panic!("{f} rows cannot be decoded without their codebook"),
-    };
+/// definition fast kernels are tested against. `None` for VQ rows, which need their
+/// codebook ([`VqFormat::decode_row`]).
+pub fn dot_reference(st: StorageType, row: &[u8], x: &[f32]) -> Option<f64> {
+    let (bs, block_bytes) = st.row_block()?;
     let mut block = vec![0.0f32; bs];
     let mut sum = 0.0f64;
     for (b, xb) in row.chunks_exact(block_bytes).zip(x.chunks_exact(bs)) {
-        match st {
-            StorageType::Ggml(t) => super::dequantize(t, b, &mut block).expect("one whole block"),
-            StorageType::Native(f) => f.decode_row(b, &mut block),
-            StorageType::Vq(_) => unreachable!("refused above"),
-        }
+        block.copy_from_slice(&decode(st, b, None, bs, bs).expect("one whole block"));
         sum += block.iter().zip(xb).map(|(&w, &v)| w as f64 * v as f64).sum::<f64>();
     }
-    sum
+    Some(sum)
 }
 
 /// Decodes `n` values (rows of `cols`) stored as `st`, whatever the kind: the inverse of
@@ -197,13 +195,9 @@ mod tests {
         }
         for st in types {
             let bytes = encode_rows(st, &w, n, None, Fit::Search).unwrap();
-            let decoded = match st {
-                StorageType::Ggml(t) => crate::format::dequantize_to_vec(t, &bytes, n).unwrap(),
-                StorageType::Native(f) => decode_native(f, &bytes, n).unwrap(),
-                StorageType::Vq(_) => unreachable!("not in the list"),
-            };
+            let decoded = decode(st, &bytes, None, n, n).unwrap();
             let want: f64 = decoded.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
-            let got = dot_reference(st, &bytes, &x);
+            let got = dot_reference(st, &bytes, &x).unwrap();
             // Same products, summed per block then across blocks: only f64 rounding differs.
             assert!((got - want).abs() <= 1e-9 * (1.0 + want.abs()), "{st}: {got} vs {want}");
         }

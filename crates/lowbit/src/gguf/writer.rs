@@ -103,10 +103,10 @@ impl GgufWriter {
             }
         }
         let sizes = specs.iter().map(TensorSpec::n_bytes).collect::<Result<Vec<_>>>()?;
-        let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let file_name =
-            target.file_name().ok_or_else(|| Error::Usage(format!("{}: not a file path", target.display())))?;
-        let tmp = dir.join(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
+        // Only a regular file or a new name is replaced; a killed run's temp file goes.
+        crate::atomic::check_output(&target)?;
+        crate::atomic::remove_stale_temps(&target);
+        let tmp = crate::atomic::temp_path(&target);
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut w = GgufWriter {
             target,

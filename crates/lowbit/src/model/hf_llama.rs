@@ -136,5 +136,7 @@ pub fn load(dir: &Path) -> Result<LoadedLm> {
             format!("{} tokens, more than the model's vocab_size {vocab}", tokenizer.vocab_size),
         ));
     }
-    Ok(LoadedLm { model: Box::new(model), tokenizer, architecture: arch })
+    let context_length =
+        st.config.get("max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize).filter(|&v| v > 0);
+    Ok(LoadedLm { model: Box::new(model), tokenizer, architecture: arch, context_length })
 }

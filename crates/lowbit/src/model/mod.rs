@@ -227,6 +227,9 @@ pub struct LoadedLm {
     pub tokenizer: Tokenizer,
     /// Architecture name.
     pub architecture: String,
+    /// The context length the model was trained for (`<arch>.context_length`,
+    /// `max_position_embeddings`), when the file says.
+    pub context_length: Option<usize>,
 }
 
 /// How to load a model.
@@ -263,5 +266,7 @@ pub fn load_gguf_lm(path: &Path, opts: LoadOptions) -> Result<LoadedLm> {
             ))
         }
     };
-    Ok(LoadedLm { model, tokenizer, architecture: arch })
+    let context_length =
+        file.get(&format!("{arch}.context_length")).and_then(|v| v.as_u64()).map(|v| v as usize).filter(|&v| v > 0);
+    Ok(LoadedLm { model, tokenizer, architecture: arch, context_length })
 }

@@ -180,6 +180,7 @@ pub fn run(
     progress: &mut dyn FnMut(Stage, u64, u64),
 ) -> Result<QuantizeSummary> {
     job.check()?;
+    crate::atomic::check_output(output)?;
     if job.sequential {
         return run_sequential(source, output, job, progress);
     }

@@ -48,11 +48,13 @@ trait Figure {
 
 fn render<F: Figure>(fig: &F, svg: &Path, png: &Path, size: (u32, u32)) -> Result<()> {
     register_font();
-    let tmp = |p: &Path| {
+    // The backends pick the format by extension, so the temp names keep it.
+    let tmp = |p: &Path| -> Result<std::path::PathBuf> {
+        crate::atomic::check_output(p)?;
         let ext = p.extension().map_or("out".to_string(), |e| e.to_string_lossy().to_string());
-        p.with_file_name(format!(".{}.tmp.{ext}", p.file_stem().map_or("plot".into(), |s| s.to_string_lossy())))
+        Ok(crate::atomic::temp_path(p).with_extension(format!("tmp.{ext}")))
     };
-    let (svg_tmp, png_tmp) = (tmp(svg), tmp(png));
+    let (svg_tmp, png_tmp) = (tmp(svg)?, tmp(png)?);
     let result = (|| {
         {
             let root = SVGBackend::new(&svg_tmp, size).into_drawing_area();
