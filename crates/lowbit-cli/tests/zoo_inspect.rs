@@ -55,3 +55,25 @@ fn minilm_folder_is_read() {
     let params = j["params"].as_u64().unwrap();
     assert!((22_600_000..22_800_000).contains(&params), "{params}");
 }
+
+/// `run` and `eval` bound what they allocate by the model's trained context (smollm2:
+/// 8192 tokens), before loading anything big: `-n 99999999999` used to abort on a 76 TB
+/// allocation, and `--ctx 9000` passed silently.
+#[test]
+fn generation_and_evaluation_stay_within_the_trained_context() {
+    if inspect_json("smollm2-135m").is_none() {
+        return;
+    }
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().unwrap();
+    let o = run(&["run", "--model", "smollm2-135m", "--prompt", "Hello", "-n", "99999999999"]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("trained context of 8192") && !stderr.contains("panicked"), "{stderr}");
+    let text = std::env::temp_dir().join(format!("lowbit-ctx-{}.txt", std::process::id()));
+    std::fs::write(&text, "word ".repeat(20000)).unwrap();
+    let o = run(&["eval", "--model", "smollm2-135m", "--text", text.to_str().unwrap(), "--ctx", "9000"]);
+    let _ = std::fs::remove_file(&text);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--ctx 9000") && stderr.contains("8192"), "{stderr}");
+}
