@@ -46,7 +46,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         lowbit::atomic::check_output(out)?;
     }
     let text = std::fs::read(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
-    let text = String::from_utf8(text).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text ({e})", args.text.display()))?;
+    let text = String::from_utf8(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text ({e}); convert it first, e.g. `iconv -f latin1 -t utf-8`",
+            args.text.display()
+        )
+    })?;
     let model_path = crate::resolve_model(&args.model)?;
     if model_path.is_dir() && !lowbit::model::hf_llama::is_hf_causal_lm(&model_path) {
         return run_encoder(&args, &model_path, &text);
@@ -91,7 +96,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
     bar.set_message("eval");
     let start = std::time::Instant::now();
+    let mut log = crate::LogProgress::new("eval");
     let report = evaluate(&lm, reference, save, &text, &opts, &mut |done, total, tokens| {
+        log.update(done as u64, total as u64, "chunks");
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         let secs = start.elapsed().as_secs_f64();

@@ -128,12 +128,71 @@ fn run(cli: Cli) -> Result<()> {
             let g = lowbit::gguf::GgufFile::open(&path)?;
             let tok = lowbit::tokenizer::Tokenizer::from_gguf(&g)?;
             let ids = tok.encode(&text, special)?;
+            // The text each token stands for (not its vocabulary spelling: byte-level BPE
+            // spells "é" as "Ã©"); a token holding part of a character shows U+FFFD.
             for id in ids {
-                println!("{id:>8} {:?}", tok.token_text(id).unwrap_or_default());
+                println!("{id:>8} {:?}", tok.decode(&[id])?);
             }
         }
     }
     Ok(())
+}
+
+/// Progress for logs: where stderr is not a terminal, indicatif draws nothing, so a long
+/// run would print nothing until it ends; this prints a plain line at most every 10 s and
+/// at the end (and nothing on a terminal, where the bar shows it).
+pub struct LogProgress {
+    label: String,
+    start: std::time::Instant,
+    last: Option<std::time::Instant>,
+    on: bool,
+}
+
+impl LogProgress {
+    /// Progress lines labelled `label`.
+    pub fn new(label: &str) -> LogProgress {
+        use std::io::IsTerminal;
+        LogProgress {
+            label: label.into(),
+            start: std::time::Instant::now(),
+            last: None,
+            on: !std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Reports `done` of `total` `unit`.
+    pub fn update(&mut self, done: u64, total: u64, unit: &str) {
+        let now = std::time::Instant::now();
+        let due = self.last.is_none_or(|t| now.duration_since(t).as_secs() >= 10);
+        if !self.on || total == 0 || (done < total && !due) {
+            return;
+        }
+        self.last = Some(now);
+        let secs = self.start.elapsed().as_secs_f64();
+        let eta = if done > 0 { secs / done as f64 * (total - done.min(total)) as f64 } else { f64::NAN };
+        eprintln!("{}: {done}/{total} {unit}, {secs:.0} s elapsed, ETA {eta:.0} s", self.label);
+    }
+}
+
+/// The candidates closest to `given` (case-insensitive edit distance at most 2; all of
+/// them on a tie), as a "did you mean" hint: `Q4_K_S or Q4_K_M`.
+pub fn did_you_mean(given: &str, candidates: &[&str]) -> Option<String> {
+    let a: Vec<char> = given.to_ascii_lowercase().chars().collect();
+    let distance = |b: &str| {
+        let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.iter().enumerate() {
+            let mut cur = vec![i + 1; b.len() + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    };
+    let scored: Vec<(usize, &str)> = candidates.iter().map(|&c| (distance(c), c)).filter(|&(d, _)| d <= 2).collect();
+    let best = scored.iter().map(|&(d, _)| d).min()?;
+    Some(scored.iter().filter(|&&(d, _)| d == best).map(|&(_, c)| c).collect::<Vec<_>>().join(" or "))
 }
 
 fn main() -> ExitCode {

@@ -86,7 +86,7 @@ pub struct QuantizeArgs {
     report: Option<PathBuf>,
 }
 
-fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
+fn print_summary(s: &QuantizeSummary, ty: &str, per_tensor: bool) {
     if per_tensor {
         println!("{:<40} {:<18} {:>7} -> {:<7} {:>12}  why", "tensor", "shape", "source", "type", "bytes");
         for t in &s.tensors {
@@ -108,9 +108,14 @@ fn print_summary(s: &QuantizeSummary, per_tensor: bool) {
         let bpw = 8.0 * t.bytes as f64 / t.elements.max(1) as f64;
         println!("{:<8} {:>8} {:>14} {:>14} {:>8.4}", t.ty.to_string(), t.tensors, t.elements, t.bytes, bpw);
     }
+    // A whole-block native or VQ type rides on the Q8_0 mix's rules for the rest.
+    let what = if ty.eq_ignore_ascii_case(&s.mix) {
+        format!("mix {}", s.mix)
+    } else {
+        format!("{ty} (mix {} elsewhere)", s.mix)
+    };
     println!(
-        "mix {} ({}): tensor data {:.2} MB, {:.4} bpw overall, {:.4} bpw in quantized matrices",
-        s.mix,
+        "{what} ({}): tensor data {:.2} MB, {:.4} bpw overall, {:.4} bpw in quantized matrices",
         s.method,
         s.tensor_bytes as f64 / 1e6,
         s.bpw,
@@ -198,8 +203,12 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
     );
     let ty = if args.ty.eq_ignore_ascii_case("vq") { vq_format(args)?.to_string() } else { args.ty.clone() };
     let (mix, blocks) = mix_for_type(&ty).ok_or_else(|| {
+        if let Some(why) = lowbit::format::native::NativeFormat::why_not(&args.ty) {
+            return anyhow!("unknown --type '{}': {why}", args.ty);
+        }
+        let hint = crate::did_you_mean(&args.ty, &Mix::names()).map(|m| format!(" (did you mean {m}?)")).unwrap_or_default();
         anyhow!(
-            "unknown --type '{}'; known: {}, a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32, or vq (with --bpw) / a VQ format such as vq4x256",
+            "unknown --type '{}'{hint}; known: {}, a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32, or vq (with --bpw) / a VQ format such as vq4x256",
             args.ty,
             Mix::names().join(", ")
         )
@@ -243,17 +252,26 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let summary = if args.dry_run {
         let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
         let s = plan_model(&lowbit::gguf::GgufFile::open(&input)?, &opts)?;
-        print_summary(&s, true);
+        print_summary(&s, &args.ty, true);
         s
     } else {
         let output = args.output.as_ref().ok_or_else(|| anyhow!("--output is required (or use --dry-run)"))?;
         let bar = ProgressBar::new(0);
         let mut stage = None;
+        let mut log: Option<crate::LogProgress> = None;
         let s = lowbit::quantize::run(&input, output, &job, &mut |st, d, t| {
             if stage != Some(st) {
+                log = Some(crate::LogProgress::new(match st {
+                    Stage::Calibrate => "calibrate",
+                    Stage::Sequential => "sequential gptq",
+                    Stage::Quantize => "quantize",
+                }));
                 stage = Some(st);
                 bar.reset();
                 bar.set_style(ProgressStyle::with_template(template(st)).expect("valid template"));
+            }
+            if let Some(l) = log.as_mut() {
+                l.update(d, t, if st == Stage::Quantize { "weights" } else { "steps" });
             }
             bar.set_length(t);
             bar.set_position(d);
@@ -261,7 +279,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         bar.finish_and_clear();
         let s = s?;
         println!("{}", output.display());
-        print_summary(&s, false);
+        print_summary(&s, &args.ty, false);
         s
     };
     if let Some(path) = args.report {

@@ -77,3 +77,19 @@ fn generation_and_evaluation_stay_within_the_trained_context() {
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--ctx 9000") && stderr.contains("8192"), "{stderr}");
 }
+
+/// `tokenize` prints each token's text, not its byte-level vocabulary spelling ("é", not
+/// "Ã©").
+#[test]
+fn tokenize_prints_text_not_byte_level_spelling() {
+    if inspect_json("smollm2-135m").is_none() {
+        return;
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(["tokenize", "--model", "smollm2-135m", "café"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains('é') && !stdout.contains('Ã'), "{stdout}");
+}

@@ -204,8 +204,7 @@ pub fn summarize(path: &Path) -> Result<ModelSummary> {
         return Ok(summarize_safetensors(&SafetensorsModel::open(path)?));
     }
     if path.extension().is_some_and(|e| e == "safetensors") {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        return Ok(summarize_safetensors(&SafetensorsModel::open(dir)?));
+        return Ok(summarize_safetensors(&SafetensorsModel::open_file(path)?));
     }
     Ok(summarize_gguf(&GgufFile::open(path)?))
 }

@@ -51,7 +51,7 @@ pub struct StTensor {
 
 /// An open Hugging Face model folder.
 pub struct SafetensorsModel {
-    /// The folder.
+    /// The folder (for a lone file opened with [`SafetensorsModel::open_file`], the file).
     pub dir: PathBuf,
     /// Parsed `config.json`.
     pub config: serde_json::Value,
@@ -130,6 +130,31 @@ fn safe_relative(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
 }
 
 impl SafetensorsModel {
+    /// Opens one `.safetensors` file: the model folder it belongs to when it is that
+    /// folder's `model.safetensors` or one of its shards (a `config.json` beside it), else
+    /// the file alone (an adapter or single-file checkpoint: its tensors, no config), so
+    /// that a broken file is named with its own problem.
+    pub fn open_file(path: impl AsRef<Path>) -> Result<SafetensorsModel> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::format(path, "not a file"));
+        }
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if dir.join("config.json").is_file() {
+            let folder = SafetensorsModel::open(dir)?;
+            let same = |p: &Path| p.canonicalize().ok() == path.canonicalize().ok();
+            if folder.shards.iter().any(|(p, _)| same(p)) {
+                return Ok(folder);
+            }
+        }
+        let mmap = map_file(path)?;
+        let mut tensors = BTreeMap::new();
+        read_shard(path, &mmap, 0, &mut tensors, None)?;
+        let config = serde_json::Value::Object(Default::default());
+        Ok(SafetensorsModel { dir: path.to_path_buf(), config, shards: vec![(path.to_path_buf(), mmap)], tensors })
+    }
+
     /// Opens the model folder `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<SafetensorsModel> {
         let dir = dir.as_ref().to_path_buf();

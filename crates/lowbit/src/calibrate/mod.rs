@@ -217,8 +217,14 @@ pub struct CalibrationText {
 pub fn read_texts(paths: &[std::path::PathBuf]) -> Result<CalibrationText> {
     let mut text = String::new();
     for p in paths {
-        let t = std::fs::read_to_string(p)
-            .map_err(|e| Error::Usage(format!("{}: cannot read the text: {e}", p.display())))?;
+        let bytes =
+            std::fs::read(p).map_err(|e| Error::Usage(format!("{}: cannot read the text: {e}", p.display())))?;
+        let t = String::from_utf8(bytes).map_err(|e| {
+            Error::Usage(format!(
+                "{}: not UTF-8 text ({e}); convert it first, e.g. `iconv -f latin1 -t utf-8`",
+                p.display()
+            ))
+        })?;
         text.push_str(&t);
     }
     let names: Vec<String> = paths

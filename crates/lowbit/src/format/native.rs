@@ -130,6 +130,22 @@ impl NativeFormat {
         Some(NativeFormat { kind, group })
     }
 
+    /// For a name that looks like a native format but is not one (`int4_g100`, `int9_g64`,
+    /// `nf4_g64_zp`), what is wrong with it; `None` for valid names and other names.
+    pub fn why_not(name: &str) -> Option<String> {
+        let lower = name.to_ascii_lowercase();
+        let head = lower.split('_').next().unwrap_or("");
+        let looks_native = ["int", "nf4", "fp8", "fp4"].iter().any(|p| head.starts_with(p)) && lower.contains("_g");
+        if !looks_native || NativeFormat::from_name(name).is_some() {
+            return None;
+        }
+        Some(
+            "not a native format: intN_gG[_zp] with N from 2 to 8, or nf4_gG, fp8_gG, fp4_gG (no _zp); \
+             the group G is 16…256 and a multiple of 8 (e.g. int4_g64, int3_g128_zp), and must divide the rows"
+                .to_string(),
+        )
+    }
+
     /// Bits per code.
     pub fn code_bits(&self) -> usize {
         match self.kind {

@@ -351,6 +351,13 @@ pub fn write_planned(
                 let parts = match opts.pre_encoded.get(&t.name) {
                     Some(e) if e.stored_bytes() == t.bytes => encoded_parts(t, e.clone()),
                     _ if t.target == t.source => {
+                        // Copied as stored, but never a damaged value (a NaN norm weight
+                        // used to pass through into the output).
+                        let values = g.dequantize(&t.name)?;
+                        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                            let what = format!("weight {i} is {}: the source is damaged", values[i]);
+                            return Err(Error::tensor(input, &t.name, format!("cannot copy it: {what}")));
+                        }
                         let mut parts = vec![(t.name.clone(), src.to_vec())];
                         let codebook = codebook_of(g, &t.name, t.source)?;
                         parts.extend(codebook.map(|c| (codebook_name(&t.name), c.to_vec())));

@@ -292,6 +292,17 @@ pub fn run_sweep(
     if let Some(s) = opts.settings.iter().find(|s| s.method == Method::Gptq && opts.calib.is_empty()) {
         return Err(Error::Usage(format!("setting '{}': gptq needs calibration texts (--calib)", s.name())));
     }
+    // Every setting's job is checked before any work (e.g. IQ2_XXS without --calib).
+    for s in &opts.settings {
+        let calibration = match (opts.calib.is_empty(), s.method) {
+            (true, _) => CalibrationInput::None,
+            (false, Method::Gptq) => CalibrationInput::Stats(dir.join("stats.safetensors")),
+            (false, _) => CalibrationInput::Imatrix(dir.join("imatrix.gguf")),
+        };
+        QuantizeJob { calibration, ..s.job()? }
+            .check()
+            .map_err(|e| Error::Usage(format!("setting '{}': {e}", s.name())))?;
+    }
     let mut names: Vec<String> = opts.settings.iter().map(Setting::name).collect();
     names.sort();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
