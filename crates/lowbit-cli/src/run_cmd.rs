@@ -34,9 +34,10 @@ pub struct RunArgs {
 
 /// Runs `lowbit run`.
 pub fn run(a: RunArgs) -> Result<()> {
+    let s = Sampling { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
+    s.check()?;
     let path = crate::resolve_model(&a.model)?;
     let lm = load_lm(&path, Default::default())?;
-    let s = Sampling { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", a.prompt);
     let _ = out.flush();

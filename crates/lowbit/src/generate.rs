@@ -19,6 +19,20 @@ pub struct Sampling {
     pub seed: u64,
 }
 
+impl Sampling {
+    /// Refuses values that cannot sample: a temperature that is negative or not finite,
+    /// a top-p outside (0, 1] (NaN included).
+    pub fn check(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Usage(format!("--temp {}: a finite temperature ≥ 0 (0 = greedy)", self.temperature)));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Usage(format!("--top-p {}: a probability in (0, 1]", self.top_p)));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Sampling {
     fn default() -> Self {
         Sampling { temperature: 0.0, top_k: 40, top_p: 0.95, seed: 0 }
@@ -75,6 +89,7 @@ pub fn generate(
     s: &Sampling,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Vec<u32>> {
+    s.check()?;
     let ids = lm.tokenizer.encode(prompt, true)?;
     if ids.is_empty() {
         return Err(Error::Usage("the prompt is empty".into()));
