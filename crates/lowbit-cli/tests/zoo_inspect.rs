@@ -93,3 +93,34 @@ fn tokenize_prints_text_not_byte_level_spelling() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(stdout.contains('é') && !stdout.contains('Ã'), "{stdout}");
 }
+
+/// `run` stops on the first Ctrl-C (it used to say it was cleaning up and keep
+/// generating): exit 130 once text has started to stream.
+#[cfg(unix)]
+#[test]
+fn run_stops_on_the_first_ctrl_c() {
+    use std::io::Read;
+    use std::process::Stdio;
+    if inspect_json("smollm2-135m").is_none() {
+        return;
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(["run", "--model", "smollm2-135m", "--prompt", "The history of the city", "-n", "4000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    let streamed = child.stdout.as_mut().unwrap().read(&mut first).unwrap() == 1;
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.as_mut().unwrap().read_to_string(&mut stderr).unwrap();
+    if status.success() {
+        eprintln!("SKIPPED: generation ended before the interrupt");
+        return;
+    }
+    assert!(streamed, "{stderr}");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted") && !stderr.contains("panicked"), "{stderr}");
+}

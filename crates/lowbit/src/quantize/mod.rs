@@ -299,6 +299,8 @@ pub fn write_planned(
         return Err(Error::Usage(format!("{}: the output would overwrite the input", output.display())));
     }
     let start = Instant::now();
+    // The plan may have been made before pre-encoded tensors arrived (sequential GPTQ).
+    summary.method = opts.method_name().to_string();
     let mut metadata: Vec<(String, Value)> = g
         .metadata
         .iter()
