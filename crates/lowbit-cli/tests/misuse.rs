@@ -4,42 +4,14 @@
 //! and that nothing was written.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use lowbit::format::GgmlType;
-use lowbit::gguf::{GgufWriter, TensorSpec, Value};
+mod support;
 
-fn lowbit() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lowbit"));
-    c.env("LOWBIT_HOME", std::env::temp_dir().join("lowbit-misuse-home"));
-    c
-}
+use support::{assert_clean_failure as assert_fails, lowbit};
 
-/// A small llama-style GGUF with F32 weights; `nan_in` puts a NaN into that tensor.
+/// The shared synthetic source, named `src.gguf`.
 fn source(dir: &Path, nan_in: Option<&str>) -> PathBuf {
-    let path = dir.join("src.gguf");
-    let md = vec![
-        ("general.architecture".to_string(), Value::String("llama".into())),
-        ("llama.block_count".to_string(), Value::U32(1)),
-    ];
-    let tensors = [
-        ("token_embd.weight", vec![256u64, 64]),
-        ("blk.0.attn_q.weight", vec![256, 256]),
-        ("blk.0.attn_norm.weight", vec![256]),
-    ];
-    let specs =
-        tensors.iter().map(|(n, d)| TensorSpec { name: n.to_string(), dims: d.clone(), ty: GgmlType::F32 }).collect();
-    let mut w = GgufWriter::create(&path, &md, specs).unwrap();
-    for (n, d) in &tensors {
-        let len: u64 = d.iter().product();
-        let mut vals: Vec<f32> = (0..len).map(|j| (j % 1000) as f32 / 1000.0 - 0.5).collect();
-        if nan_in == Some(*n) {
-            vals[7] = f32::NAN;
-        }
-        w.write_tensor(n, &vals.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-    }
-    w.finish().unwrap();
-    path
+    support::source(dir, "src.gguf", nan_in)
 }
 
 fn files(dir: &Path) -> Vec<String> {
@@ -47,15 +19,6 @@ fn files(dir: &Path) -> Vec<String> {
         std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     v.sort();
     v
-}
-
-fn assert_fails(o: &Output, expect: &[&str]) {
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for e in expect {
-        assert!(stderr.contains(e), "missing '{e}' in: {stderr}");
-    }
 }
 
 /// The 1–2-bit i-quant mixes (and overrides) without calibration: refused, as
