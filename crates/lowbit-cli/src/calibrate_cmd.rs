@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::calibrate::{compute_stats, CalibrationStats};
+use lowbit::calibrate::{calibrate_files, CalibrationStats};
 use lowbit::eval::EvalOptions;
-use lowbit::model::{load_lm, LoadOptions};
 
 /// Arguments of `lowbit calibrate`.
 #[derive(Args)]
@@ -38,15 +37,13 @@ pub struct CalibrateArgs {
 }
 
 /// Runs the calibration texts through the model at `path` with a progress bar.
-pub fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool) -> Result<CalibrationStats> {
-    let t = lowbit::calibrate::read_texts(texts)?;
-    let mut lm = load_lm(path, LoadOptions::default())?;
+fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool) -> Result<CalibrationStats> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}")
             .expect("valid template"),
     );
-    let stats = compute_stats(&mut lm, &t.text, &t.dataset, opts, hessians, &mut |d, t| {
+    let stats = calibrate_files(path, texts, opts, hessians, &mut |d, t| {
         bar.set_length(t as u64);
         bar.set_position(d as u64);
     });

@@ -260,18 +260,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         let mut stage = None;
         let mut log: Option<crate::LogProgress> = None;
         let s = lowbit::quantize::run(&input, output, &job, &mut |st, d, t| {
+            let (label, unit, template) = stage_display(st);
             if stage != Some(st) {
-                log = Some(crate::LogProgress::new(match st {
-                    Stage::Calibrate => "calibrate",
-                    Stage::Sequential => "sequential gptq",
-                    Stage::Quantize => "quantize",
-                }));
+                log = Some(crate::LogProgress::new(label));
                 stage = Some(st);
                 bar.reset();
-                bar.set_style(ProgressStyle::with_template(template(st)).expect("valid template"));
+                bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
             }
             if let Some(l) = log.as_mut() {
-                l.update(d, t, if st == Stage::Quantize { "weights" } else { "steps" });
+                l.update(d, t, unit);
             }
             bar.set_length(t);
             bar.set_position(d);
@@ -289,11 +286,17 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The progress bar of each stage.
-fn template(stage: Stage) -> &'static str {
+/// Each stage's label, the unit its progress counts and its progress bar.
+fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
     match stage {
-        Stage::Calibrate => "calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}",
-        Stage::Sequential => "sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}",
-        Stage::Quantize => "quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}",
+        Stage::Calibrate => {
+            ("calibrate", "chunks", "calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}")
+        }
+        Stage::Sequential => {
+            ("sequential gptq", "blocks", "sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}")
+        }
+        Stage::Quantize => {
+            ("quantize", "weights", "quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}")
+        }
     }
 }

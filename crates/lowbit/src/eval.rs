@@ -335,7 +335,7 @@ pub fn evaluate(
             }
             start += n;
         }
-        running.push((totals.nll / totals.count as f64).exp());
+        running.push(totals.ppl().0);
         progress(c + 1, n_chunks, (c + 1) * ctx);
     }
     let (ppl, ppl_err) = totals.ppl();

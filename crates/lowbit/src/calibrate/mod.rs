@@ -271,6 +271,20 @@ pub fn compute_imatrix(
     Ok(compute_stats(lm, text, dataset, opts, false, progress)?.imatrix)
 }
 
+/// The calibration texts at `paths` (concatenated) run through the model at `source`:
+/// [`read_texts`], load, [`compute_stats`]. `progress(done, total)` counts chunks.
+pub fn calibrate_files(
+    source: &Path,
+    paths: &[std::path::PathBuf],
+    opts: &EvalOptions,
+    hessians: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<CalibrationStats> {
+    let t = read_texts(paths)?;
+    let mut lm = crate::model::load_lm(source, crate::model::LoadOptions::default())?;
+    compute_stats(&mut lm, &t.text, &t.dataset, opts, hessians, progress)
+}
+
 /// As [`compute_imatrix`], and with `hessians` also Σ xxᵀ of every distinct layer input
 /// (one per [`shared_input_key`]: the shared input is recorded once).
 pub fn compute_stats(

@@ -64,10 +64,10 @@ impl StorageType {
     /// Bytes of a tensor of `dims` (innermost first), or `None` if its rows are not whole
     /// blocks.
     pub fn tensor_bytes(&self, dims: &[u64]) -> Option<u64> {
-        let (bs, block_bytes) = match (self, self.row_block()) {
-            (StorageType::Vq(f), _) => return f.tensor_bytes(dims),
-            (_, block) => block?,
-        };
+        if let StorageType::Vq(f) = self {
+            return f.tensor_bytes(dims);
+        }
+        let (bs, block_bytes) = self.row_block()?;
         let n: u64 = dims.iter().product();
         let row = dims.first().copied().unwrap_or(1);
         if !row.is_multiple_of(bs as u64) {
@@ -132,10 +132,9 @@ pub fn encode_rows(
 /// codebook ([`VqFormat::decode_row`]).
 pub fn dot_reference(st: StorageType, row: &[u8], x: &[f32]) -> Option<f64> {
     let (bs, block_bytes) = st.row_block()?;
-    let mut block = vec![0.0f32; bs];
     let mut sum = 0.0f64;
     for (b, xb) in row.chunks_exact(block_bytes).zip(x.chunks_exact(bs)) {
-        block.copy_from_slice(&decode(st, b, None, bs, bs).expect("one whole block"));
+        let block = decode(st, b, None, bs, bs).expect("one whole block");
         sum += block.iter().zip(xb).map(|(&w, &v)| w as f64 * v as f64).sum::<f64>();
     }
     Some(sum)

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{plan_model_with, write_planned, QuantizeOptions, QuantizeSummary};
-use crate::calibrate::{compute_stats, read_texts, CalibrationStats, Hessian, Imatrix};
+use super::{plan_model, plan_model_with, write_planned, QuantizeOptions, QuantizeSummary};
+use crate::calibrate::{calibrate_files, read_texts, CalibrationStats, Hessian, Imatrix};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
 use crate::format::storage::StorageType;
@@ -57,6 +57,24 @@ pub struct QuantizeJob {
 }
 
 impl QuantizeJob {
+    /// Options for the writer with `method` and the given statistics (none pre-encoded).
+    fn options(
+        &self,
+        method: Method,
+        importance: Option<HashMap<String, Vec<f32>>>,
+        hessians: Option<HashMap<String, Arc<Hessian>>>,
+    ) -> QuantizeOptions {
+        QuantizeOptions {
+            mix: self.mix,
+            overrides: self.overrides.clone(),
+            method,
+            importance,
+            hessians,
+            pre_encoded: HashMap::new(),
+            method_options: self.method_options,
+        }
+    }
+
     /// A job for `mix` and `overrides` without calibration, method chosen by default.
     pub fn new(mix: Mix, overrides: Vec<Override>) -> QuantizeJob {
         QuantizeJob {
@@ -97,9 +115,7 @@ impl QuantizeJob {
         }
         Ok(())
     }
-}
 
-impl QuantizeJob {
     /// The 1–2-bit type (mix or override) that must not be used without calibration, as
     /// llama-quantize's list has it: IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S and the Q2_K_S mix.
     fn very_low_bit_type(&self) -> Option<String> {
@@ -143,10 +159,23 @@ pub fn mix_for_type(name: &str) -> Option<(Mix, Vec<Override>)> {
 /// importances, Hessians). `progress(Stage::Calibrate, done, total)` while computing.
 pub fn resolve(source: &Path, job: &QuantizeJob, progress: &mut dyn FnMut(Stage, u64, u64)) -> Result<QuantizeOptions> {
     job.check()?;
+    resolve_checked(source, job, progress)
+}
+
+/// [`resolve`] for a job already checked.
+fn resolve_checked(
+    source: &Path,
+    job: &QuantizeJob,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<QuantizeOptions> {
     let want_hessians = matches!(job.method, None | Some(Method::Gptq));
     let stats = match &job.calibration {
         CalibrationInput::Stats(p) => Some(CalibrationStats::read(p)?),
-        CalibrationInput::Texts { paths, eval } => Some(calibrate(source, paths, eval, want_hessians, progress)?),
+        CalibrationInput::Texts { paths, eval } => {
+            Some(calibrate_files(source, paths, eval, want_hessians, &mut |d, t| {
+                progress(Stage::Calibrate, d as u64, t as u64)
+            })?)
+        }
         CalibrationInput::None | CalibrationInput::Imatrix(_) => None,
     };
     let searching = job.method != Some(Method::Rtn);
@@ -167,30 +196,7 @@ pub fn resolve(source: &Path, job: &QuantizeJob, progress: &mut dyn FnMut(Stage,
         (None, Some(_)) => Method::Gptq,
         (None, None) => Method::Search,
     };
-    Ok(QuantizeOptions {
-        mix: job.mix,
-        overrides: job.overrides.clone(),
-        method,
-        importance,
-        hessians,
-        pre_encoded: HashMap::new(),
-        method_options: job.method_options,
-    })
-}
-
-/// Runs the calibration texts through the model at `source`.
-fn calibrate(
-    source: &Path,
-    paths: &[PathBuf],
-    eval: &EvalOptions,
-    hessians: bool,
-    progress: &mut dyn FnMut(Stage, u64, u64),
-) -> Result<CalibrationStats> {
-    let t = read_texts(paths)?;
-    let mut lm = load_lm(source, LoadOptions::default())?;
-    compute_stats(&mut lm, &t.text, &t.dataset, eval, hessians, &mut |d, t| {
-        progress(Stage::Calibrate, d as u64, t as u64)
-    })
+    Ok(job.options(method, importance, hessians))
 }
 
 /// Quantizes the GGUF at `source` into `output` as `job` says: calibrate (when asked),
@@ -206,9 +212,9 @@ pub fn run(
     if job.sequential {
         return run_sequential(source, output, job, progress);
     }
-    let opts = resolve(source, job, progress)?;
+    let opts = resolve_checked(source, job, progress)?;
     let g = GgufFile::open(source)?;
-    let plan = plan_model_with(&g, &opts, opts.importance.is_some())?;
+    let plan = plan_model(&g, &opts)?;
     write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))
 }
 
@@ -223,15 +229,7 @@ fn run_sequential(
     let CalibrationInput::Texts { paths, eval } = &job.calibration else {
         return Err(Error::Usage("--sequential needs calibration texts (--calib)".into()));
     };
-    let mut opts = QuantizeOptions {
-        mix: job.mix,
-        overrides: job.overrides.clone(),
-        method: Method::Gptq,
-        importance: None,
-        hessians: None,
-        pre_encoded: HashMap::new(),
-        method_options: job.method_options,
-    };
+    let mut opts = job.options(Method::Gptq, None, None);
     let g = GgufFile::open(source)?;
     let plan = plan_model_with(&g, &opts, true)?;
     let text = read_texts(paths)?;

@@ -258,10 +258,15 @@ fn encode_tensor(
 /// source is damaged.
 pub(crate) fn encode_error(input: &Path, name: &str, target: StorageType, e: EncodeError) -> Error {
     let what = match e {
-        EncodeError::NonFinite { index, value } => format!("weight {index} is {value}: the source is damaged"),
+        EncodeError::NonFinite { index, value } => damaged(index, value),
         e => e.to_string(),
     };
     Error::tensor(input, name, format!("cannot quantize to {target}: {what}"))
+}
+
+/// What a non-finite source weight means.
+fn damaged(index: usize, value: f32) -> String {
+    format!("weight {index} is {value}: the source is damaged")
 }
 
 /// The GGUF tensors an encoded tensor is written as: itself, and a VQ tensor's codebook.
@@ -357,7 +362,7 @@ pub fn write_planned(
                         // used to pass through into the output).
                         let values = g.dequantize(&t.name)?;
                         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                            let what = format!("weight {i} is {}: the source is damaged", values[i]);
+                            let what = damaged(i, values[i]);
                             return Err(Error::tensor(input, &t.name, format!("cannot copy it: {what}")));
                         }
                         let mut parts = vec![(t.name.clone(), src.to_vec())];

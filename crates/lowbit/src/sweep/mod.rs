@@ -74,6 +74,22 @@ impl Setting {
             mix_for_type(&self.ty).ok_or_else(|| Error::Usage(format!("unknown type '{}'", self.ty)))?;
         Ok(QuantizeJob { method: Some(self.method), ..QuantizeJob::new(mix, overrides) })
     }
+
+    /// The job in a sweep writing to `dir`, calibrated when `calibrated` (the sweep saves
+    /// `imatrix.gguf`, and for GPTQ settings `stats.safetensors`, there), checked.
+    fn sweep_job(&self, dir: &Path, calibrated: bool) -> Result<QuantizeJob> {
+        let calibration = match (calibrated, self.method) {
+            (false, Method::Gptq) => {
+                return Err(Error::Usage(format!("setting '{}': gptq needs calibration texts (--calib)", self.name())))
+            }
+            (false, _) => CalibrationInput::None,
+            (true, Method::Gptq) => CalibrationInput::Stats(dir.join("stats.safetensors")),
+            (true, _) => CalibrationInput::Imatrix(dir.join("imatrix.gguf")),
+        };
+        let job = QuantizeJob { calibration, ..self.job()? };
+        job.check().map_err(|e| Error::Usage(format!("setting '{}': {e}", self.name())))?;
+        Ok(job)
+    }
 }
 
 /// What a sweep runs on.
@@ -289,20 +305,8 @@ pub fn run_sweep(
     if opts.settings.is_empty() && opts.compare.is_empty() {
         return Err(Error::Usage("nothing to sweep: give at least one setting or --compare file".into()));
     }
-    if let Some(s) = opts.settings.iter().find(|s| s.method == Method::Gptq && opts.calib.is_empty()) {
-        return Err(Error::Usage(format!("setting '{}': gptq needs calibration texts (--calib)", s.name())));
-    }
     // Every setting's job is checked before any work (e.g. IQ2_XXS without --calib).
-    for s in &opts.settings {
-        let calibration = match (opts.calib.is_empty(), s.method) {
-            (true, _) => CalibrationInput::None,
-            (false, Method::Gptq) => CalibrationInput::Stats(dir.join("stats.safetensors")),
-            (false, _) => CalibrationInput::Imatrix(dir.join("imatrix.gguf")),
-        };
-        QuantizeJob { calibration, ..s.job()? }
-            .check()
-            .map_err(|e| Error::Usage(format!("setting '{}': {e}", s.name())))?;
-    }
+    let jobs = opts.settings.iter().map(|s| s.sweep_job(dir, !opts.calib.is_empty())).collect::<Result<Vec<_>>>()?;
     let mut names: Vec<String> = opts.settings.iter().map(Setting::name).collect();
     names.sort();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -402,17 +406,9 @@ pub fn run_sweep(
         };
         (Some(m.importance()), ikey)
     };
-    let calibration = |s: &Setting| match (&importance, s.method) {
-        (None, Method::Gptq) => {
-            Err(Error::Usage(format!("setting '{}': gptq needs calibration texts (--calib)", s.name())))
-        }
-        (None, _) => Ok(CalibrationInput::None),
-        (Some(_), Method::Gptq) => Ok(CalibrationInput::Stats(dir.join("stats.safetensors"))),
-        (Some(_), _) => Ok(CalibrationInput::Imatrix(dir.join("imatrix.gguf"))),
-    };
     // 3. Every setting: quantize, evaluate, measure, record.
     let mut results = Vec::new();
-    for (i, setting) in opts.settings.iter().enumerate() {
+    for (i, (setting, job)) in opts.settings.iter().zip(&jobs).enumerate() {
         crate::interrupt::check()?;
         let name = setting.name();
         let json = dir.join("settings").join(format!("{name}.json"));
@@ -425,8 +421,7 @@ pub fn run_sweep(
         progress(SweepEvent::Step(&name, i + 1, total));
         let model = dir.join("models").join(format!("{name}.gguf"));
         let t0 = Instant::now();
-        let job = QuantizeJob { calibration: calibration(setting)?, ..setting.job()? };
-        crate::quantize::run(source_path, &model, &job, &mut |_, _, _| {})?;
+        crate::quantize::run(source_path, &model, job, &mut |_, _, _| {})?;
         let secs = t0.elapsed().as_secs_f64();
         let m = measure(&model, &source, &logits, &text, &opts.eval, importance.as_ref(), &mut |d, t| {
             progress(SweepEvent::Chunks(d, t))

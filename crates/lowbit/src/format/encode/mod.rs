@@ -181,8 +181,9 @@ pub fn quantize_row(
     fit: Fit,
     out: &mut [u8],
 ) -> Result<(), EncodeError> {
-    let Some(encoder) = ty.facts().encode else { return Err(EncodeError::NotEncodable(ty)) };
-    let (bs, ts) = (ty.block_size(), ty.type_size());
+    let facts = ty.facts();
+    let Some(encoder) = facts.encode else { return Err(EncodeError::NotEncodable(ty)) };
+    let (bs, ts) = (facts.block, facts.bytes);
     if !x.len().is_multiple_of(bs) {
         return Err(EncodeError::PartialBlock { ty, n: x.len(), block: bs });
     }
