@@ -22,6 +22,7 @@ pub mod generate;
 pub mod gguf;
 pub mod inspect;
 pub mod interrupt;
+pub mod kernels;
 pub mod method;
 pub mod model;
 pub mod plan;

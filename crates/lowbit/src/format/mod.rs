@@ -5,7 +5,7 @@
 pub mod activation;
 pub mod encode;
 mod float;
-mod fp4;
+pub(crate) mod fp4;
 pub mod iquant;
 pub mod iquant_grids;
 pub mod kquant;
@@ -84,6 +84,9 @@ pub struct TypeFacts {
     /// The activation type llama.cpp's CPU backend quantizes activations to before a dot
     /// product with weights of this type (its `vec_dot_type`); `None`: plain f32.
     pub vec_dot: Option<GgmlType>,
+    /// Its row kernels ([`crate::kernels`]): the type's blocks in integer form, dotted with
+    /// quantized or f32 activations. `None`: the runtime decodes its rows to f32 instead.
+    pub kernel: Option<Kernel>,
 }
 
 impl TypeFacts {
@@ -113,6 +116,8 @@ pub(crate) enum Gptq {
     Lattice(&'static encode::iquant::LatticeFormat),
 }
 
+use crate::kernels::blocks as kb;
+use crate::kernels::Kernel;
 use encode::iquant as ei;
 use encode::kquant as ek;
 use encode::legacy as el;
@@ -132,6 +137,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Plain(float::encode_f32)),
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: F16,
@@ -143,6 +149,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Plain(float::encode_f16)),
         gptq: Gptq::No,
         vec_dot: Some(F16),
+        kernel: None,
     },
     TypeFacts {
         ty: Q4_0,
@@ -154,6 +161,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(el::encode_q4_0)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_0),
+        kernel: Some(Kernel::small::<kb::BQ4_0>()),
     },
     TypeFacts {
         ty: Q4_1,
@@ -165,6 +173,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(el::encode_q4_1)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_1),
+        kernel: Some(Kernel::small::<kb::BQ4_1>()),
     },
     TypeFacts {
         ty: Q5_0,
@@ -176,6 +185,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(el::encode_q5_0)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_0),
+        kernel: Some(Kernel::small::<kb::BQ5_0>()),
     },
     TypeFacts {
         ty: Q5_1,
@@ -187,6 +197,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(el::encode_q5_1)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_1),
+        kernel: Some(Kernel::small::<kb::BQ5_1>()),
     },
     TypeFacts {
         ty: Q8_0,
@@ -198,6 +209,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(el::encode_q8_0)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_0),
+        kernel: Some(Kernel::small::<kb::BQ8_0>()),
     },
     TypeFacts {
         ty: Q8_1,
@@ -209,6 +221,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: Q2_K,
@@ -220,6 +233,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(ek::encode_q2_k)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BQ2K>()),
     },
     TypeFacts {
         ty: Q3_K,
@@ -231,6 +245,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(ek::encode_q3_k)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BQ3K>()),
     },
     TypeFacts {
         ty: Q4_K,
@@ -242,6 +257,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(ek::encode_q4_k)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BQ4K>()),
     },
     TypeFacts {
         ty: Q5_K,
@@ -253,6 +269,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(ek::encode_q5_k)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BQ5K>()),
     },
     TypeFacts {
         ty: Q6_K,
@@ -264,6 +281,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(ek::encode_q6_k)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BQ6K>()),
     },
     TypeFacts {
         ty: Q8_K,
@@ -275,6 +293,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(ek::encode_q8_k)),
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: IQ2_XXS,
@@ -286,6 +305,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(|b, o| ei::encode(&ei::IQ2_XXS, b, o))),
         gptq: Gptq::Lattice(&ei::IQ2_XXS),
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq2Xxs>()),
     },
     TypeFacts {
         ty: IQ2_XS,
@@ -297,6 +317,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(|b, o| ei::encode(&ei::IQ2_XS, b, o))),
         gptq: Gptq::Lattice(&ei::IQ2_XS),
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq2Xs>()),
     },
     TypeFacts {
         ty: IQ3_XXS,
@@ -308,6 +329,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(|b, o| ei::encode(&ei::IQ3_XXS, b, o))),
         gptq: Gptq::Lattice(&ei::IQ3_XXS),
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq3Xxs>()),
     },
     TypeFacts {
         ty: IQ1_S,
@@ -319,6 +341,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(|b, o| ei::encode(&ei::IQ1_S, b, o))),
         gptq: Gptq::Lattice(&ei::IQ1_S),
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq1S>()),
     },
     TypeFacts {
         ty: IQ4_NL,
@@ -330,6 +353,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(en::encode_iq4_nl)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_0),
+        kernel: Some(Kernel::small::<kb::BIq4Nl>()),
     },
     TypeFacts {
         ty: IQ3_S,
@@ -341,6 +365,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(|b, o| ei::encode(&ei::IQ3_S, b, o))),
         gptq: Gptq::Lattice(&ei::IQ3_S),
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq3S>()),
     },
     TypeFacts {
         ty: IQ2_S,
@@ -352,6 +377,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(|b, o| ei::encode(&ei::IQ2_S, b, o))),
         gptq: Gptq::Lattice(&ei::IQ2_S),
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq2S>()),
     },
     TypeFacts {
         ty: IQ4_XS,
@@ -363,6 +389,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(en::encode_iq4_xs)),
         gptq: Gptq::Levels,
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq4Xs>()),
     },
     TypeFacts {
         ty: I8,
@@ -374,6 +401,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: I16,
@@ -385,6 +413,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: I32,
@@ -396,6 +425,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: I64,
@@ -407,6 +437,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: F64,
@@ -418,6 +449,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: IQ1_M,
@@ -429,6 +461,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(|b, o| ei::encode(&ei::IQ1_M, b, o))),
         gptq: Gptq::Lattice(&ei::IQ1_M),
         vec_dot: Some(Q8_K),
+        kernel: Some(Kernel::super_block::<kb::BIq1M>()),
     },
     TypeFacts {
         ty: BF16,
@@ -440,6 +473,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Plain(float::encode_bf16)),
         gptq: Gptq::No,
         vec_dot: Some(BF16),
+        kernel: None,
     },
     TypeFacts {
         ty: TQ1_0,
@@ -451,6 +485,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: Some(Q8_K),
+        kernel: None,
     },
     TypeFacts {
         ty: TQ2_0,
@@ -462,6 +497,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: Some(Q8_K),
+        kernel: None,
     },
     TypeFacts {
         ty: MXFP4,
@@ -473,6 +509,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: Some(Encoder::Block(en::encode_mxfp4)),
         gptq: Gptq::No,
         vec_dot: Some(Q8_0),
+        kernel: Some(Kernel::small::<kb::BMxfp4>()),
     },
     TypeFacts {
         ty: NVFP4,
@@ -484,6 +521,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
     TypeFacts {
         ty: Q1_0,
@@ -495,6 +533,7 @@ pub static TYPE_TABLE: &[TypeFacts] = &[
         encode: None,
         gptq: Gptq::No,
         vec_dot: None,
+        kernel: None,
     },
 ];
 

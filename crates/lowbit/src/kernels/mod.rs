@@ -1,0 +1,347 @@
+//! The quantized runtime's compute: matrix products straight from stored weights, in
+//! every format lowbit reads, without a dense f32 copy of the matrix.
+//!
+//! Contract: [`PackedMatrix::matmul`] computes `out[t×n] = x[t×k] · Wᵀ` for a matrix `W`
+//! of `n` stored rows of `k` values, equal to decoding `W` (the type's decoder in
+//! `format/`) and multiplying in f32 — up to f32 summation order — or, with an activation
+//! type, to llama.cpp's CPU arithmetic (activations quantized to Q8_0/Q8_1/Q8_K, integer
+//! dot products per block, as `ggml_vec_dot_*` do). Each output is computed the same way
+//! whatever the number of threads, so results are identical with 1, 2 or N threads.
+//!
+//! How, per shape (measured on the zoo models, `lowbit bench`):
+//! - a few activation rows (generation; `t ≤ rows::MAX_ROWS`): each block of a weight row
+//!   is unpacked once into small integers ([`blocks`]: `value = d·w − dmin·min`) and
+//!   dotted with every activation row — integer multiply-adds against quantized
+//!   activations, or f32 lanes against exact ones. Types without an integer form (floats,
+//!   lowbit's native and VQ formats) decode the row to f32 and dot it.
+//! - many rows (prompt processing, evaluation chunks): tiles of 64 weight rows are
+//!   decoded to f32 and multiplied by the whole batch with `gemm`'s register-blocked
+//!   microkernel; decoding costs `1/t` of the multiply-adds.
+//!
+//! Every loop is compiled for AVX-512, AVX2 and the build's baseline ([`isa`]) and picked
+//! at run time; tests check each against the scalar reference
+//! ([`crate::format::storage::dot_reference`]) for every type.
+#![allow(unsafe_code)]
+
+pub mod acts;
+pub mod blocks;
+pub mod isa;
+mod rows;
+#[cfg(test)]
+mod tests;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::format::activation::fake_quantize_row;
+use crate::format::storage::StorageType;
+use crate::format::vq::Codebook;
+use crate::format::{DecodeError, GgmlType};
+use acts::{ExactRow, QuantRow};
+use blocks::{SmallBlock, SuperBlock};
+use isa::Level;
+
+pub use rows::MAX_ROWS;
+
+/// A type's row kernels, named in its [`crate::format::TypeFacts`] entry: stored rows ×
+/// quantized activation rows (llama.cpp numerics), and stored rows × f32 rows (exact).
+/// Both write `out[r·t + i]` for row `r` and activation row `i`.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    /// Rows × activations quantized to the type's `vec_dot` type.
+    pub quant: fn(Level, &[u8], usize, &[QuantRow], &mut [f32]),
+    /// Rows × f32 activations.
+    pub exact: fn(Level, &[u8], usize, &[ExactRow], &mut [f32]),
+}
+
+impl Kernel {
+    /// The kernels of a 32-value block type.
+    pub const fn small<K: SmallBlock>() -> Kernel {
+        Kernel { quant: rows::small_q8::<K>, exact: rows::small_f32::<K> }
+    }
+
+    /// The kernels of a 256-value super-block type.
+    pub const fn super_block<K: SuperBlock>() -> Kernel {
+        Kernel { quant: rows::super_q8k::<K>, exact: rows::super_f32::<K> }
+    }
+}
+
+/// Bytes of a stored matrix: borrowed from a memory-mapped file (kept alive by an `Arc`)
+/// or owned (a tensor quantized in memory).
+#[derive(Clone)]
+pub struct WeightBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    start: usize,
+    len: usize,
+}
+
+impl WeightBytes {
+    /// Owned bytes.
+    pub fn owned(v: Vec<u8>) -> WeightBytes {
+        let len = v.len();
+        WeightBytes { owner: Arc::new(v), start: 0, len }
+    }
+
+    /// `len` bytes at `start` of `owner` (a memory map), which must hold them.
+    pub fn shared(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, start: usize, len: usize) -> WeightBytes {
+        assert!(start.checked_add(len).is_some_and(|end| end <= (*owner).as_ref().len()), "range outside the buffer");
+        WeightBytes { owner, start, len }
+    }
+}
+
+impl Deref for WeightBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.start..self.start + self.len]
+    }
+}
+
+/// A matrix of `rows` stored rows of `cols` values each, in its stored format.
+#[derive(Clone)]
+pub struct PackedMatrix {
+    ty: StorageType,
+    bytes: WeightBytes,
+    codebook: Option<Arc<Codebook>>,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+}
+
+/// Weight rows decoded per tile on the many-rows path (64 rows of up to 16k values stay
+/// in L2 while the whole batch streams past them).
+const TILE_ROWS: usize = 64;
+
+impl PackedMatrix {
+    /// Wraps stored bytes, checking they are exactly `rows` rows of `cols` values of `ty`
+    /// (a VQ matrix also needs its codebook tensor's bytes).
+    pub fn new(
+        ty: StorageType,
+        bytes: WeightBytes,
+        codebook: Option<&[u8]>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<PackedMatrix, DecodeError> {
+        let row_bytes = match ty {
+            StorageType::Vq(f) => f.row_bytes(cols),
+            _ => ty.row_block().and_then(|(bs, bb)| cols.is_multiple_of(bs).then(|| cols / bs * bb)),
+        }
+        .ok_or_else(|| DecodeError::Invalid(format!("rows of {cols} values cannot be stored as {ty}")))?;
+        if bytes.len() != rows * row_bytes {
+            return Err(DecodeError::Invalid(format!(
+                "{} bytes for {rows} rows of {cols} {ty} values, expected {}",
+                bytes.len(),
+                rows * row_bytes
+            )));
+        }
+        let codebook = match ty {
+            StorageType::Vq(f) => Some(Arc::new(f.parse_codebook(
+                codebook.ok_or_else(|| DecodeError::Invalid("a VQ tensor needs its codebook".into()))?,
+                cols,
+            )?)),
+            _ => None,
+        };
+        Ok(PackedMatrix { ty, bytes, codebook, rows, cols, row_bytes })
+    }
+
+    /// The storage type.
+    pub fn ty(&self) -> StorageType {
+        self.ty
+    }
+
+    /// Stored rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes held (the rows; a VQ codebook is counted by its file, not here).
+    pub fn stored_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Decodes rows `r0 ..` into `out` (a whole number of rows of `cols` values).
+    pub fn decode_rows(&self, r0: usize, out: &mut [f32]) {
+        let n = out.len() / self.cols.max(1);
+        assert!(out.len() == n * self.cols && r0 + n <= self.rows, "decode_rows: rows out of range");
+        let bytes = &self.bytes[r0 * self.row_bytes..(r0 + n) * self.row_bytes];
+        self.decode_into(bytes, out);
+    }
+
+    /// The whole matrix as f32 (for the paths that need dense weights: GPTQ, tests).
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols.max(1) * 64).enumerate().for_each(|(i, o)| self.decode_rows(i * 64, o));
+        out
+    }
+
+    fn decode_into(&self, bytes: &[u8], out: &mut [f32]) {
+        match self.ty {
+            StorageType::Ggml(t) => {
+                let f = t.facts();
+                for (b, o) in bytes.chunks_exact(f.bytes).zip(out.chunks_exact_mut(f.block)) {
+                    (f.decode)(b, o);
+                }
+            }
+            StorageType::Native(f) => f.decode_row(bytes, out),
+            StorageType::Vq(f) => {
+                let book = self.codebook.as_ref().expect("checked in new");
+                for (r, o) in bytes.chunks_exact(self.row_bytes).zip(out.chunks_exact_mut(self.cols)) {
+                    f.decode_row(book, r, o);
+                }
+            }
+        }
+    }
+
+    /// `out[t×rows] = x[t×cols] · Wᵀ`. With `act` (llama.cpp numerics), each row of `x`
+    /// is first quantized to that activation type, as ggml's CPU backend does.
+    pub fn matmul(&self, x: &[f32], t: usize, act: Option<GgmlType>, out: &mut [f32]) {
+        self.matmul_at(Level::detected(), x, t, act, out)
+    }
+
+    /// [`PackedMatrix::matmul`] with the kernels of one instruction-set level (tests,
+    /// benchmarks).
+    pub fn matmul_at(&self, level: Level, x: &[f32], t: usize, act: Option<GgmlType>, out: &mut [f32]) {
+        let (k, n) = (self.cols, self.rows);
+        assert_eq!(x.len(), t * k, "matmul: x is not t×k");
+        assert_eq!(out.len(), t * n, "matmul: out is not t×n");
+        if t == 0 || n == 0 {
+            return;
+        }
+        // Activation types only apply where the row splits into their blocks.
+        let act = act.filter(|a| k.is_multiple_of(a.block_size()));
+        if t > MAX_ROWS {
+            return self.matmul_tiles(x, t, act, out);
+        }
+        if t == 1 {
+            return self.matmul_rows(level, x, act, out);
+        }
+        let mut tmp = vec![0.0f32; n * t];
+        self.matmul_rows(level, x, act, &mut tmp);
+        for (r, row) in tmp.chunks_exact(t).enumerate() {
+            for (i, v) in row.iter().enumerate() {
+                out[i * n + r] = *v;
+            }
+        }
+    }
+
+    /// The few-rows path: writes `dst[r·t + i]` (row-major by weight row).
+    fn matmul_rows(&self, level: Level, x: &[f32], act: Option<GgmlType>, dst: &mut [f32]) {
+        let (k, n) = (self.cols, self.rows);
+        let t = x.len() / k;
+        let kernel = match self.ty {
+            StorageType::Ggml(g) => g.facts().kernel,
+            _ => None,
+        };
+        // Rows per work item: ~32 KiB of weights, whole rows (the split never changes
+        // what any one output sums).
+        let per = (32768 / self.row_bytes.max(1)).clamp(1, n);
+        let chunks = dst.par_chunks_mut(per * t).zip(self.bytes.par_chunks(per * self.row_bytes));
+        match (kernel, act) {
+            (Some(kern), Some(a @ (GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K))) => {
+                let qrows: Vec<QuantRow> = x
+                    .chunks_exact(k)
+                    .map(|xr| {
+                        let mut q = QuantRow::default();
+                        q.quantize(xr, a);
+                        q
+                    })
+                    .collect();
+                chunks.for_each(|(o, w)| (kern.quant)(level, w, self.row_bytes, &qrows, o));
+            }
+            (Some(kern), None) => {
+                let xs = exact_rows(x, k, None);
+                chunks.for_each(|(o, w)| (kern.exact)(level, w, self.row_bytes, &xs, o));
+            }
+            (_, act) => {
+                let xs = exact_rows(x, k, act);
+                let decode = |b: &[u8], o: &mut [f32]| self.decode_into(b, o);
+                chunks.for_each_init(Vec::new, |buf, (o, w)| {
+                    rows::decoded_f32(level, &decode, w, self.row_bytes, &xs, o, buf)
+                });
+            }
+        }
+    }
+
+    /// The many-rows path: tiles of weight rows decoded to f32, multiplied by all of `x`.
+    fn matmul_tiles(&self, x: &[f32], t: usize, act: Option<GgmlType>, out: &mut [f32]) {
+        let (k, n) = (self.cols, self.rows);
+        let xq;
+        let x = match act {
+            Some(a) => {
+                let mut v = x.to_vec();
+                v.par_chunks_mut(k).for_each(|r| fake_quantize_row(r, a));
+                xq = v;
+                &xq[..]
+            }
+            None => x,
+        };
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..n.div_ceil(TILE_ROWS)).into_par_iter().for_each_init(Vec::new, |buf: &mut Vec<f32>, tile| {
+            let r0 = tile * TILE_ROWS;
+            let rows = TILE_ROWS.min(n - r0);
+            buf.resize(rows * k, 0.0);
+            self.decode_rows(r0, buf);
+            let dst = out_ptr;
+            // SAFETY: `out` holds t×n f32 (asserted in matmul_at); this tile writes only
+            // columns r0..r0+rows of each of its t rows (dst = out + r0, row stride n,
+            // column stride 1, rows ≤ n − r0), and tiles cover disjoint column ranges, so
+            // no two tasks write the same element and nothing reads `out` meanwhile. `x`
+            // holds t×k values (row stride k), `buf` rows×k (read as its transpose:
+            // element (i, j) at buf[j·k + i]). gemm runs on this thread only
+            // (Parallelism::None), so its result does not depend on the thread count.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    rows,
+                    k,
+                    dst.0.add(r0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    buf.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    }
+}
+
+/// The output pointer shared by the tile tasks (each writes its own columns).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the pointer is only used by `matmul_tiles`, whose tasks write disjoint elements
+// of a buffer that outlives them (the parallel loop ends before `matmul_tiles` returns).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; shared references to the wrapper only copy the pointer.
+unsafe impl Sync for SendPtr {}
+
+/// `t` rows of `x` as exact rows, first rounded to activation type `act` when given.
+fn exact_rows(x: &[f32], k: usize, act: Option<GgmlType>) -> Vec<ExactRow> {
+    x.chunks_exact(k)
+        .map(|xr| {
+            let mut e = ExactRow::default();
+            e.set(xr);
+            if let Some(a) = act {
+                fake_quantize_row(&mut e.x, a);
+                e.set(&e.x.clone());
+            }
+            e
+        })
+        .collect()
+}

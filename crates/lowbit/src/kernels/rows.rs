@@ -1,0 +1,181 @@
+//! The row loops: a run of stored weight rows times a few activation rows (generation,
+//! short batches). Each output is one row's dot product with one activation row, computed
+//! the same way whatever the thread split — so logits do not depend on the thread count.
+//!
+//! Integer kernels (llama.cpp numerics) sum `w·q` exactly in i32 per block and scale once
+//! per block, as ggml's `vec_dot_*` do; exact kernels sum `w·x` in 16 fixed f32 lanes per
+//! block. Output layout: `out[r·t + i]` for stored row `r` and activation row `i`.
+
+use super::acts::{ExactRow, QuantRow};
+use super::blocks::{Small, SmallBlock, Super, SuperBlock};
+use super::isa::multiversion;
+
+/// Most activation rows the row loops take at once (longer batches go through tiles).
+pub const MAX_ROWS: usize = 8;
+
+/// Sums 16 lanes in a fixed tree order.
+#[inline(always)]
+pub(crate) fn hsum16(l: &[f32; 16]) -> f32 {
+    let mut a = [0f32; 8];
+    for i in 0..8 {
+        a[i] = l[i] + l[i + 8];
+    }
+    let b = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (b[0] + b[2]) + (b[1] + b[3])
+}
+
+/// `Σ w[j]·x[j]` over 16·n values in 16 fixed lanes.
+#[inline(always)]
+pub(crate) fn dot_lanes(w: &[i16], x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for (wc, xc) in w.chunks_exact(16).zip(x.chunks_exact(16)) {
+        for l in 0..16 {
+            lanes[l] += wc[l] as f32 * xc[l];
+        }
+    }
+    hsum16(&lanes)
+}
+
+/// `Σ a[j]·b[j]` over 16·n f32 values in 16 fixed lanes, then the tail in order.
+#[inline(always)]
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n16 = a.len() / 16 * 16;
+    let mut lanes = [0f32; 16];
+    for (ac, bc) in a[..n16].chunks_exact(16).zip(b[..n16].chunks_exact(16)) {
+        for l in 0..16 {
+            lanes[l] += ac[l] * bc[l];
+        }
+    }
+    let mut s = hsum16(&lanes);
+    for (x, y) in a[n16..].iter().zip(&b[n16..]) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline(always)]
+fn dot_i16(w: &[i16], q: &[i16]) -> i32 {
+    let mut s = 0i32;
+    for (a, b) in w.iter().zip(q) {
+        s += *a as i32 * *b as i32;
+    }
+    s
+}
+
+multiversion! {
+    /// Super-block rows × Q8_K activation rows.
+    fn super_q8k<K: SuperBlock>(rows: &[u8], row_bytes: usize, acts: &[QuantRow], out: &mut [f32]) {
+        let t = acts.len();
+        let mut s = Super::default();
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+            let mut acc = [0f32; MAX_ROWS];
+            for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                K::unpack(b, &mut s);
+                for (a, acc) in acts.iter().zip(acc.iter_mut()) {
+                    let sumi = dot_i16(&s.w, &a.q[256 * ib..256 * ib + 256]);
+                    let mut summ = 0i32;
+                    if K::HAS_MIN {
+                        for (m, b) in s.mins.iter().zip(&a.bsums[16 * ib..16 * ib + 16]) {
+                            summ += *m as i32 * b;
+                        }
+                    }
+                    *acc += a.d[ib] * (s.d * sumi as f32 - s.dmin * summ as f32);
+                }
+            }
+            o.copy_from_slice(&acc[..t]);
+        }
+    }
+}
+
+multiversion! {
+    /// Super-block rows × f32 activation rows.
+    fn super_f32<K: SuperBlock>(rows: &[u8], row_bytes: usize, xs: &[ExactRow], out: &mut [f32]) {
+        let t = xs.len();
+        let mut s = Super::default();
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+            let mut acc = [0f32; MAX_ROWS];
+            for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                K::unpack(b, &mut s);
+                for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+                    let dot = dot_lanes(&s.w, &x.x[256 * ib..256 * ib + 256]);
+                    let mut m = 0f32;
+                    if K::HAS_MIN {
+                        for (mn, sum) in s.mins.iter().zip(&x.sum16[16 * ib..16 * ib + 16]) {
+                            m += *mn as f32 * sum;
+                        }
+                    }
+                    *acc += s.d * dot - s.dmin * m;
+                }
+            }
+            o.copy_from_slice(&acc[..t]);
+        }
+    }
+}
+
+multiversion! {
+    /// 32-value-block rows × Q8_0/Q8_1 activation rows.
+    fn small_q8<K: SmallBlock>(rows: &[u8], row_bytes: usize, acts: &[QuantRow], out: &mut [f32]) {
+        let t = acts.len();
+        let mut s = Small::default();
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+            let mut acc = [0f32; MAX_ROWS];
+            for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                K::unpack(b, &mut s);
+                for (a, acc) in acts.iter().zip(acc.iter_mut()) {
+                    let sumi = dot_i16(&s.w, &a.q[32 * ib..32 * ib + 32]);
+                    *acc += s.d * a.d[ib] * sumi as f32;
+                    if K::HAS_MIN {
+                        *acc += s.m * a.s[ib];
+                    }
+                }
+            }
+            o.copy_from_slice(&acc[..t]);
+        }
+    }
+}
+
+multiversion! {
+    /// 32-value-block rows × f32 activation rows.
+    fn small_f32<K: SmallBlock>(rows: &[u8], row_bytes: usize, xs: &[ExactRow], out: &mut [f32]) {
+        let t = xs.len();
+        let mut s = Small::default();
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+            let mut acc = [0f32; MAX_ROWS];
+            for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                K::unpack(b, &mut s);
+                for (x, acc) in xs.iter().zip(acc.iter_mut()) {
+                    let dot = dot_lanes(&s.w, &x.x[32 * ib..32 * ib + 32]);
+                    *acc += s.d * dot;
+                    if K::HAS_MIN {
+                        *acc += s.m * (x.sum16[2 * ib] + x.sum16[2 * ib + 1]);
+                    }
+                }
+            }
+            o.copy_from_slice(&acc[..t]);
+        }
+    }
+}
+
+multiversion! {
+    /// Rows of any type × f32 activation rows: each row decoded to f32 once (by
+    /// `decode`), then dotted with every activation row — the path for types without an
+    /// integer form, and for llama.cpp numerics on activations already rounded.
+    fn decoded_f32<D: Fn(&[u8], &mut [f32])>(
+        decode: &D,
+        rows: &[u8],
+        row_bytes: usize,
+        xs: &[ExactRow],
+        out: &mut [f32],
+        buf: &mut Vec<f32>,
+    ) {
+        let t = xs.len();
+        let k = xs.first().map_or(0, |x| x.x.len());
+        buf.resize(k, 0.0);
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+            decode(row, buf);
+            for (x, o) in xs.iter().zip(o.iter_mut()) {
+                *o = dot_f32(buf, &x.x);
+            }
+        }
+    }
+}
