@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench_cmd;
 mod calibrate_cmd;
 mod eval_cmd;
 mod inspect_cmd;
@@ -62,6 +63,8 @@ enum Command {
     },
     /// Continue a prompt (greedy by default), streaming the text.
     Run(run_cmd::RunArgs),
+    /// Prompt-processing and generation speed (tokens/s), as llama-bench reports them.
+    Bench(bench_cmd::BenchArgs),
     /// Print the token ids of a text, as the model's tokenizer splits it.
     Tokenize {
         /// The model (GGUF path or zoo name).
@@ -106,6 +109,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => eval_cmd::run(args)?,
         Command::Run(args) => run_cmd::run(args)?,
+        Command::Bench(args) => bench_cmd::run(args)?,
         Command::Quantize(args) => quantize_cmd::run(args)?,
         Command::Sweep(args) => sweep_cmd::run(args)?,
         Command::Calibrate(args) => calibrate_cmd::run(args)?,

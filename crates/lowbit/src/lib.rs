@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod atomic;
+pub mod bench;
 pub mod calibrate;
 pub mod convert;
 pub mod error;

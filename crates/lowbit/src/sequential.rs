@@ -85,11 +85,13 @@ pub fn sequential_gptq(
             let n = lin.in_features;
             let xtx = r.hessian().expect("recorded with a Hessian");
             let calibration = Calibration { importance: Some(&importance), hessian: Some(&xtx) };
-            let encoded = quantize_tensor(t.target, &lin.weight, n, Method::Gptq, &calibration, options)
+            let dense = lin.weight.dense();
+            let encoded = quantize_tensor(t.target, &dense, n, Method::Gptq, &calibration, options)
                 .map_err(|e| crate::quantize::encode_error(source, &lin.name, t.target, e))?;
-            lin.weight = encoded
-                .decode(t.target, lin.weight.len(), n)
+            let decoded = encoded
+                .decode(t.target, dense.len(), n)
                 .map_err(|e| Error::tensor(source, &lin.name, format!("cannot decode its {}: {e}", t.target)))?;
+            lin.weight = crate::model::Weight::Dense(decoded);
             result.encoded.insert(lin.name.clone(), encoded);
         }
         // 3. The next block's inputs, through the quantized block.

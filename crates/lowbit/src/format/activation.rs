@@ -12,18 +12,20 @@ pub fn vec_dot_type(w: GgmlType) -> Option<GgmlType> {
     w.facts().vec_dot
 }
 
-/// Replaces each value of `row` by its value after quantizing to `ty` and back (round
-/// trip through ggml's reference `quantize_row_q8_*`), when the row length allows it.
+/// Replaces each value of `row` by its value after quantizing to `ty` and back, as
+/// ggml's x86 CPU backend quantizes activations (`quantize_row_q8_0/q8_1` in
+/// `arch/x86/quants.c`: `id = 127/amax`, half to even; `q8_K`: the reference, whose
+/// `nearest_int` rounds half to even too), when the row length allows it.
 pub fn fake_quantize_row(row: &mut [f32], ty: GgmlType) {
     match ty {
         GgmlType::Q8_0 | GgmlType::Q8_1 if row.len().is_multiple_of(32) => {
             for b in row.chunks_exact_mut(32) {
                 let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                 let dh = half::f16::from_f32(d).to_f32();
                 for v in b.iter_mut() {
-                    *v = (*v * id).round() * dh;
+                    *v = (*v * id).round_ties_even() * dh;
                 }
             }
         }
@@ -37,7 +39,7 @@ pub fn fake_quantize_row(row: &mut [f32], ty: GgmlType) {
                 let iscale = -127.0 / max;
                 let d = 1.0 / iscale;
                 for v in b.iter_mut() {
-                    let q = ((iscale * *v).round() as i32).min(127);
+                    let q = ((iscale * *v).round_ties_even() as i32).min(127);
                     *v = q as f32 * d;
                 }
             }

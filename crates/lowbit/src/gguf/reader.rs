@@ -73,6 +73,12 @@ enum Backing {
     Owned(Vec<u8>),
 }
 
+impl AsRef<[u8]> for Backing {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl std::ops::Deref for Backing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -86,7 +92,7 @@ impl std::ops::Deref for Backing {
 /// An open GGUF file: parsed header plus a memory map of the whole file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Backing,
+    mmap: std::sync::Arc<Backing>,
     /// Format version (2 or 3).
     pub version: u32,
     /// Metadata in file order.
@@ -377,7 +383,7 @@ impl GgufFile {
             }
         }
         super::native::resolve(&path, &metadata, &mut tensors)?;
-        Ok(GgufFile { path, mmap, version, metadata, tensors, alignment, data_offset, by_name })
+        Ok(GgufFile { path, mmap: std::sync::Arc::new(mmap), version, metadata, tensors, alignment, data_offset, by_name })
     }
 
     /// The file this was read from.
@@ -414,6 +420,15 @@ impl GgufFile {
         })?;
         let start = (self.data_offset + info.offset) as usize;
         Ok((info, &self.mmap[start..start + n as usize]))
+    }
+
+    /// The stored bytes of tensor `name` as a handle that keeps the memory map alive (no
+    /// copy): what the quantized runtime computes on.
+    pub fn tensor_shared(&self, name: &str) -> Result<(&TensorInfo, crate::kernels::WeightBytes)> {
+        let (info, bytes) = self.tensor_bytes(name)?;
+        let start = (self.data_offset + info.offset) as usize;
+        let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = self.mmap.clone();
+        Ok((info, crate::kernels::WeightBytes::shared(owner, start, bytes.len())))
     }
 
     /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored).

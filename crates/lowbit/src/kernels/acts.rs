@@ -1,6 +1,8 @@
 //! Activations prepared for the kernels, once per token row: quantized to the integer
-//! blocks llama.cpp's CPU backend uses (`quantize_row_q8_0/q8_1/q8_K`, the same
-//! arithmetic as [`crate::format::activation::fake_quantize_row`]), or kept in f32 with
+//! blocks llama.cpp's CPU backend uses on x86 (`quantize_row_q8_0/q8_1` of
+//! `ggml-cpu/arch/x86/quants.c`: `id = 127/amax`, rounding half to even; `q8_K`:
+//! `quantize_row_q8_K_ref`, whose `nearest_int` also rounds half to even) — the same
+//! arithmetic as [`crate::format::activation::fake_quantize_row`] — or kept in f32 with
 //! the per-16 sums the minimum terms need (exact numerics).
 
 use crate::format::GgmlType;
@@ -28,38 +30,40 @@ impl QuantRow {
         self.bsums.clear();
         match ty {
             GgmlType::Q8_0 | GgmlType::Q8_1 => {
-                for b in x.chunks_exact(32) {
-                    let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let nb = x.len() / 32;
+                self.q.resize(x.len(), 0);
+                for (b, q) in x.chunks_exact(32).zip(self.q.chunks_exact_mut(32)) {
+                    let amax = abs_max(b);
                     let d = amax / 127.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                     let mut sum = 0i32;
-                    for &v in b {
-                        let q = (v * id).round() as i16;
-                        sum += q as i32;
-                        self.q.push(q);
+                    for (q, &v) in q.iter_mut().zip(b) {
+                        *q = (v * id).round_ties_even() as i16;
+                        sum += *q as i32;
                     }
                     self.d.push(half::f16::from_f32(d).to_f32());
                     if ty == GgmlType::Q8_1 {
                         self.s.push(half::f16::from_f32(sum as f32 * d).to_f32());
                     }
                 }
+                debug_assert_eq!(self.d.len(), nb);
             }
             GgmlType::Q8_K => {
-                for b in x.chunks_exact(256) {
+                self.q.resize(x.len(), 0);
+                for (b, q) in x.chunks_exact(256).zip(self.q.chunks_exact_mut(256)) {
                     let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
                     if max == 0.0 {
-                        self.q.extend(std::iter::repeat_n(0, 256));
+                        q.fill(0);
                         self.bsums.extend(std::iter::repeat_n(0, 16));
                         self.d.push(0.0);
                         continue;
                     }
                     let iscale = -127.0 / max;
-                    for g in b.chunks_exact(16) {
+                    for (g, qg) in b.chunks_exact(16).zip(q.chunks_exact_mut(16)) {
                         let mut sum = 0i32;
-                        for &v in g {
-                            let q = ((iscale * v).round() as i32).min(127) as i16;
-                            sum += q as i32;
-                            self.q.push(q);
+                        for (q, &v) in qg.iter_mut().zip(g) {
+                            *q = ((iscale * v).round_ties_even() as i32).min(127) as i16;
+                            sum += *q as i32;
                         }
                         self.bsums.push(sum);
                     }
@@ -69,6 +73,17 @@ impl QuantRow {
             other => panic!("QuantRow::quantize: {other} is not an activation type"),
         }
     }
+}
+
+/// Largest |v| (16 lanes, then across them: the order does not change a maximum).
+fn abs_max(b: &[f32]) -> f32 {
+    let mut m = [0f32; 16];
+    for c in b.chunks_exact(16) {
+        for l in 0..16 {
+            m[l] = m[l].max(c[l].abs());
+        }
+    }
+    m.iter().fold(0f32, |a, &v| a.max(v))
 }
 
 /// One f32 activation row and its per-16 sums (for the `dmin·min` terms).

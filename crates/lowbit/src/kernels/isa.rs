@@ -55,25 +55,25 @@ impl Level {
 
 /// Defines `pub(crate) fn $name<K: Bound>(level: Level, args…)` whose body is compiled
 /// three times: with AVX-512, with AVX2 and for the build's baseline, and runs the
-/// variant `level` names. The body is plain Rust written so that the compiler vectorises
-/// it (fixed-width lane arrays, integer sums); the target features let it use the wide
-/// registers. Results do not depend on the level: integer sums are exact, and float sums
-/// run in the same fixed lanes in every variant (no fused multiply-add is introduced).
+/// variant `level` names. In the body, `S` is that level's [`super::simd::Simd`] (its
+/// vector operations); the rest is plain Rust the compiler vectorises with the level's
+/// target features. Results do not depend on the level: integer sums are exact, and
+/// float sums run in the same fixed lanes in every variant (no fused multiply-add).
 macro_rules! multiversion {
     ($(#[$m:meta])* fn $name:ident<$K:ident: $B:path>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         pub(crate) fn $name<$K: $B>(level: $crate::kernels::isa::Level, $($arg: $ty),*) {
             #[inline(always)]
-            fn body<$K: $B>($($arg: $ty),*) $body
+            fn body<$K: $B, S: $crate::kernels::simd::Simd>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
             fn v4<$K: $B>($($arg: $ty),*) {
-                body::<$K>($($arg),*)
+                body::<$K, $crate::kernels::simd::Avx512>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c")]
             fn v3<$K: $B>($($arg: $ty),*) {
-                body::<$K>($($arg),*)
+                body::<$K, $crate::kernels::simd::Avx2>($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             match level {
@@ -86,7 +86,7 @@ macro_rules! multiversion {
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = level;
-            body::<$K>($($arg),*)
+            body::<$K, $crate::kernels::simd::Scalar>($($arg),*)
         }
     };
 }

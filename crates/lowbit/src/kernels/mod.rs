@@ -27,6 +27,7 @@ pub mod acts;
 pub mod blocks;
 pub mod isa;
 mod rows;
+mod simd;
 #[cfg(test)]
 mod tests;
 
@@ -180,6 +181,18 @@ impl PackedMatrix {
         out
     }
 
+    /// The first value that decodes to NaN or ±inf, with its index (row-major), if any.
+    /// Decodes tile by tile in parallel; keeps nothing.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        let tiles = self.rows.div_ceil(TILE_ROWS);
+        (0..tiles).into_par_iter().find_map_first(|tile| {
+            let r0 = tile * TILE_ROWS;
+            let mut buf = vec![0.0f32; TILE_ROWS.min(self.rows - r0) * self.cols];
+            self.decode_rows(r0, &mut buf);
+            buf.iter().position(|v| !v.is_finite()).map(|i| (r0 * self.cols + i, buf[i]))
+        })
+    }
+
     fn decode_into(&self, bytes: &[u8], out: &mut [f32]) {
         match self.ty {
             StorageType::Ggml(t) => {
@@ -282,10 +295,19 @@ impl PackedMatrix {
             None => x,
         };
         let out_ptr = SendPtr(out.as_mut_ptr());
-        (0..n.div_ceil(TILE_ROWS)).into_par_iter().for_each_init(Vec::new, |buf: &mut Vec<f32>, tile| {
+        (0..n.div_ceil(TILE_ROWS)).into_par_iter().for_each(|tile| {
             let r0 = tile * TILE_ROWS;
             let rows = TILE_ROWS.min(n - r0);
-            buf.resize(rows * k, 0.0);
+            with_scratch(rows * k, |buf| self.tile(r0, buf, x, t, out_ptr));
+        });
+    }
+
+    /// Decodes rows `r0..` into `buf` and multiplies them by all of `x` into their columns
+    /// of the output.
+    fn tile(&self, r0: usize, buf: &mut [f32], x: &[f32], t: usize, out_ptr: SendPtr) {
+        let (k, n) = (self.cols, self.rows);
+        let rows = buf.len() / k;
+        {
             self.decode_rows(r0, buf);
             let dst = out_ptr;
             // SAFETY: `out` holds t×n f32 (asserted in matmul_at); this tile writes only
@@ -318,8 +340,25 @@ impl PackedMatrix {
                     gemm::Parallelism::None,
                 );
             }
-        });
+        }
     }
+}
+
+thread_local! {
+    /// Each worker thread's tile buffer, kept between calls (a fresh large allocation
+    /// per tile is a fresh mapping the kernel zeroes page by page).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer, `len` values long.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut v = s.borrow_mut();
+        if v.len() < len {
+            v.resize(len, 0.0);
+        }
+        f(&mut v[..len])
+    })
 }
 
 /// The output pointer shared by the tile tasks (each writes its own columns).

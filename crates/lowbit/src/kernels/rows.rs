@@ -24,18 +24,6 @@ pub(crate) fn hsum16(l: &[f32; 16]) -> f32 {
     (b[0] + b[2]) + (b[1] + b[3])
 }
 
-/// `Σ w[j]·x[j]` over 16·n values in 16 fixed lanes.
-#[inline(always)]
-pub(crate) fn dot_lanes(w: &[i16], x: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    for (wc, xc) in w.chunks_exact(16).zip(x.chunks_exact(16)) {
-        for l in 0..16 {
-            lanes[l] += wc[l] as f32 * xc[l];
-        }
-    }
-    hsum16(&lanes)
-}
-
 /// `Σ a[j]·b[j]` over 16·n f32 values in 16 fixed lanes, then the tail in order.
 #[inline(always)]
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -53,36 +41,51 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-#[inline(always)]
-fn dot_i16(w: &[i16], q: &[i16]) -> i32 {
-    let mut s = 0i32;
-    for (a, b) in w.iter().zip(q) {
-        s += *a as i32 * *b as i32;
-    }
-    s
-}
-
 multiversion! {
     /// Super-block rows × Q8_K activation rows.
     fn super_q8k<K: SuperBlock>(rows: &[u8], row_bytes: usize, acts: &[QuantRow], out: &mut [f32]) {
         let t = acts.len();
         let mut s = Super::default();
-        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
-            let mut acc = [0f32; MAX_ROWS];
-            for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                K::unpack(b, &mut s);
-                for (a, acc) in acts.iter().zip(acc.iter_mut()) {
-                    let sumi = dot_i16(&s.w, &a.q[256 * ib..256 * ib + 256]);
-                    let mut summ = 0i32;
+        if let [a] = acts {
+            // One activation row (generation): the same arithmetic, accumulators in
+            // registers.
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out.iter_mut()) {
+                let mut acc = [0f32; 16];
+                let mut mn = 0f32;
+                for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                    K::unpack(b, &mut s);
+                    S::madd_scale(&mut acc, &s.w, &a.q[256 * ib..256 * ib + 256], a.d[ib] * s.d);
                     if K::HAS_MIN {
+                        let mut summ = 0i32;
                         for (m, b) in s.mins.iter().zip(&a.bsums[16 * ib..16 * ib + 16]) {
                             summ += *m as i32 * b;
                         }
+                        mn += a.d[ib] * s.dmin * summ as f32;
                     }
-                    *acc += a.d[ib] * (s.d * sumi as f32 - s.dmin * summ as f32);
+                }
+                *o = hsum16(&acc) - mn;
+            }
+            return;
+        }
+        for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
+            let mut acc = [[0f32; 16]; MAX_ROWS];
+            let mut mins = [0f32; MAX_ROWS];
+            for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                K::unpack(b, &mut s);
+                for ((a, acc), mn) in acts.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
+                    S::madd_scale(acc, &s.w, &a.q[256 * ib..256 * ib + 256], a.d[ib] * s.d);
+                    if K::HAS_MIN {
+                        let mut summ = 0i32;
+                        for (m, b) in s.mins.iter().zip(&a.bsums[16 * ib..16 * ib + 16]) {
+                            summ += *m as i32 * b;
+                        }
+                        *mn += a.d[ib] * s.dmin * summ as f32;
+                    }
                 }
             }
-            o.copy_from_slice(&acc[..t]);
+            for ((o, acc), mn) in o.iter_mut().zip(&acc).zip(&mins) {
+                *o = hsum16(acc) - mn;
+            }
         }
     }
 }
@@ -92,22 +95,44 @@ multiversion! {
     fn super_f32<K: SuperBlock>(rows: &[u8], row_bytes: usize, xs: &[ExactRow], out: &mut [f32]) {
         let t = xs.len();
         let mut s = Super::default();
+        if let [x] = xs {
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out.iter_mut()) {
+                let mut acc = [0f32; 16];
+                let mut mn = 0f32;
+                for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                    K::unpack(b, &mut s);
+                    S::fma_scale(&mut acc, &s.w, &x.x[256 * ib..256 * ib + 256], s.d);
+                    if K::HAS_MIN {
+                        let mut m = 0f32;
+                        for (v, sum) in s.mins.iter().zip(&x.sum16[16 * ib..16 * ib + 16]) {
+                            m += *v as f32 * sum;
+                        }
+                        mn += s.dmin * m;
+                    }
+                }
+                *o = hsum16(&acc) - mn;
+            }
+            return;
+        }
         for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
-            let mut acc = [0f32; MAX_ROWS];
+            let mut acc = [[0f32; 16]; MAX_ROWS];
+            let mut mins = [0f32; MAX_ROWS];
             for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
                 K::unpack(b, &mut s);
-                for (x, acc) in xs.iter().zip(acc.iter_mut()) {
-                    let dot = dot_lanes(&s.w, &x.x[256 * ib..256 * ib + 256]);
-                    let mut m = 0f32;
+                for ((x, acc), mn) in xs.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
+                    S::fma_scale(acc, &s.w, &x.x[256 * ib..256 * ib + 256], s.d);
                     if K::HAS_MIN {
+                        let mut m = 0f32;
                         for (mn, sum) in s.mins.iter().zip(&x.sum16[16 * ib..16 * ib + 16]) {
                             m += *mn as f32 * sum;
                         }
+                        *mn += s.dmin * m;
                     }
-                    *acc += s.d * dot - s.dmin * m;
                 }
             }
-            o.copy_from_slice(&acc[..t]);
+            for ((o, acc), mn) in o.iter_mut().zip(&acc).zip(&mins) {
+                *o = hsum16(acc) - mn;
+            }
         }
     }
 }
@@ -117,19 +142,36 @@ multiversion! {
     fn small_q8<K: SmallBlock>(rows: &[u8], row_bytes: usize, acts: &[QuantRow], out: &mut [f32]) {
         let t = acts.len();
         let mut s = Small::default();
+        if let [a] = acts {
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out.iter_mut()) {
+                let mut acc = [0f32; 16];
+                let mut mn = 0f32;
+                for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                    K::unpack(b, &mut s);
+                    S::madd_scale(&mut acc, &s.w, &a.q[32 * ib..32 * ib + 32], s.d * a.d[ib]);
+                    if K::HAS_MIN {
+                        mn += s.m * a.s[ib];
+                    }
+                }
+                *o = hsum16(&acc) + mn;
+            }
+            return;
+        }
         for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
-            let mut acc = [0f32; MAX_ROWS];
+            let mut acc = [[0f32; 16]; MAX_ROWS];
+            let mut mins = [0f32; MAX_ROWS];
             for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
                 K::unpack(b, &mut s);
-                for (a, acc) in acts.iter().zip(acc.iter_mut()) {
-                    let sumi = dot_i16(&s.w, &a.q[32 * ib..32 * ib + 32]);
-                    *acc += s.d * a.d[ib] * sumi as f32;
+                for ((a, acc), mn) in acts.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
+                    S::madd_scale(acc, &s.w, &a.q[32 * ib..32 * ib + 32], s.d * a.d[ib]);
                     if K::HAS_MIN {
-                        *acc += s.m * a.s[ib];
+                        *mn += s.m * a.s[ib];
                     }
                 }
             }
-            o.copy_from_slice(&acc[..t]);
+            for ((o, acc), mn) in o.iter_mut().zip(&acc).zip(&mins) {
+                *o = hsum16(acc) + mn;
+            }
         }
     }
 }
@@ -139,19 +181,36 @@ multiversion! {
     fn small_f32<K: SmallBlock>(rows: &[u8], row_bytes: usize, xs: &[ExactRow], out: &mut [f32]) {
         let t = xs.len();
         let mut s = Small::default();
+        if let [x] = xs {
+            for (row, o) in rows.chunks_exact(row_bytes).zip(out.iter_mut()) {
+                let mut acc = [0f32; 16];
+                let mut mn = 0f32;
+                for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
+                    K::unpack(b, &mut s);
+                    S::fma_scale(&mut acc, &s.w, &x.x[32 * ib..32 * ib + 32], s.d);
+                    if K::HAS_MIN {
+                        mn += s.m * (x.sum16[2 * ib] + x.sum16[2 * ib + 1]);
+                    }
+                }
+                *o = hsum16(&acc) + mn;
+            }
+            return;
+        }
         for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)) {
-            let mut acc = [0f32; MAX_ROWS];
+            let mut acc = [[0f32; 16]; MAX_ROWS];
+            let mut mins = [0f32; MAX_ROWS];
             for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
                 K::unpack(b, &mut s);
-                for (x, acc) in xs.iter().zip(acc.iter_mut()) {
-                    let dot = dot_lanes(&s.w, &x.x[32 * ib..32 * ib + 32]);
-                    *acc += s.d * dot;
+                for ((x, acc), mn) in xs.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
+                    S::fma_scale(acc, &s.w, &x.x[32 * ib..32 * ib + 32], s.d);
                     if K::HAS_MIN {
-                        *acc += s.m * (x.sum16[2 * ib] + x.sum16[2 * ib + 1]);
+                        *mn += s.m * (x.sum16[2 * ib] + x.sum16[2 * ib + 1]);
                     }
                 }
             }
-            o.copy_from_slice(&acc[..t]);
+            for ((o, acc), mn) in o.iter_mut().zip(&acc).zip(&mins) {
+                *o = hsum16(acc) + mn;
+            }
         }
     }
 }

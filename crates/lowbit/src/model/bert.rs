@@ -56,7 +56,7 @@ fn get(m: &SafetensorsModel, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
 fn linear(m: &SafetensorsModel, prefix: &str, out_f: usize, in_f: usize) -> Result<Linear> {
     Ok(Linear {
         name: format!("{prefix}.weight"),
-        weight: get(m, &format!("{prefix}.weight"), &[out_f, in_f])?,
+        weight: super::Weight::Dense(get(m, &format!("{prefix}.weight"), &[out_f, in_f])?),
         bias: Some(get(m, &format!("{prefix}.bias"), &[out_f])?),
         in_features: in_f,
         out_features: out_f,

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{GgufWeights, Linear};
+use super::{GgufWeights, Linear, Weight};
 use crate::error::Result;
 use crate::tensor::{apply_rope, gelu_tanh, multi_head_attention, rms_norm, rope_angles, silu};
 
@@ -91,8 +91,8 @@ pub struct Block {
 pub struct Decoder {
     /// Hyper-parameters.
     pub cfg: DecoderConfig,
-    /// Token embeddings, `vocab` rows of `d_model`.
-    pub tok_embd: Vec<f32>,
+    /// Token embeddings, `vocab` rows of `d_model` (also the output matrix when tied).
+    pub tok_embd: Weight,
     /// The blocks.
     pub blocks: Vec<Block>,
     /// Final norm.
@@ -194,7 +194,7 @@ impl Decoder {
     /// output layer (separate, or tied to the embedding in its stored type).
     pub fn assemble(w: &GgufWeights, cfg: DecoderConfig, blocks: Vec<Block>) -> Result<Decoder> {
         let (d, vocab) = (cfg.d_model, cfg.vocab);
-        let tok_embd = w.get("token_embd.weight", &[d, vocab])?;
+        let tok_embd = Weight::Packed(w.packed("token_embd.weight", d, vocab)?);
         let tied_act_quant = w.act_quant_for("token_embd.weight");
         let out_norm = w.get("output_norm.weight", &[d])?;
         let output = if w.has("output.weight") { Some(w.linear("output.weight", d, vocab)?) } else { None };
@@ -236,7 +236,10 @@ impl Decoder {
             if tok >= c.vocab {
                 return Err(crate::Error::Usage(format!("token id {tok} is outside the vocabulary of {}", c.vocab)));
             }
-            row.copy_from_slice(&self.tok_embd[tok * c.d_model..(tok + 1) * c.d_model]);
+            match &self.tok_embd {
+                Weight::Dense(e) => row.copy_from_slice(&e[tok * c.d_model..(tok + 1) * c.d_model]),
+                Weight::Packed(e) => e.decode_rows(tok, row),
+            }
             if c.embed_scale != 1.0 {
                 row.iter_mut().for_each(|v| *v *= c.embed_scale);
             }
@@ -309,7 +312,7 @@ impl Decoder {
     pub fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
         match &self.output {
             Some(o) => o.forward(hidden, t),
-            None => super::project(hidden, t, self.cfg.d_model, &self.tok_embd, self.cfg.vocab, self.tied_act_quant),
+            None => self.tok_embd.project(hidden, t, self.cfg.d_model, self.cfg.vocab, self.tied_act_quant),
         }
     }
 }
@@ -343,6 +346,16 @@ impl super::CausalLm for Decoder {
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut super::Linear> {
         let b = &mut self.blocks[il];
         vec![&mut b.wq, &mut b.wk, &mut b.wv, &mut b.wo, &mut b.w_gate, &mut b.w_up, &mut b.w_down]
+    }
+    fn weight_bytes_per_token(&self) -> u64 {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
+            .map(|l| l.weight.stored_bytes())
+            .sum();
+        let output = self.output.as_ref().map_or(self.tok_embd.stored_bytes(), |o| o.weight.stored_bytes());
+        (blocks + output) as u64
     }
     fn block_linears_mut(&mut self) -> Vec<&mut super::Linear> {
         self.blocks

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use super::decoder::{Activation, Block, Decoder, DecoderConfig, LayerAttention};
-use super::{Linear, LoadedLm};
+use super::{Linear, LoadedLm, Weight};
 use crate::error::{Error, Result};
 use crate::safetensors::SafetensorsModel;
 use crate::tokenizer::Tokenizer;
@@ -93,7 +93,7 @@ pub fn load(dir: &Path) -> Result<LoadedLm> {
         let bias = if st.tensor_bytes(&bias_name).is_ok() { Some(get(&bias_name, &[out_f])?) } else { None };
         Ok(Linear {
             name: format!("{name}.weight"),
-            weight,
+            weight: Weight::Dense(weight),
             bias,
             in_features: in_f,
             out_features: out_f,
@@ -121,7 +121,7 @@ pub fn load(dir: &Path) -> Result<LoadedLm> {
             attention: LayerAttention { rope_base, window: None },
         });
     }
-    let tok_embd = get("model.embed_tokens.weight", &[vocab, d])?;
+    let tok_embd = Weight::Dense(get("model.embed_tokens.weight", &[vocab, d])?);
     let out_norm = get("model.norm.weight", &[d])?;
     let has_head = st.tensor_bytes("lm_head.weight").is_ok();
     let output = if has_head && !tied { Some(linear("lm_head", d, vocab)?) } else { None };

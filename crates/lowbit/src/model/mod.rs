@@ -14,15 +14,57 @@ use crate::error::{Error, Result};
 use crate::format::activation::{fake_quantize_row, vec_dot_type};
 use crate::format::GgmlType;
 use crate::gguf::{GgufFile, TensorType, Value};
+use crate::kernels::PackedMatrix;
 use crate::tensor::matmul_wt;
 use crate::tokenizer::Tokenizer;
 
-/// A dense linear layer `y = x·Wᵀ (+ b)`, weights as f32 (out × in, row-major).
+/// A linear layer's weights (`out_features` rows of `in_features`, row-major).
+pub enum Weight {
+    /// Dense f32: what a float checkpoint holds, or a matrix quantized in memory and
+    /// decoded (sequential GPTQ).
+    Dense(Vec<f32>),
+    /// In its stored format (borrowed from the memory-mapped file): the quantized
+    /// runtime computes on it directly ([`crate::kernels`]).
+    Packed(PackedMatrix),
+}
+
+impl Weight {
+    /// The weights as f32 (a copy for packed weights: for the paths that need dense
+    /// values, one layer at a time — GPTQ, statistics).
+    pub fn dense(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Weight::Dense(v) => std::borrow::Cow::Borrowed(v),
+            Weight::Packed(p) => std::borrow::Cow::Owned(p.to_dense()),
+        }
+    }
+
+    /// Bytes held in memory or mapped.
+    pub fn stored_bytes(&self) -> usize {
+        match self {
+            Weight::Dense(v) => 4 * v.len(),
+            Weight::Packed(p) => p.stored_bytes(),
+        }
+    }
+
+    /// `t` rows of `x` (each `in_f` wide) times the weights transposed: `t × out_f`.
+    pub fn project(&self, x: &[f32], t: usize, in_f: usize, out_f: usize, act_quant: Option<GgmlType>) -> Vec<f32> {
+        match self {
+            Weight::Dense(w) => project(x, t, in_f, w, out_f, act_quant),
+            Weight::Packed(p) => {
+                let mut out = vec![0.0; t * out_f];
+                p.matmul(x, t, act_quant, &mut out);
+                out
+            }
+        }
+    }
+}
+
+/// A linear layer `y = x·Wᵀ (+ b)`.
 pub struct Linear {
     /// The tensor name it was loaded from.
     pub name: String,
     /// Weights, `out_features` rows of `in_features`.
-    pub weight: Vec<f32>,
+    pub weight: Weight,
     /// Optional bias.
     pub bias: Option<Vec<f32>>,
     /// Input width.
@@ -116,7 +158,7 @@ impl Linear {
         if let Some(r) = &self.recorder {
             r.record(x, t);
         }
-        let mut out = project(x, t, self.in_features, &self.weight, self.out_features, self.act_quant);
+        let mut out = self.weight.project(x, t, self.in_features, self.out_features, self.act_quant);
         if let Some(b) = &self.bias {
             for row in out.chunks_exact_mut(self.out_features) {
                 row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
@@ -159,6 +201,29 @@ impl GgufWeights<'_> {
         Ok(v)
     }
 
+    /// Tensor `name`, `rows` rows of `cols` values, in its stored format (no copy: bytes
+    /// borrowed from the memory map). Checks the shape and that every value decodes to a
+    /// finite number (one pass over the rows, nothing kept).
+    pub fn packed(&self, name: &str, cols: usize, rows: usize) -> Result<PackedMatrix> {
+        let (info, bytes) = self.file.tensor_shared(name).map_err(|_| {
+            Error::tensor(self.file.path(), name, "required by the architecture but missing")
+        })?;
+        let have: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
+        if have != [cols, rows] {
+            return Err(Error::tensor(self.file.path(), name, format!("shape {have:?}, expected {:?}", [cols, rows])));
+        }
+        let TensorType::Known(st) = info.ty else {
+            return Err(Error::tensor(self.file.path(), name, format!("unknown tensor type {}", info.ty)));
+        };
+        let codebook = crate::gguf::codebook_of(self.file, name, st)?;
+        let m = PackedMatrix::new(st, bytes, codebook, rows, cols)
+            .map_err(|e| Error::tensor(self.file.path(), name, e.to_string()))?;
+        if let Some((i, v)) = m.first_non_finite() {
+            return Err(Error::tensor(self.file.path(), name, format!("element {i} is {v} (NaN/inf weights)")));
+        }
+        Ok(m)
+    }
+
     /// Whether tensor `name` exists.
     pub fn has(&self, name: &str) -> bool {
         self.file.tensor_info(name).is_some()
@@ -166,7 +231,7 @@ impl GgufWeights<'_> {
 
     /// A linear layer stored as GGUF dims [in, out].
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
-        let weight = self.get(name, &[in_features, out_features])?;
+        let weight = Weight::Packed(self.packed(name, in_features, out_features)?);
         let act_quant = self.act_quant_for(name);
         Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant, recorder: None })
     }
@@ -217,6 +282,9 @@ pub trait CausalLm: Send + Sync {
     fn run_block(&self, il: usize, x: &mut [f32], t: usize);
     /// Block `il`'s linear layers.
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut Linear>;
+    /// Bytes of weight matrices one generated token reads: every block's linear layers
+    /// and the output matrix (the bound on generation speed is bandwidth / this).
+    fn weight_bytes_per_token(&self) -> u64;
 }
 
 /// A loaded language model and its tokenizer.

@@ -1,0 +1,145 @@
+//! The few vector operations the row loops are made of, once per instruction set. Each
+//! level computes exactly the same numbers (integer sums are exact and small enough to
+//! convert to f32 exactly; float lanes are multiplied and added separately, never fused),
+//! so results do not depend on the CPU — `kernels::tests` checks it bit for bit.
+//!
+//! Lane layout, shared by every level: 16 lanes; for 32 consecutive i16 values, lane `l`
+//! takes values `2l` and `2l + 1` (`vpmaddwd`'s pairs); for 16 f32 values, lane `l` takes
+//! value `l`.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// The row loops' vector operations.
+pub(crate) trait Simd {
+    /// `acc[l] += (Σ over the pairs of lane l of w·q) · s`, over 32·n values.
+    fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32);
+    /// `acc[l] += (Σ over lane l of w·x) · s`, over 16·n values.
+    fn fma_scale(acc: &mut [f32; 16], w: &[i16], x: &[f32], s: f32);
+}
+
+/// Plain Rust (the build's baseline instruction set).
+pub(crate) struct Scalar;
+
+impl Simd for Scalar {
+    #[inline(always)]
+    fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32) {
+        let mut p = [0i32; 16];
+        for (wc, qc) in w.chunks_exact(32).zip(q.chunks_exact(32)) {
+            for l in 0..16 {
+                p[l] += wc[2 * l] as i32 * qc[2 * l] as i32 + wc[2 * l + 1] as i32 * qc[2 * l + 1] as i32;
+            }
+        }
+        for l in 0..16 {
+            acc[l] += p[l] as f32 * s;
+        }
+    }
+
+    #[inline(always)]
+    fn fma_scale(acc: &mut [f32; 16], w: &[i16], x: &[f32], s: f32) {
+        let mut p = [0f32; 16];
+        for (wc, xc) in w.chunks_exact(16).zip(x.chunks_exact(16)) {
+            for l in 0..16 {
+                p[l] += wc[l] as f32 * xc[l];
+            }
+        }
+        for l in 0..16 {
+            acc[l] += p[l] * s;
+        }
+    }
+}
+
+/// AVX-512 (F, BW): one 512-bit register holds the 16 lanes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    #[inline(always)]
+    fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32) {
+        assert!(w.len() == q.len() && w.len().is_multiple_of(32));
+        // SAFETY: only called from the AVX-512 variants of the row loops, which run only
+        // where `Level::supported` found avx512f and avx512bw; every load reads 32 i16
+        // inside `w` or `q` (length checked above), and `acc` is 16 f32.
+        unsafe {
+            let mut p = _mm512_setzero_si512();
+            for i in (0..w.len()).step_by(32) {
+                let a = _mm512_loadu_si512(w.as_ptr().add(i).cast());
+                let b = _mm512_loadu_si512(q.as_ptr().add(i).cast());
+                p = _mm512_add_epi32(p, _mm512_madd_epi16(a, b));
+            }
+            let f = _mm512_mul_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(s));
+            let a = _mm512_loadu_ps(acc.as_ptr());
+            _mm512_storeu_ps(acc.as_mut_ptr(), _mm512_add_ps(a, f));
+        }
+    }
+
+    #[inline(always)]
+    fn fma_scale(acc: &mut [f32; 16], w: &[i16], x: &[f32], s: f32) {
+        assert!(w.len() == x.len() && w.len().is_multiple_of(16));
+        // SAFETY: as in `madd_scale`; every load reads 16 values inside `w` or `x`.
+        unsafe {
+            let mut p = _mm512_setzero_ps();
+            for i in (0..w.len()).step_by(16) {
+                let wi = _mm512_cvtepi16_epi32(_mm256_loadu_si256(w.as_ptr().add(i).cast()));
+                let xv = _mm512_loadu_ps(x.as_ptr().add(i));
+                p = _mm512_add_ps(p, _mm512_mul_ps(_mm512_cvtepi32_ps(wi), xv));
+            }
+            let f = _mm512_mul_ps(p, _mm512_set1_ps(s));
+            let a = _mm512_loadu_ps(acc.as_ptr());
+            _mm512_storeu_ps(acc.as_mut_ptr(), _mm512_add_ps(a, f));
+        }
+    }
+}
+
+/// AVX2: two 256-bit registers hold the 16 lanes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    #[inline(always)]
+    fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32) {
+        assert!(w.len() == q.len() && w.len().is_multiple_of(32));
+        // SAFETY: only called from the AVX2 variants of the row loops, which run only
+        // where `Level::supported` found avx2; every load reads 16 i16 inside `w` or `q`
+        // (length checked above), and `acc` is 16 f32.
+        unsafe {
+            let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for i in (0..w.len()).step_by(32) {
+                let a0 = _mm256_loadu_si256(w.as_ptr().add(i).cast());
+                let b0 = _mm256_loadu_si256(q.as_ptr().add(i).cast());
+                let a1 = _mm256_loadu_si256(w.as_ptr().add(i + 16).cast());
+                let b1 = _mm256_loadu_si256(q.as_ptr().add(i + 16).cast());
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a0, b0));
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a1, b1));
+            }
+            let sv = _mm256_set1_ps(s);
+            let f0 = _mm256_mul_ps(_mm256_cvtepi32_ps(lo), sv);
+            let f1 = _mm256_mul_ps(_mm256_cvtepi32_ps(hi), sv);
+            _mm256_storeu_ps(acc.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr()), f0));
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8), _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr().add(8)), f1));
+        }
+    }
+
+    #[inline(always)]
+    fn fma_scale(acc: &mut [f32; 16], w: &[i16], x: &[f32], s: f32) {
+        assert!(w.len() == x.len() && w.len().is_multiple_of(16));
+        // SAFETY: as in `madd_scale`; every load reads 8 values inside `w` or `x`.
+        unsafe {
+            let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for i in (0..w.len()).step_by(16) {
+                let w0 = _mm256_cvtepi16_epi32(_mm_loadu_si128(w.as_ptr().add(i).cast()));
+                let w1 = _mm256_cvtepi16_epi32(_mm_loadu_si128(w.as_ptr().add(i + 8).cast()));
+                let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
+                let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
+                lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_cvtepi32_ps(w0), x0));
+                hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_cvtepi32_ps(w1), x1));
+            }
+            let sv = _mm256_set1_ps(s);
+            let (f0, f1) = (_mm256_mul_ps(lo, sv), _mm256_mul_ps(hi, sv));
+            _mm256_storeu_ps(acc.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr()), f0));
+            _mm256_storeu_ps(acc.as_mut_ptr().add(8), _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr().add(8)), f1));
+        }
+    }
+}
