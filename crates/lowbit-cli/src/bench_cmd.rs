@@ -54,6 +54,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "size_bytes": size,
             "numerics": if a.exact { "exact" } else { "llama.cpp" },
             "threads": r.threads,
+            "isa": format!("{:?}", lowbit::kernels::isa::Level::detected()),
             "pp": r.pp.as_ref().map(|s| s.mean),
             "tg": r.tg.as_ref().map(|s| s.mean),
             "pp_samples": r.pp.as_ref().map(|s| &s.samples),
@@ -67,11 +68,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let name = path.file_name().map_or_else(|| a.model.clone(), |n| n.to_string_lossy().to_string());
     let numerics = if a.exact { "exact" } else { "llama.cpp" };
+    let numerics = format!("{numerics}, {:?}", lowbit::kernels::isa::Level::detected());
     println!("| model | size | numerics | threads | test | t/s |");
     println!("| --- | ---: | --- | ---: | ---: | ---: |");
     let mib = size as f64 / (1 << 20) as f64;
     if let Some(s) = &r.pp {
-        println!("| {name} | {mib:.2} MiB | {numerics} | {} | pp{} | {:.2} ± {:.2} |", r.threads, a.prompt, s.mean, s.std);
+        println!(
+            "| {name} | {mib:.2} MiB | {numerics} | {} | pp{} | {:.2} ± {:.2} |",
+            r.threads, a.prompt, s.mean, s.std
+        );
     }
     if let Some(s) = &r.tg {
         println!(

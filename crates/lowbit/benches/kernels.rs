@@ -23,14 +23,16 @@ fn main() {
     } else {
         args
     };
-    let (rows, cols) = (1536, 2048);
+    let rows: usize = std::env::var("ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
+    let cols: usize = std::env::var("COLS").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i as f32) * 0.37).sin() * 0.05).collect();
     println!("| type | level | numerics | tg GB/s | tg weights/ns | pp512 GFLOP/s |");
     println!("|---|---|---|---:|---:|---:|");
     for name in names {
         let st = StorageType::from_name(&name).expect("a type name");
-        let enc = quantize_tensor(st, &w, cols, Method::Rtn, &Calibration::default(), &MethodOptions::default()).unwrap();
+        let enc =
+            quantize_tensor(st, &w, cols, Method::Rtn, &Calibration::default(), &MethodOptions::default()).unwrap();
         let book = enc.vq.as_ref().map(|v| v.codebook.clone());
         let m = PackedMatrix::new(st, WeightBytes::owned(enc.bytes), book.as_deref(), rows, cols).unwrap();
         let act = match st {

@@ -119,8 +119,7 @@ pub fn bench(lm: &LoadedLm, o: &BenchOptions) -> Result<BenchResult> {
     };
     let weight_bytes_per_token = m.weight_bytes_per_token();
     let read_bandwidth = read_bandwidth(weight_bytes_per_token as usize);
-    let tg_bandwidth_fraction =
-        tg.as_ref().map(|s| s.mean / (read_bandwidth / weight_bytes_per_token.max(1) as f64));
+    let tg_bandwidth_fraction = tg.as_ref().map(|s| s.mean / (read_bandwidth / weight_bytes_per_token.max(1) as f64));
     Ok(BenchResult {
         pp,
         tg,

@@ -383,7 +383,16 @@ impl GgufFile {
             }
         }
         super::native::resolve(&path, &metadata, &mut tensors)?;
-        Ok(GgufFile { path, mmap: std::sync::Arc::new(mmap), version, metadata, tensors, alignment, data_offset, by_name })
+        Ok(GgufFile {
+            path,
+            mmap: std::sync::Arc::new(mmap),
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            by_name,
+        })
     }
 
     /// The file this was read from.

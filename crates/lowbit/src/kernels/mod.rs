@@ -220,65 +220,21 @@ impl PackedMatrix {
     /// [`PackedMatrix::matmul`] with the kernels of one instruction-set level (tests,
     /// benchmarks).
     pub fn matmul_at(&self, level: Level, x: &[f32], t: usize, act: Option<GgmlType>, out: &mut [f32]) {
-        let (k, n) = (self.cols, self.rows);
-        assert_eq!(x.len(), t * k, "matmul: x is not t×k");
-        assert_eq!(out.len(), t * n, "matmul: out is not t×n");
-        if t == 0 || n == 0 {
-            return;
-        }
-        // Activation types only apply where the row splits into their blocks.
-        let act = act.filter(|a| k.is_multiple_of(a.block_size()));
-        if t > MAX_ROWS {
-            return self.matmul_tiles(x, t, act, out);
-        }
-        if t == 1 {
-            return self.matmul_rows(level, x, act, out);
-        }
-        let mut tmp = vec![0.0f32; n * t];
-        self.matmul_rows(level, x, act, &mut tmp);
-        for (r, row) in tmp.chunks_exact(t).enumerate() {
-            for (i, v) in row.iter().enumerate() {
-                out[i * n + r] = *v;
-            }
+        matmul_batch_at(level, x, t, &mut [Product { m: self, act, out }]);
+    }
+
+    /// The kernels of this matrix's type, if it has an integer form.
+    fn kernel(&self) -> Option<Kernel> {
+        match self.ty {
+            StorageType::Ggml(g) => g.facts().kernel,
+            _ => None,
         }
     }
 
-    /// The few-rows path: writes `dst[r·t + i]` (row-major by weight row).
-    fn matmul_rows(&self, level: Level, x: &[f32], act: Option<GgmlType>, dst: &mut [f32]) {
-        let (k, n) = (self.cols, self.rows);
-        let t = x.len() / k;
-        let kernel = match self.ty {
-            StorageType::Ggml(g) => g.facts().kernel,
-            _ => None,
-        };
-        // Rows per work item: ~32 KiB of weights, whole rows (the split never changes
-        // what any one output sums).
-        let per = (32768 / self.row_bytes.max(1)).clamp(1, n);
-        let chunks = dst.par_chunks_mut(per * t).zip(self.bytes.par_chunks(per * self.row_bytes));
-        match (kernel, act) {
-            (Some(kern), Some(a @ (GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K))) => {
-                let qrows: Vec<QuantRow> = x
-                    .chunks_exact(k)
-                    .map(|xr| {
-                        let mut q = QuantRow::default();
-                        q.quantize(xr, a);
-                        q
-                    })
-                    .collect();
-                chunks.for_each(|(o, w)| (kern.quant)(level, w, self.row_bytes, &qrows, o));
-            }
-            (Some(kern), None) => {
-                let xs = exact_rows(x, k, None);
-                chunks.for_each(|(o, w)| (kern.exact)(level, w, self.row_bytes, &xs, o));
-            }
-            (_, act) => {
-                let xs = exact_rows(x, k, act);
-                let decode = |b: &[u8], o: &mut [f32]| self.decode_into(b, o);
-                chunks.for_each_init(Vec::new, |buf, (o, w)| {
-                    rows::decoded_f32(level, &decode, w, self.row_bytes, &xs, o, buf)
-                });
-            }
-        }
+    /// Rows per work item of the few-rows path: ~32 KiB of weights, whole rows (the split
+    /// never changes what any one output sums).
+    fn rows_per_item(&self) -> usize {
+        (32768 / self.row_bytes.max(1)).clamp(1, self.rows.max(1))
     }
 
     /// The many-rows path: tiles of weight rows decoded to f32, multiplied by all of `x`.
@@ -348,6 +304,9 @@ thread_local! {
     /// Each worker thread's tile buffer, kept between calls (a fresh large allocation
     /// per tile is a fresh mapping the kernel zeroes page by page).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker thread's decoded-row buffer (the few-rows path of types without an
+    /// integer form).
+    static ROW_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's scratch buffer, `len` values long.
@@ -359,6 +318,118 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
         }
         f(&mut v[..len])
     })
+}
+
+/// One product of a batch: matrix `m` times the batch's input, activations rounded to
+/// `act` first when given (llama.cpp numerics), into `out` (`t × m.rows()`).
+pub struct Product<'a> {
+    /// The matrix.
+    pub m: &'a PackedMatrix,
+    /// Activation type (llama.cpp numerics), or `None` for exact f32.
+    pub act: Option<GgmlType>,
+    /// Output, `t` rows of `m.rows()`.
+    pub out: &'a mut [f32],
+}
+
+/// Several products of one input `x` (`t` rows) — a block's q, k and v, or its gate and
+/// up — in one parallel pass: the activations are prepared once per activation type and
+/// the threads meet once, not once per matrix.
+pub fn matmul_batch(x: &[f32], t: usize, products: &mut [Product]) {
+    matmul_batch_at(Level::detected(), x, t, products)
+}
+
+/// The activation rows a product needs, prepared once per batch.
+enum Prepared {
+    Quant(Vec<QuantRow>),
+    Exact(Vec<ExactRow>),
+}
+
+fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) {
+    for p in products.iter() {
+        assert_eq!(x.len(), t * p.m.cols, "matmul: x is not t×k");
+        assert_eq!(p.out.len(), t * p.m.rows, "matmul: out is not t×n");
+    }
+    if t == 0 {
+        return;
+    }
+    if t > MAX_ROWS {
+        for p in products.iter_mut() {
+            let act = p.act.filter(|a| p.m.cols.is_multiple_of(a.block_size()));
+            p.m.matmul_tiles(x, t, act, p.out);
+        }
+        return;
+    }
+    // What each product reads: (integer kernel?, activation type) → prepared rows.
+    let key = |p: &Product| {
+        let act = p.act.filter(|a| p.m.cols.is_multiple_of(a.block_size()));
+        let integer = p.m.kernel().is_some() && matches!(act, Some(GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K));
+        (integer, act, p.m.cols)
+    };
+    let mut prepared: Vec<((bool, Option<GgmlType>, usize), Prepared)> = Vec::new();
+    for p in products.iter() {
+        let kk = key(p);
+        if prepared.iter().any(|(k2, _)| *k2 == kk) {
+            continue;
+        }
+        let (integer, act, k) = kk;
+        let rows = if integer {
+            let a = act.expect("integer kernels have an activation type");
+            Prepared::Quant(
+                x.chunks_exact(k)
+                    .map(|xr| {
+                        let mut q = QuantRow::default();
+                        q.quantize(xr, a);
+                        q
+                    })
+                    .collect(),
+            )
+        } else {
+            Prepared::Exact(exact_rows(x, k, act))
+        };
+        prepared.push((kk, rows));
+    }
+    let ms: Vec<(&PackedMatrix, &Prepared)> = products
+        .iter()
+        .map(|p| {
+            let kk = key(p);
+            (p.m, &prepared.iter().find(|(k2, _)| *k2 == kk).expect("prepared above").1)
+        })
+        .collect();
+    // Outputs row-major by weight row (`dst[r·t + i]`): the products' own buffers when
+    // t = 1, else temporaries transposed at the end.
+    let mut temps: Vec<Vec<f32>> =
+        products.iter().map(|p| if t == 1 { Vec::new() } else { vec![0.0; p.out.len()] }).collect();
+    let mut items: Vec<(usize, &mut [f32], &[u8])> = Vec::new();
+    for (i, (p, tmp)) in products.iter_mut().zip(temps.iter_mut()).enumerate() {
+        let m = p.m;
+        let per = m.rows_per_item();
+        let dst: &mut [f32] = if t == 1 { &mut *p.out } else { tmp };
+        for (o, w) in dst.chunks_mut(per * t).zip(m.bytes.chunks(per * m.row_bytes)) {
+            items.push((i, o, w));
+        }
+    }
+    items.into_par_iter().for_each(|(i, o, w)| {
+        let (m, prep) = ms[i];
+        match (prep, m.kernel()) {
+            (Prepared::Quant(q), Some(kern)) => (kern.quant)(level, w, m.row_bytes, q, o),
+            (Prepared::Exact(xs), Some(kern)) => (kern.exact)(level, w, m.row_bytes, xs, o),
+            (Prepared::Exact(xs), None) => {
+                let decode = |b: &[u8], out: &mut [f32]| m.decode_into(b, out);
+                ROW_SCRATCH.with(|buf| rows::decoded_f32(level, &decode, w, m.row_bytes, xs, o, &mut buf.borrow_mut()))
+            }
+            (Prepared::Quant(_), None) => unreachable!("integer rows are prepared only for kernels"),
+        }
+    });
+    if t > 1 {
+        for (p, tmp) in products.iter_mut().zip(&temps) {
+            let n = p.m.rows;
+            for (r, row) in tmp.chunks_exact(t).enumerate() {
+                for (i, v) in row.iter().enumerate() {
+                    p.out[i * n + r] = *v;
+                }
+            }
+        }
+    }
 }
 
 /// The output pointer shared by the tile tasks (each writes its own columns).

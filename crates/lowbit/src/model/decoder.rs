@@ -252,9 +252,8 @@ impl Decoder {
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
         let mut h = x.to_vec();
         rms_norm(&mut h, c.d_model, &b.attn_norm, c.eps);
-        let mut q = b.wq.forward(&h, t);
-        let mut k = b.wk.forward(&h, t);
-        let v = b.wv.forward(&h, t);
+        let [mut q, mut k, v]: [Vec<f32>; 3] =
+            super::forward_many(&[&b.wq, &b.wk, &b.wv], &h, t).try_into().expect("three outputs");
         if let Some(w) = &b.q_norm {
             rms_norm(&mut q, hd, w, c.eps);
         }
@@ -290,8 +289,8 @@ impl Decoder {
         // MLP
         let mut h = x.to_vec();
         rms_norm(&mut h, c.d_model, &b.ffn_norm, c.eps);
-        let mut gate = b.w_gate.forward(&h, t);
-        let up = b.w_up.forward(&h, t);
+        let [mut gate, up]: [Vec<f32>; 2] =
+            super::forward_many(&[&b.w_gate, &b.w_up], &h, t).try_into().expect("two outputs");
         let act = c.activation;
         gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
             for (g, u) in g.iter_mut().zip(u) {

@@ -152,18 +152,51 @@ pub fn project(
     out
 }
 
+/// Applies several layers to the same `t` rows of `x` (a block's q/k/v, or gate/up): for
+/// packed weights, one parallel pass over all of them ([`crate::kernels::matmul_batch`]);
+/// the same results as calling [`Linear::forward`] on each.
+pub fn forward_many(layers: &[&Linear], x: &[f32], t: usize) -> Vec<Vec<f32>> {
+    let all_packed = layers.iter().all(|l| matches!(l.weight, Weight::Packed(_)));
+    if !all_packed || t > crate::kernels::MAX_ROWS {
+        return layers.iter().map(|l| l.forward(x, t)).collect();
+    }
+    for l in layers {
+        if let Some(r) = &l.recorder {
+            r.record(x, t);
+        }
+    }
+    let mut outs: Vec<Vec<f32>> = layers.iter().map(|l| vec![0.0; t * l.out_features]).collect();
+    let mut products: Vec<crate::kernels::Product> = layers
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(l, out)| {
+            let Weight::Packed(m) = &l.weight else { unreachable!("checked above") };
+            crate::kernels::Product { m, act: l.act_quant, out }
+        })
+        .collect();
+    crate::kernels::matmul_batch(x, t, &mut products);
+    for (l, out) in layers.iter().zip(outs.iter_mut()) {
+        l.add_bias(out);
+    }
+    outs
+}
+
 impl Linear {
+    fn add_bias(&self, out: &mut [f32]) {
+        if let Some(b) = &self.bias {
+            for row in out.chunks_exact_mut(self.out_features) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+    }
+
     /// Applies the layer to `t` rows of `x`.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
         if let Some(r) = &self.recorder {
             r.record(x, t);
         }
         let mut out = self.weight.project(x, t, self.in_features, self.out_features, self.act_quant);
-        if let Some(b) = &self.bias {
-            for row in out.chunks_exact_mut(self.out_features) {
-                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-            }
-        }
+        self.add_bias(&mut out);
         out
     }
 }
@@ -205,9 +238,10 @@ impl GgufWeights<'_> {
     /// borrowed from the memory map). Checks the shape and that every value decodes to a
     /// finite number (one pass over the rows, nothing kept).
     pub fn packed(&self, name: &str, cols: usize, rows: usize) -> Result<PackedMatrix> {
-        let (info, bytes) = self.file.tensor_shared(name).map_err(|_| {
-            Error::tensor(self.file.path(), name, "required by the architecture but missing")
-        })?;
+        let (info, bytes) = self
+            .file
+            .tensor_shared(name)
+            .map_err(|_| Error::tensor(self.file.path(), name, "required by the architecture but missing"))?;
         let have: Vec<usize> = info.dims.iter().map(|&d| d as usize).collect();
         if have != [cols, rows] {
             return Err(Error::tensor(self.file.path(), name, format!("shape {have:?}, expected {:?}", [cols, rows])));
