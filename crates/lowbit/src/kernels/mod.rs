@@ -338,6 +338,9 @@ pub fn matmul_batch(x: &[f32], t: usize, products: &mut [Product]) {
     matmul_batch_at(Level::detected(), x, t, products)
 }
 
+/// Which prepared rows a product reads: (integer kernel, activation type, row width).
+type PrepKey = (bool, Option<GgmlType>, usize);
+
 /// The activation rows a product needs, prepared once per batch.
 enum Prepared {
     Quant(Vec<QuantRow>),
@@ -365,7 +368,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         let integer = p.m.kernel().is_some() && matches!(act, Some(GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K));
         (integer, act, p.m.cols)
     };
-    let mut prepared: Vec<((bool, Option<GgmlType>, usize), Prepared)> = Vec::new();
+    let mut prepared: Vec<(PrepKey, Prepared)> = Vec::new();
     for p in products.iter() {
         let kk = key(p);
         if prepared.iter().any(|(k2, _)| *k2 == kk) {
