@@ -74,7 +74,7 @@ fn hessians_and_gptq_on_a_real_model() {
     let name = "blk.5.attn_output.weight";
     let (h, hh) = (&by_weight[name], &held.hessians_by_weight()[name]);
     let e = &stats.imatrix.entries[name];
-    let w = lm.model.block_linears_mut().into_iter().find(|l| l.name == name).unwrap().weight.clone();
+    let w = lm.model.block_linears_mut().into_iter().find(|l| l.name == name).unwrap().weight.dense().into_owned();
     let imp: Vec<f32> = e.sums.iter().map(|s| s / e.count).collect();
     for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::IQ4_NL] {
         let search = quantize_rows(ty, &w, h.n, Some(&imp), Method::Search.fit()).unwrap();
