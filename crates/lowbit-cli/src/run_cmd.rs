@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use lowbit::generate::{generate, Sampling};
-use lowbit::model::load_lm;
+use lowbit::model::{load_lm, LoadOptions};
 
 /// Arguments of `lowbit run`.
 #[derive(clap::Args)]
@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// RNG seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Exact f32 activations. By default activations are quantized before each linear
+    /// layer as llama.cpp's CPU backend does (integer kernels: faster, and the text
+    /// llama.cpp would generate from the same file).
+    #[arg(long)]
+    pub exact: bool,
 }
 
 /// Runs `lowbit run`.
@@ -37,7 +42,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let s = Sampling { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     s.check()?;
     let path = crate::resolve_model(&a.model)?;
-    let lm = load_lm(&path, Default::default())?;
+    let lm = load_lm(&path, LoadOptions { llama_cpp_numerics: !a.exact })?;
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", a.prompt);
     let _ = out.flush();

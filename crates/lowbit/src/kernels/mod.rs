@@ -237,27 +237,6 @@ impl PackedMatrix {
         (32768 / self.row_bytes.max(1)).clamp(1, self.rows.max(1))
     }
 
-    /// The many-rows path: tiles of weight rows decoded to f32, multiplied by all of `x`.
-    fn matmul_tiles(&self, x: &[f32], t: usize, act: Option<GgmlType>, out: &mut [f32]) {
-        let (k, n) = (self.cols, self.rows);
-        let xq;
-        let x = match act {
-            Some(a) => {
-                let mut v = x.to_vec();
-                v.par_chunks_mut(k).for_each(|r| fake_quantize_row(r, a));
-                xq = v;
-                &xq[..]
-            }
-            None => x,
-        };
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        (0..n.div_ceil(TILE_ROWS)).into_par_iter().for_each(|tile| {
-            let r0 = tile * TILE_ROWS;
-            let rows = TILE_ROWS.min(n - r0);
-            with_scratch(rows * k, |buf| self.tile(r0, buf, x, t, out_ptr));
-        });
-    }
-
     /// Decodes rows `r0..` into `buf` and multiplies them by all of `x` into their columns
     /// of the output.
     fn tile(&self, r0: usize, buf: &mut [f32], x: &[f32], t: usize, out_ptr: SendPtr) {
@@ -266,10 +245,12 @@ impl PackedMatrix {
         {
             self.decode_rows(r0, buf);
             let dst = out_ptr;
-            // SAFETY: `out` holds t×n f32 (asserted in matmul_at); this tile writes only
-            // columns r0..r0+rows of each of its t rows (dst = out + r0, row stride n,
-            // column stride 1, rows ≤ n − r0), and tiles cover disjoint column ranges, so
-            // no two tasks write the same element and nothing reads `out` meanwhile. `x`
+            // SAFETY: `out_ptr` is a product's output, t×n f32 (asserted in
+            // matmul_batch_at; each product's output is its own &mut slice); this tile
+            // writes only columns r0..r0+rows of each of its t rows (dst = out + r0, row
+            // stride n, column stride 1, rows ≤ n − r0), and a product's tiles cover
+            // disjoint column ranges, so no two tasks write the same element and nothing
+            // reads the outputs until the parallel pass ends. `x`
             // holds t×k values (row stride k), `buf` rows×k (read as its transpose:
             // element (i, j) at buf[j·k + i]). gemm runs on this thread only
             // (Parallelism::None), so its result does not depend on the thread count.
@@ -356,11 +337,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         return;
     }
     if t > MAX_ROWS {
-        for p in products.iter_mut() {
-            let act = p.act.filter(|a| p.m.cols.is_multiple_of(a.block_size()));
-            p.m.matmul_tiles(x, t, act, p.out);
-        }
-        return;
+        return matmul_tiles(x, t, products);
     }
     // What each product reads: (integer kernel?, activation type) → prepared rows.
     let key = |p: &Product| {
@@ -433,6 +410,43 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
             }
         }
     }
+}
+
+/// The many-rows path: tiles of weight rows decoded to f32 and multiplied by all of `x`
+/// (rounded to each product's activation type first, once per type), every product's
+/// tiles in one parallel pass.
+fn matmul_tiles(x: &[f32], t: usize, products: &mut [Product]) {
+    let mut rounded: Vec<(GgmlType, usize, Vec<f32>)> = Vec::new();
+    for p in products.iter() {
+        let k = p.m.cols;
+        if let Some(a) = p.act.filter(|a| k.is_multiple_of(a.block_size())) {
+            if !rounded.iter().any(|(b, kb, _)| *b == a && *kb == k) {
+                let mut v = x.to_vec();
+                v.par_chunks_mut(k).for_each(|r| fake_quantize_row(r, a));
+                rounded.push((a, k, v));
+            }
+        }
+    }
+    let mut tiles: Vec<(usize, usize)> = Vec::new();
+    for (i, p) in products.iter().enumerate() {
+        tiles.extend((0..p.m.rows.div_ceil(TILE_ROWS)).map(|tile| (i, tile * TILE_ROWS)));
+    }
+    let jobs: Vec<(&PackedMatrix, &[f32], SendPtr)> = products
+        .iter_mut()
+        .map(|p| {
+            let k = p.m.cols;
+            let xp = match p.act.filter(|a| k.is_multiple_of(a.block_size())) {
+                Some(a) => &rounded.iter().find(|(b, kb, _)| *b == a && *kb == k).expect("rounded above").2[..],
+                None => x,
+            };
+            (p.m, xp, SendPtr(p.out.as_mut_ptr()))
+        })
+        .collect();
+    tiles.into_par_iter().for_each(|(i, r0)| {
+        let (m, xp, out_ptr) = jobs[i];
+        let rows = TILE_ROWS.min(m.rows - r0);
+        with_scratch(rows * m.cols, |buf| m.tile(r0, buf, xp, t, out_ptr));
+    });
 }
 
 /// The output pointer shared by the tile tasks (each writes its own columns).
