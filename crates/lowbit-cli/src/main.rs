@@ -223,3 +223,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// mimalloc instead of the system allocator: the forward pass frees and re-allocates
+/// megabyte activation buffers every layer, and glibc returns each to the kernel (a fresh
+/// mapping the kernel zeroes page by page: 15 % of prompt-processing time in a profile).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
