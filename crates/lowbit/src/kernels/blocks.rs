@@ -19,6 +19,7 @@ use crate::format::iquant_grids::{
 };
 use crate::format::kquant::{q3_k_scales, scale_min_k4};
 use crate::format::{f16_at, u16_at, u32_at, GgmlType};
+use crate::kernels::simd::Simd;
 
 /// A 256-value super-block in integer form: value `j` = `d·w[j] − dmin·mins[j/16]`.
 #[derive(Clone)]
@@ -59,7 +60,7 @@ pub trait SuperBlock {
     /// Whether `mins` is used.
     const HAS_MIN: bool;
     /// Unpacks one stored block.
-    fn unpack(b: &[u8], s: &mut Super);
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super);
 }
 
 /// A 32-value block type.
@@ -71,7 +72,7 @@ pub trait SmallBlock {
     /// Whether `m` is used (then llama.cpp pairs it with Q8_1 activations).
     const HAS_MIN: bool;
     /// Unpacks one stored block.
-    fn unpack(b: &[u8], s: &mut Small);
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small);
 }
 
 macro_rules! block_type {
@@ -107,7 +108,7 @@ impl SmallBlock for BQ4_0 {
     const BYTES: usize = 18;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Small) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small) {
         s.d = f16_at(b, 0);
         let qs = &b[2..18];
         for j in 0..16 {
@@ -122,7 +123,7 @@ impl SmallBlock for BQ4_1 {
     const BYTES: usize = 20;
     const HAS_MIN: bool = true;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Small) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small) {
         s.d = f16_at(b, 0);
         s.m = f16_at(b, 2);
         let qs = &b[4..20];
@@ -138,7 +139,7 @@ impl SmallBlock for BQ5_0 {
     const BYTES: usize = 22;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Small) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small) {
         s.d = f16_at(b, 0);
         let qh = u32_at(b, 2);
         let qs = &b[6..22];
@@ -156,7 +157,7 @@ impl SmallBlock for BQ5_1 {
     const BYTES: usize = 24;
     const HAS_MIN: bool = true;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Small) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small) {
         s.d = f16_at(b, 0);
         s.m = f16_at(b, 2);
         let qh = u32_at(b, 4);
@@ -175,7 +176,7 @@ impl SmallBlock for BQ8_0 {
     const BYTES: usize = 34;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Small) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small) {
         s.d = f16_at(b, 0);
         for j in 0..32 {
             s.w[j] = b[2 + j] as i8 as i16;
@@ -188,13 +189,10 @@ impl SmallBlock for BIq4Nl {
     const BYTES: usize = 18;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Small) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small) {
         s.d = f16_at(b, 0);
-        for j in 0..16 {
-            let q = b[2 + j];
-            s.w[j] = KVALUES_IQ4NL[(q & 0x0F) as usize] as i16;
-            s.w[j + 16] = KVALUES_IQ4NL[(q >> 4) as usize] as i16;
-        }
+        let (lo, hi) = s.w.split_at_mut(16);
+        S::lut16(&KVALUES_IQ4NL, &b[2..18], lo, hi);
     }
 }
 
@@ -203,13 +201,10 @@ impl SmallBlock for BMxfp4 {
     const BYTES: usize = 17;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Small) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Small) {
         s.d = e8m0_to_f32_half(b[0]);
-        for j in 0..16 {
-            let q = b[1 + j];
-            s.w[j] = KVALUES_MXFP4[(q & 0x0F) as usize] as i16;
-            s.w[j + 16] = KVALUES_MXFP4[(q >> 4) as usize] as i16;
-        }
+        let (lo, hi) = s.w.split_at_mut(16);
+        S::lut16(&KVALUES_MXFP4, &b[1..17], lo, hi);
     }
 }
 
@@ -218,27 +213,34 @@ impl SuperBlock for BQ2K {
     const BYTES: usize = 84;
     const HAS_MIN: bool = true;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         let scales = &b[0..16];
         let qs = &b[16..80];
         s.d = f16_at(b, 80);
         s.dmin = f16_at(b, 82);
+        for (g, sc) in scales.iter().enumerate() {
+            s.mins[g] = (sc >> 4) as i16;
+        }
         for n in 0..2 {
             let q = &qs[32 * n..32 * n + 32];
-            for k in 0..4 {
-                let shift = 2 * k;
-                for half in 0..2 {
-                    let g = 8 * n + 2 * k + half;
-                    let sc = scales[g];
-                    s.mins[g] = (sc >> 4) as i16;
-                    let m = (sc & 0x0F) as i16;
-                    let o = &mut s.w[16 * g..16 * g + 16];
-                    for l in 0..16 {
-                        o[l] = ((q[16 * half + l] >> shift) & 3) as i16 * m;
-                    }
-                }
-            }
+            let o = &mut s.w[128 * n..128 * n + 128];
+            let sc = &scales[8 * n..8 * n + 8];
+            q2_part::<0>(q, sc[0], sc[1], &mut o[0..32]);
+            q2_part::<2>(q, sc[2], sc[3], &mut o[32..64]);
+            q2_part::<4>(q, sc[4], sc[5], &mut o[64..96]);
+            q2_part::<6>(q, sc[6], sc[7], &mut o[96..128]);
         }
+    }
+}
+
+/// 32 Q2_K codes at bit offset `SHIFT` of `q`, the first 16 times scale `s0 & 15`, the
+/// next 16 times `s1 & 15` (a constant shift, so the loop vectorises).
+#[inline(always)]
+fn q2_part<const SHIFT: u32>(q: &[u8], s0: u8, s1: u8, o: &mut [i16]) {
+    let (m0, m1) = ((s0 & 15) as i16, (s1 & 15) as i16);
+    for l in 0..16 {
+        o[l] = ((q[l] >> SHIFT) & 3) as i16 * m0;
+        o[l + 16] = ((q[l + 16] >> SHIFT) & 3) as i16 * m1;
     }
 }
 
@@ -247,7 +249,7 @@ impl SuperBlock for BQ3K {
     const BYTES: usize = 110;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         let hmask = &b[0..32];
         let qs = &b[32..96];
         let scales = q3_k_scales(&b[96..108]);
@@ -278,7 +280,7 @@ impl SuperBlock for BQ4K {
     const BYTES: usize = 144;
     const HAS_MIN: bool = true;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         s.d = f16_at(b, 0);
         s.dmin = f16_at(b, 2);
         let scales = &b[4..16];
@@ -305,7 +307,7 @@ impl SuperBlock for BQ5K {
     const BYTES: usize = 176;
     const HAS_MIN: bool = true;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         s.d = f16_at(b, 0);
         s.dmin = f16_at(b, 2);
         let scales = &b[4..16];
@@ -336,7 +338,7 @@ impl SuperBlock for BQ6K {
     const BYTES: usize = 210;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         s.d = f16_at(b, 208);
         for n in 0..2 {
             let ql = &b[64 * n..64 * n + 64];
@@ -363,7 +365,7 @@ impl SuperBlock for BIq4Xs {
     const BYTES: usize = 136;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         s.d = f16_at(b, 0);
         let scales_h = u16_at(b, 2);
         let scales_l = &b[4..8];
@@ -372,22 +374,23 @@ impl SuperBlock for BIq4Xs {
             let ls =
                 ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F) as i16 | ((((scales_h >> (2 * ib)) & 3) as i16) << 4);
             let sc = ls - 32;
-            let o = &mut s.w[32 * ib..32 * ib + 32];
-            for j in 0..16 {
-                let q = qs[16 * ib + j];
-                o[j] = KVALUES_IQ4NL[(q & 0x0F) as usize] as i16 * sc;
-                o[j + 16] = KVALUES_IQ4NL[(q >> 4) as usize] as i16 * sc;
-            }
+            let (lo, hi) = s.w[32 * ib..32 * ib + 32].split_at_mut(16);
+            S::lut16(&KVALUES_IQ4NL, &qs[16 * ib..16 * ib + 16], lo, hi);
+            s.w[32 * ib..32 * ib + 32].iter_mut().for_each(|v| *v *= sc);
         }
     }
 }
 
-/// Writes the 8 values of a grid point, signed, times `sc`.
+/// Writes the 8 values of a grid point, signed, times `sc` (branch-free, so the 8 lanes
+/// vectorise: a set sign bit negates as `(g ^ −1) + 1`).
 #[inline(always)]
 fn put_grid8(o: &mut [i16], point: u64, signs: u8, sc: i16) {
-    for (j, v) in o.iter_mut().enumerate().take(8) {
-        let g = ((point >> (8 * j)) & 0xFF) as i16 * sc;
-        *v = if signs & (1 << j) != 0 { -g } else { g };
+    let bytes = point.to_le_bytes();
+    let o = &mut o[..8];
+    for j in 0..8 {
+        let neg = ((signs >> j) & 1) as i16;
+        let g = bytes[j] as i16 * sc;
+        o[j] = (g ^ -neg) + neg;
     }
 }
 
@@ -396,7 +399,7 @@ impl SuperBlock for BIq2Xxs {
     const BYTES: usize = 66;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         // db = d·(0.5 + s)·0.25 = (d/8)·(2s + 1)
         s.d = f16_at(b, 0) * 0.125;
         for ib in 0..8 {
@@ -417,7 +420,7 @@ impl SuperBlock for BIq2Xs {
     const BYTES: usize = 74;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         s.d = f16_at(b, 0) * 0.125;
         let scales = &b[66..74];
         for ib in 0..8 {
@@ -437,7 +440,7 @@ impl SuperBlock for BIq2S {
     const BYTES: usize = 82;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         s.d = f16_at(b, 0) * 0.125;
         let qs = &b[2..34];
         let signs = &b[34..66];
@@ -458,7 +461,7 @@ impl SuperBlock for BIq3Xxs {
     const BYTES: usize = 98;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         // db = d·(0.5 + s)·0.5 = (d/4)·(2s + 1)
         s.d = f16_at(b, 0) * 0.25;
         let qs = &b[2..66];
@@ -480,7 +483,7 @@ impl SuperBlock for BIq3S {
     const BYTES: usize = 110;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         s.d = f16_at(b, 0);
         let qs = &b[2..66];
         let qh = &b[66..74];
@@ -515,7 +518,7 @@ impl SuperBlock for BIq1S {
     const BYTES: usize = 50;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         // value = d·(2s+1)·(grid ± 1/8) = (d/8)·(2s+1)·(8·grid ± 1)
         const { assert!(IQ1S_DELTA == 0.125) };
         s.d = f16_at(b, 0) * 0.125;
@@ -536,7 +539,7 @@ impl SuperBlock for BIq1M {
     const BYTES: usize = 56;
     const HAS_MIN: bool = false;
     #[inline(always)]
-    fn unpack(b: &[u8], s: &mut Super) {
+    fn unpack<S: Simd>(b: &[u8], s: &mut Super) {
         let qs = &b[0..32];
         let qh = &b[32..48];
         let sc = [u16_at(b, 48), u16_at(b, 50), u16_at(b, 52), u16_at(b, 54)];

@@ -27,7 +27,7 @@ pub mod acts;
 pub mod blocks;
 pub mod isa;
 mod rows;
-mod simd;
+pub mod simd;
 #[cfg(test)]
 mod tests;
 

@@ -78,7 +78,7 @@ multiversion! {
                 let mut acc = [0f32; 16];
                 let mut mn = 0f32;
                 for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                    K::unpack(b, &mut s);
+                    K::unpack::<S>(b, &mut s);
                     S::madd_scale(&mut acc, &s.w, &a.q[256 * ib..256 * ib + 256], a.d[ib] * s.d);
                     if K::HAS_MIN {
                         let mut summ = 0i32;
@@ -96,7 +96,7 @@ multiversion! {
             let mut acc = [[0f32; 16]; MAX_ROWS];
             let mut mins = [0f32; MAX_ROWS];
             for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                K::unpack(b, &mut s);
+                K::unpack::<S>(b, &mut s);
                 for ((a, acc), mn) in acts.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
                     S::madd_scale(acc, &s.w, &a.q[256 * ib..256 * ib + 256], a.d[ib] * s.d);
                     if K::HAS_MIN {
@@ -126,7 +126,7 @@ multiversion! {
                 let mut acc = [0f32; 16];
                 let mut mn = 0f32;
                 for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                    K::unpack(b, &mut s);
+                    K::unpack::<S>(b, &mut s);
                     S::fma_scale(&mut acc, &s.w, &x.x[256 * ib..256 * ib + 256], s.d);
                     if K::HAS_MIN {
                         let mut m = 0f32;
@@ -144,7 +144,7 @@ multiversion! {
             let mut acc = [[0f32; 16]; MAX_ROWS];
             let mut mins = [0f32; MAX_ROWS];
             for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                K::unpack(b, &mut s);
+                K::unpack::<S>(b, &mut s);
                 for ((x, acc), mn) in xs.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
                     S::fma_scale(acc, &s.w, &x.x[256 * ib..256 * ib + 256], s.d);
                     if K::HAS_MIN {
@@ -174,7 +174,7 @@ multiversion! {
                 let mut acc = [0f32; 16];
                 let mut mn = 0f32;
                 for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                    K::unpack(b, &mut s);
+                    K::unpack::<S>(b, &mut s);
                     S::madd_scale(&mut acc, &s.w, &a.q[32 * ib..32 * ib + 32], s.d * a.d[ib]);
                     if K::HAS_MIN {
                         mn += s.m * a.s[ib];
@@ -188,7 +188,7 @@ multiversion! {
             let mut acc = [[0f32; 16]; MAX_ROWS];
             let mut mins = [0f32; MAX_ROWS];
             for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                K::unpack(b, &mut s);
+                K::unpack::<S>(b, &mut s);
                 for ((a, acc), mn) in acts.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
                     S::madd_scale(acc, &s.w, &a.q[32 * ib..32 * ib + 32], s.d * a.d[ib]);
                     if K::HAS_MIN {
@@ -214,7 +214,7 @@ multiversion! {
                 let mut acc = [0f32; 16];
                 let mut mn = 0f32;
                 for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                    K::unpack(b, &mut s);
+                    K::unpack::<S>(b, &mut s);
                     S::fma_scale(&mut acc, &s.w, &x.x[32 * ib..32 * ib + 32], s.d);
                     if K::HAS_MIN {
                         mn += s.m * (x.sum16[2 * ib] + x.sum16[2 * ib + 1]);
@@ -228,7 +228,7 @@ multiversion! {
             let mut acc = [[0f32; 16]; MAX_ROWS];
             let mut mins = [0f32; MAX_ROWS];
             for (ib, b) in row.chunks_exact(K::BYTES).enumerate() {
-                K::unpack(b, &mut s);
+                K::unpack::<S>(b, &mut s);
                 for ((x, acc), mn) in xs.iter().zip(acc.iter_mut()).zip(mins.iter_mut()) {
                     S::fma_scale(acc, &s.w, &x.x[32 * ib..32 * ib + 32], s.d);
                     if K::HAS_MIN {

@@ -7,11 +7,16 @@
 //! takes values `2l` and `2l + 1` (`vpmaddwd`'s pairs); for 16 f32 values, lane `l` takes
 //! value `l`.
 
+#![allow(clippy::needless_range_loop)]
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// The row loops' vector operations.
-pub(crate) trait Simd {
+pub trait Simd {
+    /// `lo[j] = table[qs[j] & 15]`, `hi[j] = table[qs[j] >> 4]` for 16 bytes (a 4-bit
+    /// non-linear type's lookup: IQ4_NL/IQ4_XS levels, MXFP4 values).
+    fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]);
     /// `acc[l] += (Σ over the pairs of lane l of w·q) · s`, over 32·n values.
     fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32);
     /// `acc[l] += (Σ over lane l of w·x) · s`, over 16·n values.
@@ -19,9 +24,17 @@ pub(crate) trait Simd {
 }
 
 /// Plain Rust (the build's baseline instruction set).
-pub(crate) struct Scalar;
+pub struct Scalar;
 
 impl Simd for Scalar {
+    #[inline(always)]
+    fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
+        for j in 0..16 {
+            lo[j] = table[(qs[j] & 15) as usize] as i16;
+            hi[j] = table[(qs[j] >> 4) as usize] as i16;
+        }
+    }
+
     #[inline(always)]
     fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32) {
         let mut p = [0i32; 16];
@@ -51,10 +64,27 @@ impl Simd for Scalar {
 
 /// AVX-512 (F, BW): one 512-bit register holds the 16 lanes.
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx512;
+pub struct Avx512;
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
+    #[inline(always)]
+    fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
+        assert!(qs.len() >= 16 && lo.len() >= 16 && hi.len() >= 16);
+        // SAFETY: runs only where `Level::supported` found AVX2 (which implies SSSE3);
+        // loads 16 bytes of `table` and `qs`, stores 16 i16 into `lo` and `hi` (lengths
+        // checked above).
+        unsafe {
+            let t = _mm_loadu_si128(table.as_ptr().cast());
+            let q = _mm_loadu_si128(qs.as_ptr().cast());
+            let m = _mm_set1_epi8(15);
+            let l = _mm_shuffle_epi8(t, _mm_and_si128(q, m));
+            let h = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(q, 4), m));
+            _mm256_storeu_si256(lo.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(l));
+            _mm256_storeu_si256(hi.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(h));
+        }
+    }
+
     #[inline(always)]
     fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32) {
         assert!(w.len() == q.len() && w.len().is_multiple_of(32));
@@ -94,10 +124,27 @@ impl Simd for Avx512 {
 
 /// AVX2: two 256-bit registers hold the 16 lanes.
 #[cfg(target_arch = "x86_64")]
-pub(crate) struct Avx2;
+pub struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx2 {
+    #[inline(always)]
+    fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
+        assert!(qs.len() >= 16 && lo.len() >= 16 && hi.len() >= 16);
+        // SAFETY: runs only where `Level::supported` found AVX2 (which implies SSSE3);
+        // loads 16 bytes of `table` and `qs`, stores 16 i16 into `lo` and `hi` (lengths
+        // checked above).
+        unsafe {
+            let t = _mm_loadu_si128(table.as_ptr().cast());
+            let q = _mm_loadu_si128(qs.as_ptr().cast());
+            let m = _mm_set1_epi8(15);
+            let l = _mm_shuffle_epi8(t, _mm_and_si128(q, m));
+            let h = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(q, 4), m));
+            _mm256_storeu_si256(lo.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(l));
+            _mm256_storeu_si256(hi.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(h));
+        }
+    }
+
     #[inline(always)]
     fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32) {
         assert!(w.len() == q.len() && w.len().is_multiple_of(32));

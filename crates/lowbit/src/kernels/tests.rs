@@ -103,7 +103,7 @@ fn unpacked_blocks_decode_like_the_reference() {
         let dense = m.to_dense();
         let mut s = Small::default();
         for (b, want) in m.bytes.chunks_exact(K::BYTES).zip(dense.chunks_exact(32)) {
-            K::unpack(b, &mut s);
+            K::unpack::<super::simd::Scalar>(b, &mut s);
             for j in 0..32 {
                 let v = s.d * s.w[j] as f32 + s.m;
                 assert!((v - want[j]).abs() <= 1e-6 * want[j].abs().max(s.d.abs() * 64.0), "{st}: {v} vs {}", want[j]);
@@ -116,7 +116,7 @@ fn unpacked_blocks_decode_like_the_reference() {
         let dense = m.to_dense();
         let mut s = Super::default();
         for (b, want) in m.bytes.chunks_exact(K::BYTES).zip(dense.chunks_exact(256)) {
-            K::unpack(b, &mut s);
+            K::unpack::<super::simd::Scalar>(b, &mut s);
             for j in 0..256 {
                 let v = s.d * s.w[j] as f32 - s.dmin * s.mins[j / 16] as f32;
                 let scale = s.d.abs() * 8192.0 + s.dmin.abs() * 64.0;
