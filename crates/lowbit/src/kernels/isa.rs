@@ -64,6 +64,7 @@ macro_rules! multiversion {
         $(#[$m])*
         pub(crate) fn $name<$K: $B>(level: $crate::kernels::isa::Level, $($arg: $ty),*) {
             #[inline(always)]
+            #[allow(clippy::extra_unused_type_parameters)] // a body may need no vector op
             fn body<$K: $B, S: $crate::kernels::simd::Simd>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
