@@ -62,6 +62,25 @@ impl Simd for Scalar {
     }
 }
 
+/// [`Simd::lut16`] with `pshufb` (AVX2 and AVX-512 alike: one 128-bit lookup).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn lut16_pshufb(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
+    assert!(qs.len() >= 16 && lo.len() >= 16 && hi.len() >= 16);
+    // SAFETY: called only from the AVX2 and AVX-512 impls, which run only where
+    // `Level::supported` found AVX2 (which implies SSSE3); loads 16 bytes of `table` and
+    // `qs`, stores 16 i16 into `lo` and `hi` (lengths checked above).
+    unsafe {
+        let t = _mm_loadu_si128(table.as_ptr().cast());
+        let q = _mm_loadu_si128(qs.as_ptr().cast());
+        let m = _mm_set1_epi8(15);
+        let l = _mm_shuffle_epi8(t, _mm_and_si128(q, m));
+        let h = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(q, 4), m));
+        _mm256_storeu_si256(lo.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(l));
+        _mm256_storeu_si256(hi.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(h));
+    }
+}
+
 /// AVX-512 (F, BW): one 512-bit register holds the 16 lanes.
 #[cfg(target_arch = "x86_64")]
 pub struct Avx512;
@@ -70,19 +89,7 @@ pub struct Avx512;
 impl Simd for Avx512 {
     #[inline(always)]
     fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
-        assert!(qs.len() >= 16 && lo.len() >= 16 && hi.len() >= 16);
-        // SAFETY: runs only where `Level::supported` found AVX2 (which implies SSSE3);
-        // loads 16 bytes of `table` and `qs`, stores 16 i16 into `lo` and `hi` (lengths
-        // checked above).
-        unsafe {
-            let t = _mm_loadu_si128(table.as_ptr().cast());
-            let q = _mm_loadu_si128(qs.as_ptr().cast());
-            let m = _mm_set1_epi8(15);
-            let l = _mm_shuffle_epi8(t, _mm_and_si128(q, m));
-            let h = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(q, 4), m));
-            _mm256_storeu_si256(lo.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(l));
-            _mm256_storeu_si256(hi.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(h));
-        }
+        lut16_pshufb(table, qs, lo, hi)
     }
 
     #[inline(always)]
@@ -130,19 +137,7 @@ pub struct Avx2;
 impl Simd for Avx2 {
     #[inline(always)]
     fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
-        assert!(qs.len() >= 16 && lo.len() >= 16 && hi.len() >= 16);
-        // SAFETY: runs only where `Level::supported` found AVX2 (which implies SSSE3);
-        // loads 16 bytes of `table` and `qs`, stores 16 i16 into `lo` and `hi` (lengths
-        // checked above).
-        unsafe {
-            let t = _mm_loadu_si128(table.as_ptr().cast());
-            let q = _mm_loadu_si128(qs.as_ptr().cast());
-            let m = _mm_set1_epi8(15);
-            let l = _mm_shuffle_epi8(t, _mm_and_si128(q, m));
-            let h = _mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(q, 4), m));
-            _mm256_storeu_si256(lo.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(l));
-            _mm256_storeu_si256(hi.as_mut_ptr().cast(), _mm256_cvtepi8_epi16(h));
-        }
+        lut16_pshufb(table, qs, lo, hi)
     }
 
     #[inline(always)]
