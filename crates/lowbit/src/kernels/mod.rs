@@ -55,17 +55,20 @@ pub struct Kernel {
     pub quant: fn(Level, &[u8], usize, &[QuantRow], &mut [f32]),
     /// Rows × f32 activations.
     pub exact: fn(Level, &[u8], usize, &[ExactRow], &mut [f32]),
+    /// Whole blocks decoded to f32 through the unpacked form (`d·w − dmin·min`: the
+    /// decoder's values up to f32 rounding), vectorised — the tile path's decoder.
+    pub decode: fn(Level, &[u8], &mut [f32]),
 }
 
 impl Kernel {
     /// The kernels of a 32-value block type.
     pub const fn small<K: SmallBlock>() -> Kernel {
-        Kernel { quant: rows::small_q8::<K>, exact: rows::small_f32::<K> }
+        Kernel { quant: rows::small_q8::<K>, exact: rows::small_f32::<K>, decode: rows::small_decode::<K> }
     }
 
     /// The kernels of a 256-value super-block type.
     pub const fn super_block<K: SuperBlock>() -> Kernel {
-        Kernel { quant: rows::super_q8k::<K>, exact: rows::super_f32::<K> }
+        Kernel { quant: rows::super_q8k::<K>, exact: rows::super_f32::<K>, decode: rows::super_decode::<K> }
     }
 }
 
@@ -243,7 +246,13 @@ impl PackedMatrix {
         let (k, n) = (self.cols, self.rows);
         let rows = buf.len() / k;
         {
-            self.decode_rows(r0, buf);
+            match self.kernel() {
+                Some(kern) => {
+                    let bytes = &self.bytes[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+                    (kern.decode)(Level::detected(), bytes, buf);
+                }
+                None => self.decode_rows(r0, buf),
+            }
             let dst = out_ptr;
             // SAFETY: `out_ptr` is a product's output, t×n f32 (asserted in
             // matmul_batch_at; each product's output is its own &mut slice); this tile

@@ -244,6 +244,35 @@ multiversion! {
 }
 
 multiversion! {
+    /// 32-value blocks decoded to f32: `d·w + m`.
+    fn small_decode<K: SmallBlock>(bytes: &[u8], out: &mut [f32]) {
+        let mut s = Small::default();
+        for (b, o) in bytes.chunks_exact(K::BYTES).zip(out.chunks_exact_mut(32)) {
+            K::unpack::<S>(b, &mut s);
+            for (v, &w) in o.iter_mut().zip(&s.w) {
+                *v = s.d * w as f32 + s.m;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Super-blocks decoded to f32: `d·w − dmin·min`.
+    fn super_decode<K: SuperBlock>(bytes: &[u8], out: &mut [f32]) {
+        let mut s = Super::default();
+        for (b, o) in bytes.chunks_exact(K::BYTES).zip(out.chunks_exact_mut(256)) {
+            K::unpack::<S>(b, &mut s);
+            for (g, (og, wg)) in o.chunks_exact_mut(16).zip(s.w.chunks_exact(16)).enumerate() {
+                let m = s.dmin * s.mins[g] as f32;
+                for (v, &w) in og.iter_mut().zip(wg) {
+                    *v = s.d * w as f32 - m;
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
     /// Rows of any type × f32 activation rows: each row decoded to f32 once (by
     /// `decode`), then dotted with every activation row — the path for types without an
     /// integer form, and for llama.cpp numerics on activations already rounded.
