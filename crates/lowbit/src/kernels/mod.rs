@@ -242,14 +242,14 @@ impl PackedMatrix {
 
     /// Decodes rows `r0..` into `buf` and multiplies them by all of `x` into their columns
     /// of the output.
-    fn tile(&self, r0: usize, buf: &mut [f32], x: &[f32], t: usize, out_ptr: SendPtr) {
+    fn tile(&self, level: Level, r0: usize, buf: &mut [f32], x: &[f32], t: usize, out_ptr: SendPtr) {
         let (k, n) = (self.cols, self.rows);
         let rows = buf.len() / k;
         {
             match self.kernel() {
                 Some(kern) => {
                     let bytes = &self.bytes[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
-                    (kern.decode)(Level::detected(), bytes, buf);
+                    (kern.decode)(level, bytes, buf);
                 }
                 None => self.decode_rows(r0, buf),
             }
@@ -346,7 +346,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         return;
     }
     if t > MAX_ROWS {
-        return matmul_tiles(x, t, products);
+        return matmul_tiles(level, x, t, products);
     }
     // What each product reads: (integer kernel?, activation type) → prepared rows.
     let key = |p: &Product| {
@@ -424,7 +424,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
 /// The many-rows path: tiles of weight rows decoded to f32 and multiplied by all of `x`
 /// (rounded to each product's activation type first, once per type), every product's
 /// tiles in one parallel pass.
-fn matmul_tiles(x: &[f32], t: usize, products: &mut [Product]) {
+fn matmul_tiles(level: Level, x: &[f32], t: usize, products: &mut [Product]) {
     let mut rounded: Vec<(GgmlType, usize, Vec<f32>)> = Vec::new();
     for p in products.iter() {
         let k = p.m.cols;
@@ -454,7 +454,7 @@ fn matmul_tiles(x: &[f32], t: usize, products: &mut [Product]) {
     tiles.into_par_iter().for_each(|(i, r0)| {
         let (m, xp, out_ptr) = jobs[i];
         let rows = TILE_ROWS.min(m.rows - r0);
-        with_scratch(rows * m.cols, |buf| m.tile(r0, buf, xp, t, out_ptr));
+        with_scratch(rows * m.cols, |buf| m.tile(level, r0, buf, xp, t, out_ptr));
     });
 }
 
