@@ -381,19 +381,6 @@ impl SuperBlock for BIq4Xs {
     }
 }
 
-/// Writes the 8 values of a grid point, signed, times `sc` (branch-free, so the 8 lanes
-/// vectorise: a set sign bit negates as `(g ^ −1) + 1`).
-#[inline(always)]
-fn put_grid8(o: &mut [i16], point: u64, signs: u8, sc: i16) {
-    let bytes = point.to_le_bytes();
-    let o = &mut o[..8];
-    for j in 0..8 {
-        let neg = ((signs >> j) & 1) as i16;
-        let g = bytes[j] as i16 * sc;
-        o[j] = (g ^ -neg) + neg;
-    }
-}
-
 impl SuperBlock for BIq2Xxs {
     const TYPE: GgmlType = GgmlType::IQ2_XXS;
     const BYTES: usize = 66;
@@ -409,7 +396,7 @@ impl SuperBlock for BIq2Xxs {
             for l in 0..4 {
                 let grid = IQ2XXS_GRID[((aux0 >> (8 * l)) & 0xFF) as usize];
                 let signs = KSIGNS_IQ2XS[((aux1 >> (7 * l)) & 127) as usize];
-                put_grid8(&mut s.w[32 * ib + 8 * l..], grid, signs, sc);
+                S::grid8(grid, signs, sc, &mut s.w[32 * ib + 8 * l..]);
             }
         }
     }
@@ -429,7 +416,7 @@ impl SuperBlock for BIq2Xs {
                 let q = u16_at(b, 2 + 2 * (4 * ib + l));
                 let grid = IQ2XS_GRID[(q & 511) as usize];
                 let signs = KSIGNS_IQ2XS[(q >> 9) as usize];
-                put_grid8(&mut s.w[32 * ib + 8 * l..], grid, signs, sc[l / 2]);
+                S::grid8(grid, signs, sc[l / 2], &mut s.w[32 * ib + 8 * l..]);
             }
         }
     }
@@ -450,7 +437,7 @@ impl SuperBlock for BIq2S {
             let sc = [2 * (scales[ib] & 0x0F) as i16 + 1, 2 * (scales[ib] >> 4) as i16 + 1];
             for l in 0..4 {
                 let idx = qs[4 * ib + l] as usize | ((qh[ib] as usize) << (8 - 2 * l) & 0x300);
-                put_grid8(&mut s.w[32 * ib + 8 * l..], IQ2S_GRID[idx], signs[4 * ib + l], sc[l / 2]);
+                S::grid8(IQ2S_GRID[idx], signs[4 * ib + l], sc[l / 2], &mut s.w[32 * ib + 8 * l..]);
             }
         }
     }
@@ -472,7 +459,7 @@ impl SuperBlock for BIq3Xxs {
                 let signs = KSIGNS_IQ2XS[((aux >> (7 * l)) & 127) as usize];
                 let g1 = IQ3XXS_GRID[qs[8 * ib + 2 * l] as usize] as u64;
                 let g2 = IQ3XXS_GRID[qs[8 * ib + 2 * l + 1] as usize] as u64;
-                put_grid8(&mut s.w[32 * ib + 8 * l..], g1 | (g2 << 32), signs, sc);
+                S::grid8(g1 | (g2 << 32), signs, sc, &mut s.w[32 * ib + 8 * l..]);
             }
         }
     }
@@ -498,7 +485,7 @@ impl SuperBlock for BIq3S {
                 let i1 = qs[8 * ib + 2 * l] as usize | ((h << (8 - 2 * l)) & 256);
                 let i2 = qs[8 * ib + 2 * l + 1] as usize | ((h << (7 - 2 * l)) & 256);
                 let point = IQ3S_GRID[i1] as u64 | ((IQ3S_GRID[i2] as u64) << 32);
-                put_grid8(&mut s.w[32 * ib + 8 * l..], point, signs[4 * ib + l], sc);
+                S::grid8(point, signs[4 * ib + l], sc, &mut s.w[32 * ib + 8 * l..]);
             }
         }
     }

@@ -17,6 +17,9 @@ pub trait Simd {
     /// `lo[j] = table[qs[j] & 15]`, `hi[j] = table[qs[j] >> 4]` for 16 bytes (a 4-bit
     /// non-linear type's lookup: IQ4_NL/IQ4_XS levels, MXFP4 values).
     fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]);
+    /// `o[j] = ±point.byte(j) · sc` for j < 8, negative where bit j of `signs` is set (a
+    /// lattice i-quant's grid point with its signs).
+    fn grid8(point: u64, signs: u8, sc: i16, o: &mut [i16]);
     /// `acc[l] += (Σ over the pairs of lane l of w·q) · s`, over 32·n values.
     fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32);
     /// `acc[l] += (Σ over lane l of w·x) · s`, over 16·n values.
@@ -27,6 +30,17 @@ pub trait Simd {
 pub struct Scalar;
 
 impl Simd for Scalar {
+    #[inline(always)]
+    fn grid8(point: u64, signs: u8, sc: i16, o: &mut [i16]) {
+        let bytes = point.to_le_bytes();
+        let o = &mut o[..8];
+        for j in 0..8 {
+            let neg = ((signs >> j) & 1) as i16;
+            let g = bytes[j] as i16 * sc;
+            o[j] = (g ^ -neg) + neg;
+        }
+    }
+
     #[inline(always)]
     fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
         for j in 0..16 {
@@ -88,6 +102,18 @@ pub struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
     #[inline(always)]
+    fn grid8(point: u64, signs: u8, sc: i16, o: &mut [i16]) {
+        assert!(o.len() >= 8);
+        // SAFETY: runs only where `Level::supported` found AVX-512 F/BW/VL; stores 8 i16
+        // into `o` (length checked above).
+        unsafe {
+            let v = _mm_mullo_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(point as i64)), _mm_set1_epi16(sc));
+            let r = _mm_mask_sub_epi16(v, signs, _mm_setzero_si128(), v);
+            _mm_storeu_si128(o.as_mut_ptr().cast(), r);
+        }
+    }
+
+    #[inline(always)]
     fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
         lut16_pshufb(table, qs, lo, hi)
     }
@@ -135,6 +161,20 @@ pub struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx2 {
+    #[inline(always)]
+    fn grid8(point: u64, signs: u8, sc: i16, o: &mut [i16]) {
+        assert!(o.len() >= 8);
+        // SAFETY: runs only where `Level::supported` found AVX2 (SSE4.1 included); stores
+        // 8 i16 into `o` (length checked above).
+        unsafe {
+            let v = _mm_mullo_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(point as i64)), _mm_set1_epi16(sc));
+            let bits = _mm_set_epi16(128, 64, 32, 16, 8, 4, 2, 1);
+            let m = _mm_cmpeq_epi16(_mm_and_si128(_mm_set1_epi16(signs as i16), bits), bits);
+            let r = _mm_sub_epi16(_mm_xor_si128(v, m), m);
+            _mm_storeu_si128(o.as_mut_ptr().cast(), r);
+        }
+    }
+
     #[inline(always)]
     fn lut16(table: &[i8; 16], qs: &[u8], lo: &mut [i16], hi: &mut [i16]) {
         lut16_pshufb(table, qs, lo, hi)
