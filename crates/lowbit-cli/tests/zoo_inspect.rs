@@ -124,3 +124,34 @@ fn run_stops_on_the_first_ctrl_c() {
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted") && !stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn bench_reports_prompt_and_generation_speed() {
+    if inspect_json("smollm2-135m").is_none() {
+        return;
+    }
+    for extra in [&[][..], &["--exact"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+            .args(["bench", "--model", "smollm2-135m", "-p", "16", "-n", "4", "-r", "1", "-t", "2", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for key in ["pp", "tg", "read_bandwidth_bytes_per_s", "tg_bandwidth_fraction"] {
+            assert!(j[key].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()), "{key}: {j}");
+        }
+        // A token reads every block matrix and the tied output matrix: all of the file but
+        // its header, norms and tokenizer (a few percent).
+        let file = lowbit::zoo::find("smollm2-135m").unwrap().cached().unwrap();
+        let len = std::fs::metadata(file).unwrap().len();
+        let bytes = j["weight_bytes_per_token"].as_u64().unwrap();
+        assert!(bytes <= len && bytes * 10 >= len * 9, "{bytes} bytes per token, file {len}");
+        assert_eq!(j["threads"], 2);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(["bench", "--model", "smollm2-135m", "-r", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "-r 0 is refused");
+}
