@@ -18,30 +18,14 @@ pub fn vec_dot_type(w: GgmlType) -> Option<GgmlType> {
 /// `nearest_int` rounds half to even too), when the row length allows it.
 pub fn fake_quantize_row(row: &mut [f32], ty: GgmlType) {
     match ty {
-        GgmlType::Q8_0 | GgmlType::Q8_1 if row.len().is_multiple_of(32) => {
-            for b in row.chunks_exact_mut(32) {
-                let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                let dh = half::f16::from_f32(d).to_f32();
-                for v in b.iter_mut() {
-                    *v = (*v * id).round_ties_even() * dh;
-                }
-            }
-        }
-        GgmlType::Q8_K if row.len().is_multiple_of(256) => {
-            for b in row.chunks_exact_mut(256) {
-                let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-                if max == 0.0 {
-                    b.iter_mut().for_each(|v| *v = 0.0);
-                    continue;
-                }
-                let iscale = -127.0 / max;
-                let d = 1.0 / iscale;
-                for v in b.iter_mut() {
-                    let q = ((iscale * *v).round_ties_even() as i32).min(127);
-                    *v = q as f32 * d;
-                }
+        GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K if row.len().is_multiple_of(ty.block_size()) => {
+            // The integer kernels' own quantization, read back: one place for the
+            // arithmetic.
+            let mut q = crate::kernels::acts::QuantRow::default();
+            q.quantize(row, ty);
+            let bs = ty.block_size();
+            for ((b, qb), &d) in row.chunks_exact_mut(bs).zip(q.q.chunks_exact(bs)).zip(&q.d) {
+                b.iter_mut().zip(qb).for_each(|(v, &c)| *v = c as f32 * d);
             }
         }
         GgmlType::F16 => row.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),

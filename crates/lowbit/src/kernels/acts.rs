@@ -1,9 +1,9 @@
 //! Activations prepared for the kernels, once per token row: quantized to the integer
 //! blocks llama.cpp's CPU backend uses on x86 (`quantize_row_q8_0/q8_1` of
 //! `ggml-cpu/arch/x86/quants.c`: `id = 127/amax`, rounding half to even; `q8_K`:
-//! `quantize_row_q8_K_ref`, whose `nearest_int` also rounds half to even) — the same
-//! arithmetic as [`crate::format::activation::fake_quantize_row`] — or kept in f32 with
-//! the per-16 sums the minimum terms need (exact numerics).
+//! `quantize_row_q8_K_ref`, whose `nearest_int` also rounds half to even; also what
+//! [`crate::format::activation::fake_quantize_row`] reads back), or kept in f32 with the
+//! per-16 sums the minimum terms need (exact numerics).
 
 use crate::format::GgmlType;
 

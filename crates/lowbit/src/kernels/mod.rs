@@ -190,9 +190,10 @@ impl PackedMatrix {
         let tiles = self.rows.div_ceil(TILE_ROWS);
         (0..tiles).into_par_iter().find_map_first(|tile| {
             let r0 = tile * TILE_ROWS;
-            let mut buf = vec![0.0f32; TILE_ROWS.min(self.rows - r0) * self.cols];
-            self.decode_rows(r0, &mut buf);
-            buf.iter().position(|v| !v.is_finite()).map(|i| (r0 * self.cols + i, buf[i]))
+            with_scratch(TILE_ROWS.min(self.rows - r0) * self.cols, |buf| {
+                self.decode_rows(r0, buf);
+                buf.iter().position(|v| !v.is_finite()).map(|i| (r0 * self.cols + i, buf[i]))
+            })
         })
     }
 
@@ -245,47 +246,44 @@ impl PackedMatrix {
     fn tile(&self, level: Level, r0: usize, buf: &mut [f32], x: &[f32], t: usize, out_ptr: SendPtr) {
         let (k, n) = (self.cols, self.rows);
         let rows = buf.len() / k;
-        {
-            match self.kernel() {
-                Some(kern) => {
-                    let bytes = &self.bytes[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
-                    (kern.decode)(level, bytes, buf);
-                }
-                None => self.decode_rows(r0, buf),
+        match self.kernel() {
+            Some(kern) => {
+                let bytes = &self.bytes[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+                (kern.decode)(level, bytes, buf);
             }
-            let dst = out_ptr;
-            // SAFETY: `out_ptr` is a product's output, t×n f32 (asserted in
-            // matmul_batch_at; each product's output is its own &mut slice); this tile
-            // writes only columns r0..r0+rows of each of its t rows (dst = out + r0, row
-            // stride n, column stride 1, rows ≤ n − r0), and a product's tiles cover
-            // disjoint column ranges, so no two tasks write the same element and nothing
-            // reads the outputs until the parallel pass ends. `x`
-            // holds t×k values (row stride k), `buf` rows×k (read as its transpose:
-            // element (i, j) at buf[j·k + i]). gemm runs on this thread only
-            // (Parallelism::None), so its result does not depend on the thread count.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    rows,
-                    k,
-                    dst.0.add(r0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    buf.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            None => self.decode_rows(r0, buf),
+        }
+        // SAFETY: `out_ptr` is a product's output, t×n f32 (asserted in
+        // matmul_batch_at; each product's output is its own &mut slice); this tile
+        // writes only columns r0..r0+rows of each of its t rows (dst = out + r0, row
+        // stride n, column stride 1, rows ≤ n − r0), and a product's tiles cover
+        // disjoint column ranges, so no two tasks write the same element and nothing
+        // reads the outputs until the parallel pass ends. `x`
+        // holds t×k values (row stride k), `buf` rows×k (read as its transpose:
+        // element (i, j) at buf[j·k + i]). gemm runs on this thread only
+        // (Parallelism::None), so its result does not depend on the thread count.
+        unsafe {
+            gemm::gemm(
+                t,
+                rows,
+                k,
+                out_ptr.0.add(r0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                buf.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
         }
     }
 }
@@ -321,6 +319,13 @@ pub struct Product<'a> {
     pub out: &'a mut [f32],
 }
 
+impl Product<'_> {
+    /// The activation type that applies: `act`, where the rows split into its blocks.
+    fn act(&self) -> Option<GgmlType> {
+        self.act.filter(|a| self.m.cols.is_multiple_of(a.block_size()))
+    }
+}
+
 /// Several products of one input `x` (`t` rows) — a block's q, k and v, or its gate and
 /// up — in one parallel pass: the activations are prepared once per activation type and
 /// the threads meet once, not once per matrix.
@@ -350,7 +355,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     }
     // What each product reads: (integer kernel?, activation type) → prepared rows.
     let key = |p: &Product| {
-        let act = p.act.filter(|a| p.m.cols.is_multiple_of(a.block_size()));
+        let act = p.act();
         let integer = p.m.kernel().is_some() && matches!(act, Some(GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K));
         (integer, act, p.m.cols)
     };
@@ -428,7 +433,7 @@ fn matmul_tiles(level: Level, x: &[f32], t: usize, products: &mut [Product]) {
     let mut rounded: Vec<(GgmlType, usize, Vec<f32>)> = Vec::new();
     for p in products.iter() {
         let k = p.m.cols;
-        if let Some(a) = p.act.filter(|a| k.is_multiple_of(a.block_size())) {
+        if let Some(a) = p.act() {
             if !rounded.iter().any(|(b, kb, _)| *b == a && *kb == k) {
                 let mut v = x.to_vec();
                 v.par_chunks_mut(k).for_each(|r| fake_quantize_row(r, a));
@@ -444,7 +449,7 @@ fn matmul_tiles(level: Level, x: &[f32], t: usize, products: &mut [Product]) {
         .iter_mut()
         .map(|p| {
             let k = p.m.cols;
-            let xp = match p.act.filter(|a| k.is_multiple_of(a.block_size())) {
+            let xp = match p.act() {
                 Some(a) => &rounded.iter().find(|(b, kb, _)| *b == a && *kb == k).expect("rounded above").2[..],
                 None => x,
             };
@@ -472,10 +477,13 @@ fn exact_rows(x: &[f32], k: usize, act: Option<GgmlType>) -> Vec<ExactRow> {
     x.chunks_exact(k)
         .map(|xr| {
             let mut e = ExactRow::default();
-            e.set(xr);
-            if let Some(a) = act {
-                fake_quantize_row(&mut e.x, a);
-                e.set(&e.x.clone());
+            match act {
+                Some(a) => {
+                    let mut r = xr.to_vec();
+                    fake_quantize_row(&mut r, a);
+                    e.set(&r);
+                }
+                None => e.set(xr),
             }
             e
         })
