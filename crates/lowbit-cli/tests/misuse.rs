@@ -119,3 +119,39 @@ fn a_lone_safetensors_file_is_read_as_itself() {
         assert!(!String::from_utf8_lossy(&o.stderr).contains("config.json"), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// A cached zoo model changed after it was verified (same size, one byte flipped) is
+/// caught on use, named, and fetched again — not measured. The re-fetch is made to fail
+/// here (`LOWBIT_PYTHON=false`), so the run must stop with the file named.
+#[test]
+fn a_damaged_cached_download_is_caught_on_use() {
+    let Some(cached) = lowbit::zoo::find("smollm2-135m").and_then(|m| m.cached()) else {
+        assert!(std::env::var("LOWBIT_REQUIRE_MODELS").as_deref() != Ok("1"), "smollm2-135m is not fetched");
+        eprintln!("SKIPPED: smollm2-135m is not fetched");
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let model_dir = home.path().join("models/smollm2-135m");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let copy = model_dir.join(cached.file_name().unwrap());
+    std::fs::copy(&cached, &copy).unwrap();
+    let stamp = cached.parent().unwrap().join(".sha256-verified");
+    // Only the checksum line: the first use records the manifest of this copy.
+    let sum = std::fs::read_to_string(&stamp).unwrap().lines().next().unwrap().to_string();
+    std::fs::write(model_dir.join(".sha256-verified"), format!("{sum}\n")).unwrap();
+    let inspect = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lowbit"))
+            .env("LOWBIT_HOME", home.path())
+            .env("LOWBIT_PYTHON", "false")
+            .args(["inspect", "smollm2-135m"])
+            .output()
+            .unwrap()
+    };
+    assert!(inspect().status.success(), "{}", String::from_utf8_lossy(&inspect().stderr));
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&copy, &bytes).unwrap();
+    let o = inspect();
+    assert_fails(&o, &["SmolLM2-135M-Instruct.Q4_1.gguf", "changed since it was verified", "fetching smollm2-135m again"]);
+}

