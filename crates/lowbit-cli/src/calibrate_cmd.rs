@@ -65,7 +65,8 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     );
     lowbit::atomic::check_output(&args.output)?;
     let path = crate::resolve_model(&args.model)?;
-    let opts = EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) };
+    let opts =
+        EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks), ..Default::default() };
     let stats = calibrate(&path, &args.text, &opts, format == "stats")?;
     let m = &stats.imatrix;
     match format.as_str() {

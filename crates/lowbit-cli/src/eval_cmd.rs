@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::eval::{evaluate, EvalOptions, Reference, SaveLogits};
+use lowbit::eval::{evaluate, file_identity, EvalOptions, Reference, Resume, SaveLogits};
 use lowbit::model::{load_lm, LoadOptions};
 use lowbit::saved_logits::LogitsReader;
 
@@ -38,6 +38,10 @@ pub struct EvalArgs {
     /// numbers match `llama-perplexity` on the same file (default: exact f32 forward).
     #[arg(long)]
     pub llama_cpp_numerics: bool,
+    /// Discard the finished chunks an interrupted run of this same evaluation kept, and
+    /// start over (by default the run continues from them).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// Runs `lowbit eval`.
@@ -87,7 +91,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     }
     let save = args.save_logits.as_deref().map(|path| SaveLogits { path, model_name: args.model.clone() });
-    let opts = EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) };
+    // Finished chunks are journaled, so an interrupted run continues where it stopped.
+    let identity = format!(
+        "model {} | reference {} | llama.cpp numerics {}",
+        file_identity(&model_path),
+        args.reference
+            .as_deref()
+            .map_or("none".into(), |r| file_identity(&crate::resolve_model(r).unwrap_or(r.into()))),
+        args.llama_cpp_numerics
+    );
+    let resume = Resume { root: lowbit::zoo::home().join("resume"), identity, fresh: args.fresh };
+    let opts =
+        EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks), resume: Some(resume) };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks, {per_sec}, ETA {eta}")
@@ -97,7 +112,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     bar.set_message("eval");
     let start = std::time::Instant::now();
     let mut log = crate::LogProgress::new("eval");
+    let mut finished = (0, 0);
+    let mut announced = false;
     let report = evaluate(&lm, reference, save, &text, &opts, &mut |done, total, tokens| {
+        if !announced && done > 0 {
+            bar.suspend(|| eprintln!("lowbit: resuming: {done} of {total} chunks were finished by an interrupted run"));
+        }
+        announced = true;
+        finished = (done, total);
         log.update(done as u64, total as u64, "chunks");
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -105,8 +127,16 @@ pub fn run(args: EvalArgs) -> Result<()> {
         if secs > 0.0 && tokens > 0 {
             bar.set_message(format!("eval {:.0} tok/s", tokens as f64 / secs));
         }
-    })?;
+    });
     bar.finish_and_clear();
+    let report = match report {
+        Err(lowbit::Error::Interrupted) => anyhow::bail!(
+            "interrupted after {} of {} chunks; they are kept: run the same command again to continue (--fresh starts over)",
+            finished.0,
+            finished.1
+        ),
+        r => r?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -229,8 +229,11 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
     } else if let Some(p) = &args.stats {
         CalibrationInput::Stats(p.clone())
     } else if !args.calib.is_empty() {
-        let eval =
-            EvalOptions { ctx: args.calib_ctx, max_chunks: (args.calib_chunks > 0).then_some(args.calib_chunks) };
+        let eval = EvalOptions {
+            ctx: args.calib_ctx,
+            max_chunks: (args.calib_chunks > 0).then_some(args.calib_chunks),
+            ..Default::default()
+        };
         CalibrationInput::Texts { paths: args.calib.clone(), eval }
     } else {
         CalibrationInput::None

@@ -62,7 +62,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     let opts = SweepOptions {
         settings,
         compare: args.compare.clone(),
-        eval: EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks) },
+        eval: EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks), ..Default::default() },
         keep: args.keep,
         calib: args.calib.clone(),
         calib_chunks: args.calib_chunks,

@@ -153,5 +153,8 @@ fn a_damaged_cached_download_is_caught_on_use() {
     bytes[at] ^= 0x40;
     std::fs::write(&copy, &bytes).unwrap();
     let o = inspect();
-    assert_fails(&o, &["SmolLM2-135M-Instruct.Q4_1.gguf", "changed since it was verified", "fetching smollm2-135m again"]);
+    assert_fails(
+        &o,
+        &["SmolLM2-135M-Instruct.Q4_1.gguf", "changed since it was verified", "fetching smollm2-135m again"],
+    );
 }

@@ -91,6 +91,15 @@ pub fn decode_row(rec: &[u8], lp: &mut [f64]) -> SavedRow {
     SavedRow { argmax, target_nll }
 }
 
+/// The bytes a saved-logits file starts with: magic, header length, JSON header.
+pub fn header_bytes(header: &LogitsHeader) -> Vec<u8> {
+    let json = serde_json::to_vec(header).expect("header serialises");
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    out.extend_from_slice(&json);
+    out
+}
+
 /// Streams records into a new file, written atomically (temporary file, then rename).
 pub struct LogitsWriter {
     out: Option<BufWriter<tempfile::NamedTempFile>>,
@@ -103,12 +112,7 @@ impl LogitsWriter {
     pub fn create(path: &Path, header: &LogitsHeader) -> Result<LogitsWriter> {
         let tmp = crate::atomic::temp_beside(path)?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
-        let json = serde_json::to_vec(header).expect("header serialises");
-        let res = out
-            .write_all(MAGIC)
-            .and_then(|_| out.write_all(&(json.len() as u32).to_le_bytes()))
-            .and_then(|_| out.write_all(&json));
-        res.map_err(|e| Error::io(path, e))?;
+        out.write_all(&header_bytes(header)).map_err(|e| Error::io(path, e))?;
         Ok(LogitsWriter { out: Some(out), target: path.to_path_buf(), buf: Vec::new() })
     }
 
@@ -192,6 +196,12 @@ impl LogitsReader {
     pub fn next_records(&mut self, n: usize, out: &mut Vec<u8>) -> Result<()> {
         out.resize(n * self.rec.len(), 0);
         self.input.read_exact(out).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Skips the next `n` records (a resumed evaluation's finished chunks).
+    pub fn skip_records(&mut self, n: usize) -> Result<()> {
+        let bytes = (n * self.rec.len()) as i64;
+        self.input.seek_relative(bytes).map_err(|e| Error::io(&self.path, e))
     }
 
     /// The file's path.

@@ -219,8 +219,9 @@ impl Manifest {
         let mut changed = false;
         for (rel, size, mtime, sum) in &mut self.files {
             let path = if rel.is_empty() { root.to_path_buf() } else { root.join(&*rel) };
-            let meta = fs::metadata(&path)
-                .map_err(|e| Error::io(&path, std::io::Error::new(e.kind(), format!("cached model file missing ({e})"))))?;
+            let meta = fs::metadata(&path).map_err(|e| {
+                Error::io(&path, std::io::Error::new(e.kind(), format!("cached model file missing ({e})")))
+            })?;
             if meta.len() == *size && mtime_ns(&meta) == *mtime {
                 continue;
             }
@@ -469,7 +470,7 @@ mod tests {
         fs::write(root.join("model.bin"), b"abc").unwrap();
         fs::write(root.join("sub/config.json"), b"{}").unwrap();
         let m = folder_model();
-        let mut manifest = Manifest::record(&m, &root).unwrap();
+        let manifest = Manifest::record(&m, &root).unwrap();
         assert_eq!(manifest.files.len(), 2);
         let stamp = dir.path().join("stamp");
         manifest.write(&stamp).unwrap();

@@ -13,7 +13,7 @@ fn imatrix_of_a_real_model() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
     let text = std::fs::read_to_string(support::shared_data("austen/emma.txt")).unwrap();
     let mut lm = load_gguf_lm(&src, LoadOptions::default()).unwrap();
-    let opts = EvalOptions { ctx: 64, max_chunks: Some(2) };
+    let opts = EvalOptions { ctx: 64, max_chunks: Some(2), ..Default::default() };
     let m = compute_imatrix(&mut lm, &text, "emma.txt", &opts, &mut |_, _| {}).unwrap();
     assert_eq!(m.entries.len(), 30 * 7);
     for (name, e) in &m.entries {
@@ -51,7 +51,7 @@ fn hessians_and_gptq_on_a_real_model() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
     let text = std::fs::read_to_string(support::shared_data("austen/emma.txt")).unwrap();
     let mut lm = load_gguf_lm(&src, LoadOptions::default()).unwrap();
-    let opts = EvalOptions { ctx: 256, max_chunks: Some(4) };
+    let opts = EvalOptions { ctx: 256, max_chunks: Some(4), ..Default::default() };
     let stats = compute_stats(&mut lm, &text, "emma.txt", &opts, true, &mut |_, _| {}).unwrap();
     // Three distinct inputs per block: attention input (q, k, v), attention output, FFN
     // input (gate, up), FFN hidden (down) — four keys.

@@ -70,7 +70,7 @@ fn native_formats_round_trip_through_a_real_model() {
     // formats at 3–8 bits on the less sensitive matrices; 3 bits on ffn_down alone, from
     // this 4-bit source, roughly doubles it).
     let text = std::fs::read_to_string(support::shared_data("wikitext-2/wiki.valid.raw")).unwrap();
-    let eval = EvalOptions { ctx: 128, max_chunks: Some(2) };
+    let eval = EvalOptions { ctx: 128, max_chunks: Some(2), ..Default::default() };
     let ppl = |p: &std::path::Path| {
         let lm = load_gguf_lm(p, LoadOptions::default()).unwrap();
         evaluate(&lm, None, None, &text, &eval, &mut |_, _, _| {}).unwrap().ppl
@@ -136,7 +136,7 @@ fn vq_formats_round_trip_through_a_real_model() {
     assert_eq!(vq, 60);
     // The model runs (2 bits on attn_q costs a lot on a 135M model; finite and bounded).
     let text = std::fs::read_to_string(support::shared_data("wikitext-2/wiki.valid.raw")).unwrap();
-    let eval = EvalOptions { ctx: 128, max_chunks: Some(2) };
+    let eval = EvalOptions { ctx: 128, max_chunks: Some(2), ..Default::default() };
     let lm = load_gguf_lm(&out, LoadOptions::default()).unwrap();
     let ppl = evaluate(&lm, None, None, &text, &eval, &mut |_, _, _| {}).unwrap().ppl;
     assert!(ppl.is_finite() && ppl < 200.0, "PPL {ppl}");

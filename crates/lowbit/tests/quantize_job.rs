@@ -22,7 +22,7 @@ const TENSOR: &str = "blk.0.ffn_down.weight";
 fn calibrated_quantization_in_one_call() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
     let emma = support::shared_data("austen/emma.txt");
-    let eval = EvalOptions { ctx: 64, max_chunks: Some(2) };
+    let eval = EvalOptions { ctx: 64, max_chunks: Some(2), ..Default::default() };
     // The source's own types everywhere (copied), one matrix re-quantized as Q4_K.
     let overrides =
         vec![Override::parse(&format!("{TENSOR}=Q4_K")).unwrap(), Override::parse("token_embd=Q8_0").unwrap()];

@@ -28,7 +28,7 @@ fn saved_reference_matches_the_live_reference() {
     quantize_gguf(&src, &quantized, &opts, &mut |_, _| {}).unwrap();
     let reference = load_gguf_lm(&src, LoadOptions::default()).unwrap();
     let model = load_gguf_lm(&quantized, LoadOptions::default()).unwrap();
-    let eval = EvalOptions { ctx: 64, max_chunks: Some(3) };
+    let eval = EvalOptions { ctx: 64, max_chunks: Some(3), ..Default::default() };
     let logits = dir.path().join("ref.logits");
     let save = SaveLogits { path: &logits, model_name: "smollm2-135m".into() };
     let own = evaluate(&reference, None, Some(save), &text, &eval, &mut |_, _, _| {}).unwrap();
@@ -48,7 +48,7 @@ fn saved_reference_matches_the_live_reference() {
 
     // Another chunk count is refused, naming the file and the fix.
     let mut reader = LogitsReader::open(&logits).unwrap();
-    let other = EvalOptions { ctx: 64, max_chunks: Some(2) };
+    let other = EvalOptions { ctx: 64, max_chunks: Some(2), ..Default::default() };
     let err = evaluate(&model, Some(Reference::Saved(&mut reader)), None, &text, &other, &mut |_, _, _| {})
         .expect_err("mismatch refused")
         .to_string();

@@ -391,7 +391,7 @@ pub fn run_sweep(
                 progress(SweepEvent::Step("importance matrix", 0, total));
                 let mut lm = load_gguf_lm(source_path, LoadOptions::default())?;
                 let names: Vec<String> = opts.calib.iter().map(|p| p.display().to_string()).collect();
-                let copts = EvalOptions { ctx: 512, max_chunks: Some(opts.calib_chunks) };
+                let copts = EvalOptions { ctx: 512, max_chunks: Some(opts.calib_chunks), ..Default::default() };
                 let stats: CalibrationStats =
                     compute_stats(&mut lm, &calib_text, &names.join("+"), &copts, hessians, &mut |d, t| {
                         progress(SweepEvent::Chunks(d, t))

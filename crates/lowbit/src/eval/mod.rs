@@ -1,12 +1,18 @@
 //! Measuring a model: perplexity with `llama-perplexity`'s conventions, and KL
 //! divergence / top-1 agreement against a reference model on the same scored tokens.
+//! An interrupted evaluation keeps its finished chunks and resumes ([`journal`]).
+
+mod journal;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::LoadedLm;
-use crate::saved_logits::{decode_row, encode_row, record_bytes, LogitsHeader, LogitsReader, LogitsWriter};
+use crate::saved_logits::{
+    decode_row, encode_row, header_bytes, record_bytes, LogitsHeader, LogitsReader, LogitsWriter,
+};
+use journal::{Journal, Row};
 
 /// Where the reference distributions come from.
 pub enum Reference<'a> {
@@ -53,12 +59,52 @@ pub struct EvalOptions {
     pub ctx: usize,
     /// Evaluate at most this many chunks (llama.cpp `--chunks`).
     pub max_chunks: Option<usize>,
+    /// Keep finished chunks so an interrupted run resumes (see [`Resume`]).
+    pub resume: Option<Resume>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { ctx: 512, max_chunks: Some(40) }
+        EvalOptions { ctx: 512, max_chunks: Some(40), resume: None }
     }
+}
+
+/// Where an evaluation keeps its finished chunks, and what identifies it.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    /// Folder holding one journal folder per evaluation (e.g. `$LOWBIT_HOME/resume`).
+    pub root: std::path::PathBuf,
+    /// Everything outside the text that decides the result: the model's and reference's
+    /// identities ([`file_identity`]) and the numerics. Part of the journal's name, so a
+    /// changed input starts afresh.
+    pub identity: String,
+    /// Discard what an earlier run kept and start over.
+    pub fresh: bool,
+}
+
+/// A cheap identity of a model file or folder: its absolute path, and every file's size
+/// and modification time (hashing a many-GB model on every run would cost more than the
+/// work it protects).
+pub fn file_identity(path: &std::path::Path) -> String {
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let stamp = |p: &std::path::Path| {
+        std::fs::metadata(p).map_or_else(
+            |_| "missing".to_string(),
+            |m| {
+                let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                format!("{}:{}", m.len(), t.map_or(0, |d| d.as_nanos()))
+            },
+        )
+    };
+    let mut id = format!("{}={}", abs.display(), stamp(&abs));
+    if abs.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(&abs).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        names.sort();
+        for n in names {
+            id.push_str(&format!(";{}={}", n.display(), stamp(&n)));
+        }
+    }
+    id
 }
 
 /// Divergence of a model from a reference over the scored tokens.
@@ -97,6 +143,8 @@ pub struct EvalReport {
     pub tokens_per_second: f64,
     /// Perplexity over the first 1, 2, … chunks (llama-perplexity's `[i]` values).
     pub running_ppl: Vec<f64>,
+    /// Chunks taken from an interrupted earlier run of the same evaluation.
+    pub resumed_chunks: usize,
 }
 
 /// log-softmax of one logits row, in f64.
@@ -141,7 +189,7 @@ fn check_saved_reference(r: &LogitsReader, header: &LogitsHeader) -> Result<()> 
 
 /// Per scored token: its negative log-likelihood; with a reference, (KL divergence,
 /// whether the top-1 tokens agree, the reference's nll); the encoded record when saving.
-type RowStats = (f64, Option<(f64, bool, f64)>, Vec<u8>);
+type RowStats = (Row, Vec<u8>);
 
 /// Scores `targets.len()` rows of `logits` (vocabulary `v`), row `i` predicting
 /// `targets[i]`, against the reference batch; rows in parallel, results in row order.
@@ -172,7 +220,7 @@ fn score_rows(logits: &[f32], reference: &ReferenceBatch, targets: &[u32], v: us
                 record.reserve_exact(rec_bytes);
                 encode_row(&lp, top, -lp[target], &mut record);
             }
-            (-lp[target], kl, record)
+            (Row { nll: -lp[target], kl }, record)
         })
         .collect()
 }
@@ -189,7 +237,8 @@ struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, nll: f64, kl: Option<(f64, bool, f64)>) {
+    fn add(&mut self, row: Row) {
+        let (nll, kl) = (row.nll, row.kl);
         self.nll += nll;
         self.nll2 += nll * nll;
         self.count += 1;
@@ -291,12 +340,43 @@ pub fn evaluate(
     if let Some(Reference::Saved(r)) = &reference {
         check_saved_reference(r, &header)?;
     }
-    let mut writer = save.as_ref().map(|s| LogitsWriter::create(s.path, &header)).transpose()?;
+    let rows_per_chunk = ctx - 1 - first;
+    let mut journal = match &opts.resume {
+        Some(r) => {
+            let dir = r.root.join(format!("eval-{}", journal_key(r, &header, save.as_ref())));
+            if r.fresh && dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            let head = header_bytes(&header);
+            let j =
+                Journal::open(&dir, rows_per_chunk, save.as_ref().map(|_| (&head[..], record_bytes(header.vocab))))?;
+            Some(j)
+        }
+        None => None,
+    };
+    // Without a journal the saved logits stream straight to their (atomic) output.
+    let mut writer = match (&save, &journal) {
+        (Some(s), None) => Some(LogitsWriter::create(s.path, &header)?),
+        _ => None,
+    };
+    let saving = save.is_some();
     let mut totals = Totals::default();
     let mut model_time = 0f64;
     let mut running = Vec::with_capacity(n_chunks);
-    progress(0, n_chunks, 0);
-    for c in 0..n_chunks {
+    let resumed = journal.as_ref().map_or(0, |j| j.done.min(n_chunks));
+    if let Some(j) = &journal {
+        for chunk_rows in j.rows.chunks(rows_per_chunk).take(resumed) {
+            chunk_rows.iter().for_each(|&r| totals.add(r));
+            running.push(totals.ppl().0);
+        }
+    }
+    if let Some(Reference::Saved(r)) = &mut reference {
+        r.skip_records(resumed * rows_per_chunk)?;
+    }
+    progress(resumed, n_chunks, resumed * ctx);
+    let mut chunk_rows = Vec::with_capacity(rows_per_chunk);
+    let mut chunk_records = Vec::new();
+    for c in resumed..n_chunks {
         crate::interrupt::check()?;
         let chunk = chunk_tokens(c);
         let t0 = std::time::Instant::now();
@@ -310,6 +390,8 @@ pub fn evaluate(
         // Scored rows are first … ctx-2, each predicting the next token; model and
         // reference logits are taken batch by batch and compared row by row.
         let mut start = first;
+        chunk_rows.clear();
+        chunk_records.clear();
         while start < ctx - 1 {
             let n = LOGIT_ROWS_PER_BATCH.min(ctx - 1 - start);
             let t0 = std::time::Instant::now();
@@ -326,14 +408,20 @@ pub fn evaluate(
                 }
                 _ => ReferenceBatch::None,
             };
-            let per_row = score_rows(&logits, &ref_batch, &chunk[start + 1..start + 1 + n], v, writer.is_some());
-            for (l, kl, record) in per_row {
-                totals.add(l, kl);
+            let per_row = score_rows(&logits, &ref_batch, &chunk[start + 1..start + 1 + n], v, saving);
+            for (row, record) in per_row {
+                totals.add(row);
+                chunk_rows.push(row);
                 if let Some(w) = writer.as_mut() {
                     w.push_encoded(&record)?;
+                } else {
+                    chunk_records.extend_from_slice(&record);
                 }
             }
             start += n;
+        }
+        if let Some(j) = journal.as_mut() {
+            j.append(&chunk_rows, &chunk_records)?;
         }
         running.push(totals.ppl().0);
         progress(c + 1, n_chunks, (c + 1) * ctx);
@@ -341,6 +429,9 @@ pub fn evaluate(
     let (ppl, ppl_err) = totals.ppl();
     if let Some(w) = writer {
         w.finish()?;
+    }
+    if let Some(j) = journal {
+        j.finish(save.as_ref().map(|s| s.path))?;
     }
     let kld = reference.map(|_| totals.kld());
     Ok(EvalReport {
@@ -350,9 +441,25 @@ pub fn evaluate(
         ctx,
         scored_tokens: totals.count,
         kld,
-        tokens_per_second: (n_chunks * ctx) as f64 / model_time.max(1e-9),
+        tokens_per_second: ((n_chunks - resumed) * ctx) as f64 / model_time.max(1e-9),
         running_ppl: running,
+        resumed_chunks: resumed,
     })
+}
+
+/// The journal folder's name for this evaluation: a hash of the caller's identity, the
+/// saved-logits header (tokens, ctx, chunks, vocabulary, lowbit version) and the save
+/// target.
+fn journal_key(r: &Resume, header: &LogitsHeader, save: Option<&SaveLogits>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(r.identity.as_bytes());
+    h.update(header_bytes(header));
+    if let Some(s) = save {
+        let abs = std::path::absolute(s.path).unwrap_or_else(|_| s.path.to_path_buf());
+        h.update(abs.to_string_lossy().as_bytes());
+    }
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// How closely an encoder's sentence embeddings follow a reference encoder's.
