@@ -65,6 +65,9 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     );
     lowbit::atomic::check_output(&args.output)?;
     let path = crate::resolve_model(&args.model)?;
+    let mut inputs = vec![("--model", path.as_path())];
+    inputs.extend(args.text.iter().map(|t| ("--text", t.as_path())));
+    lowbit::atomic::refuse_overwriting_inputs(&args.output, &inputs)?;
     let opts =
         EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks), ..Default::default() };
     let stats = calibrate(&path, &args.text, &opts, format == "stats")?;

@@ -57,6 +57,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         )
     })?;
     let model_path = crate::resolve_model(&args.model)?;
+    if let Some(out) = &args.save_logits {
+        let reference = args.reference.as_deref().map(std::path::Path::new);
+        let mut inputs = vec![("--model", model_path.as_path()), ("--text", args.text.as_path())];
+        inputs.extend(reference.map(|r| ("--reference", r)));
+        lowbit::atomic::refuse_overwriting_inputs(out, &inputs)?;
+    }
     if model_path.is_dir() && !lowbit::model::hf_llama::is_hf_causal_lm(&model_path) {
         return run_encoder(&args, &model_path, &text);
     }
@@ -85,11 +91,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(RefSource::Saved(r)) => Some(Reference::Saved(r)),
         None => None,
     };
-    if let Some(out) = &args.save_logits {
-        if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(&model_path).ok() {
-            anyhow::bail!("{}: --save-logits would overwrite the model", out.display());
-        }
-    }
     let save = args.save_logits.as_deref().map(|path| SaveLogits { path, model_name: args.model.clone() });
     // Finished chunks are journaled, so an interrupted run continues where it stopped.
     let identity = format!(

@@ -252,6 +252,13 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         lowbit::atomic::check_output(p)?;
     }
     let input = crate::resolve_model(&args.model)?;
+    let mut inputs: Vec<(&str, &std::path::Path)> = vec![("--model", &input)];
+    inputs.extend(args.imatrix.iter().map(|p| ("--imatrix", p.as_path())));
+    inputs.extend(args.stats.iter().map(|p| ("--stats", p.as_path())));
+    inputs.extend(args.calib.iter().map(|p| ("--calib", p.as_path())));
+    for p in args.output.iter().chain(&args.report) {
+        lowbit::atomic::refuse_overwriting_inputs(p, &inputs)?;
+    }
     let summary = if args.dry_run {
         let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
         let s = plan_model(&lowbit::gguf::GgufFile::open(&input)?, &opts)?;

@@ -158,3 +158,59 @@ fn a_damaged_cached_download_is_caught_on_use() {
         &["SmolLM2-135M-Instruct.Q4_1.gguf", "changed since it was verified", "fetching smollm2-135m again"],
     );
 }
+
+/// `sweep -o` names a folder: an existing file, a device or a symlink there is refused
+/// before any work and left as it was (it used to fail with "Not a directory" on a
+/// subfolder, and a symlink was followed).
+#[cfg(unix)]
+#[test]
+fn sweep_output_must_be_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path(), None);
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "some text ".repeat(200)).unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, "keep").unwrap();
+    let target = dir.path().join("elsewhere");
+    std::fs::create_dir(&target).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for (out, expect) in [(&file, "a file, not a folder"), (&link, "symbolic link")] {
+        let o = lowbit()
+            .args(["sweep", "--types", "Q8_0", "--chunks", "1", "--model"])
+            .arg(&src)
+            .arg("--text")
+            .arg(&text)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert_fails(&o, &[out.file_name().unwrap().to_str().unwrap(), expect]);
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+}
+
+/// An output that is one of the command's inputs (a text, an importance matrix, a saved
+/// reference — not only the model) is refused before any work, and the input kept.
+#[test]
+fn outputs_never_overwrite_any_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path(), None);
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "some text ".repeat(400)).unwrap();
+    let t = text.to_str().unwrap();
+    let s = src.to_str().unwrap();
+    let cases: [(Vec<&str>, &str); 4] = [
+        (vec!["quantize", "--model", s, "--type", "Q8_0", "--calib", t, "-o", t], "--calib"),
+        (vec!["quantize", "--model", s, "--type", "Q8_0", "-o", "out.gguf", "--report", t, "--calib", t], "--calib"),
+        (vec!["calibrate", "--model", s, "--text", t, "-o", t], "--text"),
+        (vec!["eval", "--model", s, "--text", t, "--save-logits", t], "--text"),
+    ];
+    for (args, option) in cases {
+        let o = lowbit().current_dir(dir.path()).args(&args).output().unwrap();
+        assert_fails(&o, &["t.txt", &format!("is also the {option} input")]);
+        assert_eq!(std::fs::read_to_string(&text).unwrap(), "some text ".repeat(400), "{args:?}");
+        assert_eq!(files(dir.path()), vec!["src.gguf", "t.txt"], "{args:?}");
+    }
+}

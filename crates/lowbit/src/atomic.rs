@@ -46,6 +46,49 @@ pub fn check_output(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output *folder* (sweep's `-o`) that is an existing file, device or pipe,
+/// or a symlink (never followed into a place the user did not name), before any work.
+pub fn check_output_folder(path: &Path) -> Result<()> {
+    let what = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Some("a symbolic link (name the folder it points to instead)"),
+        Ok(m) if m.is_file() => Some("a file, not a folder"),
+        Ok(m) if !m.is_dir() => Some("a device, pipe or socket, not a folder"),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    match what {
+        Some(what) => Err(Error::Usage(format!("{}: is {what}; give a new or existing folder", path.display()))),
+        None => Ok(()),
+    }
+}
+
+/// Whether `b` names the existing file `a` (through any path or link), also when `b`
+/// does not exist yet but its folder does.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let Ok(a) = a.canonicalize() else { return false };
+    if let Ok(b) = b.canonicalize() {
+        return a == b;
+    }
+    let parent = b.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match (parent.canonicalize(), b.file_name()) {
+        (Ok(p), Some(name)) => p.join(name) == a,
+        _ => false,
+    }
+}
+
+/// Refuses an output that is one of the command's inputs (`(option, path)` pairs), so
+/// no output ever replaces a model, text, importance matrix or reference it read.
+pub fn refuse_overwriting_inputs(output: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    match inputs.iter().find(|(_, p)| same_file(p, output)) {
+        Some((option, _)) => Err(Error::Usage(format!(
+            "{}: is also the {option} input; the output would overwrite the input",
+            output.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The folder an output lands in.
 fn parent_of(path: &Path) -> PathBuf {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()

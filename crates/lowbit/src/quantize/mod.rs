@@ -221,19 +221,6 @@ fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSum
     }
 }
 
-/// True when `a` and `b` name the same file (b may not exist yet).
-fn same_file(a: &Path, b: &Path) -> bool {
-    let Ok(a) = a.canonicalize() else { return false };
-    if let Ok(b) = b.canonicalize() {
-        return a == b;
-    }
-    let parent = b.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    match (parent.canonicalize(), b.file_name()) {
-        (Ok(p), Some(name)) => p.join(name) == a,
-        _ => false,
-    }
-}
-
 /// Decodes one tensor of `g` to f32 and encodes it as its planned type
 /// ([`quantize_tensor`]), with its codebook use for a VQ tensor.
 fn encode_tensor(
@@ -300,7 +287,7 @@ pub fn write_planned(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<QuantizeSummary> {
     let input = g.path();
-    if same_file(input, output) {
+    if crate::atomic::same_file(input, output) {
         return Err(Error::Usage(format!("{}: the output would overwrite the input", output.display())));
     }
     let start = Instant::now();

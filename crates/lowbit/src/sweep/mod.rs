@@ -312,6 +312,7 @@ pub fn run_sweep(
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
         return Err(Error::Usage(format!("setting '{}' is listed twice", w[0])));
     }
+    crate::atomic::check_output_folder(dir)?;
     let text = std::fs::read_to_string(text_path).map_err(|e| Error::io(text_path, e))?;
     for sub in ["settings", "models"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
