@@ -63,7 +63,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         inputs.extend(reference.map(|r| ("--reference", r)));
         lowbit::atomic::refuse_overwriting_inputs(out, &inputs)?;
     }
-    if model_path.is_dir() && !lowbit::model::hf_llama::is_hf_causal_lm(&model_path) {
+    if model_path.is_dir() && !lowbit::hf::is_causal_lm_folder(&model_path) {
         return run_encoder(&args, &model_path, &text);
     }
     let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };

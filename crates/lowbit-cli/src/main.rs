@@ -129,7 +129,7 @@ fn run(cli: Cli) -> Result<()> {
             let text =
                 if file { std::fs::read_to_string(&text).map_err(|e| anyhow::anyhow!("{text}: {e}"))? } else { text };
             let path = resolve_model(&model)?;
-            let g = lowbit::gguf::GgufFile::open(&path)?;
+            let g = lowbit::hf::open_model(&path)?;
             let tok = lowbit::tokenizer::Tokenizer::from_gguf(&g)?;
             let ids = tok.encode(&text, special)?;
             // The text each token stands for (not its vocabulary spelling: byte-level BPE

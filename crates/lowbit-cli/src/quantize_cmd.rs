@@ -261,7 +261,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     }
     let summary = if args.dry_run {
         let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
-        let s = plan_model(&lowbit::gguf::GgufFile::open(&input)?, &opts)?;
+        let s = plan_model(&lowbit::hf::open_model(&input)?, &opts)?;
         print_summary(&s, &args.ty, true);
         s
     } else {

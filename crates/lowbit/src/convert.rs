@@ -6,7 +6,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::GgmlType;
-use crate::gguf::{GgufFile, GgufWriter, TensorSpec, TensorType, Value};
+use crate::gguf::{GgufWriter, TensorSpec, TensorType, Value};
 
 /// llama.cpp's `general.file_type` for an all-F32 / mostly-F16 file.
 fn file_type(ty: GgmlType) -> u32 {
@@ -32,7 +32,7 @@ pub fn dequantize_file(
             return Err(Error::Usage(format!("{}: the output would overwrite the input", output.display())));
         }
     }
-    let g = GgufFile::open(input)?;
+    let g = crate::hf::open_model(input)?;
     let mut metadata: Vec<(String, Value)> =
         g.metadata.iter().filter(|(k, _)| k != "general.file_type").cloned().collect();
     metadata.push(("general.file_type".into(), Value::U32(file_type(ty))));

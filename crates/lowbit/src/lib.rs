@@ -21,6 +21,7 @@ pub mod eval;
 pub mod format;
 pub mod generate;
 pub mod gguf;
+pub mod hf;
 pub mod inspect;
 pub mod interrupt;
 pub mod kernels;

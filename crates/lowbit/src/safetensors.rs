@@ -49,6 +49,13 @@ pub struct StTensor {
     end: usize,
 }
 
+impl StTensor {
+    /// (shard index, first byte in that shard's file) of the tensor's data.
+    pub(crate) fn location(&self) -> (usize, usize) {
+        (self.shard, self.start)
+    }
+}
+
 /// An open Hugging Face model folder.
 pub struct SafetensorsModel {
     /// The folder (for a lone file opened with [`SafetensorsModel::open_file`], the file).
@@ -325,6 +332,12 @@ impl SafetensorsModel {
                 b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
             }
         })
+    }
+
+    /// Takes the folder apart: the shard maps (in shard order) and the tensors, whose
+    /// [`StTensor::location`] index into them. Used to present the folder as GGUF.
+    pub(crate) fn into_shards(self) -> (Vec<(PathBuf, Mmap)>, BTreeMap<String, StTensor>) {
+        (self.shards, self.tensors)
     }
 
     /// Total bytes of all shards.

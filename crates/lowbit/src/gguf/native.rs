@@ -74,7 +74,7 @@ pub(super) fn resolve(path: &Path, metadata: &[(String, Value)], tensors: &mut [
 }
 
 /// The codebook bytes a VQ tensor `name` of `g` decodes with (`None` for other storage).
-pub fn codebook_of<'a>(g: &'a GgufFile, name: &str, st: StorageType) -> Result<Option<&'a [u8]>> {
+pub fn codebook_of<'a>(g: &'a GgufFile, name: &str, st: StorageType) -> Result<Option<std::borrow::Cow<'a, [u8]>>> {
     let StorageType::Vq(f) = st else { return Ok(None) };
     let cb_name = codebook_name(name);
     let (cb_info, codebook) = g.tensor_bytes(&cb_name).map_err(|_| {

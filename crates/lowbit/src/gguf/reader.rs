@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use std::borrow::Cow;
+
 use memmap2::Mmap;
 
 use super::metadata::{Value, ValueType};
@@ -65,6 +67,62 @@ pub struct TensorInfo {
     pub n_elements: u64,
     /// Bytes of data, when the type is known.
     pub n_bytes: Option<u64>,
+    /// Which of the file's byte segments holds the data (0: the GGUF itself; a model
+    /// folder presented as GGUF has one per safetensors shard).
+    pub(crate) segment: usize,
+    /// Absolute position of the data in its segment.
+    pub(crate) start: u64,
+    /// What is done to the stored bytes on reading (nothing, for a real GGUF).
+    pub(crate) transform: Transform,
+}
+
+/// A change applied to a tensor's stored bytes when they are read: how a Hugging Face
+/// checkpoint's tensors become what llama.cpp's converter would have written, without
+/// a converted copy on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Transform {
+    /// Widen a float vector stored as this type to f32 (1-D tensors: llama.cpp keeps
+    /// them in f32), adding `.1` to every value (Gemma stores norm weights as w − 1).
+    pub to_f32: Option<(GgmlType, f32)>,
+    /// Regroup each head's rows from "rotate half" order into adjacent pairs: llama.cpp's
+    /// `permute(w, n_head)` for q/k projections of llama-architecture models.
+    pub permute_heads: Option<usize>,
+}
+
+impl Transform {
+    /// Whether the stored bytes are used unchanged.
+    pub fn is_none(&self) -> bool {
+        self.to_f32.is_none() && self.permute_heads.is_none()
+    }
+
+    /// Applies the transform to `bytes` (a tensor of `rows` rows).
+    fn apply(&self, bytes: &[u8], rows: usize) -> Vec<u8> {
+        let mut out = match self.to_f32 {
+            Some((from, add)) => {
+                let n = bytes.len() / from.type_size();
+                let mut v = crate::format::dequantize_to_vec(from, bytes, n).expect("a float type decodes");
+                v.iter_mut().for_each(|x| *x += add);
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            }
+            None => bytes.to_vec(),
+        };
+        if let Some(n_head) = self.permute_heads {
+            let row_bytes = out.len() / rows.max(1);
+            let per_head = rows / n_head;
+            let half = per_head / 2;
+            let src = out.clone();
+            for h in 0..n_head {
+                for i in 0..half {
+                    for j in 0..2 {
+                        let (to, from) = (h * per_head + i * 2 + j, h * per_head + j * half + i);
+                        out[to * row_bytes..(to + 1) * row_bytes]
+                            .copy_from_slice(&src[from * row_bytes..(from + 1) * row_bytes]);
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The bytes behind a [`GgufFile`]: a memory map, or an owned buffer (tests, fuzzing).
@@ -92,7 +150,7 @@ impl std::ops::Deref for Backing {
 /// An open GGUF file: parsed header plus a memory map of the whole file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: std::sync::Arc<Backing>,
+    segments: Vec<std::sync::Arc<Backing>>,
     /// Format version (2 or 3).
     pub version: u32,
     /// Metadata in file order.
@@ -350,7 +408,8 @@ impl GgufFile {
             if by_name.insert(name.clone(), tensors.len()).is_some() {
                 return Err(Error::tensor(&path, &name, "appears twice in the tensor list"));
             }
-            tensors.push(TensorInfo { name, dims, ty, offset, n_elements, n_bytes });
+            let transform = Transform::default();
+            tensors.push(TensorInfo { name, dims, ty, offset, n_elements, n_bytes, segment: 0, start: 0, transform });
         }
         let header_end = c.pos as u64;
         let file_len = mmap.len() as u64;
@@ -383,9 +442,12 @@ impl GgufFile {
             }
         }
         super::native::resolve(&path, &metadata, &mut tensors)?;
+        for t in &mut tensors {
+            t.start = data_offset + t.offset;
+        }
         Ok(GgufFile {
             path,
-            mmap: std::sync::Arc::new(mmap),
+            segments: vec![std::sync::Arc::new(mmap)],
             version,
             metadata,
             tensors,
@@ -400,9 +462,63 @@ impl GgufFile {
         &self.path
     }
 
-    /// Size of the file in bytes.
+    /// Size of the file in bytes (of all its segments, for a model folder).
     pub fn file_size(&self) -> u64 {
-        self.mmap.len() as u64
+        self.segments.iter().map(|s| s.len() as u64).sum()
+    }
+
+    /// A model presented as GGUF without a GGUF file: `tensors` (with their segment,
+    /// start and transform set) over the mapped `segments`, and `metadata` as a converter
+    /// would write it. Used for Hugging Face folders (`crate::hf`).
+    pub(crate) fn assemble(
+        path: PathBuf,
+        metadata: Vec<(String, Value)>,
+        tensors: Vec<TensorInfo>,
+        segments: Vec<Mmap>,
+    ) -> Result<GgufFile> {
+        let segments: Vec<_> = segments.into_iter().map(|m| std::sync::Arc::new(Backing::Mapped(m))).collect();
+        let mut by_name = HashMap::new();
+        for (i, t) in tensors.iter().enumerate() {
+            let end = t.start + t.n_bytes.unwrap_or(0);
+            let raw_end = match t.transform.to_f32 {
+                Some((from, _)) => t.start + t.n_elements * from.type_size() as u64,
+                None => end,
+            };
+            if t.segment >= segments.len() || raw_end > segments[t.segment].len() as u64 {
+                return Err(Error::tensor(&path, &t.name, "data lies outside its file"));
+            }
+            if by_name.insert(t.name.clone(), i).is_some() {
+                return Err(Error::tensor(&path, &t.name, "appears twice"));
+            }
+        }
+        Ok(GgufFile { path, segments, version: 3, metadata, tensors, alignment: 32, data_offset: 0, by_name })
+    }
+
+    /// Drops the pages of tensor `name` from this process's resident memory once a
+    /// streaming pass is done with it (they stay in the page cache): without this, reading
+    /// a many-GB model through the map would count every page read as resident.
+    pub fn release(&self, name: &str) {
+        let Some(t) = self.tensor_info(name) else { return };
+        let Backing::Mapped(m) = &*self.segments[t.segment] else { return };
+        let len = match t.transform.to_f32 {
+            Some((from, _)) => t.n_elements * from.type_size() as u64,
+            None => t.n_bytes.unwrap_or(0),
+        };
+        // Whole pages inside the tensor only: a neighbour's pages may still be in use.
+        const PAGE: u64 = 4096;
+        let first = t.start.div_ceil(PAGE) * PAGE;
+        let last = (t.start + len) / PAGE * PAGE;
+        if last > first {
+            // SAFETY: the map is read-only and file-backed, so MADV_DONTNEED discards no
+            // data: a later access faults the same bytes back in from the file. Slices
+            // borrowed from the map stay valid (the mapping itself is unchanged). The
+            // range is checked to lie inside the map.
+            assert!(last <= m.len() as u64);
+            #[allow(unsafe_code)]
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first as usize, (last - first) as usize)
+            };
+        }
     }
 
     /// The metadata value for `key`, if present.
@@ -420,24 +536,38 @@ impl GgufFile {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// The raw stored bytes of tensor `name` (zero-copy from the memory map).
-    pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+    /// The stored bytes of tensor `name`: zero-copy from the memory map, or transformed
+    /// (a model folder's q/k rows and norm vectors, see [`Transform`]).
+    pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, Cow<'_, [u8]>)> {
         let info =
             self.tensor_info(name).ok_or_else(|| Error::tensor(&self.path, name, "no such tensor in the file"))?;
         let n = info.n_bytes.ok_or_else(|| {
             Error::tensor(&self.path, name, format!("stored as {}, which lowbit cannot read", info.ty))
         })?;
-        let start = (self.data_offset + info.offset) as usize;
-        Ok((info, &self.mmap[start..start + n as usize]))
+        let start = info.start as usize;
+        let seg = &self.segments[info.segment];
+        if info.transform.is_none() {
+            return Ok((info, Cow::Borrowed(&seg[start..start + n as usize])));
+        }
+        let raw = match info.transform.to_f32 {
+            Some((from, _)) => info.n_elements as usize * from.type_size(),
+            None => n as usize,
+        };
+        let rows = (info.n_elements / info.dims.first().copied().unwrap_or(1).max(1)) as usize;
+        Ok((info, Cow::Owned(info.transform.apply(&seg[start..start + raw], rows))))
     }
 
     /// The stored bytes of tensor `name` as a handle that keeps the memory map alive (no
-    /// copy): what the quantized runtime computes on.
+    /// copy, unless the tensor is transformed): what the quantized runtime computes on.
     pub fn tensor_shared(&self, name: &str) -> Result<(&TensorInfo, crate::kernels::WeightBytes)> {
         let (info, bytes) = self.tensor_bytes(name)?;
-        let start = (self.data_offset + info.offset) as usize;
-        let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = self.mmap.clone();
-        Ok((info, crate::kernels::WeightBytes::shared(owner, start, bytes.len())))
+        match bytes {
+            Cow::Borrowed(b) => {
+                let owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync> = self.segments[info.segment].clone();
+                Ok((info, crate::kernels::WeightBytes::shared(owner, info.start as usize, b.len())))
+            }
+            Cow::Owned(v) => Ok((info, crate::kernels::WeightBytes::owned(v))),
+        }
     }
 
     /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored).
@@ -450,6 +580,6 @@ impl GgufFile {
         };
         let codebook = super::native::codebook_of(self, name, st)?;
         let cols = info.dims.first().copied().unwrap_or(0) as usize;
-        decode(st, bytes, codebook, n, cols).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
+        decode(st, &bytes, codebook.as_deref(), n, cols).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
     }
 }

@@ -5,7 +5,6 @@
 pub mod bert;
 pub mod decoder;
 pub mod gemma3;
-pub mod hf_llama;
 pub mod llama;
 
 use std::path::Path;
@@ -250,7 +249,7 @@ impl GgufWeights<'_> {
             return Err(Error::tensor(self.file.path(), name, format!("unknown tensor type {}", info.ty)));
         };
         let codebook = crate::gguf::codebook_of(self.file, name, st)?;
-        let m = PackedMatrix::new(st, bytes, codebook, rows, cols)
+        let m = PackedMatrix::new(st, bytes, codebook.as_deref(), rows, cols)
             .map_err(|e| Error::tensor(self.file.path(), name, e.to_string()))?;
         if let Some((i, v)) = m.first_non_finite() {
             return Err(Error::tensor(self.file.path(), name, format!("element {i} is {v} (NaN/inf weights)")));
@@ -343,19 +342,15 @@ pub struct LoadOptions {
 }
 
 /// Opens a language model: a GGUF file of any supported architecture, or a Hugging Face
-/// folder holding a llama-family checkpoint (`opts` applies to GGUF files; a float
-/// checkpoint has no activation quantization to reproduce).
+/// folder of one (read as the GGUF llama.cpp's converter would write: `crate::hf`).
 pub fn load_lm(path: &Path, opts: LoadOptions) -> Result<LoadedLm> {
-    if path.is_dir() {
-        hf_llama::load(path)
-    } else {
-        load_gguf_lm(path, opts)
-    }
+    load_gguf_lm(path, opts)
 }
 
-/// Opens a GGUF language model of any supported architecture.
+/// Opens a language model of any supported architecture from a GGUF file or a Hugging
+/// Face folder.
 pub fn load_gguf_lm(path: &Path, opts: LoadOptions) -> Result<LoadedLm> {
-    let file = GgufFile::open(path)?;
+    let file = crate::hf::open_model(path)?;
     let arch = file.architecture().ok_or_else(|| Error::format(path, "general.architecture is missing"))?.to_string();
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let model: Box<dyn CausalLm> = match arch.as_str() {

@@ -12,7 +12,6 @@ use crate::calibrate::{calibrate_files, read_texts, CalibrationStats, Hessian, I
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
 use crate::format::storage::StorageType;
-use crate::gguf::GgufFile;
 use crate::method::{Method, MethodOptions};
 use crate::model::{load_lm, LoadOptions};
 use crate::plan::{Mix, Override};
@@ -213,7 +212,7 @@ pub fn run(
         return run_sequential(source, output, job, progress);
     }
     let opts = resolve_checked(source, job, progress)?;
-    let g = GgufFile::open(source)?;
+    let g = crate::hf::open_model(source)?;
     let plan = plan_model(&g, &opts)?;
     write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))
 }
@@ -230,7 +229,7 @@ fn run_sequential(
         return Err(Error::Usage("--sequential needs calibration texts (--calib)".into()));
     };
     let mut opts = job.options(Method::Gptq, None, None);
-    let g = GgufFile::open(source)?;
+    let g = crate::hf::open_model(source)?;
     let plan = plan_model_with(&g, &opts, true)?;
     let text = read_texts(paths)?;
     let mut lm = load_lm(source, LoadOptions::default())?;

@@ -271,7 +271,7 @@ pub fn quantize_gguf(
     opts: &QuantizeOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<QuantizeSummary> {
-    let g = GgufFile::open(input)?;
+    let g = crate::hf::open_model(input)?;
     let summary = plan_model(&g, opts)?;
     write_planned(&g, summary, output, opts, progress)
 }
@@ -363,6 +363,7 @@ pub fn write_planned(
                         encoded_parts(t, encoded)
                     }
                 };
+                g.release(&t.name);
                 if parts.into_iter().any(|p| send.send(p).is_err()) {
                     break; // the writer stopped on an error, reported below
                 }

@@ -324,7 +324,7 @@ pub fn run_sweep(
         InputFile { role: "source".into(), path: source_path.display().to_string(), sha256: source_sha.clone() },
         InputFile { role: "text".into(), path: text_path.display().to_string(), sha256: text_sha.clone() },
     ];
-    let source = GgufFile::open(source_path)?;
+    let source = crate::hf::open_model(source_path)?;
     let total = 1 + opts.settings.len() + opts.compare.len();
     let key = source_key(&source_sha, &text_sha, &opts.eval);
 
