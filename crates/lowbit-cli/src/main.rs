@@ -57,9 +57,17 @@ enum Command {
         /// Output path.
         #[arg(short, long)]
         output: PathBuf,
-        /// F32 or F16.
+        /// F32 or F16 (with --hf also BF16).
         #[arg(long, default_value = "F32")]
         r#type: String,
+        /// Write a Hugging Face folder (config.json, safetensors, tokenizer files) instead
+        /// of a GGUF: the reverse of reading a folder, q/k rows and norms as Hugging Face
+        /// stores them.
+        #[arg(long)]
+        hf: bool,
+        /// With --hf: shard the safetensors at this many bytes (e.g. 5000000000).
+        #[arg(long, requires = "hf")]
+        max_shard_bytes: Option<u64>,
     },
     /// Continue a prompt (greedy by default), streaming the text.
     Run(run_cmd::RunArgs),
@@ -113,7 +121,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quantize(args) => quantize_cmd::run(args)?,
         Command::Sweep(args) => sweep_cmd::run(args)?,
         Command::Calibrate(args) => calibrate_cmd::run(args)?,
-        Command::Dequantize { model, output, r#type } => {
+        Command::Dequantize { model, output, r#type, hf: true, max_shard_bytes } => {
+            use lowbit::safetensors::StDtype;
+            let dtype = match r#type.to_ascii_uppercase().as_str() {
+                "F32" => StDtype::F32,
+                "F16" => StDtype::F16,
+                "BF16" => StDtype::BF16,
+                other => anyhow::bail!("--hf writes F32, F16 or BF16, not '{other}'"),
+            };
+            if max_shard_bytes == Some(0) {
+                anyhow::bail!("--max-shard-bytes must be at least 1");
+            }
+            let path = resolve_model(&model)?;
+            let g = lowbit::hf::open_model(&path)?;
+            let opts = lowbit::hf::export::ExportOptions { dtype, max_shard_bytes };
+            lowbit::hf::export::export(&g, &output, opts)?;
+            println!("{}", output.display());
+        }
+        Command::Dequantize { model, output, r#type, .. } => {
             let ty = lowbit::format::GgmlType::from_name(&r#type)
                 .ok_or_else(|| anyhow::anyhow!("unknown type '{type}'", type = r#type))?;
             let path = resolve_model(&model)?;

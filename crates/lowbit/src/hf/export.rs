@@ -200,17 +200,34 @@ fn unpermute(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Writes the GGUF model `g` as a Hugging Face folder `dir` (created; must not exist).
+/// Writes the GGUF model `g` as a new Hugging Face folder `dir`: built in a temporary
+/// folder beside it and renamed into place when complete, so an interrupted export leaves
+/// no half-written model under the name.
 pub fn export(g: &GgufFile, dir: &Path, opts: ExportOptions) -> Result<()> {
     let arch_name = g.architecture().unwrap_or("").to_string();
-    let arch = ARCHES
-        .iter()
-        .find(|a| a.gguf == arch_name)
-        .ok_or_else(|| Error::unsupported(g.path(), format!("architecture '{arch_name}' cannot be exported")))?;
-    if dir.exists() {
+    if !ARCHES.iter().any(|a| a.gguf == arch_name) {
+        return Err(Error::unsupported(g.path(), format!("architecture '{arch_name}' cannot be exported")));
+    }
+    if std::fs::symlink_metadata(dir).is_ok() {
         return Err(Error::Usage(format!("{}: already exists; give a new folder", dir.display())));
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::atomic::check_output(dir)?;
+    crate::atomic::remove_stale_temps(dir);
+    let tmp = crate::atomic::temp_path(dir);
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let written = write_folder(g, &tmp, opts);
+    match written.and_then(|()| std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_folder(g: &GgufFile, dir: &Path, opts: ExportOptions) -> Result<()> {
+    let arch_name = g.architecture().unwrap_or("").to_string();
+    let arch = ARCHES.iter().find(|a| a.gguf == arch_name).expect("checked by export");
     let hp = |k: &str| g.get(&format!("{arch_name}.{k}"));
     let u = |k: &str| hp(k).and_then(Value::as_u64);
     let f = |k: &str| hp(k).and_then(Value::as_f64);
@@ -243,11 +260,12 @@ pub fn export(g: &GgufFile, dir: &Path, opts: ExportOptions) -> Result<()> {
                 v = unpermute(&v, n_head_kv, cols);
             }
         }
+        crate::interrupt::check()?;
         writer.write(&p.name, &v)?;
+        g.release(&t.name);
     }
     writer.finish()?;
 
-    let tok = Tokenizer::from_gguf(g)?;
     let id_of = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).map(|v| v as u32);
     let mut config = json!({
         "architectures": [arch.hf[0]],
@@ -277,7 +295,15 @@ pub fn export(g: &GgufFile, dir: &Path, opts: ExportOptions) -> Result<()> {
         config["hidden_act"] = json!("silu");
     }
     write_json(&dir.join("config.json"), &config)?;
+    write_tokenizer_files(g, dir)
+}
 
+/// Writes the tokenizer of the GGUF model `g` into the folder `dir` as Hugging Face
+/// files: `tokenizer.json`, `tokenizer_config.json`, and `tokenizer.model` for a
+/// SentencePiece vocabulary.
+pub fn write_tokenizer_files(g: &GgufFile, dir: &Path) -> Result<()> {
+    let tok = Tokenizer::from_gguf(g)?;
+    let id_of = |k: &str| g.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64).map(|v| v as u32);
     // tokenizer.json: the vocabulary as `tokenizers` builds it, with control tokens
     // registered as special added tokens (as published tokenizers list them).
     let mut tj: serde_json::Value =
