@@ -4,8 +4,8 @@
 //! each. Each is repeated (after one warm-up run) and reported as tokens/s mean ± sample
 //! standard deviation. For `tg`, the bound set by memory: one token reads every weight
 //! matrix once, so `read bandwidth / weight bytes` tokens/s is the most any engine can
-//! reach; the bandwidth is measured here, by streaming a buffer of the same size with the
-//! same threads.
+//! reach; the bandwidth is measured here, by streaming a buffer of the same size (up to
+//! 1 GiB) with the same threads.
 
 use std::time::Instant;
 
@@ -130,10 +130,12 @@ pub fn bench(lm: &LoadedLm, o: &BenchOptions) -> Result<BenchResult> {
     })
 }
 
-/// Bytes/s of reading a buffer of `bytes` (at least 1 MiB) with the current pool's
-/// threads, best of several passes (the same cache conditions a token's weights see).
+/// Bytes/s of reading a buffer of `bytes` (at least 1 MiB, at most 1 GiB) with the
+/// current pool's threads, best of several passes (the same cache conditions a token's
+/// weights see). The cap keeps an 8B model's bench from holding a second copy of its
+/// weights: a buffer far beyond the last-level cache streams at the same rate.
 pub fn read_bandwidth(bytes: usize) -> f64 {
-    let n = bytes.max(1 << 20) / 8;
+    let n = bytes.clamp(1 << 20, 1 << 30) / 8;
     let buf: Vec<u64> = (0..n as u64).collect();
     let chunk = n.div_ceil(rayon::current_num_threads() * 4).max(4096);
     let mut best = 0f64;
