@@ -242,6 +242,14 @@ pub fn open(dir: &Path) -> Result<GgufFile> {
                 }
             }
         }
+        if let Some(want) = expected_shape(&gguf_name, d, n_head, n_head_kv, head_dim, d_ff, vocab_size) {
+            if t.shape != want {
+                return Err(Error::format(
+                    &cfg_path,
+                    format!("config.json implies shape {want:?} for '{}', but the folder stores {:?}", t.name, t.shape),
+                ));
+            }
+        }
         let (segment, start) = t.location();
         let n_bytes = n_elements * stored_ty.type_size() as u64 / stored_ty.block_size() as u64;
         tensors.push(TensorInfo {
@@ -278,6 +286,25 @@ pub fn open(dir: &Path) -> Result<GgufFile> {
     }
     let maps = shards.into_iter().map(|(_, m)| m).collect();
     GgufFile::assemble(dir.to_path_buf(), md, tensors, maps)
+}
+
+/// The PyTorch shape config.json implies for a weight (GGUF name), if it is a matrix
+/// whose shape it fixes.
+fn expected_shape(gguf: &str, d: u64, heads: u64, kv: u64, hd: u64, ff: u64, vocab: u64) -> Option<Vec<usize>> {
+    let kind = gguf.rsplit('.').nth(1)?;
+    let (rows, cols) = match kind {
+        "token_embd" | "output" => (vocab, d),
+        "attn_q" => (heads * hd, d),
+        "attn_k" | "attn_v" => (kv * hd, d),
+        "attn_output" => (d, heads * hd),
+        "ffn_gate" | "ffn_up" => (ff, d),
+        "ffn_down" => (d, ff),
+        _ => return None,
+    };
+    if !gguf.ends_with(".weight") {
+        return None;
+    }
+    Some(vec![rows as usize, cols as usize])
 }
 
 /// The GGUF name of a Hugging Face tensor name, if it is one of `arch`'s.
