@@ -272,6 +272,13 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         let s = lowbit::quantize::run(&input, output, &job, &mut |st, d, t| {
             let (label, unit, template) = stage_display(st);
             if stage != Some(st) {
+                if st == Stage::Sequential && d > 0 {
+                    bar.suspend(|| {
+                        eprintln!(
+                            "lowbit: resuming: {d} of {t} blocks were finished by an interrupted run of this command"
+                        )
+                    });
+                }
                 log = Some(crate::LogProgress::new(label));
                 stage = Some(st);
                 bar.reset();

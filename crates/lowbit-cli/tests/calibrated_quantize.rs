@@ -115,3 +115,56 @@ fn calibration_options_that_cannot_work_are_refused() {
         assert!(!out.exists());
     }
 }
+
+/// Sequential GPTQ keeps each finished block in a work folder beside the output: killed
+/// with SIGKILL twice and rerun, it finishes with the same bytes as an uninterrupted run,
+/// and removes the folder.
+#[cfg(unix)]
+#[test]
+fn sequential_gptq_resumes_after_kill_9_with_identical_bytes() {
+    use std::process::{Command, Stdio};
+    let Some(src) = zoo("smollm2-135m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let emma = shared("austen/emma.txt");
+    let args = |out: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lowbit"));
+        c.args(["quantize", "--type", "Q4_0", "--calib-ctx", "64", "--calib-chunks", "4", "--sequential"])
+            .arg("--model")
+            .arg(&src)
+            .arg("--calib")
+            .arg(&emma)
+            .arg("-o")
+            .arg(out);
+        c
+    };
+    let whole = dir.path().join("whole.gguf");
+    let o = args(&whole).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("resumed.gguf");
+    let work = dir.path().join(".resumed.gguf.lowbit-work");
+    let blocks_done = || -> u64 {
+        std::fs::read(work.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["blocks_done"].as_u64())
+            .unwrap_or(0)
+    };
+    for at_least in [4, 12] {
+        let mut child = args(&out).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let t0 = std::time::Instant::now();
+        while blocks_done() < at_least && t0.elapsed().as_secs() < 600 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        assert_eq!(child.wait().unwrap().code(), None, "killed by the signal");
+        assert!(!out.exists(), "no output before the run finishes");
+    }
+    let kept = blocks_done();
+    assert!(kept >= 12, "{kept} blocks kept");
+    let o = args(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("resuming: {kept} of 30 blocks")), "{stderr}");
+    assert!(std::fs::read(&whole).unwrap() == std::fs::read(&out).unwrap(), "resumed output differs");
+    assert!(!work.exists(), "the work folder is removed once the output is written");
+}

@@ -350,12 +350,18 @@ pub fn load_lm(path: &Path, opts: LoadOptions) -> Result<LoadedLm> {
 /// Opens a language model of any supported architecture from a GGUF file or a Hugging
 /// Face folder.
 pub fn load_gguf_lm(path: &Path, opts: LoadOptions) -> Result<LoadedLm> {
-    let file = crate::hf::open_model(path)?;
+    load_lm_from(&crate::hf::open_model(path)?, opts)
+}
+
+/// A language model over an open file: its weights share `file`'s memory map (so
+/// `file.release(name)` drops a tensor's pages from the model's resident memory too).
+pub fn load_lm_from(file: &GgufFile, opts: LoadOptions) -> Result<LoadedLm> {
+    let path = file.path();
     let arch = file.architecture().ok_or_else(|| Error::format(path, "general.architecture is missing"))?.to_string();
-    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let tokenizer = Tokenizer::from_gguf(file)?;
     let model: Box<dyn CausalLm> = match arch.as_str() {
-        "llama" | "mistral" | "qwen2" => Box::new(llama::load(&file, opts)?),
-        "gemma3" => Box::new(gemma3::load(&file, opts)?),
+        "llama" | "mistral" | "qwen2" => Box::new(llama::load(file, opts)?),
+        "gemma3" => Box::new(gemma3::load(file, opts)?),
         other => {
             return Err(Error::unsupported(
                 path,

@@ -13,8 +13,9 @@ use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
 use crate::format::storage::StorageType;
 use crate::method::{Method, MethodOptions};
-use crate::model::{load_lm, LoadOptions};
+use crate::model::LoadOptions;
 use crate::plan::{Mix, Override};
+use crate::sequential::checkpoint::Checkpoint;
 
 /// Where a quantization's calibration comes from.
 #[derive(Clone, Debug, Default)]
@@ -69,7 +70,7 @@ impl QuantizeJob {
             method,
             importance,
             hessians,
-            pre_encoded: HashMap::new(),
+            pre_encoded: Default::default(),
             method_options: self.method_options,
         }
     }
@@ -232,18 +233,47 @@ fn run_sequential(
     let g = crate::hf::open_model(source)?;
     let plan = plan_model_with(&g, &opts, true)?;
     let text = read_texts(paths)?;
-    let mut lm = load_lm(source, LoadOptions::default())?;
+    // Finished blocks are kept in a work folder beside the output: a rerun of the same
+    // command after a crash or kill continues from them.
+    let key = sequential_key(source, &plan.tensors, &text, eval, &job.method_options);
+    let (checkpoint, done) = Checkpoint::open(output, key)?;
+    let mut lm = crate::model::load_lm_from(&g, LoadOptions::default())?;
     let r = crate::sequential::sequential_gptq(
         &mut lm,
-        source,
+        &g,
         &plan.tensors,
         &text,
         eval,
         &job.method_options,
+        &checkpoint,
+        done,
         &mut |d, t| progress(Stage::Sequential, d as u64, t as u64),
     )?;
     drop(lm);
     opts.importance = Some(r.imatrix.importance());
     opts.pre_encoded = r.encoded;
-    write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))
+    let summary = write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))?;
+    checkpoint.remove()?;
+    Ok(summary)
+}
+
+/// What decides a sequential run's result, hashed: a work folder made for another key is
+/// not resumed.
+fn sequential_key(
+    source: &Path,
+    plan: &[crate::plan::PlannedTensor],
+    text: &crate::calibrate::CalibrationText,
+    eval: &EvalOptions,
+    options: &crate::method::MethodOptions,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(crate::eval::file_identity(source));
+    for t in plan {
+        h.update(format!("{}={};", t.name, t.target));
+    }
+    h.update(text.text.as_bytes());
+    h.update(format!("{} {:?} {:?}", eval.ctx, eval.max_chunks, options));
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

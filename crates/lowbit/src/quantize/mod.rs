@@ -47,7 +47,7 @@ pub struct QuantizeOptions {
     pub hessians: Option<HashMap<String, Arc<Hessian>>>,
     /// Tensors already encoded (by [`crate::sequential::sequential_gptq`]), by name; they
     /// are written as given.
-    pub pre_encoded: HashMap<String, Encoded>,
+    pub pre_encoded: crate::sequential::checkpoint::PreEncoded,
     /// Method tunables (GPTQ dampening, k-means, …).
     pub method_options: MethodOptions,
 }
@@ -342,8 +342,8 @@ pub fn write_planned(
             for t in &summary.tensors {
                 crate::interrupt::check()?;
                 let (_, src) = g.tensor_bytes(&t.name)?;
-                let parts = match opts.pre_encoded.get(&t.name) {
-                    Some(e) if e.stored_bytes() == t.bytes => encoded_parts(t, e.clone()),
+                let parts = match opts.pre_encoded.get(&t.name)? {
+                    Some(e) if e.stored_bytes() == t.bytes => encoded_parts(t, e),
                     _ if t.target == t.source => {
                         // Copied as stored, but never a damaged value (a NaN norm weight
                         // used to pass through into the output).

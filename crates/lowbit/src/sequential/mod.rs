@@ -1,55 +1,74 @@
 //! Sequential GPTQ: the model is quantized block by block, and each block's input
 //! Hessians are recorded from the outputs of the blocks before it *as already
 //! quantized* (as the GPTQ paper does), so every block compensates the errors that
-//! reach it rather than those of an ideal float model. Memory: the calibration chunks'
-//! hidden states (chunks × ctx × hidden floats) plus one block's Hessians at a time.
+//! reach it rather than those of an ideal float model.
+//!
+//! Memory is bounded by one block: the calibration chunks' hidden states (chunks × ctx ×
+//! hidden floats), one block's Hessians and its weights as dense f32 while it is
+//! quantized; finished blocks go back to the source's mapped weights (their pages
+//! released) and their encoded tensors to the work folder ([`checkpoint`]), from which the
+//! output is written and an interrupted run resumes.
+
+pub mod checkpoint;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::calibrate::{calibration_chunks, shared_input_key, CalibrationText, Imatrix, ImatrixEntry};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
+use crate::gguf::GgufFile;
 use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions};
 use crate::model::{InputRecorder, LoadedLm};
 use crate::plan::PlannedTensor;
+use checkpoint::{Checkpoint, PreEncoded};
 
 /// What sequential GPTQ produced: the encoded bytes of every block weight the plan
-/// re-encodes, by tensor name, and the importance matrix seen along the way.
+/// re-encodes (in the work folder), and the importance matrix seen along the way.
 pub struct SequentialResult {
     /// Encoded tensors (the rest of the model is encoded as usual).
-    pub encoded: HashMap<String, Encoded>,
+    pub encoded: PreEncoded,
     /// Per-weight importance from the sequential pass.
     pub imatrix: Imatrix,
 }
 
-/// Quantizes the block weights of `lm` (loaded from `source`, the plan's source) following `plan`,
-/// block by block on the calibration `text`. `progress(done, total)` counts blocks.
+/// Quantizes the block weights of `lm` (loaded from `g`, sharing its memory map, so that
+/// finished blocks' pages can be released) following `plan`, block by block on the
+/// calibration `text`, continuing after the blocks `checkpoint` has finished.
+/// `progress(done, total)` counts blocks.
+#[allow(clippy::too_many_arguments)]
 pub fn sequential_gptq(
     lm: &mut LoadedLm,
-    source: &Path,
+    g: &GgufFile,
     plan: &[PlannedTensor],
     text: &CalibrationText,
     eval: &EvalOptions,
     options: &MethodOptions,
+    checkpoint: &Checkpoint,
+    blocks_done: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<SequentialResult> {
+    let source = g.path();
     let chunks = calibration_chunks(lm, &text.text, eval)?;
     let targets: HashMap<&str, &PlannedTensor> = plan.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut hidden: Vec<Vec<f32>> = chunks.iter().map(|c| lm.model.embed(c)).collect::<Result<_>>()?;
     let n_blocks = lm.model.block_count();
-    let mut result = SequentialResult {
-        encoded: HashMap::new(),
-        imatrix: Imatrix {
-            datasets: vec![text.dataset.clone()],
-            chunk_count: chunks.len() as u32,
-            chunk_size: eval.ctx as u32,
-            ..Default::default()
-        },
+    let start = blocks_done.min(n_blocks);
+    let mut hidden: Vec<Vec<f32>> = if start > 0 {
+        let h = checkpoint.load_hidden()?;
+        let fits =
+            h.len() == chunks.len() && h.iter().zip(&chunks).all(|(h, c)| h.len() == c.len() * lm.model.hidden_size());
+        if !fits {
+            return Err(Error::format(
+                checkpoint.dir(),
+                "the saved hidden states do not fit this run; delete the folder",
+            ));
+        }
+        h
+    } else {
+        chunks.iter().map(|c| lm.model.embed(c)).collect::<Result<_>>()?
     };
-    progress(0, n_blocks);
-    for il in 0..n_blocks {
+    progress(start, n_blocks);
+    for il in start..n_blocks {
         crate::interrupt::check()?;
         // 1. This block's input statistics, with the quantized blocks before it.
         let mut recorders: BTreeMap<String, Arc<InputRecorder>> = BTreeMap::new();
@@ -71,13 +90,16 @@ pub fn sequential_gptq(
             lin.recorder = None;
         }
         // 2. Quantize the block's weights and put the quantized values in the model.
+        let mut encoded: Vec<(String, Encoded)> = Vec::new();
+        let mut importances: Vec<(String, ImatrixEntry)> = Vec::new();
+        let mut originals = Vec::new();
         for lin in lm.model.block_linears_of(il) {
             let key = &inputs.iter().find(|(n, _)| n == &lin.name).expect("recorded above").1;
             let r = &recorders[key];
             let (sums, count) = r.totals();
             let entry = ImatrixEntry { sums: sums.iter().map(|&v| v as f32).collect(), count: count as f32 };
             let importance: Vec<f32> = entry.sums.iter().map(|s| s / entry.count.max(1.0)).collect();
-            result.imatrix.entries.insert(lin.name.clone(), entry);
+            importances.push((lin.name.clone(), entry));
             let Some(t) = targets.get(lin.name.as_str()) else { continue };
             if t.target == t.source {
                 continue; // copied unchanged, as the weights already are
@@ -86,19 +108,37 @@ pub fn sequential_gptq(
             let xtx = r.hessian().expect("recorded with a Hessian");
             let calibration = Calibration { importance: Some(&importance), hessian: Some(&xtx) };
             let dense = lin.weight.dense();
-            let encoded = quantize_tensor(t.target, &dense, n, Method::Gptq, &calibration, options)
+            let e = quantize_tensor(t.target, &dense, n, Method::Gptq, &calibration, options)
                 .map_err(|e| crate::quantize::encode_error(source, &lin.name, t.target, e))?;
-            let decoded = encoded
+            let decoded = e
                 .decode(t.target, dense.len(), n)
                 .map_err(|e| Error::tensor(source, &lin.name, format!("cannot decode its {}: {e}", t.target)))?;
-            lin.weight = crate::model::Weight::Dense(decoded);
-            result.encoded.insert(lin.name.clone(), encoded);
+            let original = std::mem::replace(&mut lin.weight, crate::model::Weight::Dense(decoded));
+            originals.push((lin.name.clone(), original));
+            encoded.push((lin.name.clone(), e));
         }
+        drop(recorders);
         // 3. The next block's inputs, through the quantized block.
         for (c, h) in chunks.iter().zip(hidden.iter_mut()) {
             lm.model.run_block(il, h, c.len());
         }
+        // 4. The block is done: back to the source's mapped weights (never run again,
+        //    their pages released), its results to the work folder.
+        for lin in lm.model.block_linears_of(il) {
+            if let Some(i) = originals.iter().position(|(n, _)| n == &lin.name) {
+                lin.weight = originals.swap_remove(i).1;
+            }
+            g.release(&lin.name);
+        }
+        checkpoint.save_block(il, &encoded, &importances, &hidden)?;
         progress(il + 1, n_blocks);
     }
-    Ok(result)
+    let (encoded, entries) = checkpoint.load(n_blocks)?;
+    let imatrix = Imatrix {
+        datasets: vec![text.dataset.clone()],
+        chunk_count: chunks.len() as u32,
+        chunk_size: eval.ctx as u32,
+        entries: entries.into_iter().collect(),
+    };
+    Ok(SequentialResult { encoded, imatrix })
 }
