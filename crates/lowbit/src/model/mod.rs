@@ -234,8 +234,9 @@ impl GgufWeights<'_> {
     }
 
     /// Tensor `name`, `rows` rows of `cols` values, in its stored format (no copy: bytes
-    /// borrowed from the memory map). Checks the shape and that every value decodes to a
-    /// finite number (one pass over the rows, nothing kept).
+    /// borrowed from the memory map; a tensor a Hugging Face folder stores differently,
+    /// such as llama's q/k rows, is transformed into an owned copy). Checks the shape and
+    /// that every value decodes to a finite number (one pass over the rows, nothing kept).
     pub fn packed(&self, name: &str, cols: usize, rows: usize) -> Result<PackedMatrix> {
         let (info, bytes) = self
             .file
@@ -254,6 +255,9 @@ impl GgufWeights<'_> {
         if let Some((i, v)) = m.first_non_finite() {
             return Err(Error::tensor(self.file.path(), name, format!("element {i} is {v} (NaN/inf weights)")));
         }
+        // The scan read every page; they come back when the matrix is used. Without this,
+        // loading a model counts its whole file as resident at once.
+        self.file.release(name);
         Ok(m)
     }
 
