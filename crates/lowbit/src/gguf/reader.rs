@@ -553,7 +553,11 @@ impl GgufFile {
             Some((from, _)) => info.n_elements as usize * from.type_size(),
             None => n as usize,
         };
-        let rows = (info.n_elements / info.dims.first().copied().unwrap_or(1).max(1)) as usize;
+        // A vector's "rows" are its elements (a q/k bias is permuted like the rows).
+        let rows = match info.dims.len() {
+            1 => info.n_elements as usize,
+            _ => (info.n_elements / info.dims.first().copied().unwrap_or(1).max(1)) as usize,
+        };
         Ok((info, Cow::Owned(info.transform.apply(&seg[start..start + raw], rows))))
     }
 
@@ -581,5 +585,35 @@ impl GgufFile {
         let codebook = super::native::codebook_of(self, name, st)?;
         let cols = info.dims.first().copied().unwrap_or(0) as usize;
         decode(st, &bytes, codebook.as_deref(), n, cols).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// llama.cpp's `permute(w, n_head)`: per head, rows in rotate-half order
+    /// (0, 1, …, h/2 − 1 | h/2, …) become adjacent pairs (0, h/2, 1, h/2 + 1, …).
+    #[test]
+    fn head_permutation_pairs_the_halves_of_each_head() {
+        let t = Transform { to_f32: None, permute_heads: Some(2) };
+        let v: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        assert_eq!(t.apply(&f32s(&v), 8), f32s(&[0.0, 2.0, 1.0, 3.0, 4.0, 6.0, 5.0, 7.0]));
+        // Rows of a matrix move whole.
+        let m: Vec<f32> = (0..16).map(|i| i as f32).collect();
+        let want: Vec<f32> =
+            [0, 2, 1, 3, 4, 6, 5, 7].iter().flat_map(|&r| [2.0 * r as f32, 2.0 * r as f32 + 1.0]).collect();
+        assert_eq!(t.apply(&f32s(&m), 8), f32s(&want));
+    }
+
+    #[test]
+    fn widening_adds_the_offset() {
+        let bf16: Vec<u8> = [1.0f32, -0.5].iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+        let t = Transform { to_f32: Some((GgmlType::BF16, 1.0)), permute_heads: None };
+        assert_eq!(t.apply(&bf16, 2), f32s(&[2.0, 0.5]));
     }
 }
