@@ -1,11 +1,10 @@
 //! A GGUF reader that treats the file as hostile: every count, length and offset is
 //! checked against the bytes actually present before anything is allocated or sliced.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-
-use std::borrow::Cow;
 
 use memmap2::Mmap;
 
