@@ -14,8 +14,8 @@ types=("$@"); [ ${#types[@]} -gt 0 ] || types=(Q4_K_M Q3_K_M Q3_K_S Q2_K IQ4_XS)
 methods=${METHODS:-rtn search importance gptq}
 root=$(cd "$(dirname "$0")/.." && pwd)
 lowbit=${LOWBIT_BIN:-$root/target/release/lowbit}
-text="$root/../shared/data/wikitext-2/wiki.valid.raw"
-austen=("$root/../shared/data/austen/emma.txt" "$root/../shared/data/austen/persuasion.txt" "$root/../shared/data/austen/sense-and-sensibility.txt")
+text="$root/data/wikitext-2/wiki.valid.raw"
+austen=("$root/data/austen/emma.txt" "$root/data/austen/persuasion.txt" "$root/data/austen/sense-and-sensibility.txt")
 src=$("$lowbit" fetch "$model")
 out=${OUT:-$(mktemp -d)}
 cat "${austen[@]}" > "$out/austen.txt"

@@ -9,7 +9,7 @@ model=$1; chunks=${2:-40}; shift 2 || true
 types=("$@"); [ ${#types[@]} -gt 0 ] || types=(Q2_K Q3_K_S Q3_K_M Q3_K_L Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K Q8_0 Q4_0 IQ4_NL IQ4_XS)
 root=$(cd "$(dirname "$0")/.." && pwd)
 lowbit=${LOWBIT_BIN:-$root/target/release/lowbit}
-text="$root/../shared/data/wikitext-2/wiki.valid.raw"
+text="$root/data/wikitext-2/wiki.valid.raw"
 src=$("$lowbit" fetch "$model")
 out=${OUT:-$(mktemp -d)}
 ref="$out/$model-source.logits"

@@ -15,7 +15,7 @@ bin="${1:-target/release/lowbit}"
 record="${2:-}"
 sums=scripts/identical_outputs.sha256
 export LOWBIT_HOME="${LOWBIT_HOME:-$PWD/target/lowbit-home}"
-calib=(--calib ../shared/data/austen/emma.txt --calib-chunks 8)
+calib=(--calib data/austen/emma.txt --calib-chunks 8)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
@@ -32,7 +32,7 @@ run() { # name, then quantize arguments
     run smollm2-int4_g64 --model smollm2-135m --type int4_g64
     run smollm2-IQ2_XS-gptq --model smollm2-135m --type IQ2_XS "${calib[@]}"
     run smollm2-vq4x256+128-gptq --model smollm2-135m --type vq4x256+128 "${calib[@]}"
-    run smollm2-Q4_K_M-sequential --model smollm2-135m --type Q4_K_M --calib ../shared/data/austen/emma.txt --calib-chunks 4 --sequential
+    run smollm2-Q4_K_M-sequential --model smollm2-135m --type Q4_K_M --calib data/austen/emma.txt --calib-chunks 4 --sequential
     run gemma3-Q3_K_M-gptq --model gemma3-270m --type Q3_K_M "${calib[@]}"
 } > "$out/sums"
 

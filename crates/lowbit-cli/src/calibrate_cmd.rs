@@ -52,7 +52,8 @@ fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool)
 }
 
 /// Runs `lowbit calibrate`.
-pub fn run(args: CalibrateArgs) -> Result<()> {
+pub fn run(mut args: CalibrateArgs) -> Result<()> {
+    args.text = crate::texts(&args.text)?;
     let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let format = args.format.clone().unwrap_or_else(|| match ext.as_str() {
         "dat" => "dat".into(),

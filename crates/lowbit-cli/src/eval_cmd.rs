@@ -45,7 +45,8 @@ pub struct EvalArgs {
 }
 
 /// Runs `lowbit eval`.
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(mut args: EvalArgs) -> Result<()> {
+    args.text = lowbit::data::resolve_one(&args.text)?;
     if let Some(out) = &args.save_logits {
         lowbit::atomic::check_output(out)?;
     }

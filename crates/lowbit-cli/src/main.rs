@@ -30,6 +30,8 @@ enum Command {
         /// Zoo name: smollm2-135m, gemma3-270m or minilm-l6 (or `list`).
         name: String,
     },
+    /// List the bundled texts that --text/--calib take by name (wikitext-2-valid, austen, …).
+    Data,
     /// Show a model's architecture, tokenizer and tensors (reads headers only).
     Inspect {
         /// A GGUF file, a safetensors model folder, or a zoo name.
@@ -93,6 +95,16 @@ fn progress_line(msg: &str) {
     eprintln!("lowbit: {msg}");
 }
 
+/// Turns text arguments (paths or bundled text names: `austen`, `wikitext-2-valid`, …)
+/// into the files they stand for.
+pub(crate) fn texts(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for a in args {
+        out.extend(lowbit::data::resolve_text(a)?);
+    }
+    Ok(out)
+}
+
 /// Turns a model argument (path or zoo name) into a local path.
 pub(crate) fn resolve_model(arg: &str) -> Result<PathBuf> {
     Ok(lowbit::zoo::resolve(arg, &mut progress_line)?)
@@ -100,6 +112,16 @@ pub(crate) fn resolve_model(arg: &str) -> Result<PathBuf> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Data => {
+            for d in lowbit::data::DATASETS {
+                let files = lowbit::data::resolve_text(std::path::Path::new(d.name));
+                let at = match &files {
+                    Ok(f) => f.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + "),
+                    Err(e) => format!("unavailable: {e}"),
+                };
+                println!("{:<18} {:<72} {at}", d.name, d.description);
+            }
+        }
         Command::Fetch { name } => {
             if name == "list" {
                 for m in lowbit::zoo::MODELS {

@@ -244,7 +244,8 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
 }
 
 /// Runs `lowbit quantize`: the library's [`lowbit::quantize::run`] with progress bars.
-pub fn run(args: QuantizeArgs) -> Result<()> {
+pub fn run(mut args: QuantizeArgs) -> Result<()> {
+    args.calib = crate::texts(&args.calib)?;
     let job = job(&args)?;
     // Every output path is checked before any work (a bad --report used to fail only
     // after the whole quantization).

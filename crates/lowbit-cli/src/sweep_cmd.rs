@@ -19,7 +19,7 @@ pub struct SweepArgs {
     /// `:gptq` (needs --calib), e.g. `Q4_K_M,Q4_K_M:rtn,Q4_K_M:gptq,int4_g64,vq4x256+128`.
     #[arg(long, value_delimiter = ',', default_value = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K")]
     types: Vec<String>,
-    /// Evaluation text (e.g. ../shared/data/wikitext-2/wiki.valid.raw).
+    /// Evaluation text: a path, or a bundled text by name (wikitext-2-valid; see `lowbit data`).
     #[arg(long)]
     text: PathBuf,
     /// Tokens per chunk.
@@ -48,7 +48,9 @@ pub struct SweepArgs {
 }
 
 /// Runs `lowbit sweep`.
-pub fn run(args: SweepArgs) -> Result<()> {
+pub fn run(mut args: SweepArgs) -> Result<()> {
+    args.text = lowbit::data::resolve_one(&args.text)?;
+    args.calib = crate::texts(&args.calib)?;
     let settings = args
         .types
         .iter()

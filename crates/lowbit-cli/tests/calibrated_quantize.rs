@@ -21,7 +21,7 @@ fn zoo(name: &str) -> Option<PathBuf> {
 }
 
 fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(rel)
 }
 
 fn run_ok(args: &[&str]) -> String {

@@ -19,7 +19,7 @@ fn smollm2() -> Option<PathBuf> {
 }
 
 fn wiki() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/wiki.valid.raw")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/wikitext-2/wiki.valid.raw")
 }
 
 fn eval(home: &Path, args: &[&str]) -> Command {

@@ -45,8 +45,7 @@ fn numeric_options_never_panic_or_exhaust_memory() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("short.txt");
     let austen =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/austen/emma.txt"))
-            .unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/austen/emma.txt")).unwrap();
     std::fs::write(&text, &austen[..6000]).unwrap();
     let t = text.to_str().unwrap();
     // (command and fixed arguments, option) — the option is appended with each value.

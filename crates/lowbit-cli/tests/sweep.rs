@@ -20,7 +20,7 @@ fn zoo(name: &str) -> Option<PathBuf> {
 }
 
 fn text() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/wikitext-2/wiki.valid.raw")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/wikitext-2/wiki.valid.raw")
 }
 
 /// PNG signature and IHDR size.
@@ -157,7 +157,7 @@ fn calibrated_sweep_uses_an_importance_matrix() {
     let Some(src) = zoo("smollm2-135m") else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep");
-    let emma = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/austen/emma.txt");
+    let emma = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/austen/emma.txt");
     let o = lowbit()
         .args(["sweep", "--model"])
         .arg(&src)

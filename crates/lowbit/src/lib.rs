@@ -2,8 +2,8 @@
 //!
 //! Low-bit quantization of neural networks, with an honest account of what it costs.
 //!
-//! Data flows as in `shared/DESIGN.md`: a model file is opened ([`gguf`],
-//! [`safetensors`]) with lazily mapped tensors; calibration text is run through it; a plan
+//! Data flows as `docs/DESIGN.md` describes: a model file or Hugging Face folder is opened
+//! ([`gguf`], [`hf`], [`safetensors`]) with lazily mapped tensors; calibration text is run through it; a plan
 //! chooses a [`format`] and a method per tensor; quantized tensors are streamed into a GGUF
 //! file; an evaluator compares the result against the source. This crate holds all of it
 //! except argument parsing, which lives in `lowbit-cli`.
@@ -16,6 +16,7 @@ pub mod atomic;
 pub mod bench;
 pub mod calibrate;
 pub mod convert;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod format;

@@ -100,7 +100,7 @@ impl QuantizeJob {
             if let Some(ty) = self.very_low_bit_type() {
                 return Err(Error::Usage(format!(
                     "{ty} without calibration damages the model (smollm2-135m as IQ2_XXS: perplexity ~5800 against \
-                     ~17): give --calib TEXT… (e.g. ../shared/data/austen/emma.txt), --stats FILE or --imatrix FILE; \
+                     ~17): give --calib TEXT… (e.g. austen, or a path), --stats FILE or --imatrix FILE; \
                      llama-quantize refuses this too"
                 )));
             }

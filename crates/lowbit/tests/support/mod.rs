@@ -45,8 +45,8 @@ pub fn zoo_model(name: &str) -> Option<PathBuf> {
     None
 }
 
-/// A file under the shared data folder (`../shared/data` beside the repository).
+/// A file under the repository's `data/` folder.
 pub fn shared_data(rel: &str) -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data");
     root.join(rel)
 }
