@@ -43,7 +43,9 @@ fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool)
         ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}")
             .expect("valid template"),
     );
+    let mut log = crate::LogProgress::new("calibrate");
     let stats = calibrate_files(path, texts, opts, hessians, &mut |d, t| {
+        log.update(d as u64, t as u64, "chunks");
         bar.set_length(t as u64);
         bar.set_position(d as u64);
     });

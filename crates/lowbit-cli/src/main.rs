@@ -211,6 +211,11 @@ impl LogProgress {
         }
     }
 
+    /// Whether lines are printed (stderr is not a terminal).
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
     /// Reports `done` of `total` `unit`.
     pub fn update(&mut self, done: u64, total: u64, unit: &str) {
         let now = std::time::Instant::now();
@@ -220,8 +225,11 @@ impl LogProgress {
         }
         self.last = Some(now);
         let secs = self.start.elapsed().as_secs_f64();
-        let eta = if done > 0 { secs / done as f64 * (total - done.min(total)) as f64 } else { f64::NAN };
-        eprintln!("{}: {done}/{total} {unit}, {secs:.0} s elapsed, ETA {eta:.0} s", self.label);
+        let eta = match done {
+            0 => "unknown".to_string(),
+            _ => format!("{:.0} s", secs / done as f64 * (total - done.min(total)) as f64),
+        };
+        eprintln!("{}: {done}/{total} {unit}, {secs:.0} s elapsed, ETA {eta}", self.label);
     }
 }
 

@@ -79,8 +79,15 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     chunks.set_style(
         ProgressStyle::with_template("  eval [{bar:25}] {pos}/{len} chunks, ETA {eta}").expect("valid template"),
     );
+    // Plain lines when stderr is not a terminal (logs), as the bars say on one.
+    let mut log = crate::LogProgress::new("sweep eval");
+    let total_steps = 1 + opts.settings.len() + opts.compare.len();
     let report = run_sweep(&source, &args.text, &args.output, &opts, &mut |ev| match ev {
         SweepEvent::Step(name, i, _) => {
+            if log.is_on() {
+                eprintln!("sweep: step {}/{total_steps}: {name}: quantize + eval", i + 1);
+            }
+            log = crate::LogProgress::new(&format!("sweep {name} eval"));
             steps.set_position(i as u64);
             steps.set_message(format!("{name}: quantize + eval"));
             chunks.set_position(0);
@@ -90,6 +97,7 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
             bars.suspend(|| eprintln!("lowbit: {name}: done in an earlier run, reused"));
         }
         SweepEvent::Chunks(d, t) => {
+            log.update(d as u64, t as u64, "chunks");
             chunks.set_length(t as u64);
             chunks.set_position(d as u64);
         }

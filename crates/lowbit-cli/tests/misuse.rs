@@ -214,3 +214,41 @@ fn outputs_never_overwrite_any_input() {
         assert_eq!(files(dir.path()), vec!["src.gguf", "t.txt"], "{args:?}");
     }
 }
+
+/// With stderr not a terminal (a log file, CI), long commands print plain progress lines
+/// instead of nothing until they finish (item 6): quantize, calibrate and eval.
+#[test]
+fn progress_reaches_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path(), None);
+    let o = lowbit()
+        .args(["quantize", "--type", "Q8_0", "--model"])
+        .arg(&src)
+        .arg("-o")
+        .arg(dir.path().join("q.gguf"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains("quantize: ") && stderr.contains("weights, "), "{stderr}");
+    let Some(smol) = lowbit::zoo::find("smollm2-135m").and_then(|m| m.cached()) else {
+        assert!(std::env::var("LOWBIT_REQUIRE_MODELS").as_deref() != Ok("1"), "smollm2-135m is not fetched");
+        eprintln!("SKIPPED: smollm2-135m is not fetched");
+        return;
+    };
+    let o = lowbit()
+        .args(["calibrate", "--text", "emma", "--chunks", "2", "--ctx", "64", "--model"])
+        .arg(&smol)
+        .arg("-o")
+        .arg(dir.path().join("i.gguf"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains("calibrate: 2/2 chunks"), "{stderr}");
+    let o = lowbit()
+        .args(["eval", "--text", "emma", "--chunks", "2", "--ctx", "64", "--model"])
+        .arg(&smol)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.contains("eval: 2/2 chunks"), "{stderr}");
+}
