@@ -93,11 +93,29 @@ pub fn sequential_gptq(
         let mut encoded: Vec<(String, Encoded)> = Vec::new();
         let mut importances: Vec<(String, ImatrixEntry)> = Vec::new();
         let mut originals = Vec::new();
+        // Each input's statistics are taken out of its recorder once (dropping the f64
+        // accumulator: 1.6 GB for an 8B model's down projection) and dropped after the
+        // last layer that reads that input.
+        let mut uses: HashMap<String, usize> = HashMap::new();
+        for (_, key) in &inputs {
+            *uses.entry(key.clone()).or_default() += 1;
+        }
+        let mut taken: HashMap<String, (ImatrixEntry, Arc<Vec<f32>>)> = HashMap::new();
         for lin in lm.model.block_linears_of(il) {
-            let key = &inputs.iter().find(|(n, _)| n == &lin.name).expect("recorded above").1;
-            let r = &recorders[key];
-            let (sums, count) = r.totals();
-            let entry = ImatrixEntry { sums: sums.iter().map(|&v| v as f32).collect(), count: count as f32 };
+            let key = inputs.iter().find(|(n, _)| n == &lin.name).expect("recorded above").1.clone();
+            if !taken.contains_key(&key) {
+                let r = recorders.remove(&key).expect("one recorder per input");
+                let (sums, count) = r.totals();
+                let entry = ImatrixEntry { sums: sums.iter().map(|&v| v as f32).collect(), count: count as f32 };
+                let xtx = Arc::new(r.hessian().expect("recorded with a Hessian"));
+                taken.insert(key.clone(), (entry, xtx));
+            }
+            let (entry, xtx) = taken[&key].clone();
+            let left = uses.get_mut(&key).expect("counted");
+            *left -= 1;
+            if *left == 0 {
+                taken.remove(&key);
+            }
             let importance: Vec<f32> = entry.sums.iter().map(|s| s / entry.count.max(1.0)).collect();
             importances.push((lin.name.clone(), entry));
             let Some(t) = targets.get(lin.name.as_str()) else { continue };
@@ -105,7 +123,6 @@ pub fn sequential_gptq(
                 continue; // copied unchanged, as the weights already are
             }
             let n = lin.in_features;
-            let xtx = r.hessian().expect("recorded with a Hessian");
             let calibration = Calibration { importance: Some(&importance), hessian: Some(&xtx) };
             let dense = lin.weight.dense();
             let e = quantize_tensor(t.target, &dense, n, Method::Gptq, &calibration, options)
