@@ -55,7 +55,6 @@ fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool)
 
 /// Runs `lowbit calibrate`.
 pub fn run(mut args: CalibrateArgs) -> Result<()> {
-    args.text = crate::texts(&args.text)?;
     let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let format = args.format.clone().unwrap_or_else(|| match ext.as_str() {
         "dat" => "dat".into(),
@@ -67,6 +66,7 @@ pub fn run(mut args: CalibrateArgs) -> Result<()> {
         "unknown --format '{format}' (gguf, dat, stats)"
     );
     lowbit::atomic::check_output(&args.output)?;
+    args.text = crate::texts(&args.text)?;
     let path = crate::resolve_model(&args.model)?;
     let mut inputs = vec![("--model", path.as_path())];
     inputs.extend(args.text.iter().map(|t| ("--text", t.as_path())));

@@ -46,10 +46,11 @@ pub struct EvalArgs {
 
 /// Runs `lowbit eval`.
 pub fn run(mut args: EvalArgs) -> Result<()> {
-    args.text = lowbit::data::resolve_one(&args.text)?;
     if let Some(out) = &args.save_logits {
         lowbit::atomic::check_output(out)?;
     }
+    // Outputs are checked first, then inputs.
+    args.text = lowbit::data::resolve_one(&args.text)?;
     let text = std::fs::read(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
     let text = String::from_utf8(text).map_err(|e| {
         anyhow::anyhow!(

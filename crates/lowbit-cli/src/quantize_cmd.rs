@@ -245,13 +245,13 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
 
 /// Runs `lowbit quantize`: the library's [`lowbit::quantize::run`] with progress bars.
 pub fn run(mut args: QuantizeArgs) -> Result<()> {
-    args.calib = crate::texts(&args.calib)?;
-    let job = job(&args)?;
     // Every output path is checked before any work (a bad --report used to fail only
-    // after the whole quantization).
+    // after the whole quantization), then the inputs.
     for p in args.output.iter().chain(&args.report) {
         lowbit::atomic::check_output(p)?;
     }
+    args.calib = crate::texts(&args.calib)?;
+    let job = job(&args)?;
     let input = crate::resolve_model(&args.model)?;
     let mut inputs: Vec<(&str, &std::path::Path)> = vec![("--model", &input)];
     inputs.extend(args.imatrix.iter().map(|p| ("--imatrix", p.as_path())));

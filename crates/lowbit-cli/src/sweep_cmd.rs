@@ -49,6 +49,8 @@ pub struct SweepArgs {
 
 /// Runs `lowbit sweep`.
 pub fn run(mut args: SweepArgs) -> Result<()> {
+    // The output folder first, then the inputs.
+    lowbit::atomic::check_output_folder(&args.output)?;
     args.text = lowbit::data::resolve_one(&args.text)?;
     args.calib = crate::texts(&args.calib)?;
     let settings = args
