@@ -17,18 +17,44 @@ pub fn matmul_wt(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [
     let par =
         if threads > 1 && t * n * k > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the three slices were checked above to hold exactly t×k, n×k and t×n
-    // elements, and the strides below address only those: x (row stride k, column 1),
-    // wᵀ (element (i, j) = w[j·k + i]: row stride 1, column stride k), out (row stride n,
-    // column 1). `out` does not alias the inputs (it is a distinct &mut).
+    // elements; `out` (row stride n) is a distinct &mut, so it does not alias the inputs.
     #[allow(unsafe_code)]
+    unsafe {
+        gemm_xwt(out.as_mut_ptr(), n, x, t, k, w, n, par)
+    };
+}
+
+/// `dst[t×n] = x[t×k] · w[n×k]ᵀ` through `gemm`, `dst` addressed with row stride `dst_rs`
+/// and column stride 1: the one call both the dense linear layer ([`matmul_wt`]) and the
+/// quantized runtime's tiles (which write a column range of a wider output) make.
+///
+/// # Safety
+/// `x` must hold at least t×k values (row stride k) and `w` at least n×k (row stride k,
+/// read as its transpose: element (i, j) at w[j·k + i]); `dst` must be valid for writes of
+/// element (r, c) at `dst + r·dst_rs + c` for r < t, c < n, not aliasing `x` or `w`, and no
+/// other thread may access those elements during the call.
+#[allow(unsafe_code, clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_xwt(
+    dst: *mut f32,
+    dst_rs: usize,
+    x: &[f32],
+    t: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    par: gemm::Parallelism,
+) {
+    debug_assert!(x.len() >= t * k && w.len() >= n * k);
+    // SAFETY: forwarded from this function's contract; the strides address exactly the
+    // elements it names.
     unsafe {
         gemm::gemm(
             t,
             n,
             k,
-            out.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             false,
             x.as_ptr(),
             1,

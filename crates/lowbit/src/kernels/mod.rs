@@ -262,29 +262,7 @@ impl PackedMatrix {
         // holds t×k values (row stride k), `buf` rows×k (read as its transpose:
         // element (i, j) at buf[j·k + i]). gemm runs on this thread only
         // (Parallelism::None), so its result does not depend on the thread count.
-        unsafe {
-            gemm::gemm(
-                t,
-                rows,
-                k,
-                out_ptr.0.add(r0),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                buf.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        unsafe { crate::tensor::gemm_xwt(out_ptr.0.add(r0), n, x, t, k, buf, rows, gemm::Parallelism::None) };
     }
 }
 
