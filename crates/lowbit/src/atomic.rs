@@ -10,18 +10,37 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// What sits at an output path, without following a symlink.
+enum Node {
+    Missing,
+    File,
+    Folder,
+    Symlink,
+    /// A device, pipe or socket.
+    Special,
+}
+
+fn node(path: &Path) -> Result<Node> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Ok(Node::Symlink),
+        Ok(m) if m.is_dir() => Ok(Node::Folder),
+        Ok(m) if m.is_file() => Ok(Node::File),
+        Ok(_) => Ok(Node::Special),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Node::Missing),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 /// Refuses an output path that lowbit must not replace, before any work is done: an
 /// existing folder, device, pipe, socket or symlink (renaming over it would replace the
 /// node itself: `-o /dev/null` would become a regular file), a name without a file part,
 /// or a folder that does not exist or cannot be written.
 pub fn check_output(path: &Path) -> Result<()> {
-    let what = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Some("a symbolic link (name the file it points to instead)"),
-        Ok(m) if m.is_dir() => Some("a folder (give a file name inside it)"),
-        Ok(m) if !m.is_file() => Some("a device, pipe or socket, not a regular file"),
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(path, e)),
+    let what = match node(path)? {
+        Node::Symlink => Some("a symbolic link (name the file it points to instead)"),
+        Node::Folder => Some("a folder (give a file name inside it)"),
+        Node::Special => Some("a device, pipe or socket, not a regular file"),
+        Node::File | Node::Missing => None,
     };
     if let Some(what) = what {
         return Err(Error::Usage(format!(
@@ -49,13 +68,11 @@ pub fn check_output(path: &Path) -> Result<()> {
 /// Refuses an output *folder* (sweep's `-o`) that is an existing file, device or pipe,
 /// or a symlink (never followed into a place the user did not name), before any work.
 pub fn check_output_folder(path: &Path) -> Result<()> {
-    let what = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Some("a symbolic link (name the folder it points to instead)"),
-        Ok(m) if m.is_file() => Some("a file, not a folder"),
-        Ok(m) if !m.is_dir() => Some("a device, pipe or socket, not a folder"),
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(path, e)),
+    let what = match node(path)? {
+        Node::Symlink => Some("a symbolic link (name the folder it points to instead)"),
+        Node::File => Some("a file, not a folder"),
+        Node::Special => Some("a device, pipe or socket, not a folder"),
+        Node::Folder | Node::Missing => None,
     };
     match what {
         Some(what) => Err(Error::Usage(format!("{}: is {what}; give a new or existing folder", path.display()))),

@@ -47,19 +47,18 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::io(path, e)
 }
 
+/// Opens (creating if needed) a journal file for reading and appending, keeping its contents.
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io(path))
+}
+
 impl Journal {
     /// Opens (or starts) the journal in `dir`. `logits_head` is the saved-logits file's
     /// header bytes when saving, `record_bytes` the size of one saved record.
     pub fn open(dir: &Path, rows_per_chunk: usize, logits_head: Option<(&[u8], usize)>) -> Result<Journal> {
         fs::create_dir_all(dir).map_err(io(dir))?;
         let chunks_path = dir.join("chunks.bin");
-        let mut chunks = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&chunks_path)
-            .map_err(io(&chunks_path))?;
+        let mut chunks = open_rw(&chunks_path)?;
         let mut bytes = Vec::new();
         chunks.read_to_end(&mut bytes).map_err(io(&chunks_path))?;
         let chunk_bytes = rows_per_chunk * ROW_BYTES;
@@ -67,13 +66,7 @@ impl Journal {
         let mut logits = None;
         if let Some((head, rec)) = logits_head {
             let path = dir.join("logits.part");
-            let mut f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io(&path))?;
+            let mut f = open_rw(&path)?;
             let mut existing = vec![0u8; head.len()];
             let len = f.metadata().map_err(io(&path))?.len() as usize;
             let same_head = len >= head.len() && f.read_exact(&mut existing).is_ok() && existing == head;

@@ -9,7 +9,7 @@ mod writer;
 
 pub use metadata::{Value, ValueType};
 pub use native::{codebook_of, is_codebook, native_key, tensor_specs};
-pub(crate) use reader::Transform;
+pub(crate) use reader::{permute_heads, Transform};
 pub use reader::{GgufFile, TensorInfo, TensorType};
 pub use writer::{GgufWriter, TensorSpec};
 

@@ -106,22 +106,30 @@ impl Transform {
             None => bytes.to_vec(),
         };
         if let Some(n_head) = self.permute_heads {
-            let row_bytes = out.len() / rows.max(1);
-            let per_head = rows / n_head;
-            let half = per_head / 2;
-            let src = out.clone();
-            for h in 0..n_head {
-                for i in 0..half {
-                    for j in 0..2 {
-                        let (to, from) = (h * per_head + i * 2 + j, h * per_head + j * half + i);
-                        out[to * row_bytes..(to + 1) * row_bytes]
-                            .copy_from_slice(&src[from * row_bytes..(from + 1) * row_bytes]);
-                    }
-                }
-            }
+            out = permute_heads(&out, out.len() / rows.max(1), n_head, false);
         }
         out
     }
+}
+
+/// llama.cpp's `permute(w, n_head)` on rows of `row_len` elements: within each head, row
+/// `j·h/2 + i` (rotate-half order) moves to `2i + j` (adjacent pairs); `inverse` undoes it
+/// (how a Hugging Face folder stores the rows).
+pub(crate) fn permute_heads<T: Copy>(src: &[T], row_len: usize, n_head: usize, inverse: bool) -> Vec<T> {
+    let rows = src.len() / row_len.max(1);
+    let per_head = rows / n_head.max(1);
+    let half = per_head / 2;
+    let mut out = src.to_vec();
+    for h in 0..n_head {
+        for i in 0..half {
+            for j in 0..2 {
+                let (paired, halves) = (h * per_head + i * 2 + j, h * per_head + j * half + i);
+                let (to, from) = if inverse { (halves, paired) } else { (paired, halves) };
+                out[to * row_len..(to + 1) * row_len].copy_from_slice(&src[from * row_len..(from + 1) * row_len]);
+            }
+        }
+    }
+    out
 }
 
 /// The bytes behind a [`GgufFile`]: a memory map, or an owned buffer (tests, fuzzing).

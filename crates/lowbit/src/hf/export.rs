@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::ARCHES;
 use crate::error::{Error, Result};
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::{permute_heads, GgufFile, Value};
 use crate::safetensors::StDtype;
 use crate::tokenizer::Tokenizer;
 
@@ -183,23 +183,6 @@ fn hf_name(block: &[(&str, &str)], gguf: &str) -> Option<String> {
     Some(format!("model.layers.{i}.{h}.{kind}"))
 }
 
-/// Undoes llama.cpp's q/k permutation (rows of `cols` values, `n_head` heads).
-fn unpermute(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
-    let per_head = rows / n_head;
-    let half = per_head / 2;
-    let mut out = vec![0.0f32; w.len()];
-    for h in 0..n_head {
-        for i in 0..half {
-            for j in 0..2 {
-                let (gguf, hf) = (h * per_head + i * 2 + j, h * per_head + j * half + i);
-                out[hf * cols..(hf + 1) * cols].copy_from_slice(&w[gguf * cols..(gguf + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 /// Writes the GGUF model `g` as a new Hugging Face folder `dir`: built in a temporary
 /// folder beside it and renamed into place when complete, so an interrupted export leaves
 /// no half-written model under the name.
@@ -255,9 +238,9 @@ fn write_folder(g: &GgufFile, dir: &Path, opts: ExportOptions) -> Result<()> {
         }
         if arch.permute_qk {
             if t.name.ends_with("attn_q.weight") {
-                v = unpermute(&v, n_head, cols);
+                v = permute_heads(&v, cols, n_head, true);
             } else if t.name.ends_with("attn_k.weight") {
-                v = unpermute(&v, n_head_kv, cols);
+                v = permute_heads(&v, cols, n_head_kv, true);
             }
         }
         crate::interrupt::check()?;
