@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::eval::{evaluate, file_identity, EvalOptions, Reference, Resume, SaveLogits};
 use lowbit::model::{load_lm, LoadOptions};
-use lowbit::saved_logits::LogitsReader;
+use lowbit::saved_logits::{LogitsFormat, LogitsReader};
 
 /// Arguments of `lowbit eval`.
 #[derive(clap::Args)]
@@ -14,23 +14,29 @@ pub struct EvalArgs {
     /// The model to evaluate (GGUF path or zoo name).
     #[arg(long)]
     pub model: String,
-    /// The reference for KL divergence: a model (e.g. the source before quantization), or
-    /// a file written by an earlier `--save-logits` run of it (same text, ctx, chunks).
+    /// The reference for KL divergence: a model (e.g. the source before quantization), a
+    /// file written by an earlier `--save-logits` run of it (same text, ctx, chunks), or
+    /// a `llama-perplexity --kl-divergence-base` file (its ctx, chunks and tokens are
+    /// used; `--text` is then optional).
     #[arg(long)]
     pub reference: Option<String>,
     /// Save this model's output distributions (16-bit log-probabilities, about
     /// 2 bytes × vocabulary per scored token) to FILE for reuse as `--reference FILE`.
     #[arg(long, value_name = "FILE")]
     pub save_logits: Option<PathBuf>,
-    /// The text file to evaluate on (e.g. wiki.valid.raw).
+    /// Layout of `--save-logits`: lowbit's own, or llama.cpp's, which
+    /// `llama-perplexity --kl-divergence --kl-divergence-base FILE` reads.
+    #[arg(long, value_enum, default_value_t = SaveFormat::Lowbit)]
+    pub logits_format: SaveFormat,
+    /// The text to evaluate on: a file or a bundled text's name (`lowbit data`).
     #[arg(long)]
-    pub text: PathBuf,
-    /// Tokens per chunk.
-    #[arg(long, default_value_t = 512)]
-    pub ctx: usize,
-    /// Evaluate at most this many chunks (0 = all).
-    #[arg(long, default_value_t = 40)]
-    pub chunks: usize,
+    pub text: Option<PathBuf>,
+    /// Tokens per chunk [default: 512, or a saved reference's].
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// Evaluate at most this many chunks, 0 = all [default: 40, or a saved reference's].
+    #[arg(long)]
+    pub chunks: Option<usize>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -42,6 +48,46 @@ pub struct EvalArgs {
     /// start over (by default the run continues from them).
     #[arg(long)]
     pub fresh: bool,
+    /// Measure task accuracy instead of perplexity: `hellaswag` scores the bundled
+    /// HellaSwag validation tasks (or `--text FILE` in llama.cpp's 6-line format) as
+    /// `llama-perplexity --hellaswag` does; with `--reference`, also how often the two
+    /// models choose the same ending.
+    #[arg(long, value_enum)]
+    pub task: Option<TaskKind>,
+    /// With `--task`: score this many tasks, drawn as llama.cpp draws them (0 = all).
+    #[arg(long, default_value_t = 400)]
+    pub tasks: usize,
+}
+
+/// `--task` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum TaskKind {
+    /// HellaSwag (10,042 validation tasks bundled; MIT).
+    Hellaswag,
+}
+
+/// `--logits-format` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum SaveFormat {
+    /// lowbit's saved-logits file.
+    Lowbit,
+    /// llama.cpp's `--kl-divergence-base` file.
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
+}
+
+/// Reads a text file as UTF-8, naming it in errors.
+fn read_text(path: &std::path::Path) -> Result<String> {
+    let text = std::fs::read(path).with_context(|| format!("{}: cannot read the text", path.display()))?;
+    String::from_utf8(text).map_err(|e| {
+        anyhow::anyhow!("{}: not UTF-8 text ({e}); convert it first, e.g. `iconv -f latin1 -t utf-8`", path.display())
+    })
+}
+
+/// Whether `r` names a saved-logits file (lowbit's or llama.cpp's) rather than a model.
+fn is_saved_reference(r: &str) -> bool {
+    let p = std::path::Path::new(r);
+    p.is_file() && LogitsReader::is_logits_file(p)
 }
 
 /// Runs `lowbit eval`.
@@ -50,18 +96,30 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         lowbit::atomic::check_output(out)?;
     }
     // Outputs are checked first, then inputs.
-    args.text = lowbit::data::resolve_one(&args.text)?;
-    let text = std::fs::read(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
-    let text = String::from_utf8(text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: not UTF-8 text ({e}); convert it first, e.g. `iconv -f latin1 -t utf-8`",
-            args.text.display()
-        )
-    })?;
+    if let Some(TaskKind::Hellaswag) = args.task {
+        return run_hellaswag(&args);
+    }
+    let saved_reference = args.reference.as_deref().filter(|r| is_saved_reference(r)).map(PathBuf::from);
+    let llama_reference = match &saved_reference {
+        Some(p) => LogitsReader::open(p)?.tokens.is_some(),
+        None => false,
+    };
+    let text = match &args.text {
+        Some(t) => {
+            let path = lowbit::data::resolve_one(t)?;
+            let text = read_text(&path)?;
+            args.text = Some(path);
+            text
+        }
+        // A llama.cpp base file carries its tokens.
+        None if llama_reference => String::new(),
+        None => anyhow::bail!("--text is required (a file, or a bundled text's name: see `lowbit data`)"),
+    };
     let model_path = crate::resolve_model(&args.model)?;
     if let Some(out) = &args.save_logits {
         let reference = args.reference.as_deref().map(std::path::Path::new);
-        let mut inputs = vec![("--model", model_path.as_path()), ("--text", args.text.as_path())];
+        let mut inputs = vec![("--model", model_path.as_path())];
+        inputs.extend(args.text.as_deref().map(|t| ("--text", t)));
         inputs.extend(reference.map(|r| ("--reference", r)));
         lowbit::atomic::refuse_overwriting_inputs(out, &inputs)?;
     }
@@ -72,12 +130,12 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     // A saved reference is checked before any model is loaded (cheap errors first).
     enum RefSource {
         Model(Box<lowbit::model::LoadedLm>),
-        Saved(LogitsReader),
+        Saved(Box<LogitsReader>),
     }
     let mut ref_source = match &args.reference {
-        Some(r) if std::path::Path::new(r).is_file() && LogitsReader::is_logits_file(std::path::Path::new(r)) => {
+        Some(r) if saved_reference.is_some() => {
             eprintln!("lowbit: reference logits from {r}");
-            Some(RefSource::Saved(LogitsReader::open(std::path::Path::new(r))?))
+            Some(RefSource::Saved(Box::new(LogitsReader::open(std::path::Path::new(r))?)))
         }
         Some(r) => {
             let p = crate::resolve_model(r)?;
@@ -93,7 +151,16 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         Some(RefSource::Saved(r)) => Some(Reference::Saved(r)),
         None => None,
     };
-    let save = args.save_logits.as_deref().map(|path| SaveLogits { path, model_name: args.model.clone() });
+    let format = match args.logits_format {
+        SaveFormat::Lowbit => LogitsFormat::Lowbit,
+        SaveFormat::LlamaCpp => LogitsFormat::LlamaCpp,
+    };
+    let save = args.save_logits.as_deref().map(|path| SaveLogits { path, model_name: args.model.clone(), format });
+    // A saved reference decides ctx and chunks unless they are given.
+    let (saved_ctx, saved_chunks) = match &reference {
+        Some(Reference::Saved(r)) => (Some(r.header.ctx), Some(r.header.chunks)),
+        _ => (None, None),
+    };
     // Finished chunks are journaled, so an interrupted run continues where it stopped.
     let identity = format!(
         "model {} | reference {} | llama.cpp numerics {}",
@@ -104,8 +171,12 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         args.llama_cpp_numerics
     );
     let resume = Resume { root: lowbit::zoo::home().join("resume"), identity, fresh: args.fresh };
-    let opts =
-        EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks), resume: Some(resume) };
+    let chunks = args.chunks.or(saved_chunks).unwrap_or(40);
+    let opts = EvalOptions {
+        ctx: args.ctx.or(saved_ctx).unwrap_or(512),
+        max_chunks: (chunks > 0).then_some(chunks),
+        resume: Some(resume),
+    };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} chunks, {per_sec}, ETA {eta}")
@@ -147,7 +218,7 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     println!("model:      {}", model_path.display());
     println!(
         "text:       {} ({} chunks of {} tokens, {} scored)",
-        args.text.display(),
+        args.text.as_deref().map_or("tokens of the reference file".into(), |t| t.display().to_string()),
         report.chunks,
         report.ctx,
         report.scored_tokens
@@ -158,10 +229,65 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     println!("PPL:        {:.4} ± {:.5}", report.ppl, report.ppl_err);
     if let Some(k) = &report.kld {
         println!("reference PPL: {:.4}", k.reference_ppl);
-        println!("KLD:        mean {:.6} ± {:.6}, p99 {:.6}, max {:.6}", k.mean, k.mean_err, k.p99, k.max);
+        println!(
+            "KLD:        mean {:.6} ± {:.6}, p99 {:.6}, max {:.6}",
+            k.mean, k.mean_err, k.percentiles.p99, k.percentiles.max
+        );
         println!("top-1 agreement: {:.3} %", 100.0 * k.top1_agreement);
+        println!("\n{}", k.llama_cpp_text(report.ppl, report.ppl_err));
     }
     println!("speed:      {:.1} tokens/s (prompt processing)", report.tokens_per_second);
+    Ok(())
+}
+
+/// `--task hellaswag`: task accuracy (and agreement with a reference model).
+fn run_hellaswag(args: &EvalArgs) -> Result<()> {
+    use lowbit::eval::hellaswag;
+    if args.save_logits.is_some() {
+        anyhow::bail!("--save-logits applies to perplexity evaluation, not to --task");
+    }
+    let path = lowbit::data::resolve_one(args.text.as_deref().unwrap_or(std::path::Path::new("hellaswag")))?;
+    let all = hellaswag::parse(&read_text(&path)?, &path)?;
+    let available = all.len();
+    let tasks = hellaswag::select(all, if args.tasks == 0 { usize::MAX } else { args.tasks });
+    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
+    let reference = match &args.reference {
+        Some(r) if is_saved_reference(r) => {
+            anyhow::bail!("{r}: a saved-logits file cannot be a task reference; pass the reference model")
+        }
+        Some(r) => Some(load_lm(&crate::resolve_model(r)?, load)?),
+        None => None,
+    };
+    let model_path = crate::resolve_model(&args.model)?;
+    eprintln!("lowbit: loading {}", model_path.display());
+    let lm = load_lm(&model_path, load)?;
+    let bar = ProgressBar::new(tasks.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("hellaswag [{bar:30}] {pos}/{len} tasks, {per_sec}, ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut log = crate::LogProgress::new("hellaswag");
+    let report = hellaswag::hellaswag(&lm, reference.as_ref(), &tasks, &mut |done, total| {
+        log.update(done as u64, total as u64, "tasks");
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let pct = |a: hellaswag::Accuracy| format!("{:.2} ± {:.2} %", 100.0 * a.value, 100.0 * a.err);
+    println!("model:      {}", model_path.display());
+    println!("tasks:      {} of {available} in {}", report.tasks, path.display());
+    println!("acc_norm:   {}   (mean token log-probability; llama.cpp's HellaSwag score)", pct(report.acc_norm));
+    println!("acc:        {}   (summed log-probability)", pct(report.acc));
+    if let (Some(r), Some(agree)) = (report.reference_acc_norm, report.agreement) {
+        println!("reference acc_norm: {}", pct(r));
+        println!("same choice as the reference: {:.2} %", 100.0 * agree);
+    }
+    println!("speed:      {:.2} tasks/s", report.tasks_per_second);
     Ok(())
 }
 
@@ -176,7 +302,8 @@ fn run_encoder(args: &EvalArgs, model_path: &std::path::Path, text: &str) -> Res
         }
     };
     let reference = Bert::open(&ref_path)?;
-    let limit = if args.chunks > 0 { args.chunks * 25 } else { usize::MAX };
+    let chunks = args.chunks.unwrap_or(40);
+    let limit = if chunks > 0 { chunks * 25 } else { usize::MAX };
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(limit).collect();
     let bar = ProgressBar::new(lines.len() as u64);
     bar.set_style(

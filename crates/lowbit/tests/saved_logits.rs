@@ -8,7 +8,7 @@ use lowbit::method::Method;
 use lowbit::model::{load_gguf_lm, LoadOptions};
 use lowbit::plan::Mix;
 use lowbit::quantize::{quantize_gguf, QuantizeOptions};
-use lowbit::saved_logits::LogitsReader;
+use lowbit::saved_logits::{LogitsFormat, LogitsReader};
 
 #[test]
 fn saved_reference_matches_the_live_reference() {
@@ -30,7 +30,7 @@ fn saved_reference_matches_the_live_reference() {
     let model = load_gguf_lm(&quantized, LoadOptions::default()).unwrap();
     let eval = EvalOptions { ctx: 64, max_chunks: Some(3), ..Default::default() };
     let logits = dir.path().join("ref.logits");
-    let save = SaveLogits { path: &logits, model_name: "smollm2-135m".into() };
+    let save = SaveLogits { path: &logits, model_name: "smollm2-135m".into(), format: LogitsFormat::Lowbit };
     let own = evaluate(&reference, None, Some(save), &text, &eval, &mut |_, _, _| {}).unwrap();
     let live = evaluate(&model, Some(Reference::Model(&reference)), None, &text, &eval, &mut |_, _, _| {}).unwrap();
     let mut reader = LogitsReader::open(&logits).unwrap();

@@ -2,23 +2,25 @@
 //! divergence / top-1 agreement against a reference model on the same scored tokens.
 //! An interrupted evaluation keeps its finished chunks and resumes ([`journal`]).
 
+pub mod hellaswag;
 mod journal;
+mod stats;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::LoadedLm;
-use crate::saved_logits::{
-    decode_row, encode_row, header_bytes, record_bytes, LogitsHeader, LogitsReader, LogitsWriter,
-};
+use crate::saved_logits::{LogitsFormat, LogitsHeader, LogitsReader, LogitsWriter};
 use journal::{Journal, Row};
+pub use stats::{DeltaP, KldReport, Percentiles};
 
 /// Where the reference distributions come from.
 pub enum Reference<'a> {
     /// Run this model on the same chunks.
     Model(&'a LoadedLm),
-    /// Read them from a file written by an earlier `--save-logits` run.
+    /// Read them from a file written by an earlier `--save-logits` run, or by
+    /// `llama-perplexity --kl-divergence-base` (whose stored tokens are then evaluated).
     Saved(&'a mut LogitsReader),
 }
 
@@ -28,13 +30,15 @@ pub struct SaveLogits<'a> {
     pub path: &'a std::path::Path,
     /// How the model is named in the file's header.
     pub model_name: String,
+    /// lowbit's layout, or llama.cpp's `--kl-divergence-base` file.
+    pub format: LogitsFormat,
 }
 
 /// A batch of reference rows, as the per-row comparison needs them.
 enum ReferenceBatch {
     None,
     Logits(Vec<f32>),
-    Records(Vec<u8>),
+    Records(Vec<u8>, LogitsFormat),
 }
 
 /// KL(P‖Q) from log-probabilities, skipping entries of negligible P.
@@ -107,23 +111,6 @@ pub fn file_identity(path: &std::path::Path) -> String {
     id
 }
 
-/// Divergence of a model from a reference over the scored tokens.
-#[derive(Clone, Debug, Serialize)]
-pub struct KldReport {
-    /// Mean KL(P_reference ‖ P_model), nats.
-    pub mean: f64,
-    /// Standard error of the mean.
-    pub mean_err: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Maximum.
-    pub max: f64,
-    /// Share of scored tokens where both models' most likely token agrees.
-    pub top1_agreement: f64,
-    /// Reference perplexity on the same tokens.
-    pub reference_ppl: f64,
-}
-
 /// What `evaluate` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
@@ -169,14 +156,20 @@ fn chunk_hidden(lm: &LoadedLm, chunk: &[u32]) -> Result<Vec<f32>> {
 /// vocabulary never needs a full ctx × vocab buffer.
 const LOGIT_ROWS_PER_BATCH: usize = 32;
 
-/// Refuses saved distributions that were not computed on this run's chunks.
-fn check_saved_reference(r: &LogitsReader, header: &LogitsHeader) -> Result<()> {
+/// Refuses saved distributions that were not computed on this run's chunks (`tokens`:
+/// the text's tokens before BOS is put first in each chunk).
+fn check_saved_reference(r: &LogitsReader, header: &LogitsHeader, tokens: &[u32]) -> Result<()> {
     let h = &r.header;
+    let n = header.ctx * header.chunks;
     let why = if h.ctx != header.ctx {
         Some(format!("they were saved with --ctx {}, this run uses {}", h.ctx, header.ctx))
     } else if h.chunks != header.chunks {
         Some(format!("they hold {} chunks, this run evaluates {}: use --chunks {}", h.chunks, header.chunks, h.chunks))
-    } else if h.tokens_sha256 != header.tokens_sha256 {
+    } else if match &r.tokens {
+        // llama.cpp's files hold the tokens themselves, lowbit's a hash of them.
+        Some(t) => t.len() < n || tokens.len() < n || t[..n] != tokens[..n],
+        None => h.tokens_sha256 != header.tokens_sha256,
+    } {
         Some("they were computed on different tokens (another text or tokenizer)".to_string())
     } else {
         None
@@ -193,8 +186,13 @@ type RowStats = (Row, Vec<u8>);
 
 /// Scores `targets.len()` rows of `logits` (vocabulary `v`), row `i` predicting
 /// `targets[i]`, against the reference batch; rows in parallel, results in row order.
-fn score_rows(logits: &[f32], reference: &ReferenceBatch, targets: &[u32], v: usize, saving: bool) -> Vec<RowStats> {
-    let rec_bytes = record_bytes(v);
+fn score_rows(
+    logits: &[f32],
+    reference: &ReferenceBatch,
+    targets: &[u32],
+    v: usize,
+    save: Option<LogitsFormat>,
+) -> Vec<RowStats> {
     (0..targets.len())
         .into_par_iter()
         .map(|i| {
@@ -209,76 +207,42 @@ fn score_rows(logits: &[f32], reference: &ReferenceBatch, targets: &[u32], v: us
                     let rlp = log_softmax(rrow);
                     Some((kl_divergence(&rlp, &lp), argmax(rrow) == top, -rlp[target]))
                 }
-                ReferenceBatch::Records(recs) => {
+                ReferenceBatch::Records(recs, format) => {
                     let mut rlp = vec![0.0; v];
-                    let saved = decode_row(&recs[i * rec_bytes..(i + 1) * rec_bytes], &mut rlp);
+                    let rec_bytes = format.record_bytes(v);
+                    let saved = format.decode_row(&recs[i * rec_bytes..(i + 1) * rec_bytes], target, &mut rlp);
                     Some((kl_divergence(&rlp, &lp), saved.argmax == top, saved.target_nll))
                 }
             };
             let mut record = Vec::new();
-            if saving {
-                record.reserve_exact(rec_bytes);
-                encode_row(&lp, top, -lp[target], &mut record);
+            if let Some(format) = save {
+                record.reserve_exact(format.record_bytes(v));
+                format.encode_row(&lp, top, -lp[target], &mut record);
             }
             (Row { nll: -lp[target], kl }, record)
         })
         .collect()
 }
 
-/// Running sums over the scored tokens, in scoring order.
+/// The scored tokens' results, in scoring order.
 #[derive(Default)]
 struct Totals {
-    nll: f64,
-    nll2: f64,
-    count: usize,
-    klds: Vec<f64>,
-    ref_nll: f64,
-    agree: usize,
+    rows: Vec<Row>,
 }
 
 impl Totals {
     fn add(&mut self, row: Row) {
-        let (nll, kl) = (row.nll, row.kl);
-        self.nll += nll;
-        self.nll2 += nll * nll;
-        self.count += 1;
-        if let Some((k, a, rl)) = kl {
-            self.klds.push(k);
-            self.agree += a as usize;
-            self.ref_nll += rl;
-        }
+        self.rows.push(row);
     }
 
     /// Perplexity and its standard error (llama-perplexity's formula).
     fn ppl(&self) -> (f64, f64) {
-        let count = self.count as f64;
-        let mean = self.nll / count;
-        let var = (self.nll2 / count - mean * mean).max(0.0);
-        let ppl = mean.exp();
-        (ppl, (var / (count - 1.0)).sqrt() * ppl)
-    }
-
-    /// The KL statistics against the reference.
-    fn kld(&self) -> KldReport {
-        let klds = &self.klds;
-        let n = klds.len() as f64;
-        let m = klds.iter().sum::<f64>() / n;
-        let v = klds.iter().map(|k| (k - m) * (k - m)).sum::<f64>() / (n - 1.0).max(1.0);
-        let mut sorted = klds.clone();
-        sorted.sort_by(f64::total_cmp);
-        let p99 = sorted[((0.99 * (n - 1.0)).round() as usize).min(sorted.len() - 1)];
-        KldReport {
-            mean: m,
-            mean_err: (v / n).sqrt(),
-            p99,
-            max: *sorted.last().unwrap_or(&0.0),
-            top1_agreement: self.agree as f64 / n,
-            reference_ppl: (self.ref_nll / n).exp(),
-        }
+        stats::perplexity(&self.rows)
     }
 }
 
-/// Evaluates `lm` on `text`: tokenise once, cut into `ctx`-token chunks, put BOS first in
+/// Evaluates `lm` on `text` (or, with a llama.cpp reference file and an empty `text`,
+/// on the tokens that file stores): tokenise once, cut into `ctx`-token chunks, put BOS first in
 /// each chunk when the tokenizer adds one, score the second half of every chunk. With
 /// `reference`, also the KL divergence and top-1 agreement on the same tokens; with
 /// `save`, the model's own distributions are written for later use as a reference.
@@ -310,7 +274,10 @@ pub fn evaluate(
             lm.model.vocab_size()
         )));
     }
-    let tokens = lm.tokenizer.encode(text, true)?;
+    let tokens = match &reference {
+        Some(Reference::Saved(r)) if text.is_empty() && r.tokens.is_some() => r.tokens.clone().unwrap_or_default(),
+        _ => lm.tokenizer.encode(text, true)?,
+    };
     let ctx = opts.ctx;
     let available = tokens.len() / ctx;
     if available == 0 {
@@ -338,28 +305,29 @@ pub fn evaluate(
         tokens_sha256: tokens_sha256(&(0..n_chunks).flat_map(chunk_tokens).collect::<Vec<u32>>()),
     };
     if let Some(Reference::Saved(r)) = &reference {
-        check_saved_reference(r, &header)?;
+        check_saved_reference(r, &header, &tokens)?;
     }
     let rows_per_chunk = ctx - 1 - first;
+    // The saved file's head (lowbit's header by default; it also keys the journal).
+    let head = save.as_ref().map_or(LogitsFormat::Lowbit, |s| s.format).head_bytes(&header, &tokens);
     let mut journal = match &opts.resume {
         Some(r) => {
-            let dir = r.root.join(format!("eval-{}", journal_key(r, &header, save.as_ref())));
+            let dir = r.root.join(format!("eval-{}", journal_key(r, &head, save.as_ref())));
             if r.fresh && dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             }
-            let head = header_bytes(&header);
-            let j =
-                Journal::open(&dir, rows_per_chunk, save.as_ref().map(|_| (&head[..], record_bytes(header.vocab))))?;
+            let saved = save.as_ref().map(|s| (&head[..], s.format.record_bytes(header.vocab)));
+            let j = Journal::open(&dir, rows_per_chunk, saved)?;
             Some(j)
         }
         None => None,
     };
     // Without a journal the saved logits stream straight to their (atomic) output.
     let mut writer = match (&save, &journal) {
-        (Some(s), None) => Some(LogitsWriter::create(s.path, &header)?),
+        (Some(s), None) => Some(LogitsWriter::create(s.path, &head)?),
         _ => None,
     };
-    let saving = save.is_some();
+    let save_format = save.as_ref().map(|s| s.format);
     let mut totals = Totals::default();
     let mut model_time = 0f64;
     let mut running = Vec::with_capacity(n_chunks);
@@ -404,11 +372,11 @@ pub fn evaluate(
                 (Some(Reference::Saved(r)), _) => {
                     let mut recs = Vec::new();
                     r.next_records(n, &mut recs)?;
-                    ReferenceBatch::Records(recs)
+                    ReferenceBatch::Records(recs, r.format)
                 }
                 _ => ReferenceBatch::None,
             };
-            let per_row = score_rows(&logits, &ref_batch, &chunk[start + 1..start + 1 + n], v, saving);
+            let per_row = score_rows(&logits, &ref_batch, &chunk[start + 1..start + 1 + n], v, save_format);
             for (row, record) in per_row {
                 totals.add(row);
                 chunk_rows.push(row);
@@ -433,13 +401,13 @@ pub fn evaluate(
     if let Some(j) = journal {
         j.finish(save.as_ref().map(|s| s.path))?;
     }
-    let kld = reference.map(|_| totals.kld());
+    let kld = reference.map(|_| stats::kl_statistics(&totals.rows));
     Ok(EvalReport {
         ppl,
         ppl_err,
         chunks: n_chunks,
         ctx,
-        scored_tokens: totals.count,
+        scored_tokens: totals.rows.len(),
         kld,
         tokens_per_second: ((n_chunks - resumed) * ctx) as f64 / model_time.max(1e-9),
         running_ppl: running,
@@ -448,13 +416,13 @@ pub fn evaluate(
 }
 
 /// The journal folder's name for this evaluation: a hash of the caller's identity, the
-/// saved-logits header (tokens, ctx, chunks, vocabulary, lowbit version) and the save
-/// target.
-fn journal_key(r: &Resume, header: &LogitsHeader, save: Option<&SaveLogits>) -> String {
+/// saved-logits head (format, tokens, ctx, chunks, vocabulary, lowbit version) and the
+/// save target.
+fn journal_key(r: &Resume, head: &[u8], save: Option<&SaveLogits>) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     h.update(r.identity.as_bytes());
-    h.update(header_bytes(header));
+    h.update(head);
     if let Some(s) = save {
         let abs = std::path::absolute(s.path).unwrap_or_else(|_| s.path.to_path_buf());
         h.update(abs.to_string_lossy().as_bytes());

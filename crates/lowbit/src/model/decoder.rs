@@ -154,6 +154,7 @@ impl DecoderDims {
 }
 
 /// Keys and values of past positions, per layer: `len` rows of `n_head_kv × head_dim`.
+#[derive(Clone)]
 pub struct KvCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -273,6 +274,7 @@ impl Decoder {
                 apply_rope(head, ang, c.rope_neox);
             }
         });
+
         cache.k[il].extend_from_slice(&k);
         cache.v[il].extend_from_slice(&v);
         let window = b.attention.window;

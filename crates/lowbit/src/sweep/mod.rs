@@ -23,7 +23,7 @@ use crate::method::Method;
 use crate::model::{load_gguf_lm, LoadOptions};
 use crate::plan::allows_quantization;
 use crate::quantize::{mix_for_type, CalibrationInput, QuantizeJob};
-use crate::saved_logits::LogitsReader;
+use crate::saved_logits::{LogitsFormat, LogitsReader};
 use crate::zoo::sha256_file;
 
 pub use plot::{plot_layers, plot_pareto};
@@ -286,7 +286,7 @@ fn result_of(
         ppl_err: r.ppl_err,
         kld_mean: k.mean,
         kld_err: k.mean_err,
-        kld_p99: k.p99,
+        kld_p99: k.percentiles.p99,
         top1: k.top1_agreement,
         quantize_seconds: secs,
         tensors,
@@ -339,7 +339,11 @@ pub fn run_sweep(
         None => {
             progress(SweepEvent::Step("source", 0, total));
             let lm = load_gguf_lm(source_path, LoadOptions::default())?;
-            let save = SaveLogits { path: &logits, model_name: source_path.display().to_string() };
+            let save = SaveLogits {
+                path: &logits,
+                model_name: source_path.display().to_string(),
+                format: LogitsFormat::Lowbit,
+            };
             let r =
                 evaluate(&lm, None, Some(save), &text, &opts.eval, &mut |d, t, _| progress(SweepEvent::Chunks(d, t)))?;
             let (bytes, params) =

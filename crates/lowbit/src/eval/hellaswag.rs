@@ -1,0 +1,321 @@
+//! HellaSwag task accuracy with `llama-perplexity --hellaswag`'s conventions
+//! (tools/perplexity/perplexity.cpp, `hellaswag_score`), so the two tools' scores on the
+//! same file can be compared:
+//!
+//! - the data file holds 6 lines per task: context, the gold ending's index, four endings
+//!   (lm-evaluation-harness's preprocessing; `data/hellaswag/`);
+//! - with fewer tasks than the file holds, tasks are drawn at random exactly as llama.cpp
+//!   draws them (`std::mt19937` seeded with 1, libstdc++'s `uniform_int_distribution`,
+//!   each drawn task removed from the pool), so `--tasks 400` scores the same 400 tasks;
+//! - each ending is scored as `context + " " + ending`, tokenised with BOS; the tokens
+//!   after the four sequences' common prefix are the ending's; its score is the mean
+//!   log-probability of those tokens (llama.cpp's "acc_norm"). lowbit also reports the
+//!   choice by their sum ("acc", lm-evaluation-harness's unnormalised accuracy).
+//!
+//! The common prefix runs once per task; each ending continues from a copy of its KV
+//! cache. Tasks run in parallel; each task's result is independent of the thread count.
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::LoadedLm;
+
+/// One HellaSwag task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    /// The context (activity label, ": ", context).
+    pub context: String,
+    /// Index of the correct ending.
+    pub gold: usize,
+    /// The four candidate endings.
+    pub endings: [String; 4],
+}
+
+/// Reads llama.cpp's HellaSwag text format (6 lines per task), naming `path` in errors.
+pub fn parse(text: &str, path: &std::path::Path) -> Result<Vec<Task>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let bad = |what: String| Error::Format { path: path.to_path_buf(), what };
+    if lines.is_empty() || !lines.len().is_multiple_of(6) {
+        return Err(bad(format!(
+            "{} lines: a HellaSwag file has 6 per task (context, gold index, four endings)",
+            lines.len()
+        )));
+    }
+    lines
+        .chunks_exact(6)
+        .enumerate()
+        .map(|(i, l)| {
+            let gold = l[1].trim().parse::<usize>().ok().filter(|&g| g < 4).ok_or_else(|| {
+                bad(format!("task {} (line {}): gold ending '{}' is not 0, 1, 2 or 3", i + 1, 6 * i + 2, l[1]))
+            })?;
+            Ok(Task { context: l[0].to_string(), gold, endings: [l[2], l[3], l[4], l[5]].map(str::to_string) })
+        })
+        .collect()
+}
+
+/// The 32-bit Mersenne Twister (`std::mt19937`), for llama.cpp's task draw. Written here
+/// rather than taken from a crate because the draw must also reproduce libstdc++'s
+/// `uniform_int_distribution`, which no crate does.
+struct Mt19937 {
+    state: [u32; 624],
+    index: usize,
+}
+
+impl Mt19937 {
+    fn new(seed: u32) -> Mt19937 {
+        let mut state = [0u32; 624];
+        state[0] = seed;
+        for i in 1..624 {
+            state[i] = 1_812_433_253u32.wrapping_mul(state[i - 1] ^ (state[i - 1] >> 30)).wrapping_add(i as u32);
+        }
+        Mt19937 { state, index: 624 }
+    }
+
+    fn next(&mut self) -> u32 {
+        if self.index >= 624 {
+            for i in 0..624 {
+                let y = (self.state[i] & 0x8000_0000) | (self.state[(i + 1) % 624] & 0x7fff_ffff);
+                let mut v = self.state[(i + 397) % 624] ^ (y >> 1);
+                if y & 1 != 0 {
+                    v ^= 0x9908_b0df;
+                }
+                self.state[i] = v;
+            }
+            self.index = 0;
+        }
+        let mut y = self.state[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    /// A uniform integer in `0..n` as libstdc++ (GCC ≥ 11) draws it from a 32-bit
+    /// engine: Lemire's multiply-and-shift with rejection of the biased low products.
+    fn below(&mut self, n: u32) -> u32 {
+        let mut product = self.next() as u64 * n as u64;
+        let mut low = product as u32;
+        if low < n {
+            let threshold = n.wrapping_neg() % n;
+            while low < threshold {
+                product = self.next() as u64 * n as u64;
+                low = product as u32;
+            }
+        }
+        (product >> 32) as u32
+    }
+}
+
+/// The tasks llama.cpp scores for `--hellaswag-tasks n`: all of them, in order, when `n`
+/// covers the file; otherwise `n` drawn at random without replacement, in draw order.
+pub fn select(mut all: Vec<Task>, n: usize) -> Vec<Task> {
+    if n >= all.len() {
+        return all;
+    }
+    let mut rng = Mt19937::new(1);
+    (0..n).map(|_| all.remove(rng.below(all.len() as u32) as usize)).collect()
+}
+
+/// A task's scores for its four endings under one model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskScores {
+    /// Sum of the ending tokens' log-probabilities.
+    pub sum: [f64; 4],
+    /// Their mean (llama.cpp's score).
+    pub mean: [f64; 4],
+}
+
+impl TaskScores {
+    /// The ending with the largest mean log-probability (first on ties, as llama.cpp).
+    pub fn choice_norm(&self) -> usize {
+        first_max(&self.mean)
+    }
+
+    /// The ending with the largest summed log-probability.
+    pub fn choice(&self) -> usize {
+        first_max(&self.sum)
+    }
+}
+
+fn first_max(v: &[f64; 4]) -> usize {
+    (1..4).fold(0, |best, i| if v[i] > v[best] { i } else { best })
+}
+
+/// Log-probability of `token` under one logits row.
+fn log_prob(row: &[f32], token: u32) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+    row[token as usize] as f64 - max - sum.ln()
+}
+
+/// Scores one task's four endings under `lm`.
+pub fn score_task(lm: &LoadedLm, task: &Task) -> Result<TaskScores> {
+    let seqs: Vec<Vec<u32>> = task
+        .endings
+        .iter()
+        .map(|e| lm.tokenizer.encode(&format!("{} {e}", task.context), true))
+        .collect::<Result<_>>()?;
+    let min_len = seqs.iter().map(Vec::len).min().unwrap_or(0);
+    let mut prefix = 0;
+    while prefix < min_len && seqs.iter().all(|s| s[prefix] == seqs[0][prefix]) {
+        prefix += 1;
+    }
+    // Every ending keeps at least one token of its own; the prefix keeps at least one.
+    let prefix = prefix.min(min_len.saturating_sub(1));
+    if prefix == 0 {
+        return Err(Error::Usage(format!("HellaSwag task '{}': nothing to condition the endings on", task.context)));
+    }
+    let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some(trained) = lm.context_length.filter(|&c| longest > c) {
+        return Err(Error::Usage(format!(
+            "a HellaSwag task needs {longest} tokens, over the model's context of {trained}"
+        )));
+    }
+    let (d, v) = (lm.model.hidden_size(), lm.model.vocab_size());
+    let mut cache = lm.model.new_cache(longest);
+    let hidden = lm.model.forward_hidden(&seqs[0][..prefix], &mut cache)?;
+    let first = lm.model.logits(&hidden[(prefix - 1) * d..prefix * d], 1);
+    let mut scores = TaskScores { sum: [0.0; 4], mean: [0.0; 4] };
+    for (s, seq) in seqs.iter().enumerate() {
+        let mut total = log_prob(&first, seq[prefix]);
+        // The ending's tokens but its last predict the next one.
+        let rest = &seq[prefix..seq.len() - 1];
+        if !rest.is_empty() {
+            let mut c = cache.clone();
+            let h = lm.model.forward_hidden(rest, &mut c)?;
+            let logits = lm.model.logits(&h, rest.len());
+            for (row, &next) in logits.chunks_exact(v).zip(&seq[prefix + 1..]) {
+                total += log_prob(row, next);
+            }
+        }
+        scores.sum[s] = total;
+        scores.mean[s] = total / (seq.len() - prefix) as f64;
+    }
+    Ok(scores)
+}
+
+/// An accuracy and its standard error √(p(1−p)/(n−1)).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Accuracy {
+    /// Share of tasks answered correctly.
+    pub value: f64,
+    /// Its standard error.
+    pub err: f64,
+}
+
+impl Accuracy {
+    fn of(hits: usize, n: usize) -> Accuracy {
+        let p = hits as f64 / n.max(1) as f64;
+        Accuracy { value: p, err: if n > 1 { (p * (1.0 - p) / (n - 1) as f64).sqrt() } else { 0.0 } }
+    }
+}
+
+/// What `hellaswag` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct HellaswagReport {
+    /// Tasks scored.
+    pub tasks: usize,
+    /// Accuracy choosing by mean token log-probability (llama.cpp's score, "acc_norm").
+    pub acc_norm: Accuracy,
+    /// Accuracy choosing by summed log-probability ("acc").
+    pub acc: Accuracy,
+    /// The reference's acc_norm on the same tasks, when one was given.
+    pub reference_acc_norm: Option<Accuracy>,
+    /// Share of tasks where model and reference choose the same ending (by mean).
+    pub agreement: Option<f64>,
+    /// Tasks per second (model and reference together).
+    pub tasks_per_second: f64,
+}
+
+/// Tasks scored between progress reports (and the unit of parallel work).
+const TASKS_PER_BATCH: usize = 16;
+
+/// Scores `tasks` under `lm` (and `reference`, when given); `progress(done, total)`.
+pub fn hellaswag(
+    lm: &LoadedLm,
+    reference: Option<&LoadedLm>,
+    tasks: &[Task],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<HellaswagReport> {
+    if tasks.is_empty() {
+        return Err(Error::Usage("no HellaSwag tasks to score".into()));
+    }
+    if let Some(r) = reference.filter(|r| r.model.vocab_size() != lm.model.vocab_size()) {
+        return Err(Error::Usage(format!(
+            "the reference has a vocabulary of {} tokens, the model {}: they cannot be compared",
+            r.model.vocab_size(),
+            lm.model.vocab_size()
+        )));
+    }
+    let start = std::time::Instant::now();
+    let mut results: Vec<(TaskScores, Option<TaskScores>)> = Vec::with_capacity(tasks.len());
+    progress(0, tasks.len());
+    for batch in tasks.chunks(TASKS_PER_BATCH) {
+        crate::interrupt::check()?;
+        let scored: Vec<_> = batch
+            .par_iter()
+            .map(|t| Ok((score_task(lm, t)?, reference.map(|r| score_task(r, t)).transpose()?)))
+            .collect::<Result<_>>()?;
+        results.extend(scored);
+        progress(results.len(), tasks.len());
+    }
+    let n = tasks.len();
+    let hits = |choice: fn(&TaskScores) -> usize, reference: bool| {
+        let picked = |r: &(TaskScores, Option<TaskScores>)| if reference { r.1 } else { Some(r.0) };
+        results.iter().zip(tasks).filter(|(r, t)| picked(r).is_some_and(|s| choice(&s) == t.gold)).count()
+    };
+    Ok(HellaswagReport {
+        tasks: n,
+        acc_norm: Accuracy::of(hits(TaskScores::choice_norm, false), n),
+        acc: Accuracy::of(hits(TaskScores::choice, false), n),
+        reference_acc_norm: reference.map(|_| Accuracy::of(hits(TaskScores::choice_norm, true), n)),
+        agreement: reference.map(|_| {
+            let same = results.iter().filter(|(a, b)| b.is_some_and(|b| b.choice_norm() == a.choice_norm())).count();
+            same as f64 / n as f64
+        }),
+        tasks_per_second: n as f64 / start.elapsed().as_secs_f64().max(1e-9),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_draw_matches_libstdcpp() {
+        // std::mt19937 rng(1): its first outputs, and the first twelve task indices
+        // llama-perplexity draws from 10,042 tasks (printed by a C++ program built with
+        // GCC 12's libstdc++, the compiler the tests build llama.cpp with).
+        let mut rng = Mt19937::new(1);
+        assert_eq!((rng.next(), rng.next()), (1_791_095_845, 4_282_876_139));
+        let mut rng = Mt19937::new(1);
+        let drawn: Vec<u32> = (0..12).map(|i| rng.below(10_042 - i)).collect();
+        assert_eq!(drawn, [4187, 10012, 7232, 9361, 1, 1285, 3034, 10025, 1472, 2368, 926, 3978]);
+    }
+
+    #[test]
+    fn parse_refuses_a_ragged_file_and_a_bad_gold_index() {
+        let p = std::path::Path::new("hs.txt");
+        let ok = "ctx\n2\na\nb\nc\nd\n";
+        assert_eq!(parse(ok, p).unwrap()[0].gold, 2);
+        let err = parse("ctx\n2\na\nb\nc\n", p).unwrap_err().to_string();
+        assert!(err.contains("hs.txt") && err.contains("6 per task"), "{err}");
+        let err = parse("ctx\n7\na\nb\nc\nd\n", p).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn selection_without_replacement_keeps_all_when_asked_for_all() {
+        let tasks: Vec<Task> = (0..10)
+            .map(|i| Task { context: format!("c{i}"), gold: 0, endings: ["a", "b", "c", "d"].map(String::from) })
+            .collect();
+        assert_eq!(select(tasks.clone(), 10), tasks);
+        let some = select(tasks, 5);
+        let mut names: Vec<_> = some.iter().map(|t| t.context.clone()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 5);
+    }
+}

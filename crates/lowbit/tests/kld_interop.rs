@@ -1,0 +1,107 @@
+//! lowbit and `llama-perplexity` read each other's KL-divergence base files
+//! (`--kl-divergence-base`), and their KL statistics on the same files agree.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use lowbit::eval::{evaluate, EvalOptions, Reference, SaveLogits};
+use lowbit::method::Method;
+use lowbit::plan::Mix;
+use lowbit::quantize::{quantize_gguf, QuantizeOptions};
+use lowbit::saved_logits::{LogitsFormat, LogitsReader};
+
+const CTX: usize = 128;
+const CHUNKS: usize = 16;
+
+/// Runs llama-perplexity with `args` and returns its log.
+fn llama(bin: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin.join("llama-perplexity"))
+        .args(args)
+        .args(["-c", &CTX.to_string(), "-b", &CTX.to_string(), "-t", "2", "-fa", "off"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "llama-perplexity {args:?} failed:\n{log}");
+    log
+}
+
+/// The first number after `label` in llama-perplexity's statistics block.
+fn stat(log: &str, label: &str) -> f64 {
+    let line = log.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no '{label}' line in:\n{log}"));
+    line.split(':').nth(1).unwrap().split_whitespace().next().unwrap().trim_end_matches('%').parse().unwrap()
+}
+
+#[test]
+fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
+    let Some(src) = support::zoo_model("smollm2-135m") else { return };
+    let bin = match std::env::var("LOWBIT_LLAMA_BIN") {
+        Ok(b) => std::path::PathBuf::from(b),
+        Err(_) => {
+            let msg =
+                "LOWBIT_LLAMA_BIN (a folder with llama.cpp's llama-perplexity) is not set; scripts/test.sh builds it";
+            assert!(!support::required("LOWBIT_REQUIRE_REF"), "LOWBIT_REQUIRE_REF=1 but {msg}");
+            eprintln!("SKIPPED: {msg}");
+            return;
+        }
+    };
+    let text_path = support::shared_data("wikitext-2/wiki.valid.raw");
+    let text = std::fs::read_to_string(&text_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let quant = dir.path().join("q3km.gguf");
+    let opts = QuantizeOptions {
+        mix: Mix::from_name("Q3_K_M").unwrap(),
+        overrides: vec![],
+        method: Method::Search,
+        importance: None,
+        hessians: None,
+        pre_encoded: Default::default(),
+        method_options: Default::default(),
+    };
+    quantize_gguf(&src, &quant, &opts, &mut |_, _| {}).unwrap();
+    let load =
+        |p: &Path| lowbit::model::load_gguf_lm(p, lowbit::model::LoadOptions { llama_cpp_numerics: true }).unwrap();
+    let (source, model) = (load(&src), load(&quant));
+    let eval = EvalOptions { ctx: CTX, max_chunks: Some(CHUNKS), resume: None };
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    // 1. llama.cpp writes the base; lowbit reads it (its tokens, no text needed).
+    let llama_base = dir.path().join("llama.kld");
+    let chunks = CHUNKS.to_string();
+    llama(&bin, &["-m", &s(&src), "-f", &s(&text_path), "--chunks", &chunks, "--kl-divergence-base", &s(&llama_base)]);
+    let theirs = llama(&bin, &["-m", &s(&quant), "--kl-divergence-base", &s(&llama_base), "--kl-divergence"]);
+    let mut reader = LogitsReader::open(&llama_base).unwrap();
+    assert_eq!((reader.format, reader.header.ctx, reader.header.chunks), (LogitsFormat::LlamaCpp, CTX, CHUNKS));
+    let ours = evaluate(&model, Some(Reference::Saved(&mut reader)), None, "", &eval, &mut |_, _, _| {}).unwrap();
+    let ours = ours.kld.unwrap();
+    // How far the two implementations' forward passes are apart on identical weights:
+    // the floor under any comparison of their KL numbers.
+    let mut reader = LogitsReader::open(&llama_base).unwrap();
+    let floor = evaluate(&source, Some(Reference::Saved(&mut reader)), None, "", &eval, &mut |_, _, _| {}).unwrap();
+    let floor = floor.kld.unwrap().mean;
+    // Both read the base's likelihoods from the same codes: equal to the printed digits.
+    let base_ppl = stat(&theirs, "Mean PPL(base)");
+    assert!((ours.reference_ppl - base_ppl).abs() < 2e-6 * base_ppl, "PPL(base) {} vs {base_ppl}", ours.reference_ppl);
+    let kld = stat(&theirs, "Mean    KLD");
+    eprintln!("llama.cpp base: KLD lowbit {:.6}, llama.cpp {kld:.6}, numerics floor {floor:.6}", ours.mean);
+    assert!(floor < 0.02, "lowbit's source forward is {floor} nats from llama.cpp's: a misread base file?");
+    assert!((ours.mean - kld).abs() < floor, "KLD lowbit {} vs llama.cpp {kld} (floor {floor})", ours.mean);
+    let same_top = stat(&theirs, "Same top p") / 100.0;
+    assert!((ours.top1_agreement - same_top).abs() < 3.0 * ours.top1_agreement_err);
+
+    // 2. lowbit writes the base; llama.cpp reads it.
+    let lowbit_base = dir.path().join("lowbit.kld");
+    let save = SaveLogits { path: &lowbit_base, model_name: "source".into(), format: LogitsFormat::LlamaCpp };
+    let own = evaluate(&source, None, Some(save), &text, &eval, &mut |_, _, _| {}).unwrap();
+    let theirs = llama(&bin, &["-m", &s(&quant), "--kl-divergence-base", &s(&lowbit_base), "--kl-divergence"]);
+    let live = evaluate(&model, Some(Reference::Model(&source)), None, &text, &eval, &mut |_, _, _| {}).unwrap();
+    let live = live.kld.unwrap();
+    // The file stores log-probabilities to 16 nats below the top: the base perplexity read
+    // back differs from the live one only on tokens the source gave under e^-16.
+    let base_ppl = stat(&theirs, "Mean PPL(base)");
+    assert!((base_ppl - own.ppl).abs() < 0.005 * own.ppl, "PPL(base) {base_ppl} vs lowbit's own {}", own.ppl);
+    let kld = stat(&theirs, "Mean    KLD");
+    eprintln!("lowbit base: KLD lowbit {:.6}, llama.cpp {kld:.6}", live.mean);
+    assert!((live.mean - kld).abs() < floor, "KLD lowbit {} vs llama.cpp {kld} (floor {floor})", live.mean);
+}
