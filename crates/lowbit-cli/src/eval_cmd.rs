@@ -57,6 +57,17 @@ pub struct EvalArgs {
     /// With `--task`: score this many tasks, drawn as llama.cpp draws them (0 = all).
     #[arg(long, default_value_t = 400)]
     pub tasks: usize,
+    /// Compare greedy continuations of these prompts (one per line; a file or a bundled
+    /// name, e.g. `prompts`) with `--reference`'s: exact match, first divergence,
+    /// ROUGE-L and MiniLM semantic similarity.
+    #[arg(long, value_name = "PROMPTS")]
+    pub generate: Option<PathBuf>,
+    /// With `--generate`: tokens to generate per prompt.
+    #[arg(short = 'n', long = "tokens", default_value_t = 64)]
+    pub n: usize,
+    /// With `--generate`: use only the first this many prompts (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub prompts: usize,
 }
 
 /// `--task` values.
@@ -98,6 +109,9 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     // Outputs are checked first, then inputs.
     if let Some(TaskKind::Hellaswag) = args.task {
         return run_hellaswag(&args);
+    }
+    if args.generate.is_some() {
+        return run_generate(&args);
     }
     let saved_reference = args.reference.as_deref().filter(|r| is_saved_reference(r)).map(PathBuf::from);
     let llama_reference = match &saved_reference {
@@ -288,6 +302,66 @@ fn run_hellaswag(args: &EvalArgs) -> Result<()> {
         println!("same choice as the reference: {:.2} %", 100.0 * agree);
     }
     println!("speed:      {:.2} tasks/s", report.tasks_per_second);
+    Ok(())
+}
+
+/// `--generate PROMPTS`: greedy continuations compared with the reference's.
+fn run_generate(args: &EvalArgs) -> Result<()> {
+    use lowbit::eval::generation;
+    if args.save_logits.is_some() || args.task.is_some() {
+        anyhow::bail!("--generate cannot be combined with --save-logits or --task");
+    }
+    let path = lowbit::data::resolve_one(args.generate.as_deref().expect("checked by the caller"))?;
+    let text = read_text(&path)?;
+    let limit = if args.prompts == 0 { usize::MAX } else { args.prompts };
+    let prompts: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(limit).collect();
+    if prompts.is_empty() {
+        anyhow::bail!("{}: no prompts (one per line)", path.display());
+    }
+    let Some(reference) = args.reference.as_deref() else {
+        anyhow::bail!("--generate compares with a reference: pass --reference (e.g. the unquantized model)")
+    };
+    if is_saved_reference(reference) {
+        anyhow::bail!("{reference}: a saved-logits file cannot be a generation reference; pass the reference model");
+    }
+    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
+    let ref_lm = load_lm(&crate::resolve_model(reference)?, load)?;
+    let model_path = crate::resolve_model(&args.model)?;
+    let lm = load_lm(&model_path, load)?;
+    if lm.model.vocab_size() != ref_lm.model.vocab_size() {
+        anyhow::bail!("the reference and the model have different vocabularies: their tokens cannot be compared");
+    }
+    let embedder = lowbit::model::bert::Bert::open(&crate::resolve_model("minilm-l6")?)?;
+    let run = |lm: &lowbit::model::LoadedLm, label: &str| -> Result<Vec<generation::Continuation>> {
+        let bar = ProgressBar::new(prompts.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(&format!("{label} [{{bar:30}}] {{pos}}/{{len}} prompts, ETA {{eta}}"))
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        let mut log = crate::LogProgress::new(label);
+        let out = generation::continue_prompts(lm, &prompts, args.n, &mut |d, t| {
+            log.update(d as u64, t as u64, "prompts");
+            bar.set_position(d as u64);
+        });
+        bar.finish_and_clear();
+        Ok(out?)
+    };
+    let theirs = run(&ref_lm, "reference")?;
+    let ours = run(&lm, "model")?;
+    let r = generation::compare(&ours, &theirs, args.n, Some(&embedder))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("model:      {}", model_path.display());
+    println!("prompts:    {} from {}, {} tokens each (greedy)", r.prompts, path.display(), r.max_tokens);
+    println!("exact match:       {:.2} %", 100.0 * r.exact_match);
+    println!("first divergence:  mean {:.1} tokens, median {:.1}", r.first_divergence_mean, r.first_divergence_median);
+    println!("ROUGE-L F1:        {:.4}", r.rouge_l);
+    if let Some(s) = r.semantic_similarity {
+        println!("semantic (MiniLM): {s:.4} mean cosine");
+    }
     Ok(())
 }
 

@@ -37,6 +37,11 @@ pub const DATASETS: &[Dataset] = &[
         description: "HellaSwag validation, 10,042 tasks in llama.cpp's text format (MIT)",
         files: &["hellaswag/hellaswag_val_full.txt"],
     },
+    Dataset {
+        name: "prompts",
+        description: "300 prompts (first sentences of WikiText-2 and Mansfield Park paragraphs) for eval --generate",
+        files: &["prompts/prompts.txt"],
+    },
 ];
 
 /// The repository's `data/` folder (`$LOWBIT_DATA` overrides it).

@@ -2,6 +2,7 @@
 //! divergence / top-1 agreement against a reference model on the same scored tokens.
 //! An interrupted evaluation keeps its finished chunks and resumes ([`journal`]).
 
+pub mod generation;
 pub mod hellaswag;
 mod journal;
 mod stats;

@@ -1,12 +1,13 @@
-//! lowbit and `llama-perplexity` read each other's KL-divergence base files
-//! (`--kl-divergence-base`), and their KL statistics on the same files agree.
+//! lowbit's evaluations against `llama-perplexity`'s on the same files: the two read each
+//! other's KL-divergence base files (`--kl-divergence-base`) and their KL statistics
+//! agree; HellaSwag draws the same tasks and scores them alike.
 
 mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use lowbit::eval::{evaluate, EvalOptions, Reference, SaveLogits};
+use lowbit::eval::{evaluate, hellaswag, EvalOptions, Reference, SaveLogits};
 use lowbit::method::Method;
 use lowbit::plan::Mix;
 use lowbit::quantize::{quantize_gguf, QuantizeOptions};
@@ -15,11 +16,25 @@ use lowbit::saved_logits::{LogitsFormat, LogitsReader};
 const CTX: usize = 128;
 const CHUNKS: usize = 16;
 
+/// llama.cpp's tools folder, or `None` when the tests run without it.
+fn llama_bin() -> Option<std::path::PathBuf> {
+    match std::env::var("LOWBIT_LLAMA_BIN") {
+        Ok(b) => Some(b.into()),
+        Err(_) => {
+            let msg =
+                "LOWBIT_LLAMA_BIN (a folder with llama.cpp's llama-perplexity) is not set; scripts/test.sh builds it";
+            assert!(!support::required("LOWBIT_REQUIRE_REF"), "LOWBIT_REQUIRE_REF=1 but {msg}");
+            eprintln!("SKIPPED: {msg}");
+            None
+        }
+    }
+}
+
 /// Runs llama-perplexity with `args` and returns its log.
 fn llama(bin: &Path, args: &[&str]) -> String {
     let out = Command::new(bin.join("llama-perplexity"))
         .args(args)
-        .args(["-c", &CTX.to_string(), "-b", &CTX.to_string(), "-t", "2", "-fa", "off"])
+        .args(["-b", &CTX.to_string(), "-t", "2", "-fa", "off"])
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
@@ -68,9 +83,11 @@ fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
 
     // 1. llama.cpp writes the base; lowbit reads it (its tokens, no text needed).
     let llama_base = dir.path().join("llama.kld");
-    let chunks = CHUNKS.to_string();
-    llama(&bin, &["-m", &s(&src), "-f", &s(&text_path), "--chunks", &chunks, "--kl-divergence-base", &s(&llama_base)]);
-    let theirs = llama(&bin, &["-m", &s(&quant), "--kl-divergence-base", &s(&llama_base), "--kl-divergence"]);
+    let (chunks, ctx) = (CHUNKS.to_string(), CTX.to_string());
+    let base_args = ["-c", &ctx, "-f", &s(&text_path), "--chunks", &chunks, "--kl-divergence-base", &s(&llama_base)];
+    llama(&bin, &[&["-m", &s(&src)][..], &base_args].concat());
+    let theirs =
+        llama(&bin, &["-m", &s(&quant), "-c", &ctx, "--kl-divergence-base", &s(&llama_base), "--kl-divergence"]);
     let mut reader = LogitsReader::open(&llama_base).unwrap();
     assert_eq!((reader.format, reader.header.ctx, reader.header.chunks), (LogitsFormat::LlamaCpp, CTX, CHUNKS));
     let ours = evaluate(&model, Some(Reference::Saved(&mut reader)), None, "", &eval, &mut |_, _, _| {}).unwrap();
@@ -94,7 +111,8 @@ fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
     let lowbit_base = dir.path().join("lowbit.kld");
     let save = SaveLogits { path: &lowbit_base, model_name: "source".into(), format: LogitsFormat::LlamaCpp };
     let own = evaluate(&source, None, Some(save), &text, &eval, &mut |_, _, _| {}).unwrap();
-    let theirs = llama(&bin, &["-m", &s(&quant), "--kl-divergence-base", &s(&lowbit_base), "--kl-divergence"]);
+    let theirs =
+        llama(&bin, &["-m", &s(&quant), "-c", &ctx, "--kl-divergence-base", &s(&lowbit_base), "--kl-divergence"]);
     let live = evaluate(&model, Some(Reference::Model(&source)), None, &text, &eval, &mut |_, _, _| {}).unwrap();
     let live = live.kld.unwrap();
     // The file stores log-probabilities to 16 nats below the top: the base perplexity read
@@ -104,4 +122,48 @@ fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
     let kld = stat(&theirs, "Mean    KLD");
     eprintln!("lowbit base: KLD lowbit {:.6}, llama.cpp {kld:.6}", live.mean);
     assert!((live.mean - kld).abs() < floor, "KLD lowbit {} vs llama.cpp {kld} (floor {floor})", live.mean);
+}
+
+/// Per task, whether llama-perplexity's HellaSwag choice was right, from its running
+/// accuracy lines (`i<TAB>acc%<TAB>[interval]`).
+fn llama_hits(log: &str) -> Vec<bool> {
+    let mut hits = Vec::new();
+    let mut before = 0i64;
+    for line in log.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let (Some(i), Some(acc)) = (f.first().and_then(|v| v.parse::<i64>().ok()), f.get(1)) else { continue };
+        let Ok(acc) = acc.trim_end_matches('%').parse::<f64>() else { continue };
+        let total = (acc * i as f64 / 100.0).round() as i64;
+        hits.push(total > before);
+        before = total;
+    }
+    hits
+}
+
+#[test]
+fn hellaswag_scores_the_tasks_llama_cpp_scores_and_agrees_per_task() {
+    let Some(src) = support::zoo_model("smollm2-135m") else { return };
+    let Some(bin) = llama_bin() else { return };
+    let path = support::shared_data("hellaswag/hellaswag_val_full.txt");
+    const N: usize = 20;
+    let log = llama(
+        &bin,
+        &["-m", src.to_str().unwrap(), "-f", path.to_str().unwrap(), "--hellaswag", "--hellaswag-tasks", "20"],
+    );
+    let theirs = llama_hits(&log);
+    assert_eq!(theirs.len(), N, "could not read llama.cpp's per-task lines:\n{log}");
+    let all = hellaswag::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    let tasks = hellaswag::select(all, N);
+    let lm = lowbit::model::load_gguf_lm(&src, lowbit::model::LoadOptions { llama_cpp_numerics: true }).unwrap();
+    let ours: Vec<bool> =
+        tasks.iter().map(|t| hellaswag::score_task(&lm, t).unwrap().choice_norm() == t.gold).collect();
+    // Same tasks, same scoring: only a near-tie between two endings may flip under the
+    // two implementations' rounding. A different draw would agree on ~60 % of tasks.
+    let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+    eprintln!(
+        "HellaSwag, {N} tasks: lowbit {} right, llama.cpp {}, {differ} differ",
+        ours.iter().filter(|&&h| h).count(),
+        theirs.iter().filter(|&&h| h).count()
+    );
+    assert!(differ <= 2, "{differ} of {N} tasks scored differently");
 }
