@@ -86,8 +86,16 @@ if [ -x "$llama_dir/build/bin/llama-perplexity" ]; then
     export LOWBIT_LLAMA_BIN="$llama_dir/build/bin"
 fi
 
+# Headless Chromium (Debian package) renders the sweep's report.html in a test.
+if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    phase "installing chromium (Debian) to render report.html"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > target/apt-chromium.log 2>&1 ||
+        echo "WARNING: could not install chromium (see target/apt-chromium.log); the report rendering check is skipped"
+fi
+
 if [ "${CI:-}" = "true" ]; then
     export LOWBIT_REQUIRE_REF=1 LOWBIT_REQUIRE_MODELS=1
+    if command -v chromium >/dev/null; then export LOWBIT_REQUIRE_CHROMIUM=1; fi
 fi
 phase "cargo test"
 cargo test --workspace "$@"

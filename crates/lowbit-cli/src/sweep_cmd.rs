@@ -42,7 +42,19 @@ pub struct SweepArgs {
     /// Calibration chunks of 512 tokens.
     #[arg(long, default_value_t = 64)]
     calib_chunks: usize,
-    /// Output folder for report.md, report.json, pareto.{svg,png}, layers.{svg,png}.
+    /// HellaSwag tasks every file is scored on (llama.cpp's draw of the bundled set, so
+    /// `llama-perplexity --hellaswag-tasks N` scores the same ones; 0 = none).
+    #[arg(long, default_value_t = 100)]
+    tasks: usize,
+    /// Bundled prompts every file continues greedily, compared with the source's
+    /// continuations (exact match, first divergence, ROUGE-L; 0 = none).
+    #[arg(long, default_value_t = 16)]
+    prompts: usize,
+    /// Tokens per continuation.
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Output folder for report.md, report.html, report.json, pareto.{svg,png},
+    /// layers.{svg,png}, tasks.{svg,png}.
     #[arg(short, long)]
     output: PathBuf,
 }
@@ -70,6 +82,9 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
         keep: args.keep,
         calib: args.calib.clone(),
         calib_chunks: args.calib_chunks,
+        tasks: args.tasks,
+        prompts: args.prompts,
+        gen_tokens: args.gen_tokens,
     };
     let bars = MultiProgress::new();
     let steps = bars.add(ProgressBar::new((1 + opts.settings.len() + opts.compare.len()) as u64));
@@ -79,7 +94,7 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     );
     let chunks = bars.add(ProgressBar::new(0));
     chunks.set_style(
-        ProgressStyle::with_template("  eval [{bar:25}] {pos}/{len} chunks, ETA {eta}").expect("valid template"),
+        ProgressStyle::with_template("  eval [{bar:25}] {pos}/{len} {msg}, ETA {eta}").expect("valid template"),
     );
     // Plain lines when stderr is not a terminal (logs), as the bars say on one.
     let mut log = crate::LogProgress::new("sweep eval");
@@ -98,8 +113,9 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
             steps.inc(1);
             bars.suspend(|| eprintln!("lowbit: {name}: done in an earlier run, reused"));
         }
-        SweepEvent::Chunks(d, t) => {
-            log.update(d as u64, t as u64, "chunks");
+        SweepEvent::Units(unit, d, t) => {
+            log.update(d as u64, t as u64, unit);
+            chunks.set_message(unit);
             chunks.set_length(t as u64);
             chunks.set_position(d as u64);
         }
@@ -110,7 +126,7 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     let md = lowbit::sweep::report_markdown(&report);
     println!("{md}");
     println!(
-        "written: {}/{{report.md, report.json, pareto.svg, pareto.png, layers.svg, layers.png}}",
+        "written: {}/{{report.md, report.html, report.json, pareto.{{svg,png}}, layers.{{svg,png}}, tasks.{{svg,png}}}}",
         args.output.display()
     );
     Ok(())

@@ -60,16 +60,24 @@ fn sweep_writes_report_and_plots_and_resumes() {
         let mut c = lowbit();
         c.args(["sweep", "--model"])
             .arg(&src)
-            .args(["--types", "Q8_0,Q4_K_M,Q4_K_M:rtn", "--ctx", "64", "--chunks", "2", "--text"])
+            .args(["--types", "Q8_0,Q4_K_M,Q4_K_M:rtn", "--ctx", "64", "--chunks", "2"])
+            .args(["--tasks", "6", "--prompts", "3", "--gen-tokens", "8", "--text"])
             .arg(text());
         c.arg("--compare").arg(&peer).arg("-o").arg(o);
         c
     };
     let first = args(&out).output().unwrap();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    for f in ["report.md", "report.json", "pareto.svg", "pareto.png", "layers.svg", "layers.png"] {
+    for f in ["report.md", "report.html", "report.json", "pareto.svg", "pareto.png", "layers.svg", "layers.png"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    assert!(out.join("tasks.svg").is_file() && out.join("tasks.png").is_file(), "tasks plot missing");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for part in ["<table class=\"sortable\"", "HS acc_norm %", "gen exact %", "peer-Q4_0", "<svg", "<script>"] {
+        assert!(html.contains(part), "{part} missing from report.html");
+    }
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "report.html loads an external asset");
+    screenshot(&out.join("report.html"));
     assert_eq!(png_size(&out.join("pareto.png")), (1000, 650));
     assert_eq!(png_size(&out.join("layers.png")), (1200, 650));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
@@ -108,7 +116,8 @@ fn interrupted_sweep_resumes() {
         let mut c = lowbit();
         c.args(["sweep", "--model"])
             .arg(&src)
-            .args(["--types", "Q8_0,Q6_K,Q5_K_M", "--ctx", "64", "--chunks", "4", "--text"])
+            .args(["--types", "Q8_0,Q6_K,Q5_K_M", "--ctx", "64", "--chunks", "4", "--tasks", "0", "--prompts", "0"])
+            .arg("--text")
             .arg(text())
             .arg("-o")
             .arg(&out);
@@ -137,6 +146,34 @@ fn interrupted_sweep_resumes() {
     assert!(md.contains("| Q6_K |") && md.contains("| Q5_K_M |"), "{md}");
 }
 
+/// Renders `html` in headless Chromium (the Debian package) and checks the screenshot is
+/// a full page with content. Skipped without Chromium unless LOWBIT_REQUIRE_CHROMIUM=1
+/// (scripts/test.sh installs it under CI). Look at the image itself when the report
+/// changes: it is left at target/report-screenshot.png.
+fn screenshot(html: &Path) {
+    let Some(chromium) = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        assert!(std::env::var("LOWBIT_REQUIRE_CHROMIUM").as_deref() != Ok("1"), "Chromium is required but missing");
+        eprintln!("SKIPPED: no chromium to render report.html");
+        return;
+    };
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/report-screenshot.png");
+    let _ = std::fs::remove_file(&shot);
+    let o = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,2600"])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(shot.is_file(), "no screenshot: {}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(png_size(&shot), (1400, 2600));
+    // A blank page compresses to a few kB; the table and three plots do not.
+    let bytes = std::fs::metadata(&shot).unwrap().len();
+    assert!(bytes > 100_000, "screenshot of {bytes} bytes: the page looks empty");
+}
+
 fn walk(p: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(p).unwrap() {
@@ -161,7 +198,8 @@ fn calibrated_sweep_uses_an_importance_matrix() {
     let o = lowbit()
         .args(["sweep", "--model"])
         .arg(&src)
-        .args(["--types", "Q3_K_M", "--ctx", "64", "--chunks", "2", "--calib-chunks", "1", "--text"])
+        .args(["--types", "Q3_K_M", "--ctx", "64", "--chunks", "2", "--calib-chunks", "1", "--tasks", "0"])
+        .args(["--prompts", "0", "--text"])
         .arg(text())
         .arg("--calib")
         .arg(&emma)

@@ -17,7 +17,7 @@ use crate::model::bert::Bert;
 use crate::model::LoadedLm;
 
 /// A greedy continuation of one prompt.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Continuation {
     /// New token ids (stops early at end-of-sequence).
     pub tokens: Vec<u32>,

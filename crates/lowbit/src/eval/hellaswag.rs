@@ -227,6 +227,9 @@ pub struct HellaswagReport {
     pub agreement: Option<f64>,
     /// Tasks per second (model and reference together).
     pub tasks_per_second: f64,
+    /// The model's chosen ending per task (by mean), in task order.
+    #[serde(skip)]
+    pub choices: Vec<usize>,
 }
 
 /// Tasks scored between progress reports (and the unit of parallel work).
@@ -276,6 +279,7 @@ pub fn hellaswag(
             same as f64 / n as f64
         }),
         tasks_per_second: n as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        choices: results.iter().map(|r| r.0.choice_norm()).collect(),
     })
 }
 

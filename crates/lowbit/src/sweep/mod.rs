@@ -6,6 +6,7 @@
 //! and each finished setting leaves `settings/<name>.json`, written atomically; a rerun
 //! with the same inputs skips what is there and produces the same report.
 
+mod behaviour;
 mod plot;
 mod report;
 
@@ -26,7 +27,8 @@ use crate::quantize::{mix_for_type, CalibrationInput, QuantizeJob};
 use crate::saved_logits::{LogitsFormat, LogitsReader};
 use crate::zoo::sha256_file;
 
-pub use plot::{plot_layers, plot_pareto};
+pub use behaviour::{Behaviour, Probe, SourceBehaviour};
+pub use plot::{plot_layers, plot_pareto, plot_tasks};
 pub use report::{markdown as report_markdown, write_report, InputFile, SweepReport};
 
 /// One quantization setting: a mix (or a native or VQ format) and a method.
@@ -109,6 +111,12 @@ pub struct SweepOptions {
     pub calib: Vec<PathBuf>,
     /// Calibration chunks of 512 tokens (BENCHMARKS.md: 64).
     pub calib_chunks: usize,
+    /// HellaSwag tasks every file is scored on (llama.cpp's draw; 0: none).
+    pub tasks: usize,
+    /// Bundled prompts every file continues greedily, compared with the source (0: none).
+    pub prompts: usize,
+    /// Tokens per continuation.
+    pub gen_tokens: usize,
 }
 
 /// Relative weight error of one tensor: ‖W − Ŵ‖ / ‖W‖.
@@ -151,6 +159,9 @@ pub struct SettingResult {
     pub top1: f64,
     /// Seconds to quantize (None for peer files).
     pub quantize_seconds: Option<f64>,
+    /// Task accuracy and generation agreement with the source.
+    #[serde(default)]
+    pub behaviour: Behaviour,
     /// Per-tensor weight error of the quantized matrices.
     pub tensors: Vec<TensorError>,
 }
@@ -172,6 +183,9 @@ pub struct SourceResult {
     pub scored_tokens: usize,
     /// Evaluation throughput (tokens/s), for the record.
     pub tokens_per_second: f64,
+    /// Its task answers and continuations, which settings are compared with.
+    #[serde(default)]
+    pub behaviour: SourceBehaviour,
 }
 
 /// Progress events, for a progress bar.
@@ -180,18 +194,29 @@ pub enum SweepEvent<'a> {
     Step(&'a str, usize, usize),
     /// A step was found finished from an earlier run.
     Reused(&'a str),
-    /// Chunks evaluated within the current step.
-    Chunks(usize, usize),
+    /// Units (`chunks`, `tasks`, `prompts`) done within the current step.
+    Units(&'static str, usize, usize),
 }
 
 /// Inputs that identify the source evaluation.
-fn source_key(source_sha: &str, text_sha: &str, eval: &EvalOptions) -> String {
+fn source_key(source_sha: &str, text_sha: &str, eval: &EvalOptions, probe: &Probe) -> String {
     format!(
-        "lowbit {} source {source_sha} text {text_sha} ctx {} chunks {:?}",
+        "lowbit {} source {source_sha} text {text_sha} ctx {} chunks {:?} {}",
         env!("CARGO_PKG_VERSION"),
         eval.ctx,
-        eval.max_chunks
+        eval.max_chunks,
+        probe.key()
     )
+}
+
+/// What `measure` found.
+struct Measured {
+    eval: EvalReport,
+    tensors: Vec<TensorError>,
+    file_bytes: u64,
+    bpw: f64,
+    bpw_linear: f64,
+    behaviour: Behaviour,
 }
 
 /// Reads a JSON result if it exists and its key matches.
@@ -238,7 +263,9 @@ pub fn tensor_errors(
     Ok(out)
 }
 
-/// Evaluates `model` against the saved reference and measures its tensors.
+/// Evaluates `model` against the saved reference and the source's answers, and measures
+/// its tensors.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     model: &Path,
     source: &GgufFile,
@@ -246,11 +273,15 @@ fn measure(
     text: &str,
     eval: &EvalOptions,
     importance: Option<&HashMap<String, Vec<f32>>>,
-    on_chunk: &mut dyn FnMut(usize, usize),
-) -> Result<(EvalReport, Vec<TensorError>, u64, f64, f64)> {
+    probe: (&Probe, &SourceBehaviour),
+    progress: &mut dyn FnMut(SweepEvent),
+) -> Result<Measured> {
     let lm = load_gguf_lm(model, LoadOptions::default())?;
     let mut reader = LogitsReader::open(logits)?;
-    let r = evaluate(&lm, Some(Reference::Saved(&mut reader)), None, text, eval, &mut |d, t, _| on_chunk(d, t))?;
+    let r = evaluate(&lm, Some(Reference::Saved(&mut reader)), None, text, eval, &mut |d, t, _| {
+        progress(SweepEvent::Units("chunks", d, t))
+    })?;
+    let behaviour = probe.0.compare(&lm, probe.1, &mut |u, d, t| progress(SweepEvent::Units(u, d, t)))?;
     drop(lm);
     let q = GgufFile::open(model)?;
     let errors = tensor_errors(source, &q, importance)?;
@@ -263,17 +294,11 @@ fn measure(
         .fold((0u64, 0u64), |(b, n), t| (b + t.n_bytes.unwrap_or(0), n + t.n_elements));
     let bpw = 8.0 * bytes as f64 / params.max(1) as f64;
     let bpw_linear = 8.0 * lb as f64 / ln.max(1) as f64;
-    Ok((r, errors, q.file_size(), bpw, bpw_linear))
+    Ok(Measured { eval: r, tensors: errors, file_bytes: q.file_size(), bpw, bpw_linear, behaviour })
 }
 
-fn result_of(
-    name: String,
-    kind: &str,
-    key: String,
-    m: (EvalReport, Vec<TensorError>, u64, f64, f64),
-    secs: Option<f64>,
-) -> SettingResult {
-    let (r, tensors, file_bytes, bpw, bpw_linear) = m;
+fn result_of(name: String, kind: &str, key: String, m: Measured, secs: Option<f64>) -> SettingResult {
+    let Measured { eval: r, tensors, file_bytes, bpw, bpw_linear, behaviour } = m;
     let k = r.kld.expect("evaluated against a reference");
     SettingResult {
         name,
@@ -289,6 +314,7 @@ fn result_of(
         kld_p99: k.percentiles.p99,
         top1: k.top1_agreement,
         quantize_seconds: secs,
+        behaviour,
         tensors,
     }
 }
@@ -326,7 +352,8 @@ pub fn run_sweep(
     ];
     let source = crate::hf::open_model(source_path)?;
     let total = 1 + opts.settings.len() + opts.compare.len();
-    let key = source_key(&source_sha, &text_sha, &opts.eval);
+    let probe = Probe::load(opts.tasks, opts.prompts, opts.gen_tokens)?;
+    let key = source_key(&source_sha, &text_sha, &opts.eval, &probe);
 
     // 1. The source on the text, its distributions saved for every comparison.
     let logits = dir.join("reference.logits");
@@ -344,8 +371,10 @@ pub fn run_sweep(
                 model_name: source_path.display().to_string(),
                 format: LogitsFormat::Lowbit,
             };
-            let r =
-                evaluate(&lm, None, Some(save), &text, &opts.eval, &mut |d, t, _| progress(SweepEvent::Chunks(d, t)))?;
+            let r = evaluate(&lm, None, Some(save), &text, &opts.eval, &mut |d, t, _| {
+                progress(SweepEvent::Units("chunks", d, t))
+            })?;
+            let behaviour = probe.source(&lm, &mut |u, d, t| progress(SweepEvent::Units(u, d, t)))?;
             let (bytes, params) =
                 source.tensors.iter().fold((0u64, 0u64), |(b, n), t| (b + t.n_bytes.unwrap_or(0), n + t.n_elements));
             let s = SourceResult {
@@ -356,6 +385,7 @@ pub fn run_sweep(
                 ppl_err: r.ppl_err,
                 scored_tokens: r.scored_tokens,
                 tokens_per_second: r.tokens_per_second,
+                behaviour,
             };
             save_json(&source_json, &s)?;
             s
@@ -399,7 +429,7 @@ pub fn run_sweep(
                 let copts = EvalOptions { ctx: 512, max_chunks: Some(opts.calib_chunks), ..Default::default() };
                 let stats: CalibrationStats =
                     compute_stats(&mut lm, &calib_text, &names.join("+"), &copts, hessians, &mut |d, t| {
-                        progress(SweepEvent::Chunks(d, t))
+                        progress(SweepEvent::Units("chunks", d, t))
                     })?;
                 stats.imatrix.write_gguf(&path)?;
                 if hessians {
@@ -428,9 +458,8 @@ pub fn run_sweep(
         let t0 = Instant::now();
         crate::quantize::run(source_path, &model, job, &mut |_, _, _| {})?;
         let secs = t0.elapsed().as_secs_f64();
-        let m = measure(&model, &source, &logits, &text, &opts.eval, importance.as_ref(), &mut |d, t| {
-            progress(SweepEvent::Chunks(d, t))
-        });
+        let against = (&probe, &source_result.behaviour);
+        let m = measure(&model, &source, &logits, &text, &opts.eval, importance.as_ref(), against, progress);
         if !opts.keep {
             let _ = std::fs::remove_file(&model);
         }
@@ -453,9 +482,8 @@ pub fn run_sweep(
             continue;
         }
         progress(SweepEvent::Step(&stem, 1 + opts.settings.len() + i, total));
-        let m = measure(peer, &source, &logits, &text, &opts.eval, importance.as_ref(), &mut |d, t| {
-            progress(SweepEvent::Chunks(d, t))
-        })?;
+        let against = (&probe, &source_result.behaviour);
+        let m = measure(peer, &source, &logits, &text, &opts.eval, importance.as_ref(), against, progress)?;
         let r = result_of(stem, "compare", pkey, m, None);
         save_json(&json, &r)?;
         results.push(r);
@@ -472,12 +500,17 @@ pub fn run_sweep(
         chunks: opts.eval.max_chunks,
         calib: opts.calib.iter().map(|p| p.display().to_string()).collect(),
         calib_chunks: opts.calib_chunks,
+        gen_tokens: opts.gen_tokens,
         source_result,
         results,
     };
-    write_report(&report, dir)?;
     plot_pareto(&report, &dir.join("pareto.svg"), &dir.join("pareto.png"))?;
     plot_layers(&report, &dir.join("layers.svg"), &dir.join("layers.png"))?;
+    if report.source_result.behaviour.hellaswag_acc_norm.is_some() {
+        plot_tasks(&report, &dir.join("tasks.svg"), &dir.join("tasks.png"))?;
+    }
+    // Last: report.html embeds the plots.
+    write_report(&report, dir)?;
     if !opts.keep {
         let _ = std::fs::remove_dir(dir.join("models"));
     }

@@ -237,6 +237,76 @@ impl Figure for Layers<'_> {
     }
 }
 
+struct Tasks<'a>(&'a SweepReport);
+
+impl Figure for Tasks<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> std::result::Result<(), String> {
+        let r = self.0;
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let base = r.source_result.behaviour.hellaswag_acc_norm.unwrap_or(0.0);
+        let pts: Vec<(usize, (f64, f64))> = r
+            .results
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| {
+                x.behaviour.hellaswag_acc_norm.map(|a| (i, (x.kld_mean.max(KLD_FLOOR), 100.0 * (base - a))))
+            })
+            .collect();
+        let (xmin, xmax) =
+            pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, p)| (a.min(p.0), b.max(p.0)));
+        let (ymin, ymax) = pts.iter().fold((0.0f64, 0.0f64), |(a, b), (_, p)| (a.min(p.1), b.max(p.1)));
+        let ypad = ((ymax - ymin) * 0.1).max(1.0);
+        let source = r.source.rsplit('/').next().unwrap_or(&r.source);
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("Divergence vs. HellaSwag accuracy drop: {source}"), ("sans-serif", 22))
+            .margin(18)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d((xmin / 2.0..xmax * 4.0).log_scale(), (ymin - ypad)..(ymax + ypad))
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("mean KL divergence vs. source (nats/token, log scale)")
+            .y_desc("acc_norm drop vs. source (points)")
+            .x_label_formatter(&|v| format!("{v:.0e}"))
+            .axis_desc_style(("sans-serif", 16))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(
+                vec![(xmin / 2.0, 0.0), (xmax * 4.0, 0.0)],
+                ShapeStyle::from(&BLACK.mix(0.4)).stroke_width(1),
+            ))
+            .map_err(e)?;
+        for (kind, colour) in [("lowbit", PALETTE[0]), ("compare", RGBColor(214, 39, 40))] {
+            let mine: Vec<&(usize, (f64, f64))> = pts.iter().filter(|(i, _)| r.results[*i].kind == kind).collect();
+            chart
+                .draw_series(mine.iter().map(|(_, p)| {
+                    if kind == "lowbit" {
+                        Circle::new(*p, 6, colour.filled()).into_dyn()
+                    } else {
+                        TriangleMarker::new(*p, 8, colour.filled()).into_dyn()
+                    }
+                }))
+                .map_err(e)?;
+            chart
+                .draw_series(mine.iter().map(|(i, p)| {
+                    Text::new(format!(" {}", r.results[*i].name), *p, ("sans-serif", 14).into_font().color(&BLACK))
+                }))
+                .map_err(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Draws mean KLD (x, log) against the HellaSwag acc_norm drop from the source (y):
+/// whether divergence predicts lost task accuracy.
+pub fn plot_tasks(r: &SweepReport, svg: &Path, png: &Path) -> Result<()> {
+    render(&Tasks(r), svg, png, (1000, 650))
+}
+
 /// Draws size (x) against mean KLD (y, log) with labelled points and the Pareto front.
 pub fn plot_pareto(r: &SweepReport, svg: &Path, png: &Path) -> Result<()> {
     render(&Pareto(r), svg, png, (1000, 650))
