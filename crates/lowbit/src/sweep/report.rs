@@ -277,9 +277,9 @@ pub fn html(r: &SweepReport, dir: &Path) -> String {
     }
     h.push_str("</tbody></table>\n");
     if !r.calib.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p>Quantized with an importance matrix from {} ({} chunks of 512 tokens).</p>\n",
+            "<p>Quantized with an importance matrix from {} ({} chunks of 512 tokens).</p>",
             escape(&r.calib.join(" + ")),
             r.calib_chunks
         );
@@ -293,7 +293,7 @@ pub fn html(r: &SweepReport, dir: &Path) -> String {
         if let Ok(svg) = std::fs::read_to_string(dir.join(file)) {
             let svg = svg.trim_start_matches(|c| c != '<');
             let svg = svg.strip_prefix("<?xml").map_or(svg, |rest| &rest[rest.find("?>").map_or(0, |i| i + 2)..]);
-            let _ = write!(h, "<figure>{svg}<figcaption>{}</figcaption></figure>\n", escape(caption));
+            let _ = writeln!(h, "<figure>{svg}<figcaption>{}</figcaption></figure>", escape(caption));
         }
     }
     let _ = write!(
