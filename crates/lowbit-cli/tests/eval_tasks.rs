@@ -78,3 +78,51 @@ fn task_and_generation_misuse_fails_cleanly() {
         support::lowbit().args(["eval", "--model", m, "--task", "hellaswag", "--text"]).arg(&ragged).output().unwrap();
     support::assert_clean_failure(&out, &["hs.txt", "6 per task"]);
 }
+
+/// Ctrl-C during `--task hellaswag` keeps the finished tasks; the same command continues
+/// from them and reports what an uninterrupted run reports.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_hellaswag_run_resumes_to_the_same_result() {
+    let Some(src) = cached("smollm2-135m") else { return };
+    let (home, fresh_home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let run = |home: &std::path::Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lowbit"));
+        c.env("LOWBIT_HOME", home).args(["eval", "--model"]).arg(&src).args([
+            "--task",
+            "hellaswag",
+            "--tasks",
+            "24",
+            "--json",
+        ]);
+        c
+    };
+    let mut child =
+        run(home.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let journaled = || {
+        std::fs::read_dir(home.path().join("resume"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| std::fs::metadata(d.path().join("scores.bin")).is_ok_and(|m| m.len() >= 16 * 128))
+    };
+    let start = std::time::Instant::now();
+    while !journaled() && start.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    if status.success() {
+        eprintln!("SKIPPED: the run finished before the interrupt");
+        return;
+    }
+    assert_eq!(status.code(), Some(130));
+    let again = run(home.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && err.contains("resuming: 16 of 24 tasks"), "{err}");
+    let whole = run(fresh_home.path()).output().unwrap();
+    let parse = |o: &[u8]| -> serde_json::Value { serde_json::from_slice(o).unwrap() };
+    let (a, b) = (parse(&again.stdout), parse(&whole.stdout));
+    assert_eq!((&a["acc_norm"], &a["acc"], &a["resumed_tasks"]), (&b["acc_norm"], &b["acc"], &serde_json::json!(16)));
+    assert!(std::fs::read_dir(home.path().join("resume")).unwrap().next().is_none(), "journal left behind");
+}

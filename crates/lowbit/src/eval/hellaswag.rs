@@ -14,6 +14,7 @@
 //!
 //! The common prefix runs once per task; each ending continues from a copy of its KV
 //! cache. Tasks run in parallel; each task's result is independent of the thread count.
+//! Finished tasks are journaled, so an interrupted run resumes (`TaskJournal`).
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -227,19 +228,98 @@ pub struct HellaswagReport {
     pub agreement: Option<f64>,
     /// Tasks per second (model and reference together).
     pub tasks_per_second: f64,
+    /// Tasks taken from an interrupted earlier run of the same evaluation.
+    pub resumed_tasks: usize,
     /// The model's chosen ending per task (by mean), in task order.
     #[serde(skip)]
     pub choices: Vec<usize>,
 }
 
-/// Tasks scored between progress reports (and the unit of parallel work).
+/// Tasks scored between progress reports and journal writes (and the unit of parallel
+/// work).
 const TASKS_PER_BATCH: usize = 16;
 
+/// Bytes of one journaled task: the model's 8 scores, then the reference's (NaN: none).
+const TASK_BYTES: usize = 16 * 8;
+
+/// Finished tasks kept on disk, so an interrupted run continues where it stopped:
+/// `scores.bin` in `ROOT/hellaswag-<key>/`, one [`TASK_BYTES`] record per task, appended
+/// and synced batch by batch; a torn tail is cut back to whole records; removed when the
+/// run finishes. The key hashes the caller's identity (models, numerics) and the tasks.
+struct TaskJournal {
+    dir: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+type Scored = (TaskScores, Option<TaskScores>);
+
+impl TaskJournal {
+    fn open(r: &super::Resume, tasks: &[Task], with_reference: bool) -> Result<(TaskJournal, Vec<Scored>)> {
+        use sha2::{Digest, Sha256};
+        use std::io::{Read, Seek};
+        let mut h = Sha256::new();
+        h.update(r.identity.as_bytes());
+        h.update(format!("{} reference {with_reference}", env!("CARGO_PKG_VERSION")));
+        for t in tasks {
+            h.update(format!("{}\n{}\n{}\n", t.context, t.gold, t.endings.join("\n")));
+        }
+        let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let dir = r.root.join(format!("hellaswag-{key}"));
+        if r.fresh && dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let path = dir.join("scores.bin");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| Error::io(&path, e))?;
+        let done = (bytes.len() / TASK_BYTES).min(tasks.len());
+        file.set_len((done * TASK_BYTES) as u64).map_err(|e| Error::io(&path, e))?;
+        file.seek(std::io::SeekFrom::End(0)).map_err(|e| Error::io(&path, e))?;
+        let f = |b: &[u8], i: usize| f64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        let scores = |b: &[u8], at: usize| TaskScores {
+            sum: [f(b, at), f(b, at + 1), f(b, at + 2), f(b, at + 3)],
+            mean: [f(b, at + 4), f(b, at + 5), f(b, at + 6), f(b, at + 7)],
+        };
+        let kept = bytes[..done * TASK_BYTES]
+            .chunks_exact(TASK_BYTES)
+            .map(|b| (scores(b, 0), (!f(b, 8).is_nan()).then(|| scores(b, 8))))
+            .collect();
+        Ok((TaskJournal { dir, file }, kept))
+    }
+
+    fn append(&mut self, scored: &[Scored]) -> Result<()> {
+        use std::io::Write;
+        let mut bytes = Vec::with_capacity(scored.len() * TASK_BYTES);
+        for (own, theirs) in scored {
+            let nan = TaskScores { sum: [f64::NAN; 4], mean: [f64::NAN; 4] };
+            for s in [own, theirs.as_ref().unwrap_or(&nan)] {
+                s.sum.iter().chain(&s.mean).for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+            }
+        }
+        let path = self.dir.join("scores.bin");
+        self.file.write_all(&bytes).and_then(|_| self.file.sync_data()).map_err(|e| Error::io(&path, e))
+    }
+
+    fn finish(self) -> Result<()> {
+        drop(self.file);
+        std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))
+    }
+}
+
 /// Scores `tasks` under `lm` (and `reference`, when given); `progress(done, total)`.
+/// With `resume`, finished tasks are journaled and an interrupted run continues from them.
 pub fn hellaswag(
     lm: &LoadedLm,
     reference: Option<&LoadedLm>,
     tasks: &[Task],
+    resume: Option<&super::Resume>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<HellaswagReport> {
     if tasks.is_empty() {
@@ -253,20 +333,33 @@ pub fn hellaswag(
         )));
     }
     let start = std::time::Instant::now();
-    let mut results: Vec<(TaskScores, Option<TaskScores>)> = Vec::with_capacity(tasks.len());
-    progress(0, tasks.len());
-    for batch in tasks.chunks(TASKS_PER_BATCH) {
+    let (mut journal, mut results) = match resume {
+        Some(r) => {
+            let (j, kept) = TaskJournal::open(r, tasks, reference.is_some())?;
+            (Some(j), kept)
+        }
+        None => (None, Vec::with_capacity(tasks.len())),
+    };
+    let resumed = results.len();
+    progress(resumed, tasks.len());
+    for batch in tasks[resumed..].chunks(TASKS_PER_BATCH) {
         crate::interrupt::check()?;
-        let scored: Vec<_> = batch
+        let scored: Vec<Scored> = batch
             .par_iter()
             .map(|t| Ok((score_task(lm, t)?, reference.map(|r| score_task(r, t)).transpose()?)))
             .collect::<Result<_>>()?;
+        if let Some(j) = journal.as_mut() {
+            j.append(&scored)?;
+        }
         results.extend(scored);
         progress(results.len(), tasks.len());
     }
+    if let Some(j) = journal {
+        j.finish()?;
+    }
     let n = tasks.len();
     let hits = |choice: fn(&TaskScores) -> usize, reference: bool| {
-        let picked = |r: &(TaskScores, Option<TaskScores>)| if reference { r.1 } else { Some(r.0) };
+        let picked = |r: &Scored| if reference { r.1 } else { Some(r.0) };
         results.iter().zip(tasks).filter(|(r, t)| picked(r).is_some_and(|s| choice(&s) == t.gold)).count()
     };
     Ok(HellaswagReport {
@@ -278,7 +371,8 @@ pub fn hellaswag(
             let same = results.iter().filter(|(a, b)| b.is_some_and(|b| b.choice_norm() == a.choice_norm())).count();
             same as f64 / n as f64
         }),
-        tasks_per_second: n as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        tasks_per_second: (n - resumed) as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        resumed_tasks: resumed,
         choices: results.iter().map(|r| r.0.choice_norm()).collect(),
     })
 }

@@ -81,7 +81,7 @@ impl Probe {
         let hs = if self.tasks.is_empty() {
             None
         } else {
-            Some(hellaswag::hellaswag(lm, None, &self.tasks, &mut |d, t| progress("tasks", d, t))?)
+            Some(hellaswag::hellaswag(lm, None, &self.tasks, None, &mut |d, t| progress("tasks", d, t))?)
         };
         let prompts: Vec<&str> = self.prompts.iter().map(String::as_str).collect();
         let cont = if prompts.is_empty() {
