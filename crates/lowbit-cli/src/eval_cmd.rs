@@ -88,7 +88,7 @@ pub enum SaveFormat {
 }
 
 /// Reads a text file as UTF-8, naming it in errors.
-fn read_text(path: &std::path::Path) -> Result<String> {
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String> {
     let text = std::fs::read(path).with_context(|| format!("{}: cannot read the text", path.display()))?;
     String::from_utf8(text).map_err(|e| {
         anyhow::anyhow!("{}: not UTF-8 text ({e}); convert it first, e.g. `iconv -f latin1 -t utf-8`", path.display())
@@ -96,7 +96,7 @@ fn read_text(path: &std::path::Path) -> Result<String> {
 }
 
 /// Whether `r` names a saved-logits file (lowbit's or llama.cpp's) rather than a model.
-fn is_saved_reference(r: &str) -> bool {
+pub(crate) fn is_saved_reference(r: &str) -> bool {
     let p = std::path::Path::new(r);
     p.is_file() && LogitsReader::is_logits_file(p)
 }
@@ -108,10 +108,10 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     }
     // Outputs are checked first, then inputs.
     if let Some(TaskKind::Hellaswag) = args.task {
-        return run_hellaswag(&args);
+        return crate::eval_tasks_cmd::run_hellaswag(&args);
     }
     if args.generate.is_some() {
-        return run_generate(&args);
+        return crate::eval_tasks_cmd::run_generate(&args);
     }
     let saved_reference = args.reference.as_deref().filter(|r| is_saved_reference(r)).map(PathBuf::from);
     let llama_reference = match &saved_reference {
@@ -251,141 +251,6 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         println!("\n{}", k.llama_cpp_text(report.ppl, report.ppl_err));
     }
     println!("speed:      {:.1} tokens/s (prompt processing)", report.tokens_per_second);
-    Ok(())
-}
-
-/// `--task hellaswag`: task accuracy (and agreement with a reference model).
-fn run_hellaswag(args: &EvalArgs) -> Result<()> {
-    use lowbit::eval::hellaswag;
-    if args.save_logits.is_some() {
-        anyhow::bail!("--save-logits applies to perplexity evaluation, not to --task");
-    }
-    let path = lowbit::data::resolve_one(args.text.as_deref().unwrap_or(std::path::Path::new("hellaswag")))?;
-    let all = hellaswag::parse(&read_text(&path)?, &path)?;
-    let available = all.len();
-    let tasks = hellaswag::select(all, if args.tasks == 0 { usize::MAX } else { args.tasks });
-    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
-    let reference = match &args.reference {
-        Some(r) if is_saved_reference(r) => {
-            anyhow::bail!("{r}: a saved-logits file cannot be a task reference; pass the reference model")
-        }
-        Some(r) => Some(load_lm(&crate::resolve_model(r)?, load)?),
-        None => None,
-    };
-    let model_path = crate::resolve_model(&args.model)?;
-    eprintln!("lowbit: loading {}", model_path.display());
-    let lm = load_lm(&model_path, load)?;
-    let bar = ProgressBar::new(tasks.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("hellaswag [{bar:30}] {pos}/{len} tasks, {per_sec}, ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    let mut log = crate::LogProgress::new("hellaswag");
-    // Finished tasks are journaled: an interrupted run continues where it stopped.
-    let identity = format!(
-        "hellaswag model {} | reference {} | llama.cpp numerics {}",
-        file_identity(&model_path),
-        args.reference
-            .as_deref()
-            .map_or("none".into(), |r| file_identity(&crate::resolve_model(r).unwrap_or(r.into()))),
-        args.llama_cpp_numerics
-    );
-    let resume = Resume { root: lowbit::zoo::home().join("resume"), identity, fresh: args.fresh };
-    let mut finished = (0, tasks.len());
-    let mut announced = false;
-    let report = hellaswag::hellaswag(&lm, reference.as_ref(), &tasks, Some(&resume), &mut |done, total| {
-        if !announced && done > 0 {
-            bar.suspend(|| eprintln!("lowbit: resuming: {done} of {total} tasks were finished by an interrupted run"));
-        }
-        announced = true;
-        finished = (done, total);
-        log.update(done as u64, total as u64, "tasks");
-        bar.set_position(done as u64);
-    });
-    bar.finish_and_clear();
-    let report = match report {
-        Err(lowbit::Error::Interrupted) => anyhow::bail!(
-            "interrupted after {} of {} tasks; they are kept: run the same command again to continue (--fresh starts over)",
-            finished.0,
-            finished.1
-        ),
-        r => r?,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    let pct = |a: hellaswag::Accuracy| format!("{:.2} ± {:.2} %", 100.0 * a.value, 100.0 * a.err);
-    println!("model:      {}", model_path.display());
-    println!("tasks:      {} of {available} in {}", report.tasks, path.display());
-    println!("acc_norm:   {}   (mean token log-probability; llama.cpp's HellaSwag score)", pct(report.acc_norm));
-    println!("acc:        {}   (summed log-probability)", pct(report.acc));
-    if let (Some(r), Some(agree)) = (report.reference_acc_norm, report.agreement) {
-        println!("reference acc_norm: {}", pct(r));
-        println!("same choice as the reference: {:.2} %", 100.0 * agree);
-    }
-    println!("speed:      {:.2} tasks/s", report.tasks_per_second);
-    Ok(())
-}
-
-/// `--generate PROMPTS`: greedy continuations compared with the reference's.
-fn run_generate(args: &EvalArgs) -> Result<()> {
-    use lowbit::eval::generation;
-    if args.save_logits.is_some() || args.task.is_some() {
-        anyhow::bail!("--generate cannot be combined with --save-logits or --task");
-    }
-    let path = lowbit::data::resolve_one(args.generate.as_deref().expect("checked by the caller"))?;
-    let text = read_text(&path)?;
-    let limit = if args.prompts == 0 { usize::MAX } else { args.prompts };
-    let prompts: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(limit).collect();
-    if prompts.is_empty() {
-        anyhow::bail!("{}: no prompts (one per line)", path.display());
-    }
-    let Some(reference) = args.reference.as_deref() else {
-        anyhow::bail!("--generate compares with a reference: pass --reference (e.g. the unquantized model)")
-    };
-    if is_saved_reference(reference) {
-        anyhow::bail!("{reference}: a saved-logits file cannot be a generation reference; pass the reference model");
-    }
-    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
-    let ref_lm = load_lm(&crate::resolve_model(reference)?, load)?;
-    let model_path = crate::resolve_model(&args.model)?;
-    let lm = load_lm(&model_path, load)?;
-    if lm.model.vocab_size() != ref_lm.model.vocab_size() {
-        anyhow::bail!("the reference and the model have different vocabularies: their tokens cannot be compared");
-    }
-    let embedder = lowbit::model::bert::Bert::open(&crate::resolve_model("minilm-l6")?)?;
-    let run = |lm: &lowbit::model::LoadedLm, label: &str| -> Result<Vec<generation::Continuation>> {
-        let bar = ProgressBar::new(prompts.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(&format!("{label} [{{bar:30}}] {{pos}}/{{len}} prompts, ETA {{eta}}"))
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        let mut log = crate::LogProgress::new(label);
-        let out = generation::continue_prompts(lm, &prompts, args.n, &mut |d, t| {
-            log.update(d as u64, t as u64, "prompts");
-            bar.set_position(d as u64);
-        });
-        bar.finish_and_clear();
-        Ok(out?)
-    };
-    let theirs = run(&ref_lm, "reference")?;
-    let ours = run(&lm, "model")?;
-    let r = generation::compare(&ours, &theirs, args.n, Some(&embedder))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-        return Ok(());
-    }
-    println!("model:      {}", model_path.display());
-    println!("prompts:    {} from {}, {} tokens each (greedy)", r.prompts, path.display(), r.max_tokens);
-    println!("exact match:       {:.2} %", 100.0 * r.exact_match);
-    println!("first divergence:  mean {:.1} tokens, median {:.1}", r.first_divergence_mean, r.first_divergence_median);
-    println!("ROUGE-L F1:        {:.4}", r.rouge_l);
-    if let Some(s) = r.semantic_similarity {
-        println!("semantic (MiniLM): {s:.4} mean cosine");
-    }
     Ok(())
 }
 

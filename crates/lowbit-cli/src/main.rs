@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod bench_cmd;
 mod calibrate_cmd;
 mod eval_cmd;
+mod eval_tasks_cmd;
 mod inspect_cmd;
 mod quantize_cmd;
 mod run_cmd;
