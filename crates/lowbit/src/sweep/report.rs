@@ -88,6 +88,9 @@ fn opt_pct(v: Option<f64>) -> Cell {
     v.map_or_else(|| txt("–"), |v| num(format!("{:.1}", 100.0 * v), v))
 }
 
+/// The task and generation columns of [`table`].
+const BEHAVIOUR_COLUMNS: [&str; 5] = ["HS acc_norm %", "HS same %", "gen exact %", "gen 1st diff", "ROUGE-L"];
+
 /// The results table, once for both renderings: column headers, then one row per result.
 /// Task and generation columns appear when the sweep measured them.
 fn table(r: &SweepReport) -> (Vec<&'static str>, Vec<Vec<Cell>>) {
@@ -96,7 +99,7 @@ fn table(r: &SweepReport) -> (Vec<&'static str>, Vec<Vec<Cell>>) {
     let mut head =
         vec!["setting", "kind", "size MB", "bpw", "bpw linear", "PPL", "ΔPPL", "KLD mean", "KLD p99", "top-1 %"];
     if behaviour {
-        head.extend(["HS acc_norm %", "HS same %", "gen exact %", "gen 1st diff", "ROUGE-L"]);
+        head.extend(BEHAVIOUR_COLUMNS);
     }
     head.extend(["quantize s", "Pareto"]);
     let front = pareto_front(&r.results);
@@ -175,20 +178,32 @@ pub fn markdown(r: &SweepReport) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# lowbit sweep: {}\n", r.source);
     let _ = writeln!(md, "{}\n", summary(r));
+    // The task and generation columns go to a second table (with the setting's name
+    // again), so each stays readable in a terminal.
     let (head, rows) = table(r);
-    let _ = writeln!(md, "| {} |", head.join(" | "));
-    let align: Vec<&str> = head
-        .iter()
-        .map(|h| match *h {
-            "setting" | "kind" => "---",
-            "Pareto" => ":---:",
-            _ => "---:",
-        })
-        .collect();
-    let _ = writeln!(md, "|{}|", align.join("|"));
-    for row in rows {
-        let cells: Vec<&str> = row.iter().map(|c| c.text.as_str()).collect();
-        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    let second: Vec<usize> = (0..head.len()).filter(|&c| BEHAVIOUR_COLUMNS.contains(&head[c])).collect();
+    let first: Vec<usize> = (0..head.len()).filter(|c| !second.contains(c)).collect();
+    for (n, cols) in [first, [vec![0], second].concat()].into_iter().enumerate() {
+        if cols.len() < 2 {
+            continue;
+        }
+        if n > 0 {
+            md.push('\n');
+        }
+        let _ = writeln!(md, "| {} |", cols.iter().map(|&c| head[c]).collect::<Vec<_>>().join(" | "));
+        let align: Vec<&str> = cols
+            .iter()
+            .map(|&c| match head[c] {
+                "setting" | "kind" => "---",
+                "Pareto" => ":---:",
+                _ => "---:",
+            })
+            .collect();
+        let _ = writeln!(md, "|{}|", align.join("|"));
+        for row in &rows {
+            let cells: Vec<&str> = cols.iter().map(|&c| row[c].text.as_str()).collect();
+            let _ = writeln!(md, "| {} |", cells.join(" | "));
+        }
     }
     if !r.calib.is_empty() {
         let _ = writeln!(
