@@ -49,6 +49,8 @@ fn numeric_options_never_panic_or_exhaust_memory() {
     std::fs::write(&text, &austen[..6000]).unwrap();
     let t = text.to_str().unwrap();
     // (command and fixed arguments, option) — the option is appended with each value.
+    // Sweeps skip the HellaSwag tasks (each valid value would score them on every file);
+    // two prompts keep generation in every run.
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "--model", "smollm2-135m", "--prompt", "Hello", "-n", "2"], "--temp"),
         (vec!["run", "--model", "smollm2-135m", "--prompt", "Hello", "-n", "2", "--temp", "0.8"], "--top-k"),
@@ -65,10 +67,41 @@ fn numeric_options_never_panic_or_exhaust_memory() {
         (vec!["quantize", "--model", "smollm2-135m", "--type", "vq", "--bpw", "2", "--dry-run"], "--outliers"),
         (vec!["quantize", "--model", "smollm2-135m", "--type", "Q8_0", "-o", "q.gguf", "--calib", t], "--calib-ctx"),
         (
-            vec!["sweep", "--model", "smollm2-135m", "--types", "Q8_0", "--text", t, "--ctx", "64", "-o", "s"],
+            vec![
+                "sweep",
+                "--model",
+                "smollm2-135m",
+                "--types",
+                "Q8_0",
+                "--text",
+                t,
+                "--ctx",
+                "64",
+                "-o",
+                "s",
+                "--tasks",
+                "0",
+            ],
             "--chunks",
         ),
-        (vec!["sweep", "--model", "smollm2-135m", "--types", "Q8_0", "--text", t, "--chunks", "1", "-o", "s"], "--ctx"),
+        (
+            vec![
+                "sweep",
+                "--model",
+                "smollm2-135m",
+                "--types",
+                "Q8_0",
+                "--text",
+                t,
+                "--chunks",
+                "1",
+                "-o",
+                "s",
+                "--tasks",
+                "0",
+            ],
+            "--ctx",
+        ),
     ];
     for (base, option) in cases {
         for v in VALUES {
