@@ -89,7 +89,11 @@ fi
 # Headless Chromium (Debian package) renders the sweep's report.html in a test.
 if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     phase "installing chromium (Debian) to render report.html"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium > target/apt-chromium.log 2>&1 ||
+    mkdir -p target
+    # Package lists may be missing on a fresh image: refresh them once if the first try fails.
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium ||
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }; } \
+        > target/apt-chromium.log 2>&1 ||
         echo "WARNING: could not install chromium (see target/apt-chromium.log); the report rendering check is skipped"
 fi
 
