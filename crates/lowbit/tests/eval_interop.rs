@@ -16,20 +16,6 @@ use lowbit::saved_logits::{LogitsFormat, LogitsReader};
 const CTX: usize = 128;
 const CHUNKS: usize = 16;
 
-/// llama.cpp's tools folder, or `None` when the tests run without it.
-fn llama_bin() -> Option<std::path::PathBuf> {
-    match std::env::var("LOWBIT_LLAMA_BIN") {
-        Ok(b) => Some(b.into()),
-        Err(_) => {
-            let msg =
-                "LOWBIT_LLAMA_BIN (a folder with llama.cpp's llama-perplexity) is not set; scripts/test.sh builds it";
-            assert!(!support::required("LOWBIT_REQUIRE_REF"), "LOWBIT_REQUIRE_REF=1 but {msg}");
-            eprintln!("SKIPPED: {msg}");
-            None
-        }
-    }
-}
-
 /// Runs llama-perplexity with `args` and returns its log.
 fn llama(bin: &Path, args: &[&str]) -> String {
     let out = Command::new(bin.join("llama-perplexity"))
@@ -51,16 +37,7 @@ fn stat(log: &str, label: &str) -> f64 {
 #[test]
 fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
-    let bin = match std::env::var("LOWBIT_LLAMA_BIN") {
-        Ok(b) => std::path::PathBuf::from(b),
-        Err(_) => {
-            let msg =
-                "LOWBIT_LLAMA_BIN (a folder with llama.cpp's llama-perplexity) is not set; scripts/test.sh builds it";
-            assert!(!support::required("LOWBIT_REQUIRE_REF"), "LOWBIT_REQUIRE_REF=1 but {msg}");
-            eprintln!("SKIPPED: {msg}");
-            return;
-        }
-    };
+    let Some(bin) = support::llama_bin() else { return };
     let text_path = support::shared_data("wikitext-2/wiki.valid.raw");
     let text = std::fs::read_to_string(&text_path).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +120,7 @@ fn llama_hits(log: &str) -> Vec<bool> {
 #[test]
 fn hellaswag_scores_the_tasks_llama_cpp_scores_and_agrees_per_task() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
-    let Some(bin) = llama_bin() else { return };
+    let Some(bin) = support::llama_bin() else { return };
     let path = support::shared_data("hellaswag/hellaswag_val_full.txt");
     const N: usize = 20;
     let log = llama(

@@ -211,16 +211,7 @@ fn llama_perplexity(bin: &Path, model: &Path, text: &Path, ctx: usize, chunks: u
 #[test]
 fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
-    let bin = match std::env::var("LOWBIT_LLAMA_BIN") {
-        Ok(b) => std::path::PathBuf::from(b),
-        Err(_) => {
-            let msg =
-                "LOWBIT_LLAMA_BIN (a folder with llama.cpp's llama-perplexity) is not set; scripts/test.sh builds it";
-            assert!(!support::required("LOWBIT_REQUIRE_REF"), "LOWBIT_REQUIRE_REF=1 but {msg}");
-            eprintln!("SKIPPED: {msg}");
-            return;
-        }
-    };
+    let Some(bin) = support::llama_bin() else { return };
     let text = support::shared_data("wikitext-2/wiki.valid.raw");
     let text_str = std::fs::read_to_string(&text).unwrap();
     let dir = tempfile::tempdir().unwrap();

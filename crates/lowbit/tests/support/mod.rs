@@ -50,3 +50,17 @@ pub fn shared_data(rel: &str) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data");
     root.join(rel)
 }
+
+/// llama.cpp's tools folder, or `None` when the tests run without it.
+pub fn llama_bin() -> Option<std::path::PathBuf> {
+    match std::env::var_os("LOWBIT_LLAMA_BIN") {
+        Some(b) => Some(b.into()),
+        None => {
+            let msg =
+                "LOWBIT_LLAMA_BIN (a folder with llama.cpp's llama-perplexity and llama-tokenize) is not set; scripts/test.sh builds it";
+            assert!(!required("LOWBIT_REQUIRE_REF"), "LOWBIT_REQUIRE_REF=1 but {msg}");
+            eprintln!("SKIPPED: {msg}");
+            None
+        }
+    }
+}
