@@ -101,6 +101,58 @@ pub(crate) fn is_saved_reference(r: &str) -> bool {
     p.is_file() && LogitsReader::is_logits_file(p)
 }
 
+/// The journal identity of an evaluation of `model_path` (with `args`' reference and
+/// numerics); `prefix` names the mode so different modes never share a journal.
+pub(crate) fn resume_for(args: &EvalArgs, model_path: &std::path::Path, prefix: &str) -> Resume {
+    let identity = format!(
+        "{prefix}model {} | reference {} | llama.cpp numerics {}",
+        file_identity(model_path),
+        args.reference
+            .as_deref()
+            .map_or("none".into(), |r| file_identity(&crate::resolve_model(r).unwrap_or(r.into()))),
+        args.llama_cpp_numerics
+    );
+    Resume { root: lowbit::zoo::home().join("resume"), identity, fresh: args.fresh }
+}
+
+/// What a resumable evaluation has finished: says once when it continues an interrupted
+/// run, and turns an interruption into the "they are kept" message.
+pub(crate) struct Kept {
+    unit: &'static str,
+    announced: bool,
+    finished: (usize, usize),
+}
+
+impl Kept {
+    /// Tracks units named `unit` (`chunks`, `tasks`).
+    pub(crate) fn new(unit: &'static str) -> Kept {
+        Kept { unit, announced: false, finished: (0, 0) }
+    }
+
+    /// Records progress; the first report with finished units announces a resumed run.
+    pub(crate) fn update(&mut self, bar: &ProgressBar, done: usize, total: usize) {
+        if !self.announced && done > 0 {
+            let unit = self.unit;
+            bar.suspend(|| eprintln!("lowbit: resuming: {done} of {total} {unit} were finished by an interrupted run"));
+        }
+        self.announced = true;
+        self.finished = (done, total);
+    }
+
+    /// The run's result, an interruption explained.
+    pub(crate) fn result<T>(&self, r: lowbit::Result<T>) -> Result<T> {
+        match r {
+            Err(lowbit::Error::Interrupted) => anyhow::bail!(
+                "interrupted after {} of {} {}; they are kept: run the same command again to continue (--fresh starts over)",
+                self.finished.0,
+                self.finished.1,
+                self.unit
+            ),
+            r => Ok(r?),
+        }
+    }
+}
+
 /// Runs `lowbit eval`.
 pub fn run(mut args: EvalArgs) -> Result<()> {
     if let Some(out) = &args.save_logits {
@@ -176,15 +228,7 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         _ => (None, None),
     };
     // Finished chunks are journaled, so an interrupted run continues where it stopped.
-    let identity = format!(
-        "model {} | reference {} | llama.cpp numerics {}",
-        file_identity(&model_path),
-        args.reference
-            .as_deref()
-            .map_or("none".into(), |r| file_identity(&crate::resolve_model(r).unwrap_or(r.into()))),
-        args.llama_cpp_numerics
-    );
-    let resume = Resume { root: lowbit::zoo::home().join("resume"), identity, fresh: args.fresh };
+    let resume = resume_for(&args, &model_path, "");
     let chunks = args.chunks.or(saved_chunks).unwrap_or(40);
     let opts = EvalOptions {
         ctx: args.ctx.or(saved_ctx).unwrap_or(512),
@@ -200,14 +244,9 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     bar.set_message("eval");
     let start = std::time::Instant::now();
     let mut log = crate::LogProgress::new("eval");
-    let mut finished = (0, 0);
-    let mut announced = false;
+    let mut kept = Kept::new("chunks");
     let report = evaluate(&lm, reference, save, &text, &opts, &mut |done, total, tokens| {
-        if !announced && done > 0 {
-            bar.suspend(|| eprintln!("lowbit: resuming: {done} of {total} chunks were finished by an interrupted run"));
-        }
-        announced = true;
-        finished = (done, total);
+        kept.update(&bar, done, total);
         log.update(done as u64, total as u64, "chunks");
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -217,14 +256,7 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         }
     });
     bar.finish_and_clear();
-    let report = match report {
-        Err(lowbit::Error::Interrupted) => anyhow::bail!(
-            "interrupted after {} of {} chunks; they are kept: run the same command again to continue (--fresh starts over)",
-            finished.0,
-            finished.1
-        ),
-        r => r?,
-    };
+    let report = kept.result(report)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

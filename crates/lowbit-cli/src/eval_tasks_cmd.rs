@@ -3,10 +3,9 @@
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::eval::{file_identity, Resume};
 use lowbit::model::{load_lm, LoadOptions};
 
-use crate::eval_cmd::{is_saved_reference, read_text, EvalArgs};
+use crate::eval_cmd::{is_saved_reference, read_text, resume_for, EvalArgs, Kept};
 
 /// `--task hellaswag`: task accuracy (and agreement with a reference model).
 pub fn run_hellaswag(args: &EvalArgs) -> Result<()> {
@@ -37,35 +36,15 @@ pub fn run_hellaswag(args: &EvalArgs) -> Result<()> {
     );
     let mut log = crate::LogProgress::new("hellaswag");
     // Finished tasks are journaled: an interrupted run continues where it stopped.
-    let identity = format!(
-        "hellaswag model {} | reference {} | llama.cpp numerics {}",
-        file_identity(&model_path),
-        args.reference
-            .as_deref()
-            .map_or("none".into(), |r| file_identity(&crate::resolve_model(r).unwrap_or(r.into()))),
-        args.llama_cpp_numerics
-    );
-    let resume = Resume { root: lowbit::zoo::home().join("resume"), identity, fresh: args.fresh };
-    let mut finished = (0, tasks.len());
-    let mut announced = false;
+    let resume = resume_for(args, &model_path, "hellaswag ");
+    let mut kept = Kept::new("tasks");
     let report = hellaswag::hellaswag(&lm, reference.as_ref(), &tasks, Some(&resume), &mut |done, total| {
-        if !announced && done > 0 {
-            bar.suspend(|| eprintln!("lowbit: resuming: {done} of {total} tasks were finished by an interrupted run"));
-        }
-        announced = true;
-        finished = (done, total);
+        kept.update(&bar, done, total);
         log.update(done as u64, total as u64, "tasks");
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
-    let report = match report {
-        Err(lowbit::Error::Interrupted) => anyhow::bail!(
-            "interrupted after {} of {} tasks; they are kept: run the same command again to continue (--fresh starts over)",
-            finished.0,
-            finished.1
-        ),
-        r => r?,
-    };
+    let report = kept.result(report)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
