@@ -225,20 +225,25 @@ fn score_rows(
         .collect()
 }
 
-/// The scored tokens' results, in scoring order.
+/// The scored tokens' results, in scoring order, and running sums of their nll (so the
+/// running perplexity after each chunk costs nothing).
 #[derive(Default)]
 struct Totals {
     rows: Vec<Row>,
+    nll: f64,
+    nll2: f64,
 }
 
 impl Totals {
     fn add(&mut self, row: Row) {
+        self.nll += row.nll;
+        self.nll2 += row.nll * row.nll;
         self.rows.push(row);
     }
 
     /// Perplexity and its standard error (llama-perplexity's formula).
     fn ppl(&self) -> (f64, f64) {
-        stats::perplexity(&self.rows)
+        stats::perplexity_from_sums(self.nll, self.nll2, self.rows.len())
     }
 }
 

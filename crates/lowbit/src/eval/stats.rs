@@ -211,10 +211,10 @@ fn covariance(sum_a: f64, sum_b: f64, sum_ab: f64, n: usize) -> f64 {
     (sum_ab / n - (sum_a / n) * (sum_b / n)) / (n - 1.0)
 }
 
-/// Perplexity and its standard error over rows' nll (llama-perplexity's formula).
-pub(super) fn perplexity(rows: &[Row]) -> (f64, f64) {
-    let (s, s2) = rows.iter().fold((0.0, 0.0), |(s, s2), r| (s + r.nll, s2 + r.nll * r.nll));
-    let (m, e) = mean_and_err(s, s2, rows.len());
+/// Perplexity and its standard error (llama-perplexity's formula) from Σnll and Σnll² over `n` tokens (kept as
+/// running sums while chunks are scored).
+pub(super) fn perplexity_from_sums(sum: f64, sum2: f64, n: usize) -> (f64, f64) {
+    let (m, e) = mean_and_err(sum, sum2, n);
     (m.exp(), m.exp() * e)
 }
 
@@ -303,7 +303,8 @@ mod tests {
         assert!((k.ppl_ratio - 1.0).abs() < 1e-12 && k.ln_ppl_ratio_err < 1e-6);
         assert!((k.ln_ppl_correlation - 1.0).abs() < 1e-9);
         assert_eq!((k.top1_agreement, k.delta_p.rms, k.mean), (1.0, 0.0, 0.0));
-        let (ppl, _) = perplexity(&rows);
+        let (s, s2) = rows.iter().fold((0.0, 0.0), |(s, s2), r| (s + r.nll, s2 + r.nll * r.nll));
+        let (ppl, _) = perplexity_from_sums(s, s2, rows.len());
         assert!((ppl - k.reference_ppl).abs() < 1e-12);
     }
 
