@@ -80,21 +80,14 @@ fn pick(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
 /// `-n` can ask for).
 const UNKNOWN_CONTEXT: usize = 1 << 17;
 
-/// Continues `prompt` by up to `n` tokens, calling `on_text` with each new piece of text
-/// as soon as it is complete. Stops early at end-of-sequence. Returns the new token ids.
-pub fn generate(
-    lm: &LoadedLm,
-    prompt: &str,
-    n: usize,
-    s: &Sampling,
-    on_text: &mut dyn FnMut(&str),
-) -> Result<Vec<u32>> {
-    s.check()?;
+/// Runs `prompt` into a cache with room for `n` more tokens; returns the cache and the
+/// logits of the prompt's last position. Refuses an empty prompt and one that, with `n`,
+/// exceeds the model's trained context — before anything is allocated.
+fn prefill(lm: &LoadedLm, prompt: &str, n: usize) -> Result<(crate::model::decoder::KvCache, Vec<f32>)> {
     let ids = lm.tokenizer.encode(prompt, true)?;
     if ids.is_empty() {
         return Err(Error::Usage("the prompt is empty".into()));
     }
-    // Bounded before anything is allocated: the KV cache holds prompt + new tokens.
     let limit = lm.context_length.unwrap_or(UNKNOWN_CONTEXT);
     if ids.len() >= limit || n > limit - ids.len() {
         return Err(Error::Usage(format!(
@@ -105,10 +98,70 @@ pub fn generate(
     }
     let m = &lm.model;
     let mut cache = m.new_cache(ids.len() + n);
-    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
-    let d = m.hidden_size();
     let hidden = m.forward_hidden(&ids, &mut cache)?;
-    let mut last = m.logits(&hidden[(ids.len() - 1) * d..], 1);
+    let last = m.logits(&hidden[(ids.len() - 1) * m.hidden_size()..], 1);
+    Ok((cache, last))
+}
+
+/// Greedy continuations of several prompts by up to `n` tokens each (each stops at
+/// end-of-sequence), the same tokens `generate` gives each prompt alone: prompts are
+/// prefilled one by one (in parallel), then every step runs all unfinished sequences'
+/// next tokens in one batched pass — up to [`crate::kernels::MAX_ROWS`] at a time, the
+/// widest batch whose rows the kernels compute exactly as they compute a single row.
+pub fn greedy_batch(lm: &LoadedLm, prompts: &[&str], n: usize) -> Result<Vec<Vec<u32>>> {
+    use rayon::prelude::*;
+    let greedy = Sampling::default();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(greedy.seed);
+    let mut out = Vec::with_capacity(prompts.len());
+    for batch in prompts.chunks(crate::kernels::MAX_ROWS) {
+        crate::interrupt::check()?;
+        let (mut caches, mut lasts): (Vec<_>, Vec<_>) =
+            batch.par_iter().map(|p| prefill(lm, p, n)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+        let mut tokens = vec![Vec::with_capacity(n); batch.len()];
+        let mut live: Vec<usize> = (0..batch.len()).collect();
+        for _ in 0..n {
+            crate::interrupt::check()?;
+            let next: Vec<u32> = live.iter().map(|&i| pick(&lasts[i], &greedy, &mut rng)).collect();
+            let keep: Vec<(usize, u32)> =
+                live.iter().copied().zip(next).filter(|&(_, tok)| Some(tok) != lm.tokenizer.eos).collect();
+            if keep.is_empty() {
+                break;
+            }
+            for &(i, tok) in &keep {
+                tokens[i].push(tok);
+            }
+            live = keep.iter().map(|&(i, _)| i).collect();
+            let mut steps: Vec<(&[u32], &mut crate::model::decoder::KvCache)> = Vec::with_capacity(live.len());
+            for (i, cache) in caches.iter_mut().enumerate() {
+                if live.contains(&i) {
+                    steps.push((std::slice::from_ref(&tokens[i][tokens[i].len() - 1]), cache));
+                }
+            }
+            let hidden = lm.model.forward_batch(&mut steps)?;
+            let logits = lm.model.logits(&hidden, live.len());
+            let v = lm.model.vocab_size();
+            for (&i, row) in live.iter().zip(logits.chunks_exact(v)) {
+                lasts[i] = row.to_vec();
+            }
+        }
+        out.extend(tokens);
+    }
+    Ok(out)
+}
+
+/// Continues `prompt` by up to `n` tokens, calling `on_text` with each new piece of text
+/// as soon as it is complete. Stops early at end-of-sequence. Returns the new token ids.
+pub fn generate(
+    lm: &LoadedLm,
+    prompt: &str,
+    n: usize,
+    s: &Sampling,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Vec<u32>> {
+    s.check()?;
+    let (mut cache, mut last) = prefill(lm, prompt, n)?;
+    let m = &lm.model;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
     let mut out = Vec::new();
     let mut printed = String::new();
     for _ in 0..n {

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::generate::{generate, Sampling};
+use crate::generate::greedy_batch;
 use crate::model::bert::Bert;
 use crate::model::LoadedLm;
 
@@ -32,20 +32,13 @@ pub fn continue_prompts(
     n: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Continuation>> {
-    let greedy = Sampling::default();
     let mut out = Vec::with_capacity(prompts.len());
     progress(0, prompts.len());
-    // Batches as wide as the thread pool keep every core busy on single-token steps.
-    for batch in prompts.chunks(2 * rayon::current_num_threads().max(1)) {
-        crate::interrupt::check()?;
-        let done: Vec<Continuation> = batch
-            .par_iter()
-            .map(|p| {
-                let tokens = generate(lm, p, n, &greedy, &mut |_| {})?;
-                Ok(Continuation { text: lm.tokenizer.decode(&tokens)?, tokens })
-            })
-            .collect::<Result<_>>()?;
-        out.extend(done);
+    // Sequences run batched per step; a few batches per report keep progress moving.
+    for batch in prompts.chunks(2 * crate::kernels::MAX_ROWS) {
+        for tokens in greedy_batch(lm, batch, n)? {
+            out.push(Continuation { text: lm.tokenizer.decode(&tokens)?, tokens });
+        }
         progress(out.len(), prompts.len());
     }
     Ok(out)

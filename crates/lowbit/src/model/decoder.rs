@@ -153,6 +153,13 @@ impl DecoderDims {
     }
 }
 
+/// One sequence's share of a batch: its new rows and the position of the first.
+#[derive(Clone, Copy)]
+struct Span {
+    t: usize,
+    pos0: usize,
+}
+
 /// Keys and values of past positions, per layer: `len` rows of `n_head_kv × head_dim`.
 #[derive(Clone)]
 pub struct KvCache {
@@ -209,21 +216,34 @@ impl Decoder {
 
     /// Embeds `tokens`, runs every block, applies the final norm.
     pub fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+        self.forward_batch(&mut [(tokens, cache)])
+    }
+
+    /// Runs several independent sequences at once — each its new `tokens` after what its
+    /// own cache holds — and returns their final hidden states, the sequences' rows one
+    /// after the other. The linear layers see all rows together (one weight pass for the
+    /// batch, the point of batching); rotary positions and attention stay per sequence.
+    pub fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<f32>> {
         let c = &self.cfg;
-        let t = tokens.len();
-        if cache.len + t > cache.capacity {
-            return Err(crate::Error::Usage(format!(
-                "sequence of {} tokens exceeds the context of {}",
-                cache.len + t,
-                cache.capacity
-            )));
+        for (tokens, cache) in seqs.iter() {
+            if cache.len + tokens.len() > cache.capacity {
+                return Err(crate::Error::Usage(format!(
+                    "sequence of {} tokens exceeds the context of {}",
+                    cache.len + tokens.len(),
+                    cache.capacity
+                )));
+            }
         }
-        let mut x = self.embed(tokens)?;
-        let pos0 = cache.len;
+        let all: Vec<u32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let mut x = self.embed(&all)?;
+        let spans: Vec<Span> = seqs.iter().map(|(t, cache)| Span { t: t.len(), pos0: cache.len }).collect();
+        let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|(_, c)| &mut **c).collect();
         for (il, block) in self.blocks.iter().enumerate() {
-            self.block_forward(il, block, &mut x, t, pos0, cache);
+            self.block_forward(il, block, &mut x, &spans, &mut caches);
         }
-        cache.len += t;
+        for (cache, span) in caches.iter_mut().zip(&spans) {
+            cache.len += span.t;
+        }
         rms_norm(&mut x, c.d_model, &self.out_norm, c.eps);
         Ok(x)
     }
@@ -248,9 +268,10 @@ impl Decoder {
         Ok(x)
     }
 
-    fn block_forward(&self, il: usize, b: &Block, x: &mut [f32], t: usize, pos0: usize, cache: &mut KvCache) {
+    fn block_forward(&self, il: usize, b: &Block, x: &mut [f32], spans: &[Span], caches: &mut [&mut KvCache]) {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
+        let t: usize = spans.iter().map(|s| s.t).sum();
         let mut h = x.to_vec();
         rms_norm(&mut h, c.d_model, &b.attn_norm, c.eps);
         let [mut q, mut k, v]: [Vec<f32>; 3] =
@@ -261,8 +282,9 @@ impl Decoder {
         if let Some(w) = &b.k_norm {
             rms_norm(&mut k, hd, w, c.eps);
         }
+        let positions: Vec<usize> = spans.iter().flat_map(|s| s.pos0..s.pos0 + s.t).collect();
         let angles: Vec<Vec<(f32, f32)>> =
-            (0..t).into_par_iter().map(|i| rope_angles(pos0 + i, c.rope_dim, b.attention.rope_base)).collect();
+            positions.into_par_iter().map(|p| rope_angles(p, c.rope_dim, b.attention.rope_base)).collect();
         q.par_chunks_mut(nh * hd).zip(&angles).for_each(|(row, ang)| {
             for head in row.chunks_exact_mut(hd) {
                 apply_rope(head, ang, c.rope_neox);
@@ -275,14 +297,40 @@ impl Decoder {
             }
         });
 
-        cache.k[il].extend_from_slice(&k);
-        cache.v[il].extend_from_slice(&v);
         let window = b.attention.window;
-        // Query i (position pos0 + i) sees the keys up to itself, within the window if any.
-        let attn = multi_head_attention(&q, &cache.k[il], &cache.v[il], t, pos0 + t, nh, nkv, hd, |i| {
-            let p = pos0 + i;
-            window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+        let (q_row, kv_row) = (nh * hd, nkv * hd);
+        let mut starts = Vec::with_capacity(spans.len());
+        spans.iter().fold(0, |row, s| {
+            starts.push(row);
+            row + s.t
         });
+        // Each sequence attends to its own cache: query i (position pos0 + i) sees the keys
+        // up to itself, within the window if any.
+        let per_seq: Vec<Vec<f32>> = caches
+            .par_iter_mut()
+            .zip(spans.par_iter().zip(&starts))
+            .map(|(cache, (s, &r0))| {
+                let rows = r0..r0 + s.t;
+                cache.k[il].extend_from_slice(&k[rows.start * kv_row..rows.end * kv_row]);
+                cache.v[il].extend_from_slice(&v[rows.start * kv_row..rows.end * kv_row]);
+                let pos0 = s.pos0;
+                multi_head_attention(
+                    &q[rows.start * q_row..rows.end * q_row],
+                    &cache.k[il],
+                    &cache.v[il],
+                    s.t,
+                    pos0 + s.t,
+                    nh,
+                    nkv,
+                    hd,
+                    |i| {
+                        let p = pos0 + i;
+                        window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+                    },
+                )
+            })
+            .collect();
+        let attn = if per_seq.len() == 1 { per_seq.into_iter().next().unwrap_or_default() } else { per_seq.concat() };
         let mut a = b.wo.forward(&attn, t);
         if let Some(w) = &b.attn_post_norm {
             rms_norm(&mut a, c.d_model, w, c.eps);
@@ -331,6 +379,9 @@ impl super::CausalLm for Decoder {
     fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
         Decoder::forward_hidden(self, tokens, cache)
     }
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<f32>> {
+        Decoder::forward_batch(self, seqs)
+    }
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
         Decoder::logits(self, hidden, t)
     }
@@ -342,7 +393,7 @@ impl super::CausalLm for Decoder {
     }
     fn run_block(&self, il: usize, x: &mut [f32], t: usize) {
         let mut cache = self.new_cache(t);
-        self.block_forward(il, &self.blocks[il], x, t, 0, &mut cache);
+        self.block_forward(il, &self.blocks[il], x, &[Span { t, pos0: 0 }], &mut [&mut cache]);
     }
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut super::Linear> {
         let b = &mut self.blocks[il];

@@ -306,6 +306,10 @@ pub trait CausalLm: Send + Sync {
     /// Runs `tokens` (positions `cache.len()`…) and returns final hidden states, one row
     /// per token, already normalised for the output layer.
     fn forward_hidden(&self, tokens: &[u32], cache: &mut decoder::KvCache) -> Result<Vec<f32>>;
+    /// Runs several independent sequences in one pass (each its new tokens after what its
+    /// own cache holds); their hidden rows come back one sequence after the other. One
+    /// sequence gives exactly `forward_hidden`'s result; more share each weight pass.
+    fn forward_batch(&self, seqs: &mut [(&[u32], &mut decoder::KvCache)]) -> Result<Vec<f32>>;
     /// Logits for `t` rows of final hidden states.
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32>;
     /// The blocks' linear layers (not the output projection), for calibration and for
