@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// llama-bench's figures come from).
     #[arg(long)]
     pub exact: bool,
+    /// How the KV cache stores keys and values (f32; llama.cpp's f16, q8_0, q4_0, …;
+    /// KVQuant-style kvq4, kvq3, kvq2, kvq4o, …; see `lowbit eval --help`).
+    #[arg(long, default_value = "f32")]
+    pub kv_type: lowbit::model::kv::KvType,
     /// Print JSON (`pp` and `tg` in tokens/s, and the details).
     #[arg(long)]
     pub json: bool,
@@ -39,7 +43,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let path = crate::resolve_model(&a.model)?;
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    let lm = load_lm(&path, LoadOptions { llama_cpp_numerics: !a.exact })?;
+    let lm = load_lm(&path, LoadOptions { llama_cpp_numerics: !a.exact, kv_type: a.kv_type })?;
     if let Some(ctx) = lm.context_length {
         if a.prompt > ctx || a.generate > ctx {
             anyhow::bail!("-p {} / -n {} exceed the model's trained context of {ctx} tokens", a.prompt, a.generate);

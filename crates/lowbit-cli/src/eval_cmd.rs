@@ -44,6 +44,12 @@ pub struct EvalArgs {
     /// numbers match `llama-perplexity` on the same file (default: exact f32 forward).
     #[arg(long)]
     pub llama_cpp_numerics: bool,
+    /// How the model's KV cache stores keys and values: f32 (exact), a llama.cpp cache
+    /// type (f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1, iq4_nl: llama.cpp's `-ctk/-ctv`), or
+    /// KVQuant-style kvq4/kvq3/kvq2 (keys per channel before RoPE, values per position;
+    /// `…o`: each row's largest 1/128 kept apart). The reference always keeps f32.
+    #[arg(long, default_value = "f32")]
+    pub kv_type: lowbit::model::kv::KvType,
     /// Discard the finished chunks an interrupted run of this same evaluation kept, and
     /// start over (by default the run continues from them).
     #[arg(long)]
@@ -101,16 +107,27 @@ pub(crate) fn is_saved_reference(r: &str) -> bool {
     p.is_file() && LogitsReader::is_logits_file(p)
 }
 
+impl EvalArgs {
+    /// How to load the evaluated model and how to load its reference model (the same
+    /// numerics; the reference's KV cache always f32).
+    pub(crate) fn load_options(&self) -> (LoadOptions, LoadOptions) {
+        let model = LoadOptions { llama_cpp_numerics: self.llama_cpp_numerics, kv_type: self.kv_type };
+        (model, LoadOptions { kv_type: Default::default(), ..model })
+    }
+}
+
 /// The journal identity of an evaluation of `model_path` (with `args`' reference and
 /// numerics); `prefix` names the mode so different modes never share a journal.
 pub(crate) fn resume_for(args: &EvalArgs, model_path: &std::path::Path, prefix: &str) -> Resume {
     let identity = format!(
-        "{prefix}model {} | reference {} | llama.cpp numerics {}",
+        "{prefix}model {} | reference {} | llama.cpp numerics {}{}",
         file_identity(model_path),
         args.reference
             .as_deref()
             .map_or("none".into(), |r| file_identity(&crate::resolve_model(r).unwrap_or(r.into()))),
-        args.llama_cpp_numerics
+        args.llama_cpp_numerics,
+        // Older journals (f32 cache) keep their identity.
+        if args.kv_type == lowbit::model::kv::KvType::F32 { String::new() } else { format!(" | kv {}", args.kv_type) }
     );
     Resume { root: lowbit::zoo::home().join("resume"), identity, fresh: args.fresh }
 }
@@ -192,7 +209,7 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     if model_path.is_dir() && !lowbit::hf::is_causal_lm_folder(&model_path) {
         return run_encoder(&args, &model_path, &text);
     }
-    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
+    let (load, load_ref) = args.load_options();
     // A saved reference is checked before any model is loaded (cheap errors first).
     enum RefSource {
         Model(Box<lowbit::model::LoadedLm>),
@@ -206,7 +223,7 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         Some(r) => {
             let p = crate::resolve_model(r)?;
             eprintln!("lowbit: loading reference {}", p.display());
-            Some(RefSource::Model(Box::new(load_lm(&p, load)?)))
+            Some(RefSource::Model(Box::new(load_lm(&p, load_ref)?)))
         }
         None => None,
     };
@@ -257,8 +274,13 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let report = kept.result(report)?;
+    // What the cache costs per position at this context, measured on its storage.
+    let cache = lm.model.new_cache(0);
+    let kv_bytes = cache.bytes_at(report.ctx) as f64 / report.ctx.max(1) as f64;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut j = serde_json::to_value(&report)?;
+        j["kv_cache"] = serde_json::json!({ "type": cache.kind().name(), "bytes_per_position": kv_bytes });
+        println!("{}", serde_json::to_string_pretty(&j)?);
         return Ok(());
     }
     println!("model:      {}", model_path.display());
@@ -282,6 +304,7 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         println!("top-1 agreement: {:.3} %", 100.0 * k.top1_agreement);
         println!("\n{}", k.llama_cpp_text(report.ppl, report.ppl_err));
     }
+    println!("KV cache:   {}, {:.0} bytes per position at ctx {}", cache.kind(), kv_bytes, report.ctx);
     println!("speed:      {:.1} tokens/s (prompt processing)", report.tokens_per_second);
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::model::{load_lm, LoadOptions};
+use lowbit::model::load_lm;
 
 use crate::eval_cmd::{is_saved_reference, read_text, resume_for, EvalArgs, Kept};
 
@@ -17,12 +17,12 @@ pub fn run_hellaswag(args: &EvalArgs) -> Result<()> {
     let all = hellaswag::parse(&read_text(&path)?, &path)?;
     let available = all.len();
     let tasks = hellaswag::select(all, if args.tasks == 0 { usize::MAX } else { args.tasks });
-    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
+    let (load, load_ref) = args.load_options();
     let reference = match &args.reference {
         Some(r) if is_saved_reference(r) => {
             anyhow::bail!("{r}: a saved-logits file cannot be a task reference; pass the reference model")
         }
-        Some(r) => Some(load_lm(&crate::resolve_model(r)?, load)?),
+        Some(r) => Some(load_lm(&crate::resolve_model(r)?, load_ref)?),
         None => None,
     };
     let model_path = crate::resolve_model(&args.model)?;
@@ -81,8 +81,8 @@ pub fn run_generate(args: &EvalArgs) -> Result<()> {
     if is_saved_reference(reference) {
         anyhow::bail!("{reference}: a saved-logits file cannot be a generation reference; pass the reference model");
     }
-    let load = LoadOptions { llama_cpp_numerics: args.llama_cpp_numerics };
-    let ref_lm = load_lm(&crate::resolve_model(reference)?, load)?;
+    let (load, load_ref) = args.load_options();
+    let ref_lm = load_lm(&crate::resolve_model(reference)?, load_ref)?;
     let model_path = crate::resolve_model(&args.model)?;
     let lm = load_lm(&model_path, load)?;
     if lm.model.vocab_size() != ref_lm.model.vocab_size() {

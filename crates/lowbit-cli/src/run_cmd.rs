@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// llama.cpp would generate from the same file).
     #[arg(long)]
     pub exact: bool,
+    /// How the KV cache stores keys and values (f32; llama.cpp's f16, q8_0, q4_0, …;
+    /// KVQuant-style kvq4, kvq3, kvq2, kvq4o, …; see `lowbit eval --help`).
+    #[arg(long, default_value = "f32")]
+    pub kv_type: lowbit::model::kv::KvType,
 }
 
 /// Runs `lowbit run`.
@@ -42,7 +46,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let s = Sampling { temperature: a.temp, top_k: a.top_k, top_p: a.top_p, seed: a.seed };
     s.check()?;
     let path = crate::resolve_model(&a.model)?;
-    let lm = load_lm(&path, LoadOptions { llama_cpp_numerics: !a.exact })?;
+    let lm = load_lm(&path, LoadOptions { llama_cpp_numerics: !a.exact, kv_type: a.kv_type })?;
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", a.prompt);
     let _ = out.flush();

@@ -52,8 +52,10 @@ fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
         method_options: Default::default(),
     };
     quantize_gguf(&src, &quant, &opts, &mut |_, _| {}).unwrap();
-    let load =
-        |p: &Path| lowbit::model::load_gguf_lm(p, lowbit::model::LoadOptions { llama_cpp_numerics: true }).unwrap();
+    let load = |p: &Path| {
+        lowbit::model::load_gguf_lm(p, lowbit::model::LoadOptions { llama_cpp_numerics: true, ..Default::default() })
+            .unwrap()
+    };
     let (source, model) = (load(&src), load(&quant));
     let eval = EvalOptions { ctx: CTX, max_chunks: Some(CHUNKS), resume: None };
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -131,7 +133,11 @@ fn hellaswag_scores_the_tasks_llama_cpp_scores_and_agrees_per_task() {
     assert_eq!(theirs.len(), N, "could not read llama.cpp's per-task lines:\n{log}");
     let all = hellaswag::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
     let tasks = hellaswag::select(all, N);
-    let lm = lowbit::model::load_gguf_lm(&src, lowbit::model::LoadOptions { llama_cpp_numerics: true }).unwrap();
+    let lm = lowbit::model::load_gguf_lm(
+        &src,
+        lowbit::model::LoadOptions { llama_cpp_numerics: true, ..Default::default() },
+    )
+    .unwrap();
     let ours: Vec<bool> =
         tasks.iter().map(|t| hellaswag::score_task(&lm, t).unwrap().choice_norm() == t.gold).collect();
     // Same tasks, same scoring: only a near-tie between two endings may flip under the

@@ -52,7 +52,7 @@ fn packed_weights_give_the_dense_forward_pass() {
     let mut dense_exact = None;
     for (file, modes) in [(&src, &[false][..]), (&q4km, &[false, true][..])] {
         for &llama_cpp_numerics in modes {
-            let o = LoadOptions { llama_cpp_numerics };
+            let o = LoadOptions { llama_cpp_numerics, ..Default::default() };
             let packed = load_gguf_lm(file, o).unwrap();
             let mut dense = load_gguf_lm(file, o).unwrap();
             densify(&mut dense);
@@ -103,7 +103,7 @@ fn packed_weights_give_the_dense_forward_pass() {
 fn batched_sequences_give_each_sequence_alone() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
     for llama_cpp_numerics in [false, true] {
-        let lm = load_gguf_lm(&src, LoadOptions { llama_cpp_numerics }).unwrap();
+        let lm = load_gguf_lm(&src, LoadOptions { llama_cpp_numerics, ..Default::default() }).unwrap();
         let m = &lm.model;
         let (d, v) = (m.hidden_size(), m.vocab_size());
         let seqs: Vec<Vec<u32>> = (0..5u32).map(|s| (0..7 + 3 * s).map(|i| 200 + 53 * i + 11 * s).collect()).collect();

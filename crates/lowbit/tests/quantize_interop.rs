@@ -244,7 +244,11 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
         let theirs = llama_perplexity(&bin, &out, &text, ctx, chunks);
-        let lm = lowbit::model::load_gguf_lm(&out, lowbit::model::LoadOptions { llama_cpp_numerics: true }).unwrap();
+        let lm = lowbit::model::load_gguf_lm(
+            &out,
+            lowbit::model::LoadOptions { llama_cpp_numerics: true, ..Default::default() },
+        )
+        .unwrap();
         let eval_opts = lowbit::eval::EvalOptions { ctx, max_chunks: Some(chunks), ..Default::default() };
         let ours = lowbit::eval::evaluate(&lm, None, None, &text_str, &eval_opts, &mut |_, _, _| {}).unwrap().ppl;
         // Same file, same tokens, same activation quantization; what remains is summation

@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use super::kv::{KvType, Rope};
 use super::{GgufWeights, Linear, Weight};
 use crate::error::Result;
 use crate::tensor::{apply_rope, gelu_tanh, multi_head_attention, rms_norm, rope_angles, silu};
@@ -101,6 +102,8 @@ pub struct Decoder {
     pub output: Option<Linear>,
     /// Activation quantization for the tied output layer (llama.cpp numerics).
     pub tied_act_quant: Option<crate::format::GgmlType>,
+    /// How new caches store keys and values.
+    pub kv_type: KvType,
 }
 
 /// The sizes every decoder GGUF states under `{arch}.*`, read and checked in one place for
@@ -160,21 +163,30 @@ struct Span {
     pos0: usize,
 }
 
-/// Keys and values of past positions, per layer: `len` rows of `n_head_kv × head_dim`.
+/// Keys and values of past positions, per layer: `len` rows of `n_head_kv × head_dim`,
+/// stored as the cache type says ([`super::kv`]).
 #[derive(Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    layers: Vec<super::kv::LayerKv>,
+    kind: super::kv::KvType,
+    row: usize,
     len: usize,
     capacity: usize,
 }
 
 impl KvCache {
-    /// An empty cache for `layers` layers of `row`-wide keys, up to `capacity` positions.
+    /// An empty f32 cache for `layers` layers of `row`-wide keys, up to `capacity` positions.
     pub fn new(layers: usize, row: usize, capacity: usize) -> KvCache {
+        KvCache::with_type(super::kv::KvType::F32, layers, row, capacity)
+    }
+
+    /// An empty cache storing keys and values as `kind` (whose rows the caller checked
+    /// with [`super::kv::KvType::check_row`]).
+    pub fn with_type(kind: super::kv::KvType, layers: usize, row: usize, capacity: usize) -> KvCache {
         KvCache {
-            k: vec![Vec::with_capacity(capacity * row); layers],
-            v: vec![Vec::with_capacity(capacity * row); layers],
+            layers: (0..layers).map(|_| super::kv::LayerKv::new(kind, row, capacity)).collect(),
+            kind,
+            row,
             len: 0,
             capacity,
         }
@@ -190,10 +202,23 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Forgets everything (start a new sequence).
-    pub fn clear(&mut self) {
-        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
-        self.len = 0;
+    /// Bytes the cache holds (every layer's keys and values, as stored).
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(super::kv::LayerKv::bytes).sum()
+    }
+
+    /// The storage's type.
+    pub fn kind(&self) -> super::kv::KvType {
+        self.kind
+    }
+
+    /// Bytes a cache of this shape and type holds after `positions` positions (measured
+    /// by storing that many rows in one layer).
+    pub fn bytes_at(&self, positions: usize) -> usize {
+        let mut layer = super::kv::LayerKv::new(self.kind, self.row, positions);
+        let rows = vec![0.0f32; positions * self.row];
+        layer.append(&rows, &rows, self.row);
+        layer.bytes() * self.layers.len()
     }
 }
 
@@ -206,12 +231,14 @@ impl Decoder {
         let tied_act_quant = w.act_quant_for("token_embd.weight");
         let out_norm = w.get("output_norm.weight", &[d])?;
         let output = if w.has("output.weight") { Some(w.linear("output.weight", d, vocab)?) } else { None };
-        Ok(Decoder { cfg, tok_embd, blocks, out_norm, output, tied_act_quant })
+        let kv_type = w.kv_type;
+        kv_type.check_row(cfg.n_head_kv * cfg.head_dim).map_err(|why| crate::Error::format(w.file.path(), why))?;
+        Ok(Decoder { cfg, tok_embd, blocks, out_norm, output, tied_act_quant, kv_type })
     }
 
     /// A cache sized for this model.
     pub fn new_cache(&self, max_tokens: usize) -> KvCache {
-        KvCache::new(self.blocks.len(), self.cfg.n_head_kv * self.cfg.head_dim, max_tokens)
+        KvCache::with_type(self.kv_type, self.blocks.len(), self.cfg.n_head_kv * self.cfg.head_dim, max_tokens)
     }
 
     /// Embeds `tokens`, runs every block, applies the final norm.
@@ -285,6 +312,8 @@ impl Decoder {
         let positions: Vec<usize> = spans.iter().flat_map(|s| s.pos0..s.pos0 + s.t).collect();
         let angles: Vec<Vec<(f32, f32)>> =
             positions.into_par_iter().map(|p| rope_angles(p, c.rope_dim, b.attention.rope_base)).collect();
+        // A cache that keeps keys before RoPE (KVQuant-style) is given them unrotated.
+        let pre_rope = caches.iter().any(|c| c.layers[il].keys_before_rope()).then(|| k.clone());
         q.par_chunks_mut(nh * hd).zip(&angles).for_each(|(row, ang)| {
             for head in row.chunks_exact_mut(hd) {
                 apply_rope(head, ang, c.rope_neox);
@@ -311,13 +340,18 @@ impl Decoder {
             .zip(spans.par_iter().zip(&starts))
             .map(|(cache, (s, &r0))| {
                 let rows = r0..r0 + s.t;
-                cache.k[il].extend_from_slice(&k[rows.start * kv_row..rows.end * kv_row]);
-                cache.v[il].extend_from_slice(&v[rows.start * kv_row..rows.end * kv_row]);
+                let layer = &mut cache.layers[il];
+                let keys = if layer.keys_before_rope() { pre_rope.as_deref().unwrap_or(&k) } else { &k };
+                let kv_rows = rows.start * kv_row..rows.end * kv_row;
+                layer.append(&keys[kv_rows.clone()], &v[kv_rows], kv_row);
+                let angles_of = |p: usize| rope_angles(p, c.rope_dim, b.attention.rope_base);
+                let rope = Rope { dim: c.rope_dim, head_dim: hd, neox: c.rope_neox, angles: &angles_of };
+                let (ks, vs) = layer.read(kv_row, &rope);
                 let pos0 = s.pos0;
                 multi_head_attention(
                     &q[rows.start * q_row..rows.end * q_row],
-                    &cache.k[il],
-                    &cache.v[il],
+                    &ks,
+                    &vs,
                     s.t,
                     pos0 + s.t,
                     nh,

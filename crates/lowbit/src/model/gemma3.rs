@@ -16,7 +16,7 @@ pub const LOCAL_ROPE_BASE: f32 = 10_000.0;
 
 /// Loads a Gemma 3 text model from GGUF.
 pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
-    let w = GgufWeights { file, llama_cpp_numerics: opts.llama_cpp_numerics };
+    let w = GgufWeights { file, llama_cpp_numerics: opts.llama_cpp_numerics, kv_type: opts.kv_type };
     let p = |k: &str| format!("gemma3.{k}");
     let DecoderDims { d_model: d, n_layer, n_head, n_head_kv, d_ff, head_dim, vocab } =
         DecoderDims::read(&w, "gemma3", |_, _| 256)?;

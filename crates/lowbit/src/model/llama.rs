@@ -8,7 +8,7 @@ use crate::gguf::GgufFile;
 
 /// Loads a llama-family model from GGUF (tensor names as written by llama.cpp's converter).
 pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
-    let w = GgufWeights { file, llama_cpp_numerics: opts.llama_cpp_numerics };
+    let w = GgufWeights { file, llama_cpp_numerics: opts.llama_cpp_numerics, kv_type: opts.kv_type };
     let arch = file.architecture().unwrap_or("llama");
     let p = |k: &str| format!("{arch}.{k}");
     let DecoderDims { d_model: d, n_layer, n_head, n_head_kv, d_ff, head_dim, vocab } =

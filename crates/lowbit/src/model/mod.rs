@@ -5,6 +5,7 @@
 pub mod bert;
 pub mod decoder;
 pub mod gemma3;
+pub mod kv;
 pub mod llama;
 
 use std::path::Path;
@@ -206,6 +207,8 @@ pub struct GgufWeights<'a> {
     pub file: &'a GgufFile,
     /// Reproduce llama.cpp's activation quantization in every linear layer.
     pub llama_cpp_numerics: bool,
+    /// How the model's KV caches store keys and values.
+    pub kv_type: kv::KvType,
 }
 
 impl GgufWeights<'_> {
@@ -347,6 +350,9 @@ pub struct LoadOptions {
     /// Quantize activations before each linear layer exactly as llama.cpp's CPU backend
     /// does, so perplexities match `llama-perplexity` on the same file. Off: exact f32.
     pub llama_cpp_numerics: bool,
+    /// How the KV cache stores keys and values (`f32` exact; llama.cpp's cache types;
+    /// KVQuant-style low bits).
+    pub kv_type: kv::KvType,
 }
 
 /// Opens a language model: a GGUF file of any supported architecture, or a Hugging Face
