@@ -170,6 +170,7 @@ pub struct KvCache {
     layers: Vec<super::kv::LayerKv>,
     kind: super::kv::KvType,
     row: usize,
+    head_dim: usize,
     len: usize,
     capacity: usize,
 }
@@ -177,16 +178,17 @@ pub struct KvCache {
 impl KvCache {
     /// An empty f32 cache for `layers` layers of `row`-wide keys, up to `capacity` positions.
     pub fn new(layers: usize, row: usize, capacity: usize) -> KvCache {
-        KvCache::with_type(super::kv::KvType::F32, layers, row, capacity)
+        KvCache::with_type(super::kv::KvType::F32, layers, row, row, capacity)
     }
 
     /// An empty cache storing keys and values as `kind` (whose rows the caller checked
-    /// with [`super::kv::KvType::check_row`]).
-    pub fn with_type(kind: super::kv::KvType, layers: usize, row: usize, capacity: usize) -> KvCache {
+    /// with [`super::kv::KvType::check_row`]); a row holds heads `head_dim` wide.
+    pub fn with_type(kind: super::kv::KvType, layers: usize, row: usize, head_dim: usize, capacity: usize) -> KvCache {
         KvCache {
-            layers: (0..layers).map(|_| super::kv::LayerKv::new(kind, row, capacity)).collect(),
+            layers: (0..layers).map(|_| super::kv::LayerKv::new(kind, row, head_dim, capacity)).collect(),
             kind,
             row,
+            head_dim,
             len: 0,
             capacity,
         }
@@ -215,7 +217,7 @@ impl KvCache {
     /// Bytes a cache of this shape and type holds after `positions` positions (measured
     /// by storing that many rows in one layer).
     pub fn bytes_at(&self, positions: usize) -> usize {
-        let mut layer = super::kv::LayerKv::new(self.kind, self.row, positions);
+        let mut layer = super::kv::LayerKv::new(self.kind, self.row, self.head_dim, positions);
         let rows = vec![0.0f32; positions * self.row];
         layer.append(&rows, &rows, self.row);
         layer.bytes() * self.layers.len()
@@ -238,7 +240,8 @@ impl Decoder {
 
     /// A cache sized for this model.
     pub fn new_cache(&self, max_tokens: usize) -> KvCache {
-        KvCache::with_type(self.kv_type, self.blocks.len(), self.cfg.n_head_kv * self.cfg.head_dim, max_tokens)
+        let c = &self.cfg;
+        KvCache::with_type(self.kv_type, self.blocks.len(), c.n_head_kv * c.head_dim, c.head_dim, max_tokens)
     }
 
     /// Embeds `tokens`, runs every block, applies the final norm.
