@@ -30,7 +30,7 @@ if [ -n "${LLAMA_BIN:-}" ]; then
   for m in "${modes[@]}"; do
     case $m in kvq*) continue ;; esac
     log="$out/$model-$ctx-llama-$m.log"
-    "$LLAMA_BIN/llama-perplexity" -m "$src" -t 2 -fa on -ctk "$m" -ctv "$m" --kl-divergence-base "$base" \
+    "$LLAMA_BIN/llama-perplexity" -m "$src" -c "$ctx" -t 2 -fa on -ctk "$m" -ctv "$m" --kl-divergence-base "$base" \
       --kl-divergence > "$log" 2>&1
     python3 - "$log" "$model" "$ctx" "$m" <<'EOF'
 import re, sys
