@@ -80,7 +80,8 @@ fn task_and_generation_misuse_fails_cleanly() {
 }
 
 /// Ctrl-C during `--task hellaswag` keeps the finished tasks; the same command continues
-/// from them and reports what an uninterrupted run reports.
+/// from them and reports what an uninterrupted run reports. (96 tasks: tasks are scored
+/// and journaled 32 at a time; the interrupt is sent once the first batch is kept.)
 #[cfg(unix)]
 #[test]
 fn an_interrupted_hellaswag_run_resumes_to_the_same_result() {
@@ -92,7 +93,7 @@ fn an_interrupted_hellaswag_run_resumes_to_the_same_result() {
             "--task",
             "hellaswag",
             "--tasks",
-            "24",
+            "96",
             "--json",
         ]);
         c
@@ -104,7 +105,7 @@ fn an_interrupted_hellaswag_run_resumes_to_the_same_result() {
             .into_iter()
             .flatten()
             .flatten()
-            .any(|d| std::fs::metadata(d.path().join("scores.bin")).is_ok_and(|m| m.len() >= 16 * 128))
+            .any(|d| std::fs::metadata(d.path().join("scores.bin")).is_ok_and(|m| m.len() >= 32 * 128))
     };
     let start = std::time::Instant::now();
     while !journaled() && start.elapsed().as_secs() < 300 {
@@ -119,10 +120,14 @@ fn an_interrupted_hellaswag_run_resumes_to_the_same_result() {
     assert_eq!(status.code(), Some(130));
     let again = run(home.path()).output().unwrap();
     let err = String::from_utf8_lossy(&again.stderr);
-    assert!(again.status.success() && err.contains("resuming: 16 of 24 tasks"), "{err}");
     let whole = run(fresh_home.path()).output().unwrap();
     let parse = |o: &[u8]| -> serde_json::Value { serde_json::from_slice(o).unwrap() };
     let (a, b) = (parse(&again.stdout), parse(&whole.stdout));
-    assert_eq!((&a["acc_norm"], &a["acc"], &a["resumed_tasks"]), (&b["acc_norm"], &b["acc"], &serde_json::json!(16)));
+    // The interrupt lands while the second batch runs (rarely just before it starts):
+    // whole batches are kept.
+    let resumed = a["resumed_tasks"].as_u64().unwrap();
+    assert!(resumed == 32 || resumed == 64, "resumed {resumed}");
+    assert!(again.status.success() && err.contains(&format!("resuming: {resumed} of 96 tasks")), "{err}");
+    assert_eq!((&a["acc_norm"], &a["acc"], &a["choices"]), (&b["acc_norm"], &b["acc"], &b["choices"]));
     assert!(std::fs::read_dir(home.path().join("resume")).unwrap().next().is_none(), "journal left behind");
 }

@@ -225,6 +225,7 @@ pub fn score_tasks(lm: &LoadedLm, tasks: &[Task]) -> Result<Vec<TaskScores>> {
     let first_rows: Vec<f32> =
         last_rows.chunks_exact(d).flat_map(|r| std::iter::repeat_n(r, 4).flatten()).copied().collect();
     let first_lp = target_log_probs(lm, &first_rows, &firsts);
+    crate::interrupt::check()?;
     // Pass 2: every ending's tokens but its last, each predicting the next one.
     let mut ending_caches: Vec<_> = caches.iter().flat_map(|c| std::iter::repeat_n(c, 4).cloned()).collect();
     let rests: Vec<&[u32]> =
