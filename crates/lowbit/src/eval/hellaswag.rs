@@ -144,13 +144,6 @@ fn first_max(v: &[f64; 4]) -> usize {
     (1..4).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
 
-/// Log-probability of `token` under one logits row.
-fn log_prob(row: &[f32], token: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    row[token as usize] as f64 - max - sum.ln()
-}
-
 /// Scores one task's four endings under `lm`.
 pub fn score_task(lm: &LoadedLm, task: &Task) -> Result<TaskScores> {
     Ok(score_tasks(lm, std::slice::from_ref(task))?.remove(0))
@@ -187,14 +180,23 @@ fn tokenize_task(lm: &LoadedLm, task: &Task) -> Result<(Vec<Vec<u32>>, usize)> {
 /// matrix is unpacked rarely and a batch never holds all its logits.
 const LOGIT_BYTES: usize = 128 << 20;
 
-/// Log-probability of each `targets[i]` under the logits of hidden row `i`.
-fn target_log_probs(lm: &LoadedLm, hidden: &[f32], targets: &[u32]) -> Vec<f64> {
+/// Log-probabilities of targets under the logits of each hidden row: row `i` scores
+/// `targets[i·per_row..(i+1)·per_row]`, its normaliser computed once.
+fn target_log_probs(lm: &LoadedLm, hidden: &[f32], targets: &[u32], per_row: usize) -> Vec<f64> {
     let (d, v) = (lm.model.hidden_size(), lm.model.vocab_size());
     let rows = (LOGIT_BYTES / (4 * v.max(1))).clamp(8, 512);
     let mut out = Vec::with_capacity(targets.len());
-    for (h, tg) in hidden.chunks(rows * d).zip(targets.chunks(rows)) {
-        let logits = lm.model.logits(h, tg.len());
-        out.par_extend(logits.par_chunks_exact(v).zip(tg).map(|(row, &t)| log_prob(row, t)));
+    for (h, tg) in hidden.chunks(rows * d).zip(targets.chunks(rows * per_row)) {
+        let logits = lm.model.logits(h, tg.len() / per_row);
+        let per: Vec<Vec<f64>> = logits
+            .par_chunks_exact(v)
+            .zip(tg.par_chunks_exact(per_row))
+            .map(|(row, ts)| {
+                let (max, ln_sum) = super::log_sum_exp_parts(row);
+                ts.iter().map(|&t| row[t as usize] as f64 - max - ln_sum).collect()
+            })
+            .collect();
+        out.extend(per.into_iter().flatten());
     }
     out
 }
@@ -222,9 +224,7 @@ pub fn score_tasks(lm: &LoadedLm, tasks: &[Task]) -> Result<Vec<TaskScores>> {
         last_rows.extend_from_slice(&hidden[(row - 1) * d..row * d]);
     }
     let firsts: Vec<u32> = tokenized.iter().flat_map(|(seqs, p)| seqs.iter().map(move |s| s[*p])).collect();
-    let first_rows: Vec<f32> =
-        last_rows.chunks_exact(d).flat_map(|r| std::iter::repeat_n(r, 4).flatten()).copied().collect();
-    let first_lp = target_log_probs(lm, &first_rows, &firsts);
+    let first_lp = target_log_probs(lm, &last_rows, &firsts, 4);
     crate::interrupt::check()?;
     // Pass 2: every ending's tokens but its last, each predicting the next one.
     let mut ending_caches: Vec<_> = caches.iter().flat_map(|c| std::iter::repeat_n(c, 4).cloned()).collect();
@@ -236,7 +236,7 @@ pub fn score_tasks(lm: &LoadedLm, tasks: &[Task]) -> Result<Vec<TaskScores>> {
     };
     let targets: Vec<u32> =
         tokenized.iter().flat_map(|(seqs, p)| seqs.iter().flat_map(move |s| s[*p + 1..].iter().copied())).collect();
-    let rest_lp = target_log_probs(lm, &hidden, &targets);
+    let rest_lp = target_log_probs(lm, &hidden, &targets, 1);
     let mut at = 0;
     Ok(tokenized
         .iter()

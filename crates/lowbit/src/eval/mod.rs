@@ -135,11 +135,18 @@ pub struct EvalReport {
     pub resumed_chunks: usize,
 }
 
-/// log-softmax of one logits row, in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
+/// A logits row's normaliser in two parts, in f64: its largest value and ln Σ exp(v − max)
+/// (log-sum-exp = their sum). Shared by every log-probability lowbit computes.
+pub(crate) fn log_sum_exp_parts(row: &[f32]) -> (f64, f64) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-    let lse = max + sum.ln();
+    (max, sum.ln())
+}
+
+/// log-softmax of one logits row, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let (max, ln_sum) = log_sum_exp_parts(row);
+    let lse = max + ln_sum;
     row.iter().map(|&v| v as f64 - lse).collect()
 }
 

@@ -502,7 +502,6 @@ impl LayerKv {
                     rotate(&mut x, rot);
                     x
                 };
-                let _ = row;
                 (Cow::Owned(dec(k, *rot_k)), Cow::Owned(dec(v, *rot_v)))
             }
             LayerKv::Kvq { k, v } => {
