@@ -228,30 +228,81 @@ fn outlier_mask(row: &[f32]) -> Vec<bool> {
     mask
 }
 
+/// Coded values: `bits`-bit asymmetric codes (packed in push order), their f16 (scale,
+/// min) pairs, and the values kept apart in f16 (outliers, the sink) — the storage both
+/// KVQuant-style stores share; they differ only in which pair codes which value.
+#[derive(Clone)]
+struct Coded {
+    bits: u8,
+    codes: Vec<u8>,
+    params: Vec<(f16, f16)>,
+    /// (index among all coded values, exact value).
+    apart: Vec<(u32, f16)>,
+    /// Values coded so far.
+    len: usize,
+}
+
+impl Coded {
+    fn new(bits: u8) -> Self {
+        Coded { bits, codes: vec![], params: vec![], apart: vec![], len: 0 }
+    }
+
+    /// Codes `x` (a whole number of bytes of codes), value `i` with `params[param_of(i)]`;
+    /// values whose `mask` is set are also kept apart.
+    fn push(&mut self, x: &[f32], mask: &[bool], params: Vec<(f16, f16)>, param_of: impl Fn(usize) -> usize) {
+        let codes: Vec<u8> = x
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let (s, m) = params[param_of(i)];
+                code(v, s, m, self.bits)
+            })
+            .collect();
+        pack(&codes, self.bits, &mut self.codes);
+        for (i, (&v, &m)) in x.iter().zip(mask).enumerate() {
+            if m {
+                self.apart.push(((self.len + i) as u32, f16::from_f32(v)));
+            }
+        }
+        self.params.extend(params);
+        self.len += x.len();
+    }
+
+    /// Every coded value, value `i` decoded with `params[param_of(i)]`, the kept-apart
+    /// ones restored.
+    fn decode(&self, param_of: impl Fn(usize) -> usize) -> Vec<f32> {
+        let mut out: Vec<f32> = (0..self.len)
+            .map(|i| {
+                let (s, m) = self.params[param_of(i)];
+                m.to_f32() + unpack(&self.codes, self.bits, i) as f32 * s.to_f32()
+            })
+            .collect();
+        for &(i, v) in &self.apart {
+            out[i as usize] = v.to_f32();
+        }
+        out
+    }
+
+    fn bytes(&self) -> usize {
+        self.codes.len() + 4 * self.params.len() + 6 * self.apart.len()
+    }
+}
+
 /// Keys quantized per channel over groups of [`KVQ_GROUP`] positions; the unfinished
 /// group kept as f32 rows.
 #[derive(Clone)]
 pub struct ChannelGroups {
-    bits: u8,
     outliers: bool,
     row: usize,
-    /// Per finished group: codes position-major, packed.
-    codes: Vec<u8>,
-    /// Per finished group and channel: (scale, min).
-    params: Vec<(f16, f16)>,
-    /// Outliers: (index among all finished values, exact value).
-    apart: Vec<(u32, f16)>,
+    /// Finished groups: codes position-major; one (scale, min) per group and channel.
+    coded: Coded,
     /// Rows of the unfinished group.
     pending: Vec<f32>,
 }
 
 impl ChannelGroups {
     fn new(bits: u8, outliers: bool, row: usize) -> Self {
-        ChannelGroups { bits, outliers, row, codes: vec![], params: vec![], apart: vec![], pending: vec![] }
-    }
-
-    fn groups(&self) -> usize {
-        self.params.len() / self.row
+        ChannelGroups { outliers, row, coded: Coded::new(bits), pending: vec![] }
     }
 
     fn push(&mut self, rows: &[f32]) {
@@ -263,8 +314,7 @@ impl ChannelGroups {
     }
 
     fn seal(&mut self, group: &[f32]) {
-        let (row, bits) = (self.row, self.bits);
-        let base = self.groups() * KVQ_GROUP * row;
+        let row = self.row;
         let mut mask: Vec<bool> = if self.outliers {
             group.chunks_exact(row).flat_map(outlier_mask).collect()
         } else {
@@ -272,39 +322,23 @@ impl ChannelGroups {
         };
         // The first position (the attention sink: BOS) has keys far off the others';
         // KVQuant keeps it in f16 rather than stretch every channel's first range.
-        if base == 0 {
+        if self.coded.len == 0 {
             mask[..row].iter_mut().for_each(|m| *m = true);
         }
         let params: Vec<(f16, f16)> = (0..row)
-            .map(|c| fit_range((0..KVQ_GROUP).map(|p| (group[p * row + c], mask[p * row + c])), bits))
+            .map(|c| fit_range((0..KVQ_GROUP).map(|p| (group[p * row + c], mask[p * row + c])), self.coded.bits))
             .collect();
-        let codes: Vec<u8> =
-            group.iter().enumerate().map(|(i, &v)| code(v, params[i % row].0, params[i % row].1, bits)).collect();
-        pack(&codes, bits, &mut self.codes);
-        for (i, (&v, &m)) in group.iter().zip(&mask).enumerate() {
-            if m {
-                self.apart.push(((base + i) as u32, f16::from_f32(v)));
-            }
-        }
-        self.params.extend(params);
+        self.coded.push(group, &mask, params, |i| i % row);
     }
 
     fn bytes(&self) -> usize {
-        self.codes.len() + 4 * self.params.len() + 6 * self.apart.len() + 4 * self.pending.len()
+        self.coded.bytes() + 4 * self.pending.len()
     }
 
     /// All rows, decoded, before RoPE.
     fn decode(&self) -> Vec<f32> {
         let row = self.row;
-        let done = self.groups() * KVQ_GROUP * row;
-        let mut out = Vec::with_capacity(done + self.pending.len());
-        out.extend((0..done).map(|i| {
-            let (s, m) = self.params[(i / (KVQ_GROUP * row)) * row + i % row];
-            m.to_f32() + unpack(&self.codes, self.bits, i) as f32 * s.to_f32()
-        }));
-        for &(i, v) in &self.apart {
-            out[i as usize] = v.to_f32();
-        }
+        let mut out = self.coded.decode(|i| (i / (KVQ_GROUP * row)) * row + i % row);
         out.extend_from_slice(&self.pending);
         out
     }
@@ -313,18 +347,15 @@ impl ChannelGroups {
 /// Values quantized per position, in groups of [`KVQ_GROUP`] values of a row.
 #[derive(Clone)]
 pub struct TokenGroups {
-    bits: u8,
     outliers: bool,
     row: usize,
-    codes: Vec<u8>,
-    params: Vec<(f16, f16)>,
-    apart: Vec<(u32, f16)>,
-    len: usize,
+    /// One (scale, min) per group of a row.
+    coded: Coded,
 }
 
 impl TokenGroups {
     fn new(bits: u8, outliers: bool, row: usize) -> Self {
-        TokenGroups { bits, outliers, row, codes: vec![], params: vec![], apart: vec![], len: 0 }
+        TokenGroups { outliers, row, coded: Coded::new(bits) }
     }
 
     fn group(&self) -> usize {
@@ -346,44 +377,26 @@ impl TokenGroups {
     fn push(&mut self, rows: &[f32]) {
         let mut rows = rows.to_vec();
         rotate(&mut rows, self.rotation());
-        let rows = &rows[..];
-        let (g, bits) = (self.group(), self.bits);
+        let g = self.group();
         for r in rows.chunks_exact(self.row) {
             let mask = if self.outliers { outlier_mask(r) } else { vec![false; r.len()] };
-            let base = self.len * self.row;
-            let mut codes = Vec::with_capacity(r.len());
-            for (x, m) in r.chunks_exact(g).zip(mask.chunks_exact(g)) {
-                let (s, mn) = fit_range(x.iter().copied().zip(m.iter().copied()), bits);
-                codes.extend(x.iter().map(|&v| code(v, s, mn, bits)));
-                self.params.push((s, mn));
-            }
-            pack(&codes, bits, &mut self.codes);
-            for (i, (&v, &m)) in r.iter().zip(&mask).enumerate() {
-                if m {
-                    self.apart.push(((base + i) as u32, f16::from_f32(v)));
-                }
-            }
-            self.len += 1;
+            let params: Vec<(f16, f16)> = r
+                .chunks_exact(g)
+                .zip(mask.chunks_exact(g))
+                .map(|(x, m)| fit_range(x.iter().copied().zip(m.iter().copied()), self.coded.bits))
+                .collect();
+            self.coded.push(r, &mask, params, |i| i / g);
         }
     }
 
     fn bytes(&self) -> usize {
-        self.codes.len() + 4 * self.params.len() + 6 * self.apart.len()
+        self.coded.bytes()
     }
 
     /// All rows, decoded, still rotated.
     fn decode(&self) -> Vec<f32> {
         let g = self.group();
-        let mut out: Vec<f32> = (0..self.len * self.row)
-            .map(|i| {
-                let (s, m) = self.params[i / g];
-                m.to_f32() + unpack(&self.codes, self.bits, i) as f32 * s.to_f32()
-            })
-            .collect();
-        for &(i, v) in &self.apart {
-            out[i as usize] = v.to_f32();
-        }
-        out
+        self.coded.decode(|i| i / g)
     }
 }
 
