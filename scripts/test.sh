@@ -12,9 +12,13 @@ phase_name="" phase_start=$SECONDS
 phase() {
     [ -z "$phase_name" ] || echo "== $phase_name: $((SECONDS - phase_start)) s"
     phase_name="$1" phase_start=$SECONDS
-    [ -z "$1" ] || echo "== $1"
+    [ -z "$1" ] || echo "== $1 (free disk: $(df -h . | awk 'NR==2 {print $4}'))"
 }
 trap 'rc=$?; phase ""; echo "== total: $SECONDS s (exit $rc)"' EXIT
+
+# Every phase also prints the free disk: a full disk shows up as odd pip or linker failures.
+# CI builds once from a clean clone: incremental caches would only cost disk (GBs).
+if [ "${CI:-}" = "true" ]; then export CARGO_INCREMENTAL=0; fi
 
 export LOWBIT_HOME="${LOWBIT_HOME:-$PWD/target/lowbit-home}"
 venv="$PWD/target/ref-venv"
@@ -22,7 +26,7 @@ venv="$PWD/target/ref-venv"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import gguf, numpy" 2>/dev/null; then
     phase "making the reference venv ($venv)"
     python3 -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check "gguf==0.19.0" "numpy>=1.26"
+    "$venv/bin/python" -m pip install -q --no-cache-dir --disable-pip-version-check "gguf==0.19.0" "numpy>=1.26"
 fi
 export LOWBIT_REF_PYTHON="$venv/bin/python"
 

