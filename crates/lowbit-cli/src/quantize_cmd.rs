@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use lowbit::allocate::SizeTarget;
 use lowbit::eval::EvalOptions;
 use lowbit::format::vq::VqFormat;
 use lowbit::method::Method;
@@ -25,13 +26,36 @@ pub struct QuantizeArgs {
     /// for the blocks' matrices, with Q8_0 for the token embedding and output and where a
     /// matrix's rows are not whole groups; or learned-codebook vector quantization for the
     /// blocks' matrices: `vq` with --bpw (and --vec, --codebook, --residual, --outliers), or
-    /// a VQ format by name (vq4x256, vq8x256+256, vq4x256+128o8, …).
-    #[arg(long = "type")]
-    ty: String,
-    /// With `--type vq`: bits per weight in codes (scales and codebooks come on top and are
-    /// counted in the summary).
-    #[arg(long, requires = "ty")]
+    /// a VQ format by name (vq4x256, vq8x256+256, vq4x256+128o8, …). Not needed with
+    /// --size, --bpw (alone) or --recipe.
+    #[arg(long = "type", required_unless_present_any = ["size", "bpw", "recipe"])]
+    ty: Option<String>,
+    /// Allocate to a file size: every tensor's type is chosen by its measured sensitivity
+    /// so the predicted KL divergence is least within the size (bytes, or a number with a
+    /// unit: 94371840, 90MB, 85.5MiB). Needs --calib. The file is never larger.
+    #[arg(long, conflicts_with_all = ["ty", "bpw", "recipe"])]
+    size: Option<String>,
+    /// Without --type: allocate to this many bits per weight over the whole file (as
+    /// --size, with size = bpw × weights / 8). With `--type vq`: bits per weight in codes
+    /// (scales and codebooks come on top and are counted in the summary).
+    #[arg(long)]
     bpw: Option<f64>,
+    /// With --size / --bpw: choose only among ggml types llama.cpp runs (k-quants,
+    /// i-quants, legacy blocks). This is the candidate set allocation searches today, so
+    /// the flag only states it; lowbit-native and VQ candidates come later.
+    #[arg(long)]
+    llama_cpp: bool,
+    /// Follow a saved allocation (`NAME=TYPE` lines, from --save-recipe).
+    #[arg(long, conflicts_with_all = ["ty", "size"])]
+    recipe: Option<PathBuf>,
+    /// With --size / --bpw: write the allocation (`NAME=TYPE` lines) to this file, for
+    /// --recipe.
+    #[arg(long)]
+    save_recipe: Option<PathBuf>,
+    /// With --size / --bpw: calibration chunks (of --calib-ctx tokens) each sensitivity
+    /// measurement runs (one forward pass per tensor).
+    #[arg(long, default_value_t = lowbit::allocate::CostOptions::default().chunks)]
+    sensitivity_chunks: usize,
     /// With `--type vq`: weights per vector.
     #[arg(long = "vec", default_value_t = 4)]
     vec_len: usize,
@@ -109,7 +133,9 @@ fn print_summary(s: &QuantizeSummary, ty: &str, per_tensor: bool) {
         println!("{:<8} {:>8} {:>14} {:>14} {:>8.4}", t.ty.to_string(), t.tensors, t.elements, t.bytes, bpw);
     }
     // A whole-block native or VQ type rides on the Q8_0 mix's rules for the rest.
-    let what = if ty.eq_ignore_ascii_case(&s.mix) {
+    let what = if let Some(r) = &s.recipe {
+        format!("allocated to {} tensor bytes, predicted KLD {:.4}, file type {}", r.budget, r.predicted_kld, s.mix)
+    } else if ty.eq_ignore_ascii_case(&s.mix) {
         format!("mix {}", s.mix)
     } else {
         format!("{ty} (mix {} elsewhere)", s.mix)
@@ -196,32 +222,53 @@ fn vq_format(args: &QuantizeArgs) -> Result<VqFormat> {
 
 /// The quantization job the arguments describe (checked before any work).
 fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
-    let vq_flags = args.bpw.is_some() || args.codebook.is_some() || args.residual || args.outliers > 0;
-    anyhow::ensure!(
-        !vq_flags || args.ty.eq_ignore_ascii_case("vq"),
-        "--bpw, --codebook, --residual and --outliers go with --type vq"
-    );
-    let ty = if args.ty.eq_ignore_ascii_case("vq") { vq_format(args)?.to_string() } else { args.ty.clone() };
-    let (mix, blocks) = mix_for_type(&ty).ok_or_else(|| {
-        if let Some(why) = lowbit::format::native::NativeFormat::why_not(&args.ty) {
-            return anyhow!("unknown --type '{}': {why}", args.ty);
+    let is_vq = args.ty.as_deref().is_some_and(|t| t.eq_ignore_ascii_case("vq"));
+    let vq_flags =
+        (args.ty.is_some() && args.bpw.is_some()) || args.codebook.is_some() || args.residual || args.outliers > 0;
+    anyhow::ensure!(!vq_flags || is_vq, "--bpw (with --type), --codebook, --residual and --outliers go with --type vq");
+    let target = match (&args.size, args.bpw) {
+        (Some(s), _) => Some(SizeTarget::parse_size(s)?),
+        (None, Some(b)) if args.ty.is_none() => {
+            anyhow::ensure!(b.is_finite() && b > 0.0 && b <= 32.0, "--bpw {b}: bits per weight between 0 and 32");
+            Some(SizeTarget::Bpw(b))
         }
-        let hint = crate::did_you_mean(&args.ty, &Mix::names()).map(|m| format!(" (did you mean {m}?)")).unwrap_or_default();
-        anyhow!(
-            "unknown --type '{}'{hint}; known: {}, a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32, or vq (with --bpw) / a VQ format such as vq4x256",
-            args.ty,
-            Mix::names().join(", ")
-        )
-    })?;
-    // The user's overrides come first (first match wins), then the whole-block format.
+        _ => None,
+    };
+    anyhow::ensure!(
+        target.is_some() || (args.save_recipe.is_none() && !args.llama_cpp),
+        "--save-recipe and --llama-cpp go with --size or --bpw (an allocation)"
+    );
     let mut overrides = args.overrides.iter().map(|o| Override::parse(o)).collect::<Result<Vec<_>, _>>()?;
-    overrides.extend(blocks);
+    let mix = if let Some(ty) = &args.ty {
+        let ty = if is_vq { vq_format(args)?.to_string() } else { ty.clone() };
+        let (mix, blocks) = mix_for_type(&ty).ok_or_else(|| {
+            if let Some(why) = lowbit::format::native::NativeFormat::why_not(&ty) {
+                return anyhow!("unknown --type '{ty}': {why}");
+            }
+            let hint = crate::did_you_mean(&ty, &Mix::names()).map(|m| format!(" (did you mean {m}?)")).unwrap_or_default();
+            anyhow!(
+                "unknown --type '{ty}'{hint}; known: {}, a native format such as int4_g128, int3_g64_zp, nf4_g64, fp8_g32, fp4_g32, or vq (with --bpw) / a VQ format such as vq4x256",
+                Mix::names().join(", ")
+            )
+        })?;
+        // The user's overrides come first (first match wins), then the whole-block format.
+        overrides.extend(blocks);
+        mix
+    } else if let Some(path) = &args.recipe {
+        // A recipe names every tensor it allocated; the mix only names the file type.
+        let recipe = lowbit::allocate::read_recipe(path)?;
+        let mix = lowbit::allocate::dominant_mix(recipe.iter().map(|o| (o.ty, 1)));
+        overrides.extend(recipe);
+        mix
+    } else {
+        Mix::from_name("Q8_0").expect("Q8_0 is a mix")
+    };
     let method = match args.method.as_deref() {
         None => None,
         Some(m) => Some(Method::from_name(m).ok_or_else(|| anyhow!("unknown --method '{m}' (rtn, search, gptq)"))?),
     };
     anyhow::ensure!(
-        !args.dry_run || args.calib.is_empty(),
+        !args.dry_run || args.calib.is_empty() || target.is_some(),
         "--dry-run does not calibrate; drop --calib (the plan does not depend on it)"
     );
     let calibration = if let Some(p) = &args.imatrix {
@@ -238,7 +285,19 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
     } else {
         CalibrationInput::None
     };
-    let job = QuantizeJob { method, calibration, sequential: args.sequential, ..QuantizeJob::new(mix, overrides) };
+    let cost_options = lowbit::allocate::CostOptions {
+        chunks: args.sensitivity_chunks.max(1),
+        ctx: args.calib_ctx,
+        ..Default::default()
+    };
+    let job = QuantizeJob {
+        method,
+        calibration,
+        sequential: args.sequential,
+        target,
+        cost_options,
+        ..QuantizeJob::new(mix, overrides)
+    };
     job.check()?;
     Ok(job)
 }
@@ -247,7 +306,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
 pub fn run(mut args: QuantizeArgs) -> Result<()> {
     // Every output path is checked before any work (a bad --report used to fail only
     // after the whole quantization), then the inputs.
-    for p in args.output.iter().chain(&args.report) {
+    for p in args.output.iter().chain(&args.report).chain(&args.save_recipe) {
         lowbit::atomic::check_output(p)?;
     }
     args.calib = crate::texts(&args.calib)?;
@@ -257,51 +316,64 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
     inputs.extend(args.imatrix.iter().map(|p| ("--imatrix", p.as_path())));
     inputs.extend(args.stats.iter().map(|p| ("--stats", p.as_path())));
     inputs.extend(args.calib.iter().map(|p| ("--calib", p.as_path())));
-    for p in args.output.iter().chain(&args.report) {
+    inputs.extend(args.recipe.iter().map(|p| ("--recipe", p.as_path())));
+    for p in args.output.iter().chain(&args.report).chain(&args.save_recipe) {
         lowbit::atomic::refuse_overwriting_inputs(p, &inputs)?;
     }
+    let what = args.ty.clone().unwrap_or_default();
     let summary = if args.dry_run {
-        let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
-        let s = plan_model(&lowbit::hf::open_model(&input)?, &opts)?;
-        print_summary(&s, &args.ty, true);
+        let s = if job.target.is_some() {
+            with_progress(|p| lowbit::quantize::plan_job(&input, &job, p))?
+        } else {
+            let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
+            plan_model(&lowbit::hf::open_model(&input)?, &opts)?
+        };
+        print_summary(&s, &what, true);
         s
     } else {
         let output = args.output.as_ref().ok_or_else(|| anyhow!("--output is required (or use --dry-run)"))?;
-        let bar = ProgressBar::new(0);
-        let mut stage = None;
-        let mut log: Option<crate::LogProgress> = None;
-        let s = lowbit::quantize::run(&input, output, &job, &mut |st, d, t| {
-            let (label, unit, template) = stage_display(st);
-            if stage != Some(st) {
-                if st == Stage::Sequential && d > 0 {
-                    bar.suspend(|| {
-                        eprintln!(
-                            "lowbit: resuming: {d} of {t} blocks were finished by an interrupted run of this command"
-                        )
-                    });
-                }
-                log = Some(crate::LogProgress::new(label));
-                stage = Some(st);
-                bar.reset();
-                bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
-            }
-            if let Some(l) = log.as_mut() {
-                l.update(d, t, unit);
-            }
-            bar.set_length(t);
-            bar.set_position(d);
-        });
-        bar.finish_and_clear();
-        let s = s?;
+        let s = with_progress(|p| lowbit::quantize::run(&input, output, &job, p))?;
         println!("{}", output.display());
-        print_summary(&s, &args.ty, false);
+        print_summary(&s, &what, false);
         s
     };
+    if let (Some(path), Some(recipe)) = (&args.save_recipe, &summary.recipe) {
+        lowbit::atomic::write_atomic(path, recipe.to_text().as_bytes())?;
+        println!("recipe written to {}", path.display());
+    }
     if let Some(path) = args.report {
         let json = serde_json::to_string_pretty(&summary)?;
         lowbit::atomic::write_atomic(&path, json.as_bytes())?;
     }
     Ok(())
+}
+
+/// Runs `work` with a progress bar per stage (and log lines when not on a terminal).
+fn with_progress<T>(work: impl FnOnce(&mut dyn FnMut(Stage, u64, u64)) -> lowbit::Result<T>) -> lowbit::Result<T> {
+    let bar = ProgressBar::new(0);
+    let mut stage = None;
+    let mut log: Option<crate::LogProgress> = None;
+    let r = work(&mut |st, d, t| {
+        let (label, unit, template) = stage_display(st);
+        if stage != Some(st) {
+            if st == Stage::Sequential && d > 0 {
+                bar.suspend(|| {
+                    eprintln!("lowbit: resuming: {d} of {t} blocks were finished by an interrupted run of this command")
+                });
+            }
+            log = Some(crate::LogProgress::new(label));
+            stage = Some(st);
+            bar.reset();
+            bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+        }
+        if let Some(l) = log.as_mut() {
+            l.update(d, t, unit);
+        }
+        bar.set_length(t);
+        bar.set_position(d);
+    });
+    bar.finish_and_clear();
+    r
 }
 
 /// Each stage's label, the unit its progress counts and its progress bar.
@@ -312,6 +384,9 @@ fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
         }
         Stage::Sequential => {
             ("sequential gptq", "blocks", "sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}")
+        }
+        Stage::Sensitivity => {
+            ("sensitivity", "tensors", "sensitivity [{bar:30}] {pos}/{len} tensors, {elapsed} elapsed, ETA {eta}")
         }
         Stage::Quantize => {
             ("quantize", "weights", "quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}")

@@ -12,6 +12,7 @@
 // SAFETY note.
 #![deny(unsafe_code)]
 
+pub mod allocate;
 pub mod atomic;
 pub mod bench;
 pub mod calibrate;

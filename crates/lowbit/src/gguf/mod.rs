@@ -11,7 +11,7 @@ pub use metadata::{Value, ValueType};
 pub use native::{codebook_of, is_codebook, native_key, tensor_specs};
 pub(crate) use reader::{permute_heads, Transform};
 pub use reader::{GgufFile, TensorInfo, TensorType};
-pub use writer::{GgufWriter, TensorSpec};
+pub use writer::{metadata_bytes, GgufWriter, TensorSpec};
 
 /// The four magic bytes at the start of every GGUF file.
 pub const MAGIC: &[u8; 4] = b"GGUF";

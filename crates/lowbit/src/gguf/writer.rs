@@ -78,6 +78,27 @@ fn write_value(w: &mut impl Write, v: &Value) -> std::io::Result<()> {
     }
 }
 
+/// Bytes `metadata` takes in a GGUF header (keys, type tags and values), for size bounds
+/// computed before a file is written.
+pub fn metadata_bytes(metadata: &[(String, Value)]) -> u64 {
+    struct Count(u64);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    for (k, v) in metadata {
+        write_string(&mut c, k).and_then(|()| write_value(&mut c, v)).expect("counting never fails");
+        c.0 += 4; // the value's type tag
+    }
+    c.0
+}
+
 impl GgufWriter {
     /// Starts writing `target` with the given metadata and tensor list. Refuses to write
     /// over `protect` (the input model) and validates every spec before touching disk.

@@ -422,6 +422,18 @@ impl super::CausalLm for Decoder {
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
         Decoder::logits(self, hidden, t)
     }
+    fn final_norm(&self, x: &mut [f32]) {
+        rms_norm(x, self.cfg.d_model, &self.out_norm, self.cfg.eps);
+    }
+    fn weight_mut(&mut self, name: &str) -> Option<&mut Weight> {
+        if name == "token_embd.weight" {
+            return Some(&mut self.tok_embd);
+        }
+        if self.output.as_ref().is_some_and(|o| o.name == name) {
+            return self.output.as_mut().map(|o| &mut o.weight);
+        }
+        self.block_linears_mut().into_iter().find(|l| l.name == name).map(|l| &mut l.weight)
+    }
     fn block_count(&self) -> usize {
         self.blocks.len()
     }

@@ -315,6 +315,12 @@ pub trait CausalLm: Send + Sync {
     fn forward_batch(&self, seqs: &mut [(&[u32], &mut decoder::KvCache)]) -> Result<Vec<f32>>;
     /// Logits for `t` rows of final hidden states.
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32>;
+    /// Applies the final norm to hidden states that came out of the last block (what
+    /// `forward_hidden` does after [`CausalLm::run_block`]'s work), ready for `logits`.
+    fn final_norm(&self, x: &mut [f32]);
+    /// The weights of tensor `name` (a block matrix, the token embedding or the output
+    /// matrix), to swap in other values (sensitivity measurement); `None` for others.
+    fn weight_mut(&mut self, name: &str) -> Option<&mut Weight>;
     /// The blocks' linear layers (not the output projection), for calibration and for
     /// swapping in quantized weights.
     fn block_linears_mut(&mut self) -> Vec<&mut Linear>;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{plan_model, plan_model_with, write_planned, QuantizeOptions, QuantizeSummary};
+use crate::allocate::{CostOptions, Recipe, SizeTarget};
 use crate::calibrate::{calibrate_files, read_texts, CalibrationStats, Hessian, Imatrix};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
@@ -54,6 +55,12 @@ pub struct QuantizeJob {
     pub sequential: bool,
     /// Method tunables.
     pub method_options: MethodOptions,
+    /// A size to allocate to ([`crate::allocate`]): every quantizable tensor's type is
+    /// chosen by measured sensitivity within it (the user's overrides stay fixed); the
+    /// mix then only names the file type.
+    pub target: Option<SizeTarget>,
+    /// How the allocation measures its costs.
+    pub cost_options: CostOptions,
 }
 
 impl QuantizeJob {
@@ -84,6 +91,8 @@ impl QuantizeJob {
             calibration: CalibrationInput::None,
             sequential: false,
             method_options: MethodOptions::default(),
+            target: None,
+            cost_options: CostOptions::default(),
         }
     }
 
@@ -103,6 +112,17 @@ impl QuantizeJob {
                      ~17): give --calib TEXT… (e.g. austen, or a path), --stats FILE or --imatrix FILE; \
                      llama-quantize refuses this too"
                 )));
+            }
+        }
+        if self.target.is_some() {
+            if !matches!(self.calibration, CalibrationInput::Texts { .. }) {
+                return Err(Error::Usage(
+                    "--size / --bpw measure every tensor's sensitivity on calibration text: give --calib TEXT… (e.g. austen)"
+                        .into(),
+                ));
+            }
+            if self.sequential {
+                return Err(Error::Usage("--size / --bpw do not combine with --sequential yet".into()));
             }
         }
         if self.sequential {
@@ -135,6 +155,8 @@ pub enum Stage {
     Calibrate,
     /// Sequential GPTQ (blocks).
     Sequential,
+    /// Measuring each tensor's sensitivity for a size target (tensors).
+    Sensitivity,
     /// Encoding and writing tensors (weights).
     Quantize,
 }
@@ -212,10 +234,72 @@ pub fn run(
     if job.sequential {
         return run_sequential(source, output, job, progress);
     }
-    let opts = resolve_checked(source, job, progress)?;
+    let (g, opts, recipe) = resolve_and_allocate(source, job, progress)?;
+    let mut plan = plan_model(&g, &opts)?;
+    plan.recipe = recipe;
+    let target = job.target.map(|t| t.bytes(plan.elements));
+    let s = write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))?;
+    if let (Some(want), Some(got)) = (target, s.file_bytes) {
+        // The budget keeps a bound on the header, so this is a bug, never a user error.
+        debug_assert!(got <= want, "allocated file of {got} bytes over the {want}-byte target");
+    }
+    Ok(s)
+}
+
+/// The plan's inputs: the opened source, the resolved options and, with a size target,
+/// the allocation (its overrides already in the options).
+pub fn plan_job(
+    source: &Path,
+    job: &QuantizeJob,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<QuantizeSummary> {
+    job.check()?;
+    let (g, opts, recipe) = resolve_and_allocate(source, job, progress)?;
+    let mut plan = plan_model(&g, &opts)?;
+    plan.recipe = recipe;
+    Ok(plan)
+}
+
+fn resolve_and_allocate(
+    source: &Path,
+    job: &QuantizeJob,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<(crate::gguf::GgufFile, QuantizeOptions, Option<Recipe>)> {
+    let mut opts = resolve_checked(source, job, progress)?;
     let g = crate::hf::open_model(source)?;
-    let plan = plan_model(&g, &opts)?;
-    write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))
+    let Some(target) = job.target else { return Ok((g, opts, None)) };
+    let CalibrationInput::Texts { paths, eval } = &job.calibration else {
+        return Err(Error::Usage("--size / --bpw need --calib".into()));
+    };
+    let text = read_texts(paths)?;
+    let importance = opts.importance.clone().unwrap_or_default();
+    let importance_key = format!("calib {} {:?} {}", eval.ctx, eval.max_chunks, text.dataset);
+    let table = crate::allocate::cost_table(
+        source,
+        &g,
+        &text,
+        &importance,
+        &importance_key,
+        &job.cost_options,
+        &mut |d, t| progress(Stage::Sensitivity, d as u64, t as u64),
+    )?;
+    let elements: u64 = g
+        .tensors
+        .iter()
+        .filter(|t| !crate::gguf::is_codebook(&g, &t.name))
+        .map(|t| t.dims.iter().product::<u64>())
+        .sum();
+    let want = target.bytes(elements);
+    let fixed = crate::allocate::fixed_bytes(&g, &table);
+    let budget = want.checked_sub(fixed).ok_or_else(|| {
+        Error::Usage(format!(
+            "a {want}-byte file cannot hold this model: the tensors that stay as they are and the header take {fixed}"
+        ))
+    })?;
+    let recipe = crate::allocate::allocate(&table, budget, &opts.overrides)?;
+    opts.mix = recipe.mix();
+    opts.overrides.extend(recipe.overrides());
+    Ok((g, opts, Some(recipe)))
 }
 
 /// Sequential GPTQ: plan once (an importance matrix will be there), quantize the blocks on

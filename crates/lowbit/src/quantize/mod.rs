@@ -10,7 +10,7 @@
 
 mod job;
 
-pub use job::{mix_for_type, resolve, run, CalibrationInput, QuantizeJob, Stage};
+pub use job::{mix_for_type, plan_job, resolve, run, CalibrationInput, QuantizeJob, Stage};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -105,6 +105,8 @@ pub struct QuantizeSummary {
     pub seconds: Option<f64>,
     /// Codebook utilisation of every VQ tensor, once quantized.
     pub codebooks: Vec<CodebookUse>,
+    /// With a size target: the allocation the plan follows.
+    pub recipe: Option<crate::allocate::Recipe>,
 }
 
 /// How much of its codebooks a VQ tensor uses (a collapse guard: entries no vector uses
@@ -218,6 +220,7 @@ fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSum
         file_bytes: None,
         seconds: None,
         codebooks: Vec::new(),
+        recipe: None,
     }
 }
 

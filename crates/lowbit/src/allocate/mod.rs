@@ -1,0 +1,530 @@
+//! Bit allocation to a size target: every quantizable tensor gets the storage type that
+//! minimises the model's predicted KL divergence from the source under a byte budget
+//! (`lowbit quantize --size 90MB` / `--bpw 3.4`), instead of a mix's fixed rules.
+//!
+//! 1. [`cost_table`]: for every tensor, its sensitivity `S_t` measured end to end
+//!    ([`sensitivity`]), and for every candidate type its bytes and importance-weighted
+//!    error (the block search on up to [`CostOptions::sample_rows`] evenly spaced rows,
+//!    scaled to the whole tensor); predicted cost = `S_t × error`. Cached under
+//!    `$LOWBIT_HOME/allocation/`, so several sizes of one model measure once.
+//! 2. [`allocate`]: the exact multiple-choice knapsack over those costs ([`knapsack`]),
+//!    within the target less the bytes of tensors that stay as they are and a bound on
+//!    the GGUF header, so the file is never larger than asked.
+//! 3. The result is a [`Recipe`]: one exact-name override per tensor, which the ordinary
+//!    plan and writer then follow (printed by `--dry-run`, written beside the output and in
+//!    the GGUF's `lowbit.quantize.overrides`, reusable with `--recipe FILE`).
+//!
+//! Candidates with `--llama-cpp` are the ggml types llama.cpp runs (and lowbit writes);
+//! this is also the default — lowbit-native and VQ candidates are not part of the search yet.
+
+pub mod knapsack;
+pub mod sensitivity;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::calibrate::CalibrationText;
+use crate::error::{Error, Result};
+use crate::eval::EvalOptions;
+use crate::format::storage::StorageType;
+use crate::format::GgmlType;
+use crate::gguf::{GgufFile, TensorType};
+use crate::plan::{allows_quantization, Mix, Override};
+use knapsack::Choice;
+use sensitivity::{round_trip, weighted_error, Reference, TensorSensitivity};
+
+/// What size the output should have.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SizeTarget {
+    /// At most this many bytes for the whole file.
+    Bytes(u64),
+    /// At most this many bits per weight over the whole file (file bits / all elements,
+    /// as llama.cpp reports a file's BPW).
+    Bpw(f64),
+}
+
+impl SizeTarget {
+    /// Parses `--size`: bytes (`94371840`) or a number with a unit (`90MB`, `85.5MiB`,
+    /// `1.2GB`, `500kB`; SI units are powers of 1000, `Ki`/`Mi`/`Gi` of 1024).
+    pub fn parse_size(text: &str) -> Result<SizeTarget> {
+        let t = text.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let value: f64 = num.parse().map_err(|_| bad_size(text))?;
+        let mult = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "kb" | "k" => 1e3,
+            "mb" | "m" => 1e6,
+            "gb" | "g" => 1e9,
+            "kib" => 1024.0,
+            "mib" => 1024.0 * 1024.0,
+            "gib" => 1024.0 * 1024.0 * 1024.0,
+            _ => return Err(bad_size(text)),
+        };
+        let bytes = value * mult;
+        if !bytes.is_finite() || bytes < 1.0 {
+            return Err(bad_size(text));
+        }
+        Ok(SizeTarget::Bytes(bytes.floor() as u64))
+    }
+
+    /// The byte budget for a model of `elements` weights in all.
+    pub fn bytes(&self, elements: u64) -> u64 {
+        match *self {
+            SizeTarget::Bytes(b) => b,
+            SizeTarget::Bpw(bpw) => (bpw * elements as f64 / 8.0).floor() as u64,
+        }
+    }
+}
+
+fn bad_size(text: &str) -> Error {
+    Error::Usage(format!("--size '{text}': expected bytes or a number with a unit, e.g. 94371840, 90MB, 85.5MiB"))
+}
+
+/// The layer number in `blk.N.…`, if any.
+pub(crate) fn layer_of(name: &str) -> Option<usize> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
+/// ggml types llama.cpp runs that allocation chooses among (lowbit writes all of them).
+/// The 1-bit i-quants are left out: below IQ2_XXS the damage is larger than any byte
+/// saving buys back at the sizes llama.cpp's mixes cover.
+const LLAMA_CPP_TYPES: &[GgmlType] = &[
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::Q2_K,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::Q3_K,
+    GgmlType::IQ4_XS,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::IQ4_NL,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+];
+
+/// The candidate types for a tensor whose rows have `ncols` values.
+pub fn candidates(ncols: u64) -> Vec<StorageType> {
+    LLAMA_CPP_TYPES
+        .iter()
+        .filter(|t| ncols.is_multiple_of(t.block_size() as u64))
+        .map(|&t| StorageType::Ggml(t))
+        .filter(StorageType::can_encode)
+        .collect()
+}
+
+/// The probe type for a tensor: the candidate nearest 3.5 bits per weight.
+fn probe_type(cands: &[StorageType]) -> StorageType {
+    let bpw = |t: &StorageType| match t {
+        StorageType::Ggml(g) => g.bits_per_weight(),
+        _ => 16.0,
+    };
+    *cands.iter().min_by(|a, b| (bpw(a) - 3.5).abs().total_cmp(&(bpw(b) - 3.5).abs())).expect("Q8_0 always fits")
+}
+
+/// One candidate type of one tensor.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CandidateCost {
+    /// The type's name.
+    pub ty: String,
+    /// Bytes the tensor takes in it.
+    pub bytes: u64,
+    /// Importance-weighted squared error (estimated from the sampled rows).
+    pub error: f64,
+}
+
+/// Everything allocation knows about one tensor.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TensorCosts {
+    /// GGUF name.
+    pub name: String,
+    /// Dimensions, innermost first.
+    pub dims: Vec<u64>,
+    /// Its measured sensitivity.
+    pub sensitivity: TensorSensitivity,
+    /// Its candidate types.
+    pub candidates: Vec<CandidateCost>,
+}
+
+impl TensorCosts {
+    /// Predicted KL divergence (nats per token) of candidate `k`.
+    pub fn predicted(&self, k: usize) -> f64 {
+        self.sensitivity.scale() * self.candidates[k].error
+    }
+}
+
+/// The measured costs of every quantizable tensor of one source model.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CostTable {
+    /// What the table was measured for (source, text, settings), hashed.
+    pub key: String,
+    /// Calibration tokens run per sensitivity measurement.
+    pub tokens: usize,
+    /// Rows whose distributions were compared.
+    pub scored_rows: usize,
+    /// Per tensor.
+    pub tensors: Vec<TensorCosts>,
+}
+
+/// How the costs are measured.
+#[derive(Clone, Copy, Debug)]
+pub struct CostOptions {
+    /// Chunks of the calibration text for the sensitivity passes.
+    pub chunks: usize,
+    /// Tokens per chunk.
+    pub ctx: usize,
+    /// Rows of a tensor each candidate's error is estimated on (evenly spaced; all rows of
+    /// a smaller tensor); the error is scaled by rows / sampled rows.
+    pub sample_rows: usize,
+}
+
+impl Default for CostOptions {
+    /// Two chunks of 512 tokens: 211 forward passes of 1,024 tokens take about 2 minutes
+    /// for SmolLM2-135M on 2 cores. 256 rows per candidate error keep 17 candidate encodes
+    /// of every tensor under a minute.
+    fn default() -> Self {
+        CostOptions { chunks: 2, ctx: 512, sample_rows: 256 }
+    }
+}
+
+fn cache_path(key: &str) -> PathBuf {
+    crate::zoo::home().join("allocation").join(format!("{key}.json"))
+}
+
+fn table_key(source: &Path, text: &CalibrationText, importance_key: &str, opts: &CostOptions) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION"));
+    h.update(crate::eval::file_identity(source));
+    h.update(text.text.as_bytes());
+    h.update(importance_key);
+    h.update(format!("{} {} {} {:?}", opts.chunks, opts.ctx, opts.sample_rows, LLAMA_CPP_TYPES));
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Measures (or reads from the cache) the cost table of `g` (opened from `source`):
+/// sensitivities on `text`, candidate errors weighted by `importance`.
+/// `importance_key` names where the importances came from (part of the cache key).
+/// `progress(done, total)` counts tensors.
+pub fn cost_table(
+    source: &Path,
+    g: &GgufFile,
+    text: &CalibrationText,
+    importance: &HashMap<String, Vec<f32>>,
+    importance_key: &str,
+    opts: &CostOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<CostTable> {
+    let key = table_key(source, text, importance_key, opts);
+    let path = cache_path(&key);
+    if let Some(t) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<CostTable>(&b).ok()) {
+        if t.key == key {
+            return Ok(t);
+        }
+    }
+    let mut lm = crate::model::load_lm_from(g, crate::model::LoadOptions::default())?;
+    let eval = EvalOptions { ctx: opts.ctx, max_chunks: Some(opts.chunks.max(1)), ..Default::default() };
+    let chunks = crate::calibrate::calibration_chunks(&lm, &text.text, &eval)?;
+    let reference = Reference::new(&lm, chunks)?;
+    let mut probes = Vec::new();
+    let mut entries = Vec::new();
+    for t in &g.tensors {
+        if !allows_quantization(&t.name, &t.dims) || t.dims.len() != 2 || lm.model.weight_mut(&t.name).is_none() {
+            continue;
+        }
+        if !matches!(t.ty, TensorType::Known(_)) {
+            continue;
+        }
+        let cands = candidates(t.dims[0]);
+        probes.push((t.name.clone(), probe_type(&cands)));
+        entries.push((t.name.clone(), t.dims.clone(), cands));
+    }
+    let sens = sensitivity::measure(&mut lm, &reference, &probes, importance, progress)?;
+    drop(lm);
+    let mut tensors = Vec::with_capacity(entries.len());
+    for ((name, dims, cands), s) in entries.into_iter().zip(sens) {
+        crate::interrupt::check()?;
+        let cols = dims[0] as usize;
+        let values = g.dequantize(&name)?;
+        let rows = values.len() / cols;
+        let step = rows.div_ceil(opts.sample_rows.max(1)).max(1);
+        let sample: Vec<f32> =
+            (0..rows).step_by(step).flat_map(|r| values[r * cols..(r + 1) * cols].to_vec()).collect();
+        let scale = rows as f64 / (sample.len() / cols) as f64;
+        let imp = importance.get(&name).map(Vec::as_slice);
+        let mut costs = Vec::with_capacity(cands.len());
+        for ty in cands {
+            let bytes = ty.tensor_bytes(&dims).expect("candidates fit the rows");
+            let back = round_trip(ty, &sample, cols, imp).map_err(|e| Error::tensor(source, &name, e.to_string()))?;
+            costs.push(CandidateCost {
+                ty: ty.to_string(),
+                bytes,
+                error: scale * weighted_error(&sample, &back, cols, imp),
+            });
+        }
+        g.release(&name);
+        tensors.push(TensorCosts { name, dims, sensitivity: s, candidates: costs });
+    }
+    let table = CostTable { key, tokens: reference.tokens(), scored_rows: reference.scored_rows(), tensors };
+    if let Some(dir) = path.parent() {
+        // The cache is an optimisation: a read-only home only costs a re-measurement.
+        let _ = std::fs::create_dir_all(dir);
+        let _ = crate::atomic::write_atomic(&path, &serde_json::to_vec(&table).expect("serializable"));
+    }
+    Ok(table)
+}
+
+/// One tensor's allocated type.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RecipeEntry {
+    /// GGUF name.
+    pub name: String,
+    /// The chosen type.
+    pub ty: StorageType,
+    /// Its bytes.
+    pub bytes: u64,
+    /// Its predicted KL divergence contribution.
+    pub predicted_kld: f64,
+}
+
+/// An allocation: a type per tensor, and what it is predicted to cost.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Recipe {
+    /// Per allocated tensor, in file order.
+    pub entries: Vec<RecipeEntry>,
+    /// The byte budget the tensors were allocated within.
+    pub budget: u64,
+    /// Σ predicted KL divergence (nats per token; additive first-order estimate).
+    pub predicted_kld: f64,
+}
+
+impl Recipe {
+    /// One exact-name override per tensor (what the plan follows).
+    pub fn overrides(&self) -> Vec<Override> {
+        self.entries
+            .iter()
+            .map(|e| Override::parse(&format!("^{}$={}", regex::escape(&e.name), e.ty)).expect("a valid override"))
+            .collect()
+    }
+
+    /// The mix recorded as the file type ([`dominant_mix`] by bytes).
+    pub fn mix(&self) -> Mix {
+        dominant_mix(self.entries.iter().map(|e| (e.ty, e.bytes)))
+    }
+
+    /// The recipe as text: one `NAME=TYPE` line per tensor (what `--recipe` reads), with a
+    /// comment header.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "# lowbit allocation: {} tensors, {} bytes of {} budgeted, predicted KLD {:.5}\n",
+            self.entries.len(),
+            self.entries.iter().map(|e| e.bytes).sum::<u64>(),
+            self.budget,
+            self.predicted_kld
+        );
+        for e in &self.entries {
+            s.push_str(&format!("{}={}\n", e.name, e.ty));
+        }
+        s
+    }
+}
+
+/// The mix whose default type holds the largest weight among `(type, weight)` pairs
+/// (the file type an allocation records; llama.cpp only displays it). Q8_0 when none.
+pub fn dominant_mix(types: impl Iterator<Item = (StorageType, u64)>) -> Mix {
+    let mut by_type: HashMap<GgmlType, u64> = HashMap::new();
+    for (ty, w) in types {
+        if let StorageType::Ggml(g) = ty {
+            *by_type.entry(g).or_default() += w;
+        }
+    }
+    let mut ranked: Vec<(GgmlType, u64)> = by_type.into_iter().collect();
+    ranked.sort_by_key(|&(t, b)| (std::cmp::Reverse(b), t.to_string()));
+    ranked
+        .iter()
+        .find_map(|(t, _)| crate::plan::MIXES.iter().find(|m| m.default == *t))
+        .copied()
+        .unwrap_or_else(|| Mix::from_name("Q8_0").expect("Q8_0 is a mix"))
+}
+
+/// Reads a recipe file (`NAME=TYPE` lines, `#` comments) as exact-name overrides.
+pub fn read_recipe(path: &Path) -> Result<Vec<Override>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, ty) = line
+            .rsplit_once('=')
+            .ok_or_else(|| Error::format(path, format!("line {}: expected NAME=TYPE, got '{line}'", i + 1)))?;
+        let o = Override::parse(&format!("^{}$={}", regex::escape(name.trim()), ty.trim()))
+            .map_err(|e| Error::format(path, format!("line {}: {e}", i + 1)))?;
+        out.push(o);
+    }
+    if out.is_empty() {
+        return Err(Error::format(path, "the recipe names no tensor"));
+    }
+    Ok(out)
+}
+
+/// Allocates `table`'s tensors within `budget` bytes (the tensors' own bytes). Tensors
+/// in `fixed` (an override the user gave) keep that type and count against the budget.
+pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override]) -> Result<Recipe> {
+    let mut items = Vec::with_capacity(table.tensors.len());
+    let mut kinds: Vec<Vec<StorageType>> = Vec::with_capacity(table.tensors.len());
+    for t in &table.tensors {
+        let mut options = Vec::new();
+        let mut types = Vec::new();
+        let forced = fixed.iter().find(|o| o.pattern.is_match(&t.name)).map(|o| o.ty);
+        if let Some(ty) = forced {
+            let bytes = ty.tensor_bytes(&t.dims).ok_or_else(|| {
+                Error::Usage(format!("override {ty} for '{}': its rows are not whole {ty} blocks", t.name))
+            })?;
+            let k = t.candidates.iter().position(|c| c.ty == ty.to_string());
+            options.push(Choice { bytes, cost: k.map_or(0.0, |k| t.predicted(k)) });
+            types.push(ty);
+        } else {
+            for (k, c) in t.candidates.iter().enumerate() {
+                let ty = StorageType::from_name(&c.ty)
+                    .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", c.ty)))?;
+                options.push(Choice { bytes: c.bytes, cost: t.predicted(k) });
+                types.push(ty);
+            }
+        }
+        items.push(options);
+        kinds.push(types);
+    }
+    let smallest: u64 = items.iter().map(|o| o.iter().map(|c| c.bytes).min().unwrap_or(0)).sum();
+    let choice = knapsack::solve(&items, budget).ok_or_else(|| {
+        Error::Usage(format!(
+            "the size target leaves {budget} bytes for the quantized tensors, but even the smallest types need {smallest}"
+        ))
+    })?;
+    let entries: Vec<RecipeEntry> = table
+        .tensors
+        .iter()
+        .zip(&choice)
+        .enumerate()
+        .map(|(i, (t, &k))| RecipeEntry {
+            name: t.name.clone(),
+            ty: kinds[i][k],
+            bytes: items[i][k].bytes,
+            predicted_kld: items[i][k].cost,
+        })
+        .collect();
+    let predicted_kld = entries.iter().map(|e| e.predicted_kld).sum();
+    Ok(Recipe { entries, budget, predicted_kld })
+}
+
+/// Bytes the output file spends outside the allocated tensors: every other tensor as
+/// planned (kept as it is), and an upper bound on the GGUF header — the source's metadata,
+/// the recipe's overrides, every tensor's info and its alignment padding.
+pub fn fixed_bytes(g: &GgufFile, table: &CostTable) -> u64 {
+    let allocated: std::collections::HashSet<&str> = table.tensors.iter().map(|t| t.name.as_str()).collect();
+    let kept: u64 = g
+        .tensors
+        .iter()
+        .filter(|t| !allocated.contains(t.name.as_str()))
+        .map(|t| match t.ty {
+            TensorType::Known(st) => st.tensor_bytes(&t.dims).unwrap_or(0),
+            TensorType::Unknown(_) => 0,
+        })
+        .sum();
+    let metadata = crate::gguf::metadata_bytes(&g.metadata);
+    // Each override is `^NAME$=TYPE` (escaped dots double the name at worst) plus its
+    // 8-byte length; lowbit's own keys and the header fields take well under 1 KiB.
+    let overrides: u64 = table.tensors.iter().map(|t| 2 * t.name.len() as u64 + 3 + 8 + 8).sum();
+    let infos: u64 = g.tensors.iter().map(|t| 8 + t.name.len() as u64 + 4 + 8 * t.dims.len() as u64 + 4 + 8).sum();
+    let alignment = 64 * (g.tensors.len() as u64 + 1);
+    kept + metadata + overrides + infos + alignment + 1024
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        let b = |s: &str| match SizeTarget::parse_size(s).unwrap() {
+            SizeTarget::Bytes(b) => b,
+            SizeTarget::Bpw(_) => unreachable!(),
+        };
+        assert_eq!(b("94371840"), 94_371_840);
+        assert_eq!(b("90MB"), 90_000_000);
+        assert_eq!(b("85.5MiB"), (85.5 * 1024.0 * 1024.0) as u64);
+        assert_eq!(b(" 1.2 GB "), 1_200_000_000);
+        assert_eq!(b("500kB"), 500_000);
+        for bad in ["", "MB", "-3MB", "12 parsecs", "1e9", "0", "0.4"] {
+            assert!(SizeTarget::parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(SizeTarget::Bpw(4.0).bytes(1000), 500);
+    }
+
+    fn table() -> CostTable {
+        let t = |name: &str, scale: f64| TensorCosts {
+            name: name.into(),
+            dims: vec![256, 8],
+            sensitivity: TensorSensitivity {
+                name: name.into(),
+                probe: "Q3_K".into(),
+                probe_error: 1.0,
+                probe_kld: scale,
+            },
+            candidates: [("Q2_K", 0.2), ("Q3_K", 0.1), ("Q4_K", 0.05), ("Q8_0", 0.001)]
+                .iter()
+                .map(|&(ty, error)| CandidateCost {
+                    ty: ty.into(),
+                    bytes: StorageType::from_name(ty).unwrap().tensor_bytes(&[256, 8]).unwrap(),
+                    error,
+                })
+                .collect(),
+        };
+        CostTable { key: "k".into(), tokens: 0, scored_rows: 0, tensors: vec![t("a", 10.0), t("b", 1.0), t("c", 0.1)] }
+    }
+
+    #[test]
+    fn more_bytes_never_predict_more_damage_and_sensitive_tensors_get_more_bits() {
+        let table = table();
+        let mut last = f64::INFINITY;
+        for budget in (1_000..=9_000).step_by(250) {
+            let Ok(r) = allocate(&table, budget, &[]) else { continue };
+            assert!(r.entries.iter().map(|e| e.bytes).sum::<u64>() <= budget);
+            assert!(r.predicted_kld <= last + 1e-12, "budget {budget}");
+            last = r.predicted_kld;
+            let bits = |n: &str| r.entries.iter().find(|e| e.name == n).unwrap().bytes;
+            assert!(bits("a") >= bits("b") && bits("b") >= bits("c"), "budget {budget}: {r:?}");
+        }
+        assert!(allocate(&table, 100, &[]).is_err());
+        // A user's override is kept and counted.
+        let fixed = [Override::parse("^b$=Q8_0").unwrap()];
+        let r = allocate(&table, 4_000, &fixed).unwrap();
+        assert_eq!(r.entries[1].ty, StorageType::from_name("Q8_0").unwrap());
+    }
+
+    #[test]
+    fn recipes_round_trip_through_text() {
+        let r = allocate(&table(), 5_000, &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.txt");
+        std::fs::write(&path, r.to_text()).unwrap();
+        let back = read_recipe(&path).unwrap();
+        assert_eq!(back.len(), 3);
+        for (o, e) in back.iter().zip(&r.entries) {
+            assert!(o.pattern.is_match(&e.name) && o.ty == e.ty);
+        }
+        // Exact names: `a` does not match `ab`.
+        assert!(!back[0].pattern.is_match("ab"));
+        std::fs::write(&path, "# nothing\n").unwrap();
+        assert!(read_recipe(&path).is_err());
+        std::fs::write(&path, "a=Q9_K\n").unwrap();
+        assert!(read_recipe(&path).is_err());
+    }
+}
