@@ -14,6 +14,7 @@ mod eval_tasks_cmd;
 mod inspect_cmd;
 mod quantize_cmd;
 mod run_cmd;
+mod sensitivity_cmd;
 mod sweep_cmd;
 
 /// lowbit: make neural networks small with low-bit quantization, and measure the cost.
@@ -50,6 +51,9 @@ enum Command {
     Calibrate(calibrate_cmd::CalibrateArgs),
     /// Quantize a model into a GGUF that llama.cpp loads (named mixes as llama-quantize).
     Quantize(quantize_cmd::QuantizeArgs),
+    /// Every tensor's measured sensitivity and its candidate types' predicted cost (what
+    /// `quantize --size` allocates with); `--validate N` checks them against real swaps.
+    Sensitivity(sensitivity_cmd::SensitivityArgs),
     /// Quantize at several settings, evaluate each against the source, and write the
     /// degradation report (table, JSON, Pareto and per-tensor plots). Resumable.
     Sweep(sweep_cmd::SweepArgs),
@@ -143,6 +147,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench_cmd::run(args)?,
         Command::Quantize(args) => quantize_cmd::run(args)?,
         Command::Sweep(args) => sweep_cmd::run(args)?,
+        Command::Sensitivity(args) => sensitivity_cmd::run(args)?,
         Command::Calibrate(args) => calibrate_cmd::run(args)?,
         Command::Dequantize { model, output, r#type, hf: true, max_shard_bytes } => {
             use lowbit::safetensors::StDtype;

@@ -349,7 +349,9 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
 }
 
 /// Runs `work` with a progress bar per stage (and log lines when not on a terminal).
-fn with_progress<T>(work: impl FnOnce(&mut dyn FnMut(Stage, u64, u64)) -> lowbit::Result<T>) -> lowbit::Result<T> {
+pub(crate) fn with_progress<T>(
+    work: impl FnOnce(&mut dyn FnMut(Stage, u64, u64)) -> lowbit::Result<T>,
+) -> lowbit::Result<T> {
     let bar = ProgressBar::new(0);
     let mut stage = None;
     let mut log: Option<crate::LogProgress> = None;

@@ -52,6 +52,28 @@ fn damaged_copied_tensors_are_refused() {
     assert_eq!(files(dir.path()), vec!["src.gguf"]);
 }
 
+/// A size target without calibration text, a size that is not a size, or a size the
+/// model cannot fit are refused before any work, and nothing is written.
+#[test]
+fn size_targets_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path(), None);
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, "some text ".repeat(50)).unwrap();
+    let out = dir.path().join("out.gguf");
+    let quantize = |extra: &[&str]| {
+        lowbit().args(["quantize", "--model"]).arg(&src).args(extra).arg("-o").arg(&out).output().unwrap()
+    };
+    assert_fails(&quantize(&["--size", "1MB"]), &["--calib"]);
+    assert_fails(&quantize(&["--size", "12 parsecs"]), &["--size", "12 parsecs", "90MB"]);
+    assert_fails(&quantize(&["--bpw=0"]), &["--bpw"]);
+    assert_fails(&quantize(&["--type", "Q8_0", "--save-recipe", "r.txt"]), &["--save-recipe"]);
+    std::fs::write(dir.path().join("bad.recipe"), "blk.0.attn_q.weight Q4_K\n").unwrap();
+    let bad = dir.path().join("bad.recipe");
+    assert_fails(&quantize(&["--recipe", bad.to_str().unwrap()]), &["bad.recipe", "line 1", "NAME=TYPE"]);
+    assert_eq!(files(dir.path()), vec!["bad.recipe", "src.gguf", "t.txt"]);
+}
+
 /// Typos and near-misses get a pointed message.
 #[test]
 fn type_typos_get_suggestions() {

@@ -268,21 +268,7 @@ fn resolve_and_allocate(
     let mut opts = resolve_checked(source, job, progress)?;
     let g = crate::hf::open_model(source)?;
     let Some(target) = job.target else { return Ok((g, opts, None)) };
-    let CalibrationInput::Texts { paths, eval } = &job.calibration else {
-        return Err(Error::Usage("--size / --bpw need --calib".into()));
-    };
-    let text = read_texts(paths)?;
-    let importance = opts.importance.clone().unwrap_or_default();
-    let importance_key = format!("calib {} {:?} {}", eval.ctx, eval.max_chunks, text.dataset);
-    let table = crate::allocate::cost_table(
-        source,
-        &g,
-        &text,
-        &importance,
-        &importance_key,
-        &job.cost_options,
-        &mut |d, t| progress(Stage::Sensitivity, d as u64, t as u64),
-    )?;
+    let table = measure_costs(source, &g, job, &opts, progress)?;
     let elements: u64 = g
         .tensors
         .iter()
@@ -300,6 +286,51 @@ fn resolve_and_allocate(
     opts.mix = recipe.mix();
     opts.overrides.extend(recipe.overrides());
     Ok((g, opts, Some(recipe)))
+}
+
+/// The allocation's cost table for `job`'s calibration texts (cached: see
+/// [`crate::allocate::cost_table`]), with the importances `opts` resolved.
+fn measure_costs(
+    source: &Path,
+    g: &crate::gguf::GgufFile,
+    job: &QuantizeJob,
+    opts: &QuantizeOptions,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<crate::allocate::CostTable> {
+    let CalibrationInput::Texts { paths, eval } = &job.calibration else {
+        return Err(Error::Usage("measuring sensitivities needs calibration texts (--calib)".into()));
+    };
+    let text = read_texts(paths)?;
+    let importance = opts.importance.clone().unwrap_or_default();
+    let importance_key = format!("calib {} {:?} {}", eval.ctx, eval.max_chunks, text.dataset);
+    crate::allocate::cost_table(source, g, &text, &importance, &importance_key, &job.cost_options, &mut |d, t| {
+        progress(Stage::Sensitivity, d as u64, t as u64)
+    })
+}
+
+/// The cost table alone (for `lowbit sensitivity`), and `validate` real swaps checked
+/// against it (none with 0). The job needs calibration texts.
+pub fn sensitivities(
+    source: &Path,
+    job: &QuantizeJob,
+    validate: usize,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<(crate::allocate::CostTable, Option<crate::allocate::Validation>)> {
+    // Only importances are needed, not Hessians.
+    let light = QuantizeJob { method: Some(Method::Search), ..job.clone() };
+    let opts = resolve_checked(source, &light, progress)?;
+    let g = crate::hf::open_model(source)?;
+    let table = measure_costs(source, &g, job, &opts, progress)?;
+    if validate == 0 {
+        return Ok((table, None));
+    }
+    let CalibrationInput::Texts { paths, .. } = &job.calibration else { unreachable!("measure_costs checked") };
+    let text = read_texts(paths)?;
+    let importance = opts.importance.clone().unwrap_or_default();
+    let v = crate::allocate::validate(&g, &table, &text, &importance, &job.cost_options, validate, &mut |d, t| {
+        progress(Stage::Sensitivity, d as u64, t as u64)
+    })?;
+    Ok((table, Some(v)))
 }
 
 /// Sequential GPTQ: plan once (an importance matrix will be there), quantize the blocks on

@@ -10,7 +10,7 @@
 
 mod job;
 
-pub use job::{mix_for_type, plan_job, resolve, run, CalibrationInput, QuantizeJob, Stage};
+pub use job::{mix_for_type, plan_job, resolve, run, sensitivities, CalibrationInput, QuantizeJob, Stage};
 
 use std::collections::HashMap;
 use std::path::Path;
