@@ -30,7 +30,7 @@ row() { # mix tool file seconds predicted
   python3 -c "
 import json,sys,os
 r=json.loads(sys.argv[1]); k=r['kld']
-print('\t'.join(map(str,['$model','$1','$2',os.path.getsize('$3'),round($4,1),round(r['ppl'],4),round(k['mean'],6),round(k['p99'],5),round(100*k['top1_agreement'],3),'$5'])))" "$j"
+print('\t'.join(map(str,['$model','$1','$2',os.path.getsize('$3'),round($4,1),round(r['ppl'],4),round(k['mean'],6),round(k['percentiles']['p99'],5),round(100*k['top1_agreement'],3),'$5'])))" "$j"
 }
 for m in "${mixes[@]}"; do
   f="$out/$model-llama-$m.gguf"

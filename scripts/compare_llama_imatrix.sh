@@ -35,7 +35,7 @@ row() { # type tool file seconds
   python3 -c "
 import json,sys,os
 r=json.loads(sys.argv[1]); k=r['kld']
-print('\t'.join(map(str,['$model','$1','$2',os.path.getsize('$3'),round($4,2),round(r['ppl'],4),round(k['mean'],6),round(k['p99'],5),round(100*k['top1_agreement'],3)])))" "$j"
+print('\t'.join(map(str,['$model','$1','$2',os.path.getsize('$3'),round($4,2),round(r['ppl'],4),round(k['mean'],6),round(k['percentiles']['p99'],5),round(100*k['top1_agreement'],3)])))" "$j"
   rm -f "$3"
 }
 for t in "${types[@]}"; do

@@ -16,7 +16,9 @@ pub struct SweepArgs {
     model: String,
     /// Settings, comma-separated: anything `lowbit quantize --type` takes (llama-quantize
     /// mixes, native formats, VQ formats), each optionally `:rtn`, `:search` (default) or
-    /// `:gptq` (needs --calib), e.g. `Q4_K_M,Q4_K_M:rtn,Q4_K_M:gptq,int4_g64,vq4x256+128`.
+    /// `:gptq` (needs --calib), e.g. `Q4_K_M,Q4_K_M:rtn,Q4_K_M:gptq,int4_g64,vq4x256+128`;
+    /// or a size target allocated by measured sensitivity (needs --calib), `size:90MB`,
+    /// `bpw:3.4`, optionally with `:gptq`.
     #[arg(long, value_delimiter = ',', default_value = "Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K")]
     types: Vec<String>,
     /// Evaluation text: a path, or a bundled text by name (wikitext-2-valid; see `lowbit data`).

@@ -35,16 +35,37 @@ pub use report::{markdown as report_markdown, write_report, InputFile, SweepRepo
 #[derive(Clone, Debug, PartialEq)]
 pub struct Setting {
     /// The type as given (`Q4_K_M`, `int4_g64`, `vq4x256+128`, …), as `lowbit quantize
-    /// --type` takes it.
+    /// --type` takes it; for a size target, `size:90MB` or `bpw:3.4`.
     pub ty: String,
     /// How tensors are quantized (`search` unless the setting names another; `gptq` needs
     /// the sweep's calibration texts).
     pub method: Method,
+    /// A size to allocate to (`size:90MB`, `bpw:3.4`; needs the sweep's calibration texts).
+    pub target: Option<crate::allocate::SizeTarget>,
 }
 
 impl Setting {
-    /// Parses `TYPE` or `TYPE:METHOD` (e.g. `Q4_K_M:rtn`, `Q4_K_M:gptq`).
+    /// Parses `TYPE` or `TYPE:METHOD` (e.g. `Q4_K_M:rtn`, `Q4_K_M:gptq`), or a size
+    /// target `size:SIZE[:METHOD]` / `bpw:BITS[:METHOD]` (e.g. `size:90MB:gptq`).
     pub fn parse(text: &str) -> Result<Setting> {
+        for (prefix, is_size) in [("size:", true), ("bpw:", false)] {
+            let Some(rest) = text.strip_prefix(prefix) else { continue };
+            let (value, method) = rest.split_once(':').unwrap_or((rest, "search"));
+            let method = Method::from_name(method).ok_or_else(|| {
+                Error::Usage(format!("setting '{text}': unknown method '{method}' (search, rtn, gptq)"))
+            })?;
+            let target = if is_size {
+                crate::allocate::SizeTarget::parse_size(value)
+                    .map_err(|e| Error::Usage(format!("setting '{text}': {e}")))?
+            } else {
+                match value.parse::<f64>() {
+                    Ok(b) if b.is_finite() && b > 0.0 && b <= 32.0 => crate::allocate::SizeTarget::Bpw(b),
+                    _ => return Err(Error::Usage(format!("setting '{text}': bits per weight between 0 and 32"))),
+                }
+            };
+            let ty = format!("{}{value}", prefix);
+            return Ok(Setting { ty, method, target: Some(target) });
+        }
         let (ty, method) = match text.split_once(':') {
             Some((t, m)) => (
                 t,
@@ -59,27 +80,47 @@ impl Setting {
                 "setting '{text}': unknown type '{ty}' (a llama-quantize mix such as Q4_K_M, a native format such as int4_g64, or a VQ format such as vq4x256+128)"
             )));
         }
-        Ok(Setting { ty: ty.to_string(), method })
+        Ok(Setting { ty: ty.to_string(), method, target: None })
     }
 
-    /// The file-safe name of the setting (`Q4_K_M`, `Q4_K_M-rtn`).
+    /// The file-safe name of the setting (`Q4_K_M`, `Q4_K_M-rtn`, `size-90MB`).
     pub fn name(&self) -> String {
+        let ty = self.ty.replace(':', "-");
         match self.method {
-            Method::Search => self.ty.clone(),
-            m => format!("{}-{}", self.ty, m.name()),
+            Method::Search => ty,
+            m => format!("{ty}-{}", m.name()),
         }
     }
 
     /// The quantization job this setting means, without calibration.
     pub fn job(&self) -> Result<QuantizeJob> {
+        if let Some(target) = self.target {
+            let q8 = crate::plan::Mix::from_name("Q8_0").expect("Q8_0 is a mix");
+            return Ok(QuantizeJob { method: Some(self.method), target: Some(target), ..QuantizeJob::new(q8, vec![]) });
+        }
         let (mix, overrides) =
             mix_for_type(&self.ty).ok_or_else(|| Error::Usage(format!("unknown type '{}'", self.ty)))?;
         Ok(QuantizeJob { method: Some(self.method), ..QuantizeJob::new(mix, overrides) })
     }
 
-    /// The job in a sweep writing to `dir`, calibrated when `calibrated` (the sweep saves
-    /// `imatrix.gguf`, and for GPTQ settings `stats.safetensors`, there), checked.
-    fn sweep_job(&self, dir: &Path, calibrated: bool) -> Result<QuantizeJob> {
+    /// The job in a sweep writing to `dir` with calibration texts `calib` (`calib_chunks`
+    /// chunks of 512; the sweep saves `imatrix.gguf`, and for GPTQ settings
+    /// `stats.safetensors`, there; a size target measures on the texts), checked.
+    fn sweep_job(&self, dir: &Path, calib: &[PathBuf], calib_chunks: usize) -> Result<QuantizeJob> {
+        let calibrated = !calib.is_empty();
+        if self.target.is_some() {
+            if !calibrated {
+                return Err(Error::Usage(format!(
+                    "setting '{}': a size target measures sensitivities on calibration texts (--calib)",
+                    self.name()
+                )));
+            }
+            let eval = EvalOptions { ctx: 512, max_chunks: Some(calib_chunks), ..Default::default() };
+            let calibration = CalibrationInput::Texts { paths: calib.to_vec(), eval };
+            let job = QuantizeJob { calibration, ..self.job()? };
+            job.check().map_err(|e| Error::Usage(format!("setting '{}': {e}", self.name())))?;
+            return Ok(job);
+        }
         let calibration = match (calibrated, self.method) {
             (false, Method::Gptq) => {
                 return Err(Error::Usage(format!("setting '{}': gptq needs calibration texts (--calib)", self.name())))
@@ -332,7 +373,8 @@ pub fn run_sweep(
         return Err(Error::Usage("nothing to sweep: give at least one setting or --compare file".into()));
     }
     // Every setting's job is checked before any work (e.g. IQ2_XXS without --calib).
-    let jobs = opts.settings.iter().map(|s| s.sweep_job(dir, !opts.calib.is_empty())).collect::<Result<Vec<_>>>()?;
+    let jobs =
+        opts.settings.iter().map(|s| s.sweep_job(dir, &opts.calib, opts.calib_chunks)).collect::<Result<Vec<_>>>()?;
     let mut names: Vec<String> = opts.settings.iter().map(Setting::name).collect();
     names.sort();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -520,6 +562,20 @@ pub fn run_sweep(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_settings_parse_and_need_calibration() {
+        let s = Setting::parse("size:90MB:gptq").unwrap();
+        assert_eq!(s.target, Some(crate::allocate::SizeTarget::Bytes(90_000_000)));
+        assert_eq!((s.method, s.name().as_str()), (Method::Gptq, "size-90MB-gptq"));
+        let b = Setting::parse("bpw:3.4").unwrap();
+        assert_eq!((b.target, b.name().as_str()), (Some(crate::allocate::SizeTarget::Bpw(3.4)), "bpw-3.4"));
+        assert!(Setting::parse("size:lots").is_err() && Setting::parse("bpw:0").is_err());
+        let dir = std::path::Path::new("unused");
+        assert!(s.sweep_job(dir, &[], 64).unwrap_err().to_string().contains("--calib"));
+        let job = b.sweep_job(dir, &[PathBuf::from("austen.txt")], 8).unwrap();
+        assert!(matches!(job.calibration, CalibrationInput::Texts { .. }) && job.target.is_some());
+    }
 
     #[test]
     fn settings_parse_types_and_methods() {
