@@ -313,8 +313,9 @@ pub struct Validation {
 }
 
 /// Measures `n` real swaps held out from the probes — tensors spread evenly over the table,
-/// each swapped (whole, with the same encoder) to a candidate other than its probe, cycling
-/// through the candidates — and compares them with the table's predictions.
+/// each swapped (whole, with the same encoder) to a candidate other than its probe and
+/// other than a lossless copy, cycling through the candidates — and compares them with the
+/// table's predictions.
 pub fn validate(
     g: &GgufFile,
     table: &CostTable,
@@ -331,8 +332,10 @@ pub fn validate(
     for i in 0..n {
         crate::interrupt::check()?;
         let t = &table.tensors[i * table.tensors.len() / n];
-        let others: Vec<usize> =
-            (0..t.candidates.len()).filter(|&k| t.candidates[k].ty != t.sensitivity.probe).collect();
+        // A candidate without error (the source's own type, copied) predicts 0 trivially.
+        let others: Vec<usize> = (0..t.candidates.len())
+            .filter(|&k| t.candidates[k].ty != t.sensitivity.probe && t.candidates[k].error > 0.0)
+            .collect();
         let Some(&k) = others.get((i * 7) % others.len().max(1)) else { continue };
         let ty = StorageType::from_name(&t.candidates[k].ty)
             .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", t.candidates[k].ty)))?;
