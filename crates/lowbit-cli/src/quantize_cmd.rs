@@ -320,7 +320,11 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
     for p in args.output.iter().chain(&args.report).chain(&args.save_recipe) {
         lowbit::atomic::refuse_overwriting_inputs(p, &inputs)?;
     }
-    let what = args.ty.clone().unwrap_or_default();
+    let what = match (&args.ty, &args.recipe) {
+        (Some(t), _) => t.clone(),
+        (None, Some(r)) => format!("recipe {}", r.display()),
+        (None, None) => String::new(),
+    };
     let summary = if args.dry_run {
         let s = if job.target.is_some() {
             with_progress(|p| lowbit::quantize::plan_job(&input, &job, p))?
