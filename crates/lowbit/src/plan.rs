@@ -230,7 +230,7 @@ pub fn allows_quantization(name: &str, dims: &[u64]) -> bool {
 }
 
 /// The layer number in `blk.N.…`, if any.
-fn layer_of(name: &str) -> Option<usize> {
+pub(crate) fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 

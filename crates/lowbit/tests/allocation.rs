@@ -11,13 +11,13 @@
 
 mod support;
 
-use lowbit::allocate::sensitivity::{measure, round_trip, weighted_error, Reference};
+use lowbit::allocate::sensitivity::{measure, swap_kld, Reference};
 use lowbit::allocate::{CostOptions, SizeTarget};
 use lowbit::calibrate::calibration_chunks;
 use lowbit::eval::{evaluate, EvalOptions};
 use lowbit::format::storage::StorageType;
 use lowbit::method::Method;
-use lowbit::model::{load_gguf_lm, LoadOptions, Weight};
+use lowbit::model::{load_gguf_lm, LoadOptions};
 use lowbit::plan::Mix;
 use lowbit::quantize::{run, CalibrationInput, QuantizeJob};
 
@@ -37,17 +37,8 @@ fn sensitivity_predicts_real_swaps() {
     for ((name, _, other), s) in cases.iter().zip(&sens) {
         assert!(s.probe_kld > 0.0 && s.probe_error > 0.0, "{name}: {s:?}");
         // The real swap to `other`, measured the same way.
-        let w = lm.model.weight_mut(name).unwrap();
-        let cols = match w {
-            Weight::Packed(p) => p.cols(),
-            Weight::Dense(_) => unreachable!("loaded packed"),
-        };
-        let dense = w.dense().into_owned();
-        let swapped = round_trip(ty(other), &dense, cols, None).unwrap();
-        let predicted = s.scale() * weighted_error(&dense, &swapped, cols, None);
-        let original = std::mem::replace(lm.model.weight_mut(name).unwrap(), Weight::Dense(swapped));
-        let measured = reference.kld_with_change(&lm, name).unwrap();
-        *lm.model.weight_mut(name).unwrap() = original;
+        let (error, measured) = swap_kld(&mut lm, &reference, name, ty(other), None).unwrap();
+        let predicted = s.scale() * error;
         // First order in the error energy: within a factor of 2 either way for a type of a
         // neighbouring size (Q2_K is 3× the probe's error energy).
         let ratio = predicted / measured;
@@ -100,19 +91,7 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
     let Some(bin) = support::llama_bin() else { return };
     let text = support::shared_data("wikitext-2/wiki.valid.raw");
     let (ctx, chunks) = (128, 16);
-    let out = std::process::Command::new(bin.join("llama-perplexity"))
-        .arg("-m")
-        .arg(&allocated)
-        .arg("-f")
-        .arg(&text)
-        .args(["-c", &ctx.to_string(), "--chunks", &chunks.to_string(), "-t", "2", "-b", &ctx.to_string()])
-        .args(["-fa", "off"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "llama-perplexity failed on the allocated file:\n{log}");
-    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("a final estimate line");
-    let theirs: f64 = line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let theirs = support::llama_perplexity(&bin, &allocated, &text, ctx, chunks);
     let lm = load_gguf_lm(&allocated, LoadOptions { llama_cpp_numerics: true, ..Default::default() }).unwrap();
     let eval = EvalOptions { ctx, max_chunks: Some(chunks), ..Default::default() };
     let ours = evaluate(&lm, None, None, &wiki, &eval, &mut |_, _, _| {}).unwrap().ppl;

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::Command;
 
 use lowbit::format::encode::{encodable_types, quantize_rows};
@@ -181,33 +180,6 @@ fn gemma3_requantized_to_its_own_mix_is_bit_identical() {
     }
 }
 
-/// Final perplexity printed by `llama-perplexity`.
-fn llama_perplexity(bin: &Path, model: &Path, text: &Path, ctx: usize, chunks: usize) -> f64 {
-    let out = Command::new(bin.join("llama-perplexity"))
-        .arg("-m")
-        .arg(model)
-        .arg("-f")
-        .arg(text)
-        .args([
-            "-c",
-            &ctx.to_string(),
-            "--chunks",
-            &chunks.to_string(),
-            "-t",
-            "2",
-            "-b",
-            &ctx.to_string(),
-            "-fa",
-            "off",
-        ])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "llama-perplexity failed on {}:\n{log}", model.display());
-    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("a final estimate line");
-    line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
@@ -243,7 +215,7 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
             method_options: Default::default(),
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
-        let theirs = llama_perplexity(&bin, &out, &text, ctx, chunks);
+        let theirs = support::llama_perplexity(&bin, &out, &text, ctx, chunks);
         let lm = lowbit::model::load_gguf_lm(
             &out,
             lowbit::model::LoadOptions { llama_cpp_numerics: true, ..Default::default() },

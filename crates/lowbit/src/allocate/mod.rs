@@ -29,7 +29,7 @@ use crate::eval::EvalOptions;
 use crate::format::storage::StorageType;
 use crate::format::GgmlType;
 use crate::gguf::{GgufFile, TensorType};
-use crate::model::{LoadedLm, Weight};
+use crate::model::LoadedLm;
 use crate::plan::{allows_quantization, Mix, Override};
 use knapsack::Choice;
 use sensitivity::{round_trip, weighted_error, Reference, TensorSensitivity};
@@ -80,11 +80,6 @@ impl SizeTarget {
 
 fn bad_size(text: &str) -> Error {
     Error::Usage(format!("--size '{text}': expected bytes or a number with a unit, e.g. 94371840, 90MB, 85.5MiB"))
-}
-
-/// The layer number in `blk.N.…`, if any.
-pub(crate) fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 /// ggml types llama.cpp runs that allocation chooses among (lowbit writes all of them).
@@ -340,18 +335,9 @@ pub fn validate(
         let ty = StorageType::from_name(&t.candidates[k].ty)
             .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", t.candidates[k].ty)))?;
         let imp = importance.get(&t.name).map(Vec::as_slice);
-        let w = lm
-            .model
-            .weight_mut(&t.name)
-            .ok_or_else(|| Error::Usage(format!("tensor '{}': not a model matrix", t.name)))?;
-        let dense = w.dense().into_owned();
-        let cols = t.dims[0] as usize;
-        let swapped = round_trip(ty, &dense, cols, imp)?;
-        let predicted = t.sensitivity.scale() * weighted_error(&dense, &swapped, cols, imp);
-        let original = std::mem::replace(lm.model.weight_mut(&t.name).expect("found above"), Weight::Dense(swapped));
-        let measured = reference.kld_with_change(&lm, &t.name);
-        *lm.model.weight_mut(&t.name).expect("found above") = original;
-        swaps.push(SwapCheck { name: t.name.clone(), ty: ty.to_string(), predicted, measured: measured? });
+        let (error, measured) = sensitivity::swap_kld(&mut lm, &reference, &t.name, ty, imp)?;
+        let predicted = t.sensitivity.scale() * error;
+        swaps.push(SwapCheck { name: t.name.clone(), ty: ty.to_string(), predicted, measured });
         progress(i + 1, n);
     }
     let p: Vec<f64> = swaps.iter().map(|s| s.predicted).collect();

@@ -65,7 +65,7 @@ impl Reference {
             }
         }
         let mut r = Reference { chunks, block_inputs, rows, log_probs: Vec::new() };
-        r.log_probs = r.log_probs_from(lm, r.block_count(), None)?;
+        r.log_probs = r.log_probs_from(lm, r.block_count(), false)?;
         Ok(r)
     }
 
@@ -86,15 +86,12 @@ impl Reference {
     /// Log-probabilities at the scored rows with the model as it is now, running blocks
     /// `start..` from the kept inputs (`start == 0` with `embed_again`: from fresh
     /// embeddings, for a changed token embedding).
-    fn log_probs_from(&self, lm: &LoadedLm, start: usize, embed_again: Option<()>) -> Result<Vec<f32>> {
+    fn log_probs_from(&self, lm: &LoadedLm, start: usize, embed_again: bool) -> Result<Vec<f32>> {
         let m = &lm.model;
         let d = m.hidden_size();
         let mut picked = Vec::with_capacity(self.scored_rows() * d);
         for (c, chunk) in self.chunks.iter().enumerate() {
-            let mut x = match embed_again {
-                Some(()) => m.embed(chunk)?,
-                None => self.block_inputs[start][c].clone(),
-            };
+            let mut x = if embed_again { m.embed(chunk)? } else { self.block_inputs[start][c].clone() };
             for b in start..self.block_count() {
                 m.run_block(b, &mut x, chunk.len());
             }
@@ -118,9 +115,9 @@ impl Reference {
     /// source, when only tensor `name` changed.
     pub fn kld_with_change(&self, lm: &LoadedLm, name: &str) -> Result<f64> {
         let (start, embed_again) = match name {
-            "token_embd.weight" => (0, Some(())),
-            "output.weight" => (self.block_count(), None),
-            _ => (super::layer_of(name).unwrap_or(0), None),
+            "token_embd.weight" => (0, true),
+            "output.weight" => (self.block_count(), false),
+            _ => (crate::plan::layer_of(name).unwrap_or(0), false),
         };
         let q = self.log_probs_from(lm, start, embed_again)?;
         let vocab = lm.model.vocab_size();
@@ -184,9 +181,32 @@ pub fn round_trip(ty: StorageType, weights: &[f32], cols: usize, importance: Opt
     e.decode(ty, weights.len(), cols).map_err(|e| Error::Usage(format!("cannot decode {ty}: {e}")))
 }
 
-/// Measures `S_t` for each `(tensor, probe type)` in `probes`: the tensor's source values
-/// are swapped for their probe round trip, the KL divergence from `reference` measured,
-/// and the source values put back. `progress(done, total)` counts tensors.
+/// Swaps tensor `name`'s source values for their round trip through `ty`, measures the KL
+/// divergence from `reference`, and puts the source values back. Returns the round trip's
+/// importance-weighted error and that KL divergence.
+pub fn swap_kld(
+    lm: &mut LoadedLm,
+    reference: &Reference,
+    name: &str,
+    ty: StorageType,
+    importance: Option<&[f32]>,
+) -> Result<(f64, f64)> {
+    let w = lm.model.weight_mut(name).ok_or_else(|| Error::Usage(format!("tensor '{name}': not a model matrix")))?;
+    let cols = match w {
+        Weight::Packed(p) => p.cols(),
+        Weight::Dense(_) => return Err(Error::Usage(format!("tensor '{name}': expected stored weights"))),
+    };
+    let dense = w.dense().into_owned();
+    let swapped = round_trip(ty, &dense, cols, importance)?;
+    let error = weighted_error(&dense, &swapped, cols, importance);
+    let original = std::mem::replace(lm.model.weight_mut(name).expect("found above"), Weight::Dense(swapped));
+    let kld = reference.kld_with_change(lm, name);
+    *lm.model.weight_mut(name).expect("found above") = original;
+    Ok((error, kld?))
+}
+
+/// Measures `S_t` for each `(tensor, probe type)` in `probes` ([`swap_kld`] with the
+/// probe). `progress(done, total)` counts tensors.
 pub fn measure(
     lm: &mut LoadedLm,
     reference: &Reference,
@@ -198,25 +218,9 @@ pub fn measure(
     progress(0, probes.len());
     for (i, (name, probe)) in probes.iter().enumerate() {
         crate::interrupt::check()?;
-        let (dense, cols) = {
-            let w = lm
-                .model
-                .weight_mut(name)
-                .ok_or_else(|| Error::Usage(format!("tensor '{name}': not a model matrix")))?;
-            let cols = match w {
-                Weight::Packed(p) => p.cols(),
-                Weight::Dense(_) => return Err(Error::Usage(format!("tensor '{name}': expected stored weights"))),
-            };
-            (w.dense().into_owned(), cols)
-        };
         let imp = importance.get(name).map(Vec::as_slice);
-        let probed = round_trip(*probe, &dense, cols, imp)?;
-        let probe_error = weighted_error(&dense, &probed, cols, imp);
-        let slot = lm.model.weight_mut(name).expect("found above");
-        let original = std::mem::replace(slot, Weight::Dense(probed));
-        let kld = reference.kld_with_change(lm, name);
-        *lm.model.weight_mut(name).expect("found above") = original;
-        out.push(TensorSensitivity { name: name.clone(), probe: probe.to_string(), probe_error, probe_kld: kld? });
+        let (probe_error, probe_kld) = swap_kld(lm, reference, name, *probe, imp)?;
+        out.push(TensorSensitivity { name: name.clone(), probe: probe.to_string(), probe_error, probe_kld });
         progress(i + 1, probes.len());
     }
     Ok(out)

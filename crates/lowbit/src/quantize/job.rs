@@ -268,7 +268,7 @@ fn resolve_and_allocate(
     let mut opts = resolve_checked(source, job, progress)?;
     let g = crate::hf::open_model(source)?;
     let Some(target) = job.target else { return Ok((g, opts, None)) };
-    let table = measure_costs(source, &g, job, &opts, progress)?;
+    let table = measure_costs(source, &g, job, &opts, &calibration_text(job)?, progress)?;
     let elements: u64 = g
         .tensors
         .iter()
@@ -288,22 +288,30 @@ fn resolve_and_allocate(
     Ok((g, opts, Some(recipe)))
 }
 
-/// The allocation's cost table for `job`'s calibration texts (cached: see
+/// `job`'s calibration texts, read (sensitivities are measured on them).
+fn calibration_text(job: &QuantizeJob) -> Result<crate::calibrate::CalibrationText> {
+    match &job.calibration {
+        CalibrationInput::Texts { paths, .. } => read_texts(paths),
+        _ => Err(Error::Usage("measuring sensitivities needs calibration texts (--calib)".into())),
+    }
+}
+
+/// The allocation's cost table for `job`'s calibration `text` (cached: see
 /// [`crate::allocate::cost_table`]), with the importances `opts` resolved.
 fn measure_costs(
     source: &Path,
     g: &crate::gguf::GgufFile,
     job: &QuantizeJob,
     opts: &QuantizeOptions,
+    text: &crate::calibrate::CalibrationText,
     progress: &mut dyn FnMut(Stage, u64, u64),
 ) -> Result<crate::allocate::CostTable> {
-    let CalibrationInput::Texts { paths, eval } = &job.calibration else {
+    let CalibrationInput::Texts { eval, .. } = &job.calibration else {
         return Err(Error::Usage("measuring sensitivities needs calibration texts (--calib)".into()));
     };
-    let text = read_texts(paths)?;
     let importance = opts.importance.clone().unwrap_or_default();
     let importance_key = format!("calib {} {:?} {}", eval.ctx, eval.max_chunks, text.dataset);
-    crate::allocate::cost_table(source, g, &text, &importance, &importance_key, &job.cost_options, &mut |d, t| {
+    crate::allocate::cost_table(source, g, text, &importance, &importance_key, &job.cost_options, &mut |d, t| {
         progress(Stage::Sensitivity, d as u64, t as u64)
     })
 }
@@ -320,12 +328,11 @@ pub fn sensitivities(
     let light = QuantizeJob { method: Some(Method::Search), ..job.clone() };
     let opts = resolve_checked(source, &light, progress)?;
     let g = crate::hf::open_model(source)?;
-    let table = measure_costs(source, &g, job, &opts, progress)?;
+    let text = calibration_text(job)?;
+    let table = measure_costs(source, &g, job, &opts, &text, progress)?;
     if validate == 0 {
         return Ok((table, None));
     }
-    let CalibrationInput::Texts { paths, .. } = &job.calibration else { unreachable!("measure_costs checked") };
-    let text = read_texts(paths)?;
     let importance = opts.importance.clone().unwrap_or_default();
     let v = crate::allocate::validate(&g, &table, &text, &importance, &job.cost_options, validate, &mut |d, t| {
         progress(Stage::Sensitivity, d as u64, t as u64)

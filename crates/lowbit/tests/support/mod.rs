@@ -64,3 +64,36 @@ pub fn llama_bin() -> Option<std::path::PathBuf> {
         }
     }
 }
+
+/// Final perplexity printed by `llama-perplexity`.
+pub fn llama_perplexity(
+    bin: &std::path::Path,
+    model: &std::path::Path,
+    text: &std::path::Path,
+    ctx: usize,
+    chunks: usize,
+) -> f64 {
+    let out = Command::new(bin.join("llama-perplexity"))
+        .arg("-m")
+        .arg(model)
+        .arg("-f")
+        .arg(text)
+        .args([
+            "-c",
+            &ctx.to_string(),
+            "--chunks",
+            &chunks.to_string(),
+            "-t",
+            "2",
+            "-b",
+            &ctx.to_string(),
+            "-fa",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "llama-perplexity failed on {}:\n{log}", model.display());
+    let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("a final estimate line");
+    line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
