@@ -14,7 +14,7 @@ phase() {
     phase_name="$1" phase_start=$SECONDS
     [ -z "$1" ] || echo "== $1 (free disk: $(df -h . | awk 'NR==2 {print $4}'))"
 }
-trap 'rc=$?; phase ""; echo "== total: $SECONDS s (exit $rc)"' EXIT
+trap 'rc=$?; phase ""; echo "== total: $SECONDS s (exit $rc; free disk: $(df -h . | awk "NR==2 {print \$4}"))"' EXIT
 
 # Every phase also prints the free disk: a full disk shows up as odd pip or linker failures.
 # CI builds once from a clean clone: incremental caches would only cost disk (GBs).
