@@ -16,7 +16,8 @@ pub struct CalibrateArgs {
     #[arg(long)]
     model: String,
     /// Calibration text files, concatenated in the order given (BENCHMARKS.md: emma.txt,
-    /// persuasion.txt, sense-and-sensibility.txt).
+    /// persuasion.txt, sense-and-sensibility.txt); bundled names (`austen`), or
+    /// `self[:TOKENS]` for text sampled from the model itself.
     #[arg(long, num_args = 1.., required = true)]
     text: Vec<PathBuf>,
     /// Tokens per chunk.
@@ -66,7 +67,7 @@ pub fn run(mut args: CalibrateArgs) -> Result<()> {
         "unknown --format '{format}' (gguf, dat, stats)"
     );
     lowbit::atomic::check_output(&args.output)?;
-    args.text = crate::texts(&args.text)?;
+    args.text = crate::calib_texts(&args.text, &args.model, args.ctx)?;
     let path = crate::resolve_model(&args.model)?;
     let mut inputs = vec![("--model", path.as_path())];
     inputs.extend(args.text.iter().map(|t| ("--text", t.as_path())));

@@ -100,12 +100,35 @@ fn progress_line(msg: &str) {
     eprintln!("lowbit: {msg}");
 }
 
-/// Turns text arguments (paths or bundled text names: `austen`, `wikitext-2-valid`, …)
-/// into the files they stand for.
-pub(crate) fn texts(args: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// Turns calibration text arguments — paths, bundled text names (`austen`,
+/// `wikitext-2-valid`, …) or `self[:TOKENS]` — into the files they stand for: `self` is text sampled
+/// from `model` itself in `seq_len`-token sequences (cached; see
+/// [`lowbit::calibrate::self_text`]). An existing file named `self` is still that file.
+pub(crate) fn calib_texts(args: &[PathBuf], model: &str, seq_len: usize) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for a in args {
-        out.extend(lowbit::data::resolve_text(a)?);
+        let parsed = if a.exists() { None } else { a.to_str().and_then(lowbit::calibrate::self_text::SelfText::parse) };
+        match parsed {
+            None => out.extend(lowbit::data::resolve_text(a)?),
+            Some(s) => {
+                let s = s?;
+                let source = resolve_model(model)?;
+                let bar = indicatif::ProgressBar::new(0).with_style(
+                    indicatif::ProgressStyle::with_template(
+                        "sampling calibration text [{bar:30}] {pos}/{len} sequences, {elapsed} elapsed, ETA {eta}",
+                    )
+                    .expect("valid template"),
+                );
+                let mut log = LogProgress::new("sampling calibration text");
+                let file = s.file(&source, seq_len, &mut |d, t| {
+                    log.update(d as u64, t as u64, "sequences");
+                    bar.set_length(t as u64);
+                    bar.set_position(d as u64);
+                })?;
+                bar.finish_and_clear();
+                out.push(file);
+            }
+        }
     }
     Ok(out)
 }

@@ -86,7 +86,9 @@ pub struct QuantizeArgs {
     #[arg(long, conflicts_with_all = ["calib", "stats"])]
     imatrix: Option<PathBuf>,
     /// Calibration text files (concatenated; BENCHMARKS.md: the Austen novels): runs them
-    /// through the source model first and records importances and input Hessians.
+    /// through the source model first and records importances and input Hessians. Also
+    /// bundled names (`austen`) and `self[:TOKENS]`: text sampled from the model itself
+    /// (default 16384 tokens; chunks are taken from the start, so `self austen` mixes both).
     #[arg(long, num_args = 1.., conflicts_with = "stats")]
     calib: Vec<PathBuf>,
     /// Chunks of the calibration text to use (with --calib; 0 = all).
@@ -309,7 +311,7 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
     for p in args.output.iter().chain(&args.report).chain(&args.save_recipe) {
         lowbit::atomic::check_output(p)?;
     }
-    args.calib = crate::texts(&args.calib)?;
+    args.calib = crate::calib_texts(&args.calib, &args.model, args.calib_ctx)?;
     let job = job(&args)?;
     let input = crate::resolve_model(&args.model)?;
     let mut inputs: Vec<(&str, &std::path::Path)> = vec![("--model", &input)];

@@ -16,7 +16,8 @@ pub struct SensitivityArgs {
     /// Source model: a GGUF file, a Hugging Face folder or a zoo name.
     #[arg(long)]
     model: String,
-    /// Calibration text files (or bundled names such as austen), as for `quantize --calib`.
+    /// Calibration text files (or bundled names such as austen, or `self[:TOKENS]`), as for
+    /// `quantize --calib`.
     #[arg(long, num_args = 1.., required = true)]
     calib: Vec<PathBuf>,
     /// Chunks of the calibration text for the importances (0 = all).
@@ -42,7 +43,7 @@ pub fn run(mut args: SensitivityArgs) -> Result<()> {
     if let Some(p) = &args.json {
         lowbit::atomic::check_output(p)?;
     }
-    args.calib = crate::texts(&args.calib)?;
+    args.calib = crate::calib_texts(&args.calib, &args.model, args.calib_ctx)?;
     let input = crate::resolve_model(&args.model)?;
     let eval = EvalOptions {
         ctx: args.calib_ctx,

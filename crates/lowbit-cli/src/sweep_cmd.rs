@@ -36,7 +36,8 @@ pub struct SweepArgs {
     /// Keep the quantized files in DIR/models.
     #[arg(long)]
     keep: bool,
-    /// Calibration texts (e.g. the Austen novels of BENCHMARKS.md): quantize every setting
+    /// Calibration texts (e.g. the Austen novels of BENCHMARKS.md, or `self[:TOKENS]` as for
+    /// `quantize --calib`): quantize every setting
     /// with their importance matrix (and `:gptq` settings with their Hessians) and weight
     /// per-tensor errors by it.
     #[arg(long, num_args = 1..)]
@@ -66,7 +67,7 @@ pub fn run(mut args: SweepArgs) -> Result<()> {
     // The output folder first, then the inputs.
     lowbit::atomic::check_output_folder(&args.output)?;
     args.text = lowbit::data::resolve_one(&args.text)?;
-    args.calib = crate::texts(&args.calib)?;
+    args.calib = crate::calib_texts(&args.calib, &args.model, 512)?;
     let settings = args
         .types
         .iter()

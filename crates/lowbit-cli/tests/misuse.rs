@@ -72,6 +72,8 @@ fn size_targets_are_checked() {
     let bad = dir.path().join("bad.recipe");
     assert_fails(&quantize(&["--recipe", bad.to_str().unwrap()]), &["bad.recipe", "line 1", "NAME=TYPE"]);
     assert_eq!(files(dir.path()), vec!["bad.recipe", "src.gguf", "t.txt"]);
+    // A self-calibration token count that is not one, before any model is loaded.
+    assert_fails(&quantize(&["--type", "Q4_K", "--calib", "self:lots"]), &["self:lots", "self:16384"]);
 }
 
 /// Typos and near-misses get a pointed message.

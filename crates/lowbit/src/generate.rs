@@ -46,10 +46,15 @@ fn pick(logits: &[f32], s: &Sampling, rng: &mut rand::rngs::StdRng) -> u32 {
         return argmax() as u32;
     }
     let mut cand: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if s.top_k > 0 {
+    // Most likely first, ties by token id: a total order, so the k kept are the same
+    // whichever way they are found (a partial selection first: sorting a 262k vocabulary
+    // every token dominated sampling).
+    let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if s.top_k > 0 && s.top_k < cand.len() {
+        cand.select_nth_unstable_by(s.top_k - 1, order);
         cand.truncate(s.top_k);
     }
+    cand.sort_by(order);
     let max = cand[0].1;
     let mut probs: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / s.temperature) as f64).exp()).collect();
     let total: f64 = probs.iter().sum();
@@ -84,7 +89,11 @@ const UNKNOWN_CONTEXT: usize = 1 << 17;
 /// logits of the prompt's last position. Refuses an empty prompt and one that, with `n`,
 /// exceeds the model's trained context — before anything is allocated.
 fn prefill(lm: &LoadedLm, prompt: &str, n: usize) -> Result<(crate::model::decoder::KvCache, Vec<f32>)> {
-    let ids = lm.tokenizer.encode(prompt, true)?;
+    prefill_ids(lm, &lm.tokenizer.encode(prompt, true)?, n)
+}
+
+/// [`prefill`] for token ids.
+fn prefill_ids(lm: &LoadedLm, ids: &[u32], n: usize) -> Result<(crate::model::decoder::KvCache, Vec<f32>)> {
     if ids.is_empty() {
         return Err(Error::Usage("the prompt is empty".into()));
     }
@@ -98,7 +107,7 @@ fn prefill(lm: &LoadedLm, prompt: &str, n: usize) -> Result<(crate::model::decod
     }
     let m = &lm.model;
     let mut cache = m.new_cache(ids.len() + n);
-    let hidden = m.forward_hidden(&ids, &mut cache)?;
+    let hidden = m.forward_hidden(ids, &mut cache)?;
     let last = m.logits(&hidden[(ids.len() - 1) * m.hidden_size()..], 1);
     Ok((cache, last))
 }
@@ -109,19 +118,37 @@ fn prefill(lm: &LoadedLm, prompt: &str, n: usize) -> Result<(crate::model::decod
 /// next tokens in one batched pass — up to [`crate::kernels::MAX_ROWS`] at a time, the
 /// widest batch whose rows the kernels compute exactly as they compute a single row.
 pub fn greedy_batch(lm: &LoadedLm, prompts: &[&str], n: usize) -> Result<Vec<Vec<u32>>> {
+    let starts = prompts.iter().map(|p| lm.tokenizer.encode(p, true)).collect::<Result<Vec<_>>>()?;
+    continue_batch(lm, &starts, n, &Sampling::default())
+}
+
+/// `count` sequences sampled from the model itself as `s` says, each from the
+/// start-of-text token alone (BOS, else EOS: what a document follows) for up to `n`
+/// tokens (a sequence ends early at end-of-sequence). Batched as [`greedy_batch`]; one
+/// seeded RNG draws the tokens in sequence order, so the result does not depend on the
+/// thread count. Calibration text for models without user data (`--calib self`).
+pub fn sample_batch(lm: &LoadedLm, count: usize, n: usize, s: &Sampling) -> Result<Vec<Vec<u32>>> {
+    s.check()?;
+    let start = lm.tokenizer.bos.or(lm.tokenizer.eos).ok_or_else(|| {
+        Error::Usage("the model's tokenizer has neither a BOS nor an EOS token to start sampling from".into())
+    })?;
+    continue_batch(lm, &vec![vec![start]; count], n, s)
+}
+
+/// Continues every sequence of `starts` (token ids) by up to `n` tokens, batched.
+fn continue_batch(lm: &LoadedLm, starts: &[Vec<u32>], n: usize, s: &Sampling) -> Result<Vec<Vec<u32>>> {
     use rayon::prelude::*;
-    let greedy = Sampling::default();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(greedy.seed);
-    let mut out = Vec::with_capacity(prompts.len());
-    for batch in prompts.chunks(crate::kernels::MAX_ROWS) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(s.seed);
+    let mut out = Vec::with_capacity(starts.len());
+    for batch in starts.chunks(crate::kernels::MAX_ROWS) {
         crate::interrupt::check()?;
         let (mut caches, mut lasts): (Vec<_>, Vec<_>) =
-            batch.par_iter().map(|p| prefill(lm, p, n)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
+            batch.par_iter().map(|ids| prefill_ids(lm, ids, n)).collect::<Result<Vec<_>>>()?.into_iter().unzip();
         let mut tokens = vec![Vec::with_capacity(n); batch.len()];
         let mut live: Vec<usize> = (0..batch.len()).collect();
         for _ in 0..n {
             crate::interrupt::check()?;
-            let next: Vec<u32> = live.iter().map(|&i| pick(&lasts[i], &greedy, &mut rng)).collect();
+            let next: Vec<u32> = live.iter().map(|&i| pick(&lasts[i], s, &mut rng)).collect();
             let keep: Vec<(usize, u32)> =
                 live.iter().copied().zip(next).filter(|&(_, tok)| Some(tok) != lm.tokenizer.eos).collect();
             if keep.is_empty() {

@@ -74,45 +74,71 @@ pub(crate) unsafe fn gemm_xwt(
 
 /// `out[n×n] = xᵀx` for `t` rows of `x` (each `n` wide): the Gram matrix of a batch of
 /// layer inputs, the raw material of a calibration Hessian.
+///
+/// Only the lower triangle is computed (in bands of [`GRAM_BAND`] rows, one product each,
+/// bands in parallel) and then mirrored: half the multiply-adds of a full product, which
+/// made Hessians 60 % of a calibration pass. Each element is summed over `t` in the same
+/// order whatever the thread count, and the result is exactly symmetric.
 pub fn gram(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
+    gram_lower(x, t, n, out);
+    for i in 0..n {
+        for j in i + 1..n {
+            out[i * n + j] = out[j * n + i];
+        }
+    }
+}
+
+/// [`gram`]'s lower triangle (`out[i·n + j]` for `j ≤ i`; the rest of `out` is left
+/// unspecified): for sums of many batches, which mirror once at the end.
+pub fn gram_lower(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), t * n, "gram: x is not t×n");
     assert_eq!(out.len(), n * n, "gram: out is not n×n");
     if t == 0 || n == 0 {
         out.fill(0.0);
         return;
     }
-    let threads = rayon::current_num_threads();
-    let par =
-        if threads > 1 && t * n * n > 1 << 16 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: x holds t×n and out n×n elements (checked above). The left operand is xᵀ
-    // (n×t: element (i, s) = x[s·n + i], row stride 1, column stride n), the right one x
-    // (t×n: row stride n, column stride 1), the destination out (row stride n, column
-    // stride 1); every address lies inside its slice and out does not alias x.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            n,
-            n,
-            t,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            n as isize,
-            1,
-            x.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    use rayon::prelude::*;
+    out.par_chunks_mut(GRAM_BAND * n).enumerate().for_each(|(b, band)| {
+        let r0 = b * GRAM_BAND;
+        let rows = band.len() / n;
+        // Columns 0..r0 + rows: everything up to and including the diagonal block.
+        let cols = r0 + rows;
+        // SAFETY: x holds t×n elements and band rows×n (checked above; bands split out
+        // exactly). The left operand is rows r0..r0+rows of xᵀ (rows×t: element (i, s) =
+        // x[s·n + r0 + i], row stride 1, column stride n; the largest index is
+        // (t−1)·n + r0 + rows − 1 < t·n), the right one columns 0..cols of x (t×cols:
+        // element (s, j) = x[s·n + j], cols ≤ n), the destination the band's first cols
+        // columns (row stride n); the band is this closure's own slice and does not alias x.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                rows,
+                cols,
+                t,
+                band.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr().add(r0),
+                n as isize,
+                1,
+                x.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }
+
+/// Rows per band of [`gram`]'s lower triangle: small enough that the triangle's ragged
+/// edge wastes little, large enough for the microkernel's tiles.
+const GRAM_BAND: usize = 64;
 
 /// Strided single-threaded product `dst = lhs · rhs` (m×k times k×n) for attention
 /// heads, where operands are views into larger buffers.
@@ -389,7 +415,8 @@ mod tests {
 
     #[test]
     fn gram_matches_naive() {
-        let (t, n) = (37, 45);
+        // n spans two bands and a ragged third: every band edge and the mirror are checked.
+        let (t, n) = (37, 2 * GRAM_BAND + 17);
         let x: Vec<f32> = (0..t * n).map(|i| (i as f32 * 0.37).sin()).collect();
         let mut out = vec![0.0; n * n];
         gram(&x, t, n, &mut out);
@@ -397,6 +424,7 @@ mod tests {
             for j in 0..n {
                 let want: f32 = (0..t).map(|s| x[s * n + i] * x[s * n + j]).sum();
                 assert!((out[i * n + j] - want).abs() < 1e-4, "({i}, {j})");
+                assert_eq!(out[i * n + j].to_bits(), out[j * n + i].to_bits(), "symmetric at ({i}, {j})");
             }
         }
     }

@@ -4,7 +4,8 @@
 //! - `quantize::run` with a size target writes a file no larger than asked, of ggml types
 //!   only, and it is measurably closer to the source than llama.cpp's fixed Q3_K_S mix at
 //!   that mix's size (same method, same calibration, same evaluation text); llama.cpp runs
-//!   it, with the perplexity lowbit computes for it.
+//!   it, with the perplexity lowbit computes for it; sequential GPTQ follows the same
+//!   allocation.
 //!
 //! Small settings (64-token chunks, 16 sampled rows, the block search) keep it to a few
 //! minutes in a debug build; the protocol-sized comparison is `scripts/compare_allocation.sh`.
@@ -71,8 +72,19 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
     // Not far under either: the budget bound on the header is loose by kilobytes only.
     assert!(got as f64 > 0.99 * size as f64, "allocated file {got} bytes, far under the {size}-byte target");
     assert!(summary.tensors.iter().all(|t| t.target.is_ggml()), "llama.cpp types only");
-    let recipe = summary.recipe.expect("a size target records its recipe");
+    let recipe = summary.recipe.clone().expect("a size target records its recipe");
     assert!(recipe.predicted_kld > 0.0);
+
+    // Sequential GPTQ follows the same allocation (the cost table is cached by then).
+    let sequential = dir.path().join("sequential.gguf");
+    let seq_job = QuantizeJob { sequential: true, method: None, ..job.clone() };
+    let s2 = run(&src, &sequential, &seq_job, &mut |_, _, _| {}).unwrap();
+    assert!(std::fs::metadata(&sequential).unwrap().len() <= size);
+    let types = |s: &lowbit::quantize::QuantizeSummary| {
+        s.tensors.iter().map(|t| (t.name.clone(), t.target.to_string())).collect::<Vec<_>>()
+    };
+    assert_eq!(types(&s2), types(&summary), "sequential GPTQ chose other types than the allocation");
+    assert_eq!(s2.recipe.map(|r| r.predicted_kld), Some(recipe.predicted_kld));
 
     // Measured on text the calibration never saw: the allocated file is closer to the source.
     let wiki = std::fs::read_to_string(support::shared_data("wikitext-2/wiki.valid.raw")).unwrap();

@@ -86,3 +86,28 @@ fn hessians_and_gptq_on_a_real_model() {
         assert!(eg < 0.9 * es, "{ty}: GPTQ {eg:.4e} is not clearly below the search's {es:.4e} on held-out text");
     }
 }
+
+/// `--calib self`: text sampled from the model itself is the same on 1 and 2 threads and
+/// on every run (one seeded RNG, batched rows computed as single rows), has about the
+/// tokens asked for, and reads as text the calibration pass can use.
+#[test]
+fn self_sampled_calibration_text_is_deterministic() {
+    let Some(src) = support::zoo_model("smollm2-135m") else { return };
+    let lm = load_gguf_lm(&src, LoadOptions::default()).unwrap();
+    let s = lowbit::calibrate::self_text::SelfText { tokens: 96 };
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| s.sample(&lm, 32, &mut |_, _| {}).unwrap())
+    };
+    let (one, two) = (on(1), on(2));
+    assert_eq!(one, two, "sampled text differs between 1 and 2 threads");
+    assert_eq!(on(2), two, "sampled text differs between runs");
+    // Three sequences of 32 tokens (fewer where one ended), joined by blank lines.
+    let ids = lm.tokenizer.encode(&one, false).unwrap();
+    assert!((40..=140).contains(&ids.len()), "{} tokens re-tokenized for 96 sampled: {one:?}", ids.len());
+    assert!(one.split("\n\n").filter(|p| !p.trim().is_empty()).count() >= 2, "{one:?}");
+    let mut lm = lm;
+    let opts = EvalOptions { ctx: 16, max_chunks: Some(2), ..Default::default() };
+    let m = compute_imatrix(&mut lm, &one, "self", &opts, &mut |_, _| {}).unwrap();
+    assert_eq!(m.entries.len(), 30 * 7);
+}

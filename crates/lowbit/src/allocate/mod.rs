@@ -32,6 +32,7 @@ use crate::gguf::{GgufFile, TensorType};
 use crate::model::LoadedLm;
 use crate::plan::{allows_quantization, Mix, Override};
 use knapsack::Choice;
+use rayon::prelude::*;
 use sensitivity::{round_trip, weighted_error, Reference, TensorSensitivity};
 
 /// What size the output should have.
@@ -201,6 +202,7 @@ fn table_key(source: &Path, text: &CalibrationText, importance_key: &str, opts: 
     h.update(text.text.as_bytes());
     h.update(importance_key);
     h.update(format!("{} {} {} {:?}", opts.chunks, opts.ctx, opts.sample_rows, LLAMA_CPP_TYPES));
+    h.update(sensitivity::PROTOCOL);
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -251,16 +253,21 @@ pub fn cost_table(
             (0..rows).step_by(step).flat_map(|r| values[r * cols..(r + 1) * cols].to_vec()).collect();
         let scale = rows as f64 / (sample.len() / cols) as f64;
         let imp = importance.get(&name).map(Vec::as_slice);
-        let mut costs = Vec::with_capacity(cands.len());
-        for ty in cands {
-            let bytes = ty.tensor_bytes(&dims).expect("candidates fit the rows");
-            let back = round_trip(ty, &sample, cols, imp).map_err(|e| Error::tensor(source, &name, e.to_string()))?;
-            costs.push(CandidateCost {
-                ty: ty.to_string(),
-                bytes,
-                error: scale * weighted_error(&sample, &back, cols, imp),
-            });
-        }
+        // Candidates encode in parallel (a 256-row sample is too small to split by rows);
+        // collected in candidate order, so the table is the same on any thread count.
+        let costs = cands
+            .par_iter()
+            .map(|&ty| {
+                let bytes = ty.tensor_bytes(&dims).expect("candidates fit the rows");
+                let back =
+                    round_trip(ty, &sample, cols, imp).map_err(|e| Error::tensor(source, &name, e.to_string()))?;
+                Ok(CandidateCost {
+                    ty: ty.to_string(),
+                    bytes,
+                    error: scale * weighted_error(&sample, &back, cols, imp),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         g.release(&name);
         tensors.push(TensorCosts { name, dims, sensitivity: s, candidates: costs });
     }

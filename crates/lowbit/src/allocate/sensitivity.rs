@@ -20,6 +20,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::format::storage::StorageType;
 use crate::method::{quantize_tensor, Calibration, Method, MethodOptions};
@@ -37,23 +39,32 @@ pub struct Reference {
     log_probs: Vec<f32>,
 }
 
+/// What a cached measurement was made under (part of the cache key): bump it when the
+/// measurement itself changes.
+pub const PROTOCOL: &str = "kld at rows from 64 of each chunk";
+
 /// Rows of logits kept per measurement: at most this many values (rows × vocabulary), at
 /// least [`MIN_ROWS`] rows — 512 rows for SmolLM2's 49k vocabulary, 128 for Gemma 3's 262k.
 const LOGIT_VALUES: usize = 1 << 25;
 /// The fewest scored rows, whatever the vocabulary.
 const MIN_ROWS: usize = 128;
+/// Positions before this (or before the middle of a shorter chunk) are context only: a
+/// measurement scores every position that has seen this many tokens, so one chunk's
+/// forward pass yields 7/8 of its rows (perplexity's second-half rule would waste half).
+const MIN_CONTEXT: usize = 64;
 
 impl Reference {
     /// Runs `chunks` through the source `lm` once and keeps what every later measurement
-    /// compares against. Scored rows are the second half of each chunk (as perplexity
-    /// scores them), evenly thinned to fit [`LOGIT_VALUES`].
+    /// compares against. Scored rows are the positions from [`MIN_CONTEXT`] on (from the
+    /// middle of a shorter chunk), evenly thinned to fit [`LOGIT_VALUES`].
     pub fn new(lm: &LoadedLm, chunks: Vec<Vec<u32>>) -> Result<Reference> {
         let m = &lm.model;
         let vocab = m.vocab_size();
-        let total_rows: usize = chunks.iter().map(|c| c.len() - c.len() / 2).sum();
+        let first = |c: &Vec<u32>| (c.len() / 2).min(MIN_CONTEXT);
+        let total_rows: usize = chunks.iter().map(|c| c.len() - first(c)).sum();
         let keep = (LOGIT_VALUES / vocab).max(MIN_ROWS).min(total_rows).max(1);
         let stride = total_rows.div_ceil(keep);
-        let rows: Vec<Vec<usize>> = chunks.iter().map(|c| (c.len() / 2..c.len()).step_by(stride).collect()).collect();
+        let rows: Vec<Vec<usize>> = chunks.iter().map(|c| (first(c)..c.len()).step_by(stride).collect()).collect();
         let mut block_inputs = vec![Vec::with_capacity(chunks.len()); m.block_count() + 1];
         for c in &chunks {
             let mut x = m.embed(c)?;
@@ -102,12 +113,11 @@ impl Reference {
         m.final_norm(&mut picked);
         let n = self.scored_rows();
         let mut logits = m.logits(&picked, n);
-        let vocab = m.vocab_size();
-        for row in logits.chunks_exact_mut(vocab) {
+        logits.par_chunks_exact_mut(m.vocab_size()).for_each(|row| {
             let (max, ln_sum) = crate::eval::log_sum_exp_parts(row);
             let lse = (max + ln_sum) as f32;
             row.iter_mut().for_each(|v| *v -= lse);
-        }
+        });
         Ok(logits)
     }
 
@@ -121,11 +131,14 @@ impl Reference {
         };
         let q = self.log_probs_from(lm, start, embed_again)?;
         let vocab = lm.model.vocab_size();
-        let mut total = 0.0f64;
-        for (p, q) in self.log_probs.chunks_exact(vocab).zip(q.chunks_exact(vocab)) {
-            total += p.iter().zip(q).map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64)).sum::<f64>();
-        }
-        Ok(total / self.scored_rows().max(1) as f64)
+        // Per-row sums in parallel, added in row order: the same total on any thread count.
+        let per_row: Vec<f64> = self
+            .log_probs
+            .par_chunks_exact(vocab)
+            .zip(q.par_chunks_exact(vocab))
+            .map(|(p, q)| p.iter().zip(q).map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64)).sum::<f64>())
+            .collect();
+        Ok(per_row.iter().sum::<f64>() / self.scored_rows().max(1) as f64)
     }
 }
 

@@ -22,6 +22,7 @@ use crate::format::GgmlType;
 use crate::gguf::{GgufFile, GgufWriter, TensorSpec, Value, ValueType};
 use crate::model::{InputRecorder, LoadedLm};
 
+pub mod self_text;
 pub mod stats;
 
 pub use stats::{shared_input_key, CalibrationStats, Hessian};

@@ -86,6 +86,13 @@ pub struct InputRecorder {
     xtx: Option<std::sync::Mutex<Vec<f64>>>,
 }
 
+thread_local! {
+    /// The f32 product of one batch, before it is added to the f64 total: one buffer per
+    /// thread, reused (a fresh in_features² buffer per call cost as much in page faults as
+    /// the product itself).
+    static GRAM_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl InputRecorder {
     /// A recorder of per-column squares for inputs `in_features` wide.
     pub fn new(in_features: usize) -> InputRecorder {
@@ -109,10 +116,15 @@ impl InputRecorder {
             }
         }
         if let Some(xtx) = &self.xtx {
-            let mut g = vec![0.0f32; in_f * in_f];
-            crate::tensor::gram(x, t, in_f, &mut g);
-            let mut total = xtx.lock().expect("recorder lock");
-            total.iter_mut().zip(&g).for_each(|(a, &b)| *a += b as f64);
+            GRAM_SCRATCH.with_borrow_mut(|g| {
+                g.resize(in_f * in_f, 0.0);
+                crate::tensor::gram_lower(x, t, in_f, g);
+                let mut total = xtx.lock().expect("recorder lock");
+                // The lower triangle only; `hessian` mirrors it.
+                for (i, (a, b)) in total.chunks_exact_mut(in_f).zip(g.chunks_exact(in_f)).enumerate() {
+                    a[..=i].iter_mut().zip(&b[..=i]).for_each(|(a, &b)| *a += b as f64);
+                }
+            });
         }
         let mut g = self.sums.lock().expect("recorder lock");
         g.0.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
@@ -126,7 +138,17 @@ impl InputRecorder {
 
     /// Σ xxᵀ (row-major, in_features², summed in f64, returned as f32), when recorded.
     pub fn hessian(&self) -> Option<Vec<f32>> {
-        self.xtx.as_ref().map(|m| m.lock().expect("recorder lock").iter().map(|&v| v as f32).collect())
+        self.xtx.as_ref().map(|m| {
+            let n = self.sums.lock().expect("recorder lock").0.len();
+            let total = m.lock().expect("recorder lock");
+            let mut h: Vec<f32> = total.iter().map(|&v| v as f32).collect();
+            for i in 0..n {
+                for j in i + 1..n {
+                    h[i * n + j] = h[j * n + i];
+                }
+            }
+            h
+        })
     }
 }
 

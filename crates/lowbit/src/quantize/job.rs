@@ -114,16 +114,11 @@ impl QuantizeJob {
                 )));
             }
         }
-        if self.target.is_some() {
-            if !matches!(self.calibration, CalibrationInput::Texts { .. }) {
-                return Err(Error::Usage(
-                    "--size / --bpw measure every tensor's sensitivity on calibration text: give --calib TEXT… (e.g. austen)"
-                        .into(),
-                ));
-            }
-            if self.sequential {
-                return Err(Error::Usage("--size / --bpw do not combine with --sequential yet".into()));
-            }
+        if self.target.is_some() && !matches!(self.calibration, CalibrationInput::Texts { .. }) {
+            return Err(Error::Usage(
+                "--size / --bpw measure every tensor's sensitivity on calibration text: give --calib TEXT… (e.g. austen)"
+                    .into(),
+            ));
         }
         if self.sequential {
             if !matches!(self.calibration, CalibrationInput::Texts { .. }) {
@@ -352,8 +347,21 @@ fn run_sequential(
         return Err(Error::Usage("--sequential needs calibration texts (--calib)".into()));
     };
     let mut opts = job.options(Method::Gptq, None, None);
+    // A size target is allocated first, on importances alone (the sensitivities do not
+    // need Hessians); sequential GPTQ then follows the recipe.
+    let recipe = match job.target {
+        Some(_) => {
+            let light = QuantizeJob { method: Some(Method::Search), sequential: false, ..job.clone() };
+            let (_, allocated, recipe) = resolve_and_allocate(source, &light, progress)?;
+            opts.mix = allocated.mix;
+            opts.overrides = allocated.overrides;
+            recipe
+        }
+        None => None,
+    };
     let g = crate::hf::open_model(source)?;
-    let plan = plan_model_with(&g, &opts, true)?;
+    let mut plan = plan_model_with(&g, &opts, true)?;
+    plan.recipe = recipe;
     let text = read_texts(paths)?;
     // Finished blocks are kept in a work folder beside the output: a rerun of the same
     // command after a crash or kill continues from them.
