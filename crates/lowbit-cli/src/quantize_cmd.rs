@@ -41,8 +41,9 @@ pub struct QuantizeArgs {
     #[arg(long)]
     bpw: Option<f64>,
     /// With --size / --bpw: choose only among ggml types llama.cpp runs (k-quants,
-    /// i-quants, legacy blocks). This is the candidate set allocation searches today, so
-    /// the flag only states it; lowbit-native and VQ candidates come later.
+    /// i-quants, legacy blocks). Without it lowbit-native group-wise formats (int2–int6,
+    /// NF4) are candidates too, and the file may need lowbit to run it; VQ candidates
+    /// are not searched yet.
     #[arg(long)]
     llama_cpp: bool,
     /// Follow a saved allocation (`NAME=TYPE` lines, from --save-recipe).
@@ -290,6 +291,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
     let cost_options = lowbit::allocate::CostOptions {
         chunks: args.sensitivity_chunks.max(1),
         ctx: args.calib_ctx,
+        llama_cpp_only: args.llama_cpp,
         ..Default::default()
     };
     let job = QuantizeJob {

@@ -29,6 +29,9 @@ pub struct SensitivityArgs {
     /// Chunks each sensitivity measurement runs.
     #[arg(long, default_value_t = lowbit::allocate::CostOptions::default().chunks)]
     sensitivity_chunks: usize,
+    /// Only ggml types llama.cpp runs as candidates (as `quantize --llama-cpp`).
+    #[arg(long)]
+    llama_cpp: bool,
     /// Also measure this many real swaps (tensors spread over the model, each to a type
     /// other than its probe) and compare them with the predictions.
     #[arg(long, default_value_t = 0)]
@@ -55,6 +58,7 @@ pub fn run(mut args: SensitivityArgs) -> Result<()> {
         cost_options: lowbit::allocate::CostOptions {
             chunks: args.sensitivity_chunks.max(1),
             ctx: args.calib_ctx,
+            llama_cpp_only: args.llama_cpp,
             ..Default::default()
         },
         ..QuantizeJob::new(Mix::from_name("Q8_0").expect("Q8_0 is a mix"), vec![])

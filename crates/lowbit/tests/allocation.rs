@@ -58,7 +58,7 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
     let base = QuantizeJob {
         method: Some(Method::Search),
         calibration: CalibrationInput::Texts { paths: vec![emma], eval: calib },
-        cost_options: CostOptions { chunks: 2, ctx: 64, sample_rows: 16 },
+        cost_options: CostOptions { chunks: 2, ctx: 64, sample_rows: 16, llama_cpp_only: true },
         ..QuantizeJob::new(Mix::from_name("Q3_K_S").unwrap(), vec![])
     };
     let fixed = dir.path().join("q3_k_s.gguf");

@@ -15,7 +15,9 @@
 //!    the GGUF's `lowbit.quantize.overrides`, reusable with `--recipe FILE`).
 //!
 //! Candidates with `--llama-cpp` are the ggml types llama.cpp runs (and lowbit writes);
-//! this is also the default — lowbit-native and VQ candidates are not part of the search yet.
+//! without it also lowbit-native group-wise formats ([`NATIVE_CANDIDATES`]), whose files
+//! only lowbit runs. VQ candidates are not searched yet (a codebook is fitted to the whole
+//! tensor, so a row sample's error would not estimate it).
 
 pub mod knapsack;
 pub mod sensitivity;
@@ -106,12 +108,24 @@ const LLAMA_CPP_TYPES: &[GgmlType] = &[
     GgmlType::Q8_0,
 ];
 
-/// The candidate types for a tensor whose rows have `ncols` values.
-pub fn candidates(ncols: u64) -> Vec<StorageType> {
-    LLAMA_CPP_TYPES
+/// lowbit-native candidates (without `--llama-cpp`): group-wise integers and NF4 with
+/// groups of 64 or 128, which fit rows where ggml's 256-value blocks do not. Gemma 3's
+/// 640-wide rows admit no ggml type below 4.5 bits per weight (Q4_0/IQ4_NL), so at
+/// `--size 150MB` llama.cpp's types left 231M of its 268M weights at 4.5 bits and pushed
+/// attn_output/ffn_down to 2 bits; these give the allocation 2.5–6 bits there.
+const NATIVE_CANDIDATES: &[&str] =
+    &["int2_g64_zp", "int3_g128", "int3_g64_zp", "int4_g128", "nf4_g64", "int5_g128", "int6_g128"];
+
+/// The candidate types for a tensor whose rows have `ncols` values: the ggml types
+/// llama.cpp runs, and with `native` also [`NATIVE_CANDIDATES`].
+pub fn candidates(ncols: u64, native: bool) -> Vec<StorageType> {
+    let ggml = LLAMA_CPP_TYPES.iter().map(|&t| StorageType::Ggml(t));
+    let natives = NATIVE_CANDIDATES
         .iter()
+        .filter(|_| native)
+        .map(|n| StorageType::from_name(n).expect("native candidates are valid names"));
+    ggml.chain(natives)
         .filter(|t| ncols.is_multiple_of(t.block_size() as u64))
-        .map(|&t| StorageType::Ggml(t))
         .filter(StorageType::can_encode)
         .collect()
 }
@@ -179,6 +193,9 @@ pub struct CostOptions {
     /// Rows of a tensor each candidate's error is estimated on (evenly spaced; all rows of
     /// a smaller tensor); the error is scaled by rows / sampled rows.
     pub sample_rows: usize,
+    /// Only the ggml types llama.cpp runs (`--llama-cpp`); otherwise lowbit-native
+    /// formats too (files only lowbit runs).
+    pub llama_cpp_only: bool,
 }
 
 impl Default for CostOptions {
@@ -188,7 +205,7 @@ impl Default for CostOptions {
     /// whole quantization. 256 rows per candidate error keep 17 candidate encodes of every
     /// tensor under a minute.
     fn default() -> Self {
-        CostOptions { chunks: 1, ctx: 512, sample_rows: 256 }
+        CostOptions { chunks: 1, ctx: 512, sample_rows: 256, llama_cpp_only: false }
     }
 }
 
@@ -204,6 +221,9 @@ fn table_key(source: &Path, text: &CalibrationText, importance_key: &str, opts: 
     h.update(text.text.as_bytes());
     h.update(importance_key);
     h.update(format!("{} {} {} {:?}", opts.chunks, opts.ctx, opts.sample_rows, LLAMA_CPP_TYPES));
+    if !opts.llama_cpp_only {
+        h.update(format!("{NATIVE_CANDIDATES:?}"));
+    }
     h.update(sensitivity::PROTOCOL);
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
@@ -238,7 +258,7 @@ pub fn cost_table(
         if !matches!(t.ty, TensorType::Known(_)) {
             continue;
         }
-        let cands = candidates(t.dims[0]);
+        let cands = candidates(t.dims[0], !opts.llama_cpp_only);
         probes.push((t.name.clone(), probe_type(&cands)));
         entries.push((t.name.clone(), t.dims.clone(), cands));
     }
@@ -554,6 +574,23 @@ pub fn fixed_bytes(g: &GgufFile, table: &CostTable) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_candidates_reach_below_ggml_where_its_blocks_do_not_fit() {
+        let bpw = |t: &StorageType| t.tensor_bytes(&[640, 1024]).unwrap() as f64 * 8.0 / (640.0 * 1024.0);
+        let lowest = |c: Vec<StorageType>| c.iter().map(bpw).fold(f64::INFINITY, f64::min);
+        // Gemma 3's 640-wide rows: ggml's smallest fitting type is 4.5 bits per weight.
+        assert_eq!(lowest(candidates(640, false)), 4.5);
+        assert!(candidates(640, false).iter().all(StorageType::is_ggml));
+        assert_eq!(lowest(candidates(640, true)), 2.5, "int2_g64_zp");
+        // Every candidate fits the rows it is offered for; 576-wide rows drop the g128 ones.
+        for cols in [576u64, 640, 1536, 2048] {
+            for t in candidates(cols, true) {
+                assert!(cols.is_multiple_of(t.block_size() as u64), "{t} offered for {cols} columns");
+            }
+        }
+        assert!(!candidates(576, true).iter().any(|t| t.to_string().ends_with("g128")));
+    }
 
     #[test]
     fn spearman_is_one_for_monotone_and_minus_one_for_reversed() {

@@ -117,7 +117,9 @@ impl Setting {
             }
             let eval = EvalOptions { ctx: 512, max_chunks: Some(calib_chunks), ..Default::default() };
             let calibration = CalibrationInput::Texts { paths: calib.to_vec(), eval };
-            let job = QuantizeJob { calibration, ..self.job()? };
+            // A sweep sets lowbit's curve beside llama.cpp's mixes: files llama.cpp runs too.
+            let cost_options = crate::allocate::CostOptions { llama_cpp_only: true, ..Default::default() };
+            let job = QuantizeJob { calibration, cost_options, ..self.job()? };
             job.check().map_err(|e| Error::Usage(format!("setting '{}': {e}", self.name())))?;
             return Ok(job);
         }
