@@ -81,11 +81,7 @@ pub(crate) unsafe fn gemm_xwt(
 /// order whatever the thread count, and the result is exactly symmetric.
 pub fn gram(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
     gram_lower(x, t, n, out);
-    for i in 0..n {
-        for j in i + 1..n {
-            out[i * n + j] = out[j * n + i];
-        }
-    }
+    mirror_lower(out, n);
 }
 
 /// [`gram`]'s lower triangle (`out[i·n + j]` for `j ≤ i`; the rest of `out` is left
@@ -101,39 +97,21 @@ pub fn gram_lower(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
     out.par_chunks_mut(GRAM_BAND * n).enumerate().for_each(|(b, band)| {
         let r0 = b * GRAM_BAND;
         let rows = band.len() / n;
-        // Columns 0..r0 + rows: everything up to and including the diagonal block.
-        let cols = r0 + rows;
-        // SAFETY: x holds t×n elements and band rows×n (checked above; bands split out
-        // exactly). The left operand is rows r0..r0+rows of xᵀ (rows×t: element (i, s) =
-        // x[s·n + r0 + i], row stride 1, column stride n; the largest index is
-        // (t−1)·n + r0 + rows − 1 < t·n), the right one columns 0..cols of x (t×cols:
-        // element (s, j) = x[s·n + j], cols ≤ n), the destination the band's first cols
-        // columns (row stride n); the band is this closure's own slice and does not alias x.
-        #[allow(unsafe_code)]
-        unsafe {
-            gemm::gemm(
-                rows,
-                cols,
-                t,
-                band.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr().add(r0),
-                n as isize,
-                1,
-                x.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        // Rows r0..r0+rows of xᵀ (element (i, s) = x[s·n + r0 + i]) times columns
+        // 0..r0+rows of x: everything up to and including the diagonal block.
+        let lhs = StridedMat { data: x, offset: r0, row_stride: 1, col_stride: n };
+        let rhs = StridedMat { data: x, offset: 0, row_stride: n, col_stride: 1 };
+        matmul_strided(rows, r0 + rows, t, &lhs, &rhs, band, n);
     });
+}
+
+/// Copies the lower triangle of the `n×n` row-major `m` onto its upper triangle.
+pub fn mirror_lower<T: Copy>(m: &mut [T], n: usize) {
+    for i in 0..n {
+        for j in i + 1..n {
+            m[i * n + j] = m[j * n + i];
+        }
+    }
 }
 
 /// Rows per band of [`gram`]'s lower triangle: small enough that the triangle's ragged

@@ -142,11 +142,7 @@ impl InputRecorder {
             let n = self.sums.lock().expect("recorder lock").0.len();
             let total = m.lock().expect("recorder lock");
             let mut h: Vec<f32> = total.iter().map(|&v| v as f32).collect();
-            for i in 0..n {
-                for j in i + 1..n {
-                    h[i * n + j] = h[j * n + i];
-                }
-            }
+            crate::tensor::mirror_lower(&mut h, n);
             h
         })
     }
