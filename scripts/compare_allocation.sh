@@ -5,8 +5,10 @@
 # 64 chunks of 512 tokens), every file evaluated by `lowbit eval` against the source on
 # wiki.valid (CHUNKS chunks of 512). The source runs once (`--save-logits`); llama.cpp's
 # files are made once and kept in OUT.
-# Usage: LLAMA_BIN=path/to/llama.cpp/build/bin [LOWBIT_BIN=lowbit] [OUT=dir]
+# Usage: LLAMA_BIN=path/to/llama.cpp/build/bin [LOWBIT_BIN=lowbit] [OUT=dir] [NATIVE=1]
 #        scripts/compare_allocation.sh MODEL [CHUNKS] [MIXES...]
+# NATIVE=1 adds a row per mix for the allocation over all of lowbit's formats (no
+# `--llama-cpp`: lowbit-native group formats are candidates too).
 # Prints one TSV row per file: model, mix, tool, bytes, seconds (quantize), PPL, KLD mean,
 # p99, top-1 %, and for lowbit the predicted KLD of its allocation.
 set -euo pipefail
@@ -45,4 +47,13 @@ for m in "${mixes[@]}"; do
   predicted=$(python3 -c "import json; print(round(json.load(open('$g.json'))['recipe']['predicted_kld'],5))")
   row "$m" lowbit-size "$g" "$(echo "$(date +%s.%N) - $s" | bc)" "$predicted"
   rm -f "$g"
+  if [ "${NATIVE:-0}" = 1 ]; then
+    g="$out/$model-lowbit-native-$m.gguf"
+    s=$(date +%s.%N)
+    "$lowbit" quantize --model "$src" --size "$size" --calib "${austen[@]}" -o "$g" \
+      --report "$g.json" --save-recipe "$g.recipe" >/dev/null
+    predicted=$(python3 -c "import json; print(round(json.load(open('$g.json'))['recipe']['predicted_kld'],5))")
+    row "$m" lowbit-native "$g" "$(echo "$(date +%s.%N) - $s" | bc)" "$predicted"
+    rm -f "$g"
+  fi
 done

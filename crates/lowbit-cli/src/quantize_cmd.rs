@@ -46,6 +46,13 @@ pub struct QuantizeArgs {
     /// are not searched yet.
     #[arg(long)]
     llama_cpp: bool,
+    /// Equivalent transforms folded into the weights before quantizing: `awq` (AWQ
+    /// channel scales searched on --calib, folded into norms, up and v), `rotate` (a
+    /// residual-stream randomized Hadamard rotation with the norms folded; llama family;
+    /// unties a tied embedding), `rotate+awq`, or `none`. The output stays a llama.cpp
+    /// model.
+    #[arg(long = "transform", default_value = "none", value_parser = parse_transforms)]
+    transforms: lowbit::transform::Transforms,
     /// Follow a saved allocation (`NAME=TYPE` lines, from --save-recipe).
     #[arg(long, conflicts_with_all = ["ty", "size"])]
     recipe: Option<PathBuf>,
@@ -300,6 +307,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
         sequential: args.sequential,
         target,
         cost_options,
+        transforms: args.transforms,
         ..QuantizeJob::new(mix, overrides)
     };
     job.check()?;
@@ -386,6 +394,10 @@ pub(crate) fn with_progress<T>(
     r
 }
 
+fn parse_transforms(text: &str) -> Result<lowbit::transform::Transforms, String> {
+    lowbit::transform::Transforms::parse(text).map_err(|e| e.to_string())
+}
+
 /// Each stage's label, the unit its progress counts and its progress bar.
 fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
     match stage {
@@ -397,6 +409,9 @@ fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
         }
         Stage::Sensitivity => {
             ("sensitivity", "tensors", "sensitivity [{bar:30}] {pos}/{len} tensors, {elapsed} elapsed, ETA {eta}")
+        }
+        Stage::Transform => {
+            ("awq scales", "groups", "awq scales [{bar:30}] {pos}/{len} groups, {elapsed} elapsed, ETA {eta}")
         }
         Stage::Quantize => {
             ("quantize", "weights", "quantize [{bar:30}] {percent}% of weights, {elapsed} elapsed, ETA {eta}")

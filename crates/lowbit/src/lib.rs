@@ -37,6 +37,7 @@ pub mod sequential;
 pub mod sweep;
 pub mod tensor;
 pub mod tokenizer;
+pub mod transform;
 pub mod zoo;
 
 pub use error::{Error, Result};

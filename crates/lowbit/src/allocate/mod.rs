@@ -131,7 +131,7 @@ pub fn candidates(ncols: u64, native: bool) -> Vec<StorageType> {
 }
 
 /// The probe type for a tensor: the candidate nearest 3.5 bits per weight.
-fn probe_type(cands: &[StorageType]) -> StorageType {
+pub fn probe_type(cands: &[StorageType]) -> StorageType {
     let bpw = |t: &StorageType| match t {
         StorageType::Ggml(g) => g.bits_per_weight(),
         _ => 16.0,

@@ -17,6 +17,7 @@ use crate::method::{Method, MethodOptions};
 use crate::model::LoadOptions;
 use crate::plan::{Mix, Override};
 use crate::sequential::checkpoint::Checkpoint;
+use crate::transform::Transforms;
 
 /// Where a quantization's calibration comes from.
 #[derive(Clone, Debug, Default)]
@@ -61,6 +62,8 @@ pub struct QuantizeJob {
     pub target: Option<SizeTarget>,
     /// How the allocation measures its costs.
     pub cost_options: CostOptions,
+    /// Equivalent transforms folded into the source first ([`crate::transform`]).
+    pub transforms: Transforms,
 }
 
 impl QuantizeJob {
@@ -93,6 +96,7 @@ impl QuantizeJob {
             method_options: MethodOptions::default(),
             target: None,
             cost_options: CostOptions::default(),
+            transforms: Transforms::default(),
         }
     }
 
@@ -118,6 +122,11 @@ impl QuantizeJob {
             return Err(Error::Usage(
                 "--size / --bpw measure every tensor's sensitivity on calibration text: give --calib TEXT… (e.g. austen)"
                     .into(),
+            ));
+        }
+        if self.transforms.awq && !matches!(self.calibration, CalibrationInput::Texts { .. }) {
+            return Err(Error::Usage(
+                "--transform awq searches its scales on calibration text: give --calib TEXT… (e.g. austen)".into(),
             ));
         }
         if self.sequential {
@@ -152,6 +161,8 @@ pub enum Stage {
     Sequential,
     /// Measuring each tensor's sensitivity for a size target (tensors).
     Sensitivity,
+    /// Searching AWQ scales for a transformed source (groups of weights).
+    Transform,
     /// Encoding and writing tensors (weights).
     Quantize,
 }
@@ -226,6 +237,7 @@ pub fn run(
 ) -> Result<QuantizeSummary> {
     job.check()?;
     crate::atomic::check_output(output)?;
+    let source = &transformed(source, job, progress)?;
     if job.sequential {
         return run_sequential(source, output, job, progress);
     }
@@ -241,6 +253,51 @@ pub fn run(
     Ok(s)
 }
 
+/// The source the job quantizes: `source` itself, or with transforms the transformed
+/// model ([`crate::transform::transformed_source`], made once and cached). AWQ measures
+/// each weight's rounding with the type it will get: with a size target the allocation's
+/// probe type for its width, else the mix's plan.
+fn transformed(source: &Path, job: &QuantizeJob, progress: &mut dyn FnMut(Stage, u64, u64)) -> Result<PathBuf> {
+    if job.transforms.is_none() {
+        return Ok(source.to_path_buf());
+    }
+    let planned: HashMap<String, StorageType> = match job.target {
+        Some(_) => HashMap::new(),
+        None => {
+            let g = crate::hf::open_model(source)?;
+            let plan = plan_model_with(&g, &job.options(Method::Search, None, None), true)?;
+            plan.tensors.into_iter().map(|t| (t.name, t.target)).collect()
+        }
+    };
+    let native = !job.cost_options.llama_cpp_only;
+    let awq_type = |name: &str, cols: usize| match planned.get(name) {
+        Some(&t) => t,
+        None => crate::allocate::probe_type(&crate::allocate::candidates(cols as u64, native)),
+    };
+    let key = match &job.calibration {
+        CalibrationInput::Texts { paths, eval } => {
+            use sha2::{Digest, Sha256};
+            let text = read_texts(paths)?;
+            let digest: String = Sha256::digest(text.text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            format!("{digest} {} {:?}", eval.ctx, eval.max_chunks)
+        }
+        _ => String::new(),
+    };
+    // Both callbacks report through `progress`, one at a time.
+    let progress = std::cell::RefCell::new(progress);
+    let mut hessians = || match &job.calibration {
+        CalibrationInput::Texts { paths, eval } => {
+            let stats = calibrate_files(source, paths, eval, true, &mut |d, t| {
+                (progress.borrow_mut())(Stage::Calibrate, d as u64, t as u64)
+            })?;
+            Ok(stats.hessians_by_weight())
+        }
+        _ => Err(Error::Usage("--transform awq needs calibration texts (--calib)".into())),
+    };
+    let mut groups = |d: usize, t: usize| (progress.borrow_mut())(Stage::Transform, d as u64, t as u64);
+    crate::transform::transformed_source(source, job.transforms, &key, &awq_type, &mut hessians, &mut groups)
+}
+
 /// The plan's inputs: the opened source, the resolved options and, with a size target,
 /// the allocation (its overrides already in the options).
 pub fn plan_job(
@@ -249,6 +306,7 @@ pub fn plan_job(
     progress: &mut dyn FnMut(Stage, u64, u64),
 ) -> Result<QuantizeSummary> {
     job.check()?;
+    let source = &transformed(source, job, progress)?;
     let (g, opts, recipe) = resolve_and_allocate(source, job, progress)?;
     let mut plan = plan_model(&g, &opts)?;
     plan.recipe = recipe;
@@ -319,6 +377,7 @@ pub fn sensitivities(
     validate: usize,
     progress: &mut dyn FnMut(Stage, u64, u64),
 ) -> Result<(crate::allocate::CostTable, Option<crate::allocate::Validation>)> {
+    let source = &transformed(source, job, progress)?;
     // Only importances are needed, not Hessians.
     let light = QuantizeJob { method: Some(Method::Search), ..job.clone() };
     let opts = resolve_checked(source, &light, progress)?;

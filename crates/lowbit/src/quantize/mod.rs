@@ -300,7 +300,8 @@ pub fn write_planned(
         .metadata
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "general.file_type" | "general.quantization_version"))
-        .filter(|(k, _)| !k.starts_with("lowbit."))
+        // A transformed source's `lowbit.transform` says what the weights went through.
+        .filter(|(k, _)| !k.starts_with("lowbit.") || k == "lowbit.transform")
         .cloned()
         .collect();
     metadata.push(("general.quantization_version".into(), Value::U32(2)));
