@@ -41,7 +41,7 @@ use crate::gguf::{is_codebook, tensor_specs, GgufFile, GgufWriter, Value};
 use crate::method::MethodOptions;
 
 /// The rotation's seed (fixed: the same command gives the same file).
-pub const SEED: u64 = 0x5eed_0f_107a7e;
+pub const SEED: u64 = 0x5eed_0f10_7a7e;
 
 /// Which transforms to fold in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -356,6 +356,10 @@ enum Producer {
     Rows(String),
 }
 
+/// One AWQ group: where its scales fold back, the weights reading the input, and the
+/// column classes that must share a scale.
+type Group<'a> = (Producer, Vec<String>, Option<&'a [usize]>);
+
 /// Searches and folds AWQ scales for every block.
 fn apply_awq(
     t: &mut Tensors,
@@ -374,7 +378,7 @@ fn apply_awq(
     let total = shape.n_layer * 4;
     progress(0, total);
     for i in 0..shape.n_layer {
-        let groups: [(Producer, Vec<String>, Option<&[usize]>); 4] = [
+        let groups: [Group; 4] = [
             (Producer::Norm(blk(i, "attn_norm")), vec![blk(i, "attn_q"), blk(i, "attn_k"), blk(i, "attn_v")], None),
             (Producer::Norm(blk(i, "ffn_norm")), vec![blk(i, "ffn_gate"), blk(i, "ffn_up")], None),
             (Producer::Rows(blk(i, "ffn_up")), vec![blk(i, "ffn_down")], None),
