@@ -27,12 +27,31 @@ fn distance(source: &std::path::Path, model: &std::path::Path, eval: &EvalOption
     (k.mean, k.top1_agreement)
 }
 
+/// Removes the transformed sources with `transforms` the job cache got since `started`.
+fn remove_made_since(started: std::time::SystemTime, transforms: &str) {
+    let dir = lowbit::zoo::home().join("transformed");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        // (A .gguf listed here may be gone: removed with its report.)
+        let fresh = std::fs::metadata(&p).is_ok_and(|m| m.modified().unwrap() >= started);
+        if fresh && p.extension().is_some_and(|e| e == "json") {
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+            if r["transforms"] == transforms {
+                std::fs::remove_file(p.with_extension("gguf")).ok();
+                std::fs::remove_file(&p).ok();
+            }
+        }
+    }
+}
+
 #[test]
 fn rotation_is_exact_and_llama_cpp_runs_the_result() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
     let rotate = Transforms { rotate: true, awq: false };
     let q8 = |_: &str, _: usize| StorageType::from_name("Q8_0").unwrap();
-    let rotated = transformed_source(&src, rotate, "", &q8, &mut || unreachable!("no AWQ"), &mut |_, _| {}).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let rotated =
+        transformed_source(work.path(), &src, rotate, "", &q8, &mut || unreachable!("no AWQ"), &mut |_, _| {}).unwrap();
     let g = lowbit::gguf::GgufFile::open(&rotated).unwrap();
     assert!(g.tensor_info("output.weight").is_some(), "the tied embedding is untied");
     assert!(g.dequantize("blk.3.attn_norm.weight").unwrap().iter().all(|&x| x == 1.0), "norms folded");
@@ -42,19 +61,21 @@ fn rotation_is_exact_and_llama_cpp_runs_the_result() {
     // f32 rounding of the rotated products (measured 6e-9 at ctx 512): far below any
     // quantization's 1e-3.
     assert!(kld < 1e-5 && top1 == 1.0, "rotated model: KLD {kld:e}, top-1 {top1}");
+    drop(work);
 
-    // Quantized through the job, the file is a llama model llama.cpp runs.
+    // Quantized through the job, the file is a llama model llama.cpp runs. (The job keeps
+    // its transformed source in $LOWBIT_HOME/transformed/; this test removes it.)
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rot-q8.gguf");
     let job = QuantizeJob { transforms: rotate, ..QuantizeJob::new(Mix::from_name("Q8_0").unwrap(), vec![]) };
+    let started = std::time::SystemTime::now();
     run(&src, &out, &job, &mut |_, _, _| {}).unwrap();
+    remove_made_since(started, "rotate");
     let g = lowbit::gguf::GgufFile::open(&out).unwrap();
     assert_eq!(g.get("lowbit.transform").and_then(|v| v.as_str()), Some("rotate"));
     drop(g);
     let (kld, _) = distance(&src, &out, &eval);
     assert!(kld < 0.01, "rotated Q8_0: KLD {kld}");
-    std::fs::remove_file(&rotated).ok();
-    std::fs::remove_file(rotated.with_extension("json")).ok();
     let Some(bin) = support::llama_bin() else { return };
     let text = support::shared_data("wikitext-2/wiki.valid.raw");
     let wiki = std::fs::read_to_string(&text).unwrap();
@@ -75,7 +96,8 @@ fn awq_scales_are_exact_and_never_worse_than_none() {
     let mut hessians =
         || Ok(calibrate_files(&src, std::slice::from_ref(&emma), &calib, true, &mut |_, _| {})?.hessians_by_weight());
     let awq = Transforms { rotate: false, awq: true };
-    let transformed = transformed_source(&src, awq, "test", &q4_0, &mut hessians, &mut |_, _| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let transformed = transformed_source(dir.path(), &src, awq, "test", &q4_0, &mut hessians, &mut |_, _| {}).unwrap();
     let made = transformed.with_extension("json");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&made).unwrap()).unwrap();
     assert_eq!(report["transforms"], "awq");
@@ -92,8 +114,6 @@ fn awq_scales_are_exact_and_never_worse_than_none() {
     let eval = EvalOptions { ctx: 128, max_chunks: Some(4), ..Default::default() };
     let (kld, top1) = distance(&src, &transformed, &eval);
     assert!(kld < 1e-5 && top1 == 1.0, "AWQ-scaled model: KLD {kld:e}, top-1 {top1}");
-    std::fs::remove_file(&transformed).ok();
-    std::fs::remove_file(&made).ok();
 }
 
 #[test]

@@ -295,7 +295,8 @@ fn transformed(source: &Path, job: &QuantizeJob, progress: &mut dyn FnMut(Stage,
         _ => Err(Error::Usage("--transform awq needs calibration texts (--calib)".into())),
     };
     let mut groups = |d: usize, t: usize| (progress.borrow_mut())(Stage::Transform, d as u64, t as u64);
-    crate::transform::transformed_source(source, job.transforms, &key, &awq_type, &mut hessians, &mut groups)
+    let dir = crate::zoo::home().join("transformed");
+    crate::transform::transformed_source(&dir, source, job.transforms, &key, &awq_type, &mut hessians, &mut groups)
 }
 
 /// The plan's inputs: the opened source, the resolved options and, with a size target,

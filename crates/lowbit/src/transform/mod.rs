@@ -147,12 +147,13 @@ impl Shape {
     }
 }
 
-/// The transformed source for `transforms` (made once, then reused from
-/// `$LOWBIT_HOME/transformed/`). `awq_type(name, columns)` is the type a weight will be
+/// The transformed source for `transforms`, made once in `dir` (the quantize job uses
+/// `$LOWBIT_HOME/transformed/`) and reused from there. `awq_type(name, columns)` is the type a weight will be
 /// quantized to (AWQ's search measures rounding with it); `hessians` gives the source's
 /// input Hessians by weight name (called only when AWQ needs them). `progress(done,
 /// total)` counts AWQ groups.
 pub fn transformed_source(
+    dir: &Path,
     source: &Path,
     transforms: Transforms,
     key_extra: &str,
@@ -190,12 +191,11 @@ pub fn transformed_source(
         }
         h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()
     };
-    let dir = crate::zoo::home().join("transformed");
     let out = dir.join(format!("{key}.gguf"));
     if out.is_file() {
         return Ok(out);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut t = load(&g)?;
     let mut report = TransformReport { transforms: transforms.name(), ..Default::default() };
     let mut q = None;
