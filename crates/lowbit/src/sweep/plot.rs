@@ -76,6 +76,11 @@ fn render<F: Figure>(fig: &F, svg: &Path, png: &Path, size: (u32, u32)) -> Resul
     result
 }
 
+/// A sweep setting that is a size target (`size:90MB`, `bpw:3.4`, optionally `:METHOD`).
+fn is_size_target(name: &str) -> bool {
+    name.starts_with("size:") || name.starts_with("bpw:")
+}
+
 struct Pareto<'a>(&'a SweepReport);
 
 impl Figure for Pareto<'_> {
@@ -112,6 +117,19 @@ impl Figure for Pareto<'_> {
             .map_err(e)?
             .label("Pareto front")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(2)));
+        // Size targets (`size:…`, `bpw:…`) form lowbit's allocated curve: joined by size.
+        let mut allocated: Vec<(f64, f64)> = (0..pts.len())
+            .filter(|&i| r.results[i].kind == "lowbit" && is_size_target(&r.results[i].name))
+            .map(|i| pts[i])
+            .collect();
+        allocated.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if allocated.len() > 1 {
+            chart
+                .draw_series(LineSeries::new(allocated, ShapeStyle::from(&PALETTE[0]).stroke_width(3)))
+                .map_err(e)?
+                .label("lowbit allocated to a size")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], PALETTE[0].stroke_width(3)));
+        }
         for (kind, colour, label) in
             [("lowbit", PALETTE[0], "lowbit"), ("compare", RGBColor(214, 39, 40), "compared files")]
         {
