@@ -76,9 +76,10 @@ fn render<F: Figure>(fig: &F, svg: &Path, png: &Path, size: (u32, u32)) -> Resul
     result
 }
 
-/// A sweep setting that is a size target (`size:90MB`, `bpw:3.4`, optionally `:METHOD`).
+/// A sweep result that is a size target: its setting name ([`super::Setting::name`])
+/// `size-90MB` or `bpw-3.4`, optionally `-METHOD`.
 fn is_size_target(name: &str) -> bool {
-    name.starts_with("size:") || name.starts_with("bpw:")
+    name.starts_with("size-") || name.starts_with("bpw-")
 }
 
 struct Pareto<'a>(&'a SweepReport);
@@ -117,7 +118,7 @@ impl Figure for Pareto<'_> {
             .map_err(e)?
             .label("Pareto front")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(2)));
-        // Size targets (`size:…`, `bpw:…`) form lowbit's allocated curve: joined by size.
+        // Size targets (`size:…`, `bpw:…` settings) form lowbit's allocated curve: joined by size.
         let mut allocated: Vec<(f64, f64)> = (0..pts.len())
             .filter(|&i| r.results[i].kind == "lowbit" && is_size_target(&r.results[i].name))
             .map(|i| pts[i])
@@ -333,4 +334,17 @@ pub fn plot_pareto(r: &SweepReport, svg: &Path, png: &Path) -> Result<()> {
 /// Draws every setting's per-tensor relative weight error.
 pub fn plot_layers(r: &SweepReport, svg: &Path, png: &Path) -> Result<()> {
     render(&Layers(r), svg, png, (1200, 650))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_target_settings_are_recognised_by_their_result_names() {
+        for (text, target) in [("size:90MB", true), ("bpw:3.4:gptq", true), ("Q4_K_M", false), ("Q4_K_M:gptq", false)] {
+            let name = super::super::Setting::parse(text).unwrap().name();
+            assert_eq!(is_size_target(&name), target, "{text} → {name}");
+        }
+    }
 }
