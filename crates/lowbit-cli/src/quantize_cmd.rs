@@ -51,8 +51,8 @@ pub struct QuantizeArgs {
     /// residual-stream randomized Hadamard rotation with the norms folded; llama family;
     /// unties a tied embedding), `rotate+awq`, or `none`. The output stays a llama.cpp
     /// model.
-    #[arg(long = "transform", default_value = "none", value_parser = parse_transforms)]
-    transforms: lowbit::transform::Transforms,
+    #[arg(long = "transform", default_value = "none")]
+    transforms: String,
     /// Follow a saved allocation (`NAME=TYPE` lines, from --save-recipe).
     #[arg(long, conflicts_with_all = ["ty", "size"])]
     recipe: Option<PathBuf>,
@@ -307,7 +307,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
         sequential: args.sequential,
         target,
         cost_options,
-        transforms: args.transforms,
+        transforms: lowbit::transform::Transforms::parse(&args.transforms)?,
         ..QuantizeJob::new(mix, overrides)
     };
     job.check()?;
@@ -392,10 +392,6 @@ pub(crate) fn with_progress<T>(
     });
     bar.finish_and_clear();
     r
-}
-
-fn parse_transforms(text: &str) -> Result<lowbit::transform::Transforms, String> {
-    lowbit::transform::Transforms::parse(text).map_err(|e| e.to_string())
 }
 
 /// Each stage's label, the unit its progress counts and its progress bar.

@@ -76,6 +76,22 @@ fn size_targets_are_checked() {
     assert_fails(&quantize(&["--type", "Q4_K", "--calib", "self:lots"]), &["self:lots", "self:16384"]);
 }
 
+/// Transforms: unknown names, AWQ without calibration text and a model without the
+/// metadata a rotation needs are refused before anything is written.
+#[test]
+fn transforms_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path(), None);
+    let out = dir.path().join("out.gguf");
+    let quantize = |extra: &[&str]| {
+        lowbit().args(["quantize", "--model"]).arg(&src).args(extra).arg("-o").arg(&out).output().unwrap()
+    };
+    assert_fails(&quantize(&["--type", "Q8_0", "--transform", "spin"]), &["--transform", "spin", "rotate+awq"]);
+    assert_fails(&quantize(&["--type", "Q8_0", "--transform", "awq"]), &["--transform awq", "--calib"]);
+    assert_fails(&quantize(&["--type", "Q8_0", "--transform", "rotate"]), &["src.gguf", "embedding_length"]);
+    assert_eq!(files(dir.path()), vec!["src.gguf"]);
+}
+
 /// Typos and near-misses get a pointed message.
 #[test]
 fn type_typos_get_suggestions() {
