@@ -255,7 +255,7 @@ pub(crate) fn encode_error(input: &Path, name: &str, target: StorageType, e: Enc
 }
 
 /// What a non-finite source weight means.
-fn damaged(index: usize, value: f32) -> String {
+pub(crate) fn damaged(index: usize, value: f32) -> String {
     format!("weight {index} is {value}: the source is damaged")
 }
 

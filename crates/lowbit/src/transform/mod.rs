@@ -228,11 +228,7 @@ fn load(g: &GgufFile) -> Result<Tensors> {
         let values = g.dequantize(&t.name)?;
         g.release(&t.name);
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(
-                g.path(),
-                &t.name,
-                format!("weight {i} is {}: the source is damaged", values[i]),
-            ));
+            return Err(Error::tensor(g.path(), &t.name, crate::quantize::damaged(i, values[i])));
         }
         order.push(t.name.clone());
         map.insert(t.name.clone(), (t.dims.clone(), values));
