@@ -101,11 +101,6 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
     // llama.cpp loads and runs the allocated file, agreeing with lowbit's perplexity in its
     // numerics (16 chunks of 128: 0.3 % measured on Q4_K_M in tests/quantize_interop.rs).
     let Some(bin) = support::llama_bin() else { return };
-    let text = support::shared_data("wikitext-2/wiki.valid.raw");
-    let (ctx, chunks) = (128, 16);
-    let theirs = support::llama_perplexity(&bin, &allocated, &text, ctx, chunks);
-    let lm = load_gguf_lm(&allocated, LoadOptions { llama_cpp_numerics: true, ..Default::default() }).unwrap();
-    let eval = EvalOptions { ctx, max_chunks: Some(chunks), ..Default::default() };
-    let ours = evaluate(&lm, None, None, &wiki, &eval, &mut |_, _, _| {}).unwrap().ppl;
+    let (theirs, ours) = support::perplexity_both_ways(&bin, &allocated, 128, 16);
     assert!((ours - theirs).abs() / theirs < 0.02, "llama.cpp PPL {theirs:.4}, lowbit {ours:.4}");
 }

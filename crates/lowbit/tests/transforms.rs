@@ -77,13 +77,7 @@ fn rotation_is_exact_and_llama_cpp_runs_the_result() {
     let (kld, _) = distance(&src, &out, &eval);
     assert!(kld < 0.01, "rotated Q8_0: KLD {kld}");
     let Some(bin) = support::llama_bin() else { return };
-    let text = support::shared_data("wikitext-2/wiki.valid.raw");
-    let wiki = std::fs::read_to_string(&text).unwrap();
-    let (ctx, chunks) = (128, 8);
-    let theirs = support::llama_perplexity(&bin, &out, &text, ctx, chunks);
-    let lm = load_gguf_lm(&out, LoadOptions { llama_cpp_numerics: true, ..Default::default() }).unwrap();
-    let eval = EvalOptions { ctx, max_chunks: Some(chunks), ..Default::default() };
-    let ours = evaluate(&lm, None, None, &wiki, &eval, &mut |_, _, _| {}).unwrap().ppl;
+    let (theirs, ours) = support::perplexity_both_ways(&bin, &out, 128, 8);
     assert!((ours - theirs).abs() / theirs < 0.02, "llama.cpp PPL {theirs:.4}, lowbit {ours:.4}");
 }
 

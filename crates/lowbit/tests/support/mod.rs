@@ -97,3 +97,17 @@ pub fn llama_perplexity(
     let line = log.lines().find(|l| l.contains("Final estimate: PPL =")).expect("a final estimate line");
     line.split("PPL =").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
 }
+
+/// Perplexity of `model` on wiki.valid (`chunks` chunks of `ctx`) from `llama-perplexity`
+/// and from lowbit in llama.cpp's numerics: (llama.cpp's, lowbit's).
+pub fn perplexity_both_ways(bin: &std::path::Path, model: &std::path::Path, ctx: usize, chunks: usize) -> (f64, f64) {
+    use lowbit::eval::{evaluate, EvalOptions};
+    use lowbit::model::{load_gguf_lm, LoadOptions};
+    let text = shared_data("wikitext-2/wiki.valid.raw");
+    let theirs = llama_perplexity(bin, model, &text, ctx, chunks);
+    let wiki = std::fs::read_to_string(&text).unwrap();
+    let lm = load_gguf_lm(model, LoadOptions { llama_cpp_numerics: true, ..Default::default() }).unwrap();
+    let eval = EvalOptions { ctx, max_chunks: Some(chunks), ..Default::default() };
+    let ours = evaluate(&lm, None, None, &wiki, &eval, &mut |_, _, _| {}).unwrap().ppl;
+    (theirs, ours)
+}
