@@ -22,6 +22,15 @@ def load(path):
         return None
 
 
+def size_mb(out, name):
+    """The file's size in MB: from the `.bytes` record task_table.sh keeps, else the GGUF."""
+    rec, gguf = os.path.join(out, f"{name}.bytes"), os.path.join(out, f"{name}.gguf")
+    if os.path.exists(rec):
+        with open(rec) as f:
+            return f"{int(f.read()) / 1e6:.1f}"
+    return f"{os.path.getsize(gguf) / 1e6:.1f}" if os.path.exists(gguf) else "–"
+
+
 def main(out):
     models = sorted({n.split("-source.hellaswag.json")[0] for n in os.listdir(out) if n.endswith("-source.hellaswag.json")})
     for model in models:
@@ -36,8 +45,7 @@ def main(out):
             for tool in ("llama", "lowbit"):
                 h = load(os.path.join(out, f"{model}-{tool}-{t}.hellaswag.json"))
                 g = load(os.path.join(out, f"{model}-{tool}-{t}.generate.json"))
-                f = os.path.join(out, f"{model}-{tool}-{t}.gguf")
-                mb.append(f"{os.path.getsize(f) / 1e6:.1f}" if os.path.exists(f) else "–")
+                mb.append(size_mb(out, f"{model}-{tool}-{t}"))
                 if h is None:
                     cells.append("–")
                     agree.append("–")

@@ -26,6 +26,9 @@ imatrix="$out/$model-llama.imatrix"; stats="$out/$model-stats.safetensors"
 [ -f "$stats" ] || "$lowbit" calibrate --model "$src" --text "${austen[@]}" --chunks 64 -o "$stats" >/dev/null 2>&1
 measure() { # name file
   local j="$out/$model-$1.hellaswag.json" g="$out/$model-$1.generate.json"
+  # The file's size is kept beside its results, so the tables can be printed (and the
+  # results committed) without the GGUF files.
+  stat -c %s "$2" > "$out/$model-$1.bytes"
   [ -f "$j" ] || { "$lowbit" eval --model "$2" --task hellaswag --tasks "$tasks" --json > "$j.part" && mv "$j.part" "$j"; }
   if [ "$1" != source ] && [ ! -f "$g" ]; then
     "$lowbit" eval --model "$2" --generate prompts --prompts "$prompts" -n "$gen" --reference "$src" --json > "$g.part"

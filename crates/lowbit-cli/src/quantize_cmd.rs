@@ -53,6 +53,12 @@ pub struct QuantizeArgs {
     /// model.
     #[arg(long = "transform", default_value = "none")]
     transforms: String,
+    /// A low-rank branch of this rank beside every quantized block matrix: f16 factors
+    /// A·B fitted to the matrix's quantization error in its calibration metric (Hessian,
+    /// else importance). The file needs lowbit to run it; with --size its bytes come out
+    /// of the budget.
+    #[arg(long)]
+    low_rank: Option<usize>,
     /// Follow a saved allocation (`NAME=TYPE` lines, from --save-recipe).
     #[arg(long, conflicts_with_all = ["ty", "size"])]
     recipe: Option<PathBuf>,
@@ -308,6 +314,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
         target,
         cost_options,
         transforms: lowbit::transform::Transforms::parse(&args.transforms)?,
+        low_rank: args.low_rank,
         ..QuantizeJob::new(mix, overrides)
     };
     job.check()?;

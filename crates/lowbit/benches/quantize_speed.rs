@@ -70,6 +70,7 @@ fn whole_model(threads: usize) {
         hessians: None,
         pre_encoded: Default::default(),
         method_options: Default::default(),
+        low_rank: None,
     };
     let (mut ours, mut theirs) = (vec![], vec![]);
     for _ in 0..7 {

@@ -50,6 +50,7 @@ fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
         hessians: None,
         pre_encoded: Default::default(),
         method_options: Default::default(),
+        low_rank: None,
     };
     quantize_gguf(&src, &quant, &opts, &mut |_, _| {}).unwrap();
     let load = |p: &Path| {

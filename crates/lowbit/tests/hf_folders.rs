@@ -81,6 +81,7 @@ fn round_trip(zoo: &str, shard: Option<u64>, mix: &str) {
         hessians: None,
         pre_encoded: Default::default(),
         method_options: Default::default(),
+        low_rank: None,
     };
     let (qa, qb) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
     lowbit::quantize::quantize_gguf(&src, &qa, &opts, &mut |_, _| {}).unwrap();

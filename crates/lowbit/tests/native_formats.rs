@@ -36,6 +36,7 @@ fn native_formats_round_trip_through_a_real_model() {
         hessians: None,
         pre_encoded: Default::default(),
         method_options: Default::default(),
+        low_rank: None,
     };
     quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let (s, q) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());
@@ -105,6 +106,7 @@ fn vq_formats_round_trip_through_a_real_model() {
         hessians: None,
         pre_encoded: Default::default(),
         method_options: Default::default(),
+        low_rank: None,
     };
     let summary = quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     assert!(summary.tensors.iter().all(|t| !t.name.ends_with(".codebook")));

@@ -145,6 +145,7 @@ fn plans_have_llama_quantize_sizes() {
             hessians: None,
             pre_encoded: Default::default(),
             method_options: Default::default(),
+            low_rank: None,
         };
         let s = plan_model(&g, &opts).unwrap();
         let ours = s.tensor_bytes as f64 / 1048576.0;
@@ -168,6 +169,7 @@ fn gemma3_requantized_to_its_own_mix_is_bit_identical() {
         hessians: None,
         pre_encoded: Default::default(),
         method_options: Default::default(),
+        low_rank: None,
     };
     quantize_gguf(&path, &out, &opts, &mut |_, _| {}).unwrap();
     let (a, b) = (GgufFile::open(&path).unwrap(), GgufFile::open(&out).unwrap());
@@ -213,6 +215,7 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
             hessians: None,
             pre_encoded: Default::default(),
             method_options: Default::default(),
+            low_rank: None,
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
         let theirs = support::llama_perplexity(&bin, &out, &text, ctx, chunks);

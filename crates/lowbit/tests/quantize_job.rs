@@ -48,6 +48,7 @@ fn calibrated_quantization_in_one_call() {
             hessians: Some(stats.hessians_by_weight()),
             pre_encoded: Default::default(),
             method_options: Default::default(),
+            low_rank: None,
         };
         quantize_gguf(&src, path, &opts, &mut |_, _| {}).unwrap();
     };

@@ -207,9 +207,9 @@ pub fn swap_kld(
     importance: Option<&[f32]>,
 ) -> Result<(f64, f64)> {
     let w = lm.model.weight_mut(name).ok_or_else(|| Error::Usage(format!("tensor '{name}': not a model matrix")))?;
-    let cols = match w {
-        Weight::Packed(p) => p.cols(),
-        Weight::Dense(_) => return Err(Error::Usage(format!("tensor '{name}': expected stored weights"))),
+    let cols = match w.packed() {
+        Some((p, _)) => p.cols(),
+        None => return Err(Error::Usage(format!("tensor '{name}': expected stored weights"))),
     };
     let dense = w.dense().into_owned();
     let swapped = round_trip(ty, &dense, cols, importance)?;

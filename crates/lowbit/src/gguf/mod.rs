@@ -8,7 +8,9 @@ mod reader;
 mod writer;
 
 pub use metadata::{Value, ValueType};
-pub use native::{codebook_of, is_codebook, native_key, tensor_specs};
+pub use native::{
+    codebook_of, is_codebook, is_companion, low_rank_names, low_rank_of, low_rank_specs, native_key, tensor_specs,
+};
 pub(crate) use reader::{permute_heads, Transform};
 pub use reader::{GgufFile, TensorInfo, TensorType};
 pub use writer::{metadata_bytes, GgufWriter, TensorSpec};

@@ -1,9 +1,13 @@
 //! How lowbit-native and learned-codebook (VQ) tensors live in a GGUF, in both directions.
 //! llama.cpp has no type id for them, so such a tensor is stored as raw `I8` bytes, one
 //! stored row per logical row, and the metadata string `lowbit.native.<tensor>` names its
-//! format; a VQ tensor's codebooks follow as the F16 tensor `<tensor>.codebook`. The writer
-//! side ([`tensor_specs`], [`native_key`]) and the reader side ([`resolve`],
-//! [`codebook_of`]) are kept together so the two cannot drift apart.
+//! format; a VQ tensor's codebooks follow as the F16 tensor `<tensor>.codebook`. A tensor
+//! with a low-rank branch ([`crate::method::low_rank`]) has its factors beside it as the F16
+//! tensors `<tensor>.lr_a` (dims `[r, rows]`) and `<tensor>.lr_b` (dims `[cols, r]`); such
+//! files are lowbit's own (llama.cpp refuses tensors it does not expect). The writer side
+//! ([`tensor_specs`], [`low_rank_specs`], [`native_key`]) and the reader side ([`resolve`],
+//! [`codebook_of`], [`low_rank_of`], [`is_companion`]) are kept together so the two cannot
+//! drift apart.
 
 use std::path::Path;
 
@@ -92,4 +96,60 @@ pub fn is_codebook(g: &GgufFile, name: &str) -> bool {
     name.strip_suffix(".codebook")
         .and_then(|base| g.tensor_info(base))
         .is_some_and(|b| matches!(b.ty, TensorType::Known(StorageType::Vq(_))))
+}
+
+/// The names of the low-rank factors of tensor `name`: `A` (`rows × r`) and `B` (`r × cols`).
+pub fn low_rank_names(name: &str) -> (String, String) {
+    (format!("{name}.lr_a"), format!("{name}.lr_b"))
+}
+
+/// The GGUF tensors a rank-`rank` branch of a tensor of logical `dims` (`[cols, rows]`)
+/// is written as.
+pub fn low_rank_specs(name: &str, dims: &[u64], rank: usize) -> Vec<TensorSpec> {
+    let (a, b) = low_rank_names(name);
+    let (cols, rows) = (dims[0], dims.get(1).copied().unwrap_or(1));
+    vec![
+        TensorSpec { name: a, dims: vec![rank as u64, rows], ty: GgmlType::F16 },
+        TensorSpec { name: b, dims: vec![cols, rank as u64], ty: GgmlType::F16 },
+    ]
+}
+
+/// The low-rank branch stored beside tensor `name` of `g`, if it has one (both factors
+/// F16, shapes matching the tensor's).
+pub fn low_rank_of(g: &GgufFile, name: &str) -> Result<Option<crate::method::low_rank::LowRank>> {
+    let (a_name, b_name) = low_rank_names(name);
+    let (Some(a), Some(b), Some(t)) = (g.tensor_info(&a_name), g.tensor_info(&b_name), g.tensor_info(name)) else {
+        if g.tensor_info(&a_name).is_some() != g.tensor_info(&b_name).is_some() {
+            return Err(Error::tensor(g.path(), name, "has one low-rank factor without the other (.lr_a/.lr_b)"));
+        }
+        return Ok(None);
+    };
+    let f16 = TensorType::Known(StorageType::Ggml(GgmlType::F16));
+    let (cols, rows) = (t.dims[0] as usize, t.dims.get(1).copied().unwrap_or(1) as usize);
+    let rank = a.dims[0] as usize;
+    if a.ty != f16 || b.ty != f16 || a.dims != [rank as u64, rows as u64] || b.dims != [cols as u64, rank as u64] {
+        return Err(Error::tensor(
+            g.path(),
+            name,
+            format!(
+                "low-rank factors must be F16 [r, {rows}] and [{cols}, r], found {} {:?} and {} {:?}",
+                a.ty, a.dims, b.ty, b.dims
+            ),
+        ));
+    }
+    let (_, ab) = g.tensor_bytes(&a_name)?;
+    let (_, bb) = g.tensor_bytes(&b_name)?;
+    let lr = crate::method::low_rank::LowRank::from_f16(&ab, &bb, rows, cols, rank)
+        .ok_or_else(|| Error::tensor(g.path(), name, "low-rank factor sizes do not match their shapes"))?;
+    if lr.a.iter().chain(&lr.b).any(|v| !v.is_finite()) {
+        return Err(Error::tensor(g.path(), name, "a low-rank factor holds NaN/inf values"));
+    }
+    Ok(Some(lr))
+}
+
+/// Whether tensor `name` of `g` travels with another tensor rather than being one of its
+/// own: a VQ tensor's codebook or a low-rank factor.
+pub fn is_companion(g: &GgufFile, name: &str) -> bool {
+    is_codebook(g, name)
+        || [".lr_a", ".lr_b"].iter().any(|s| name.strip_suffix(s).is_some_and(|base| g.tensor_info(base).is_some()))
 }

@@ -581,7 +581,8 @@ impl GgufFile {
         }
     }
 
-    /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored).
+    /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored), its
+    /// low-rank branch added when it has one.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let (info, bytes) = self.tensor_bytes(name)?;
         let n = usize::try_from(info.n_elements)
@@ -591,7 +592,13 @@ impl GgufFile {
         };
         let codebook = super::native::codebook_of(self, name, st)?;
         let cols = info.dims.first().copied().unwrap_or(0) as usize;
-        decode(st, &bytes, codebook.as_deref(), n, cols).map_err(|e| Error::tensor(&self.path, name, e.to_string()))
+        let mut values = decode(st, &bytes, codebook.as_deref(), n, cols)
+            .map_err(|e| Error::tensor(&self.path, name, e.to_string()))?;
+        // A tensor with a low-rank branch stands for Ŵ + A·B.
+        if let Some(lr) = super::native::low_rank_of(self, name)? {
+            lr.add_to(&mut values);
+        }
+        Ok(values)
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod gptq;
 pub mod kmeans;
+pub mod low_rank;
 mod tensor;
 pub mod vq;
 

@@ -290,6 +290,10 @@ impl Decoder {
             match &self.tok_embd {
                 Weight::Dense(e) => row.copy_from_slice(&e[tok * c.d_model..(tok + 1) * c.d_model]),
                 Weight::Packed(e) => e.decode_rows(tok, row),
+                // Embeddings never get a branch; a file that gives one is read as dense.
+                Weight::PackedLowRank(..) => {
+                    row.copy_from_slice(&self.tok_embd.dense()[tok * c.d_model..(tok + 1) * c.d_model])
+                }
             }
             if c.embed_scale != 1.0 {
                 row.iter_mut().for_each(|v| *v *= c.embed_scale);

@@ -15,6 +15,7 @@ use crate::format::activation::{fake_quantize_row, vec_dot_type};
 use crate::format::GgmlType;
 use crate::gguf::{GgufFile, TensorType, Value};
 use crate::kernels::PackedMatrix;
+use crate::method::low_rank::LowRank;
 use crate::tensor::matmul_wt;
 use crate::tokenizer::Tokenizer;
 
@@ -26,6 +27,9 @@ pub enum Weight {
     /// In its stored format (borrowed from the memory-mapped file): the quantized
     /// runtime computes on it directly ([`crate::kernels`]).
     Packed(PackedMatrix),
+    /// In its stored format with a low-rank branch beside it: the weights are `Ŵ + A·B`
+    /// ([`crate::method::low_rank`]); the branch runs as two thin products.
+    PackedLowRank(PackedMatrix, std::sync::Arc<LowRank>),
 }
 
 impl Weight {
@@ -35,6 +39,20 @@ impl Weight {
         match self {
             Weight::Dense(v) => std::borrow::Cow::Borrowed(v),
             Weight::Packed(p) => std::borrow::Cow::Owned(p.to_dense()),
+            Weight::PackedLowRank(p, lr) => {
+                let mut w = p.to_dense();
+                lr.add_to(&mut w);
+                std::borrow::Cow::Owned(w)
+            }
+        }
+    }
+
+    /// The stored matrix and its branch, for weights kept in their stored format.
+    pub fn packed(&self) -> Option<(&PackedMatrix, Option<&LowRank>)> {
+        match self {
+            Weight::Dense(_) => None,
+            Weight::Packed(p) => Some((p, None)),
+            Weight::PackedLowRank(p, lr) => Some((p, Some(lr))),
         }
     }
 
@@ -43,6 +61,7 @@ impl Weight {
         match self {
             Weight::Dense(v) => 4 * v.len(),
             Weight::Packed(p) => p.stored_bytes(),
+            Weight::PackedLowRank(p, lr) => p.stored_bytes() + 2 * (lr.a.len() + lr.b.len()),
         }
     }
 
@@ -53,6 +72,12 @@ impl Weight {
             Weight::Packed(p) => {
                 let mut out = vec![0.0; t * out_f];
                 p.matmul(x, t, act_quant, &mut out);
+                out
+            }
+            Weight::PackedLowRank(p, lr) => {
+                let mut out = vec![0.0; t * out_f];
+                p.matmul(x, t, act_quant, &mut out);
+                lr.apply(x, t, &mut out);
                 out
             }
         }
@@ -174,7 +199,7 @@ pub fn project(
 /// packed weights, one parallel pass over all of them ([`crate::kernels::matmul_batch`]);
 /// the same results as calling [`Linear::forward`] on each.
 pub fn forward_many(layers: &[&Linear], x: &[f32], t: usize) -> Vec<Vec<f32>> {
-    let all_packed = layers.iter().all(|l| matches!(l.weight, Weight::Packed(_)));
+    let all_packed = layers.iter().all(|l| l.weight.packed().is_some());
     if !all_packed {
         return layers.iter().map(|l| l.forward(x, t)).collect();
     }
@@ -188,12 +213,15 @@ pub fn forward_many(layers: &[&Linear], x: &[f32], t: usize) -> Vec<Vec<f32>> {
         .iter()
         .zip(outs.iter_mut())
         .map(|(l, out)| {
-            let Weight::Packed(m) = &l.weight else { unreachable!("checked above") };
+            let (m, _) = l.weight.packed().expect("checked above");
             crate::kernels::Product { m, act: l.act_quant, out }
         })
         .collect();
     crate::kernels::matmul_batch(x, t, &mut products);
     for (l, out) in layers.iter().zip(outs.iter_mut()) {
+        if let Some((_, Some(lr))) = l.weight.packed() {
+            lr.apply(x, t, out);
+        }
         l.add_bias(out);
     }
     outs
@@ -289,7 +317,11 @@ impl GgufWeights<'_> {
 
     /// A linear layer stored as GGUF dims [in, out].
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
-        let weight = Weight::Packed(self.packed(name, in_features, out_features)?);
+        let packed = self.packed(name, in_features, out_features)?;
+        let weight = match crate::gguf::low_rank_of(self.file, name)? {
+            Some(lr) => Weight::PackedLowRank(packed, std::sync::Arc::new(lr)),
+            None => Weight::Packed(packed),
+        };
         let act_quant = self.act_quant_for(name);
         Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant, recorder: None })
     }

@@ -64,6 +64,9 @@ pub struct QuantizeJob {
     pub cost_options: CostOptions,
     /// Equivalent transforms folded into the source first ([`crate::transform`]).
     pub transforms: Transforms,
+    /// A low-rank branch of this rank beside every quantized block matrix
+    /// ([`crate::method::low_rank`]); with a size target its bytes come out of the budget.
+    pub low_rank: Option<usize>,
 }
 
 impl QuantizeJob {
@@ -82,6 +85,7 @@ impl QuantizeJob {
             hessians,
             pre_encoded: Default::default(),
             method_options: self.method_options,
+            low_rank: self.low_rank,
         }
     }
 
@@ -97,11 +101,20 @@ impl QuantizeJob {
             target: None,
             cost_options: CostOptions::default(),
             transforms: Transforms::default(),
+            low_rank: None,
         }
     }
 
     /// Refuses combinations that cannot work, before any work is done.
     pub fn check(&self) -> Result<()> {
+        if self.low_rank == Some(0) {
+            return Err(Error::Usage("--low-rank takes a rank of at least 1".into()));
+        }
+        if self.low_rank.is_some() && self.cost_options.llama_cpp_only {
+            return Err(Error::Usage(
+                "--low-rank adds tensors llama.cpp does not load: drop --llama-cpp or --low-rank".into(),
+            ));
+        }
         let has_stats = matches!(self.calibration, CalibrationInput::Stats(_) | CalibrationInput::Texts { .. });
         if self.method == Some(Method::Gptq) && !has_stats {
             return Err(Error::Usage(
@@ -326,11 +339,19 @@ fn resolve_and_allocate(
     let elements: u64 = g
         .tensors
         .iter()
-        .filter(|t| !crate::gguf::is_codebook(&g, &t.name))
+        .filter(|t| !crate::gguf::is_companion(&g, &t.name))
         .map(|t| t.dims.iter().product::<u64>())
         .sum();
     let want = target.bytes(elements);
-    let fixed = crate::allocate::fixed_bytes(&g, &table);
+    // Low-rank branches (at most one per block matrix) come out of the budget first.
+    let branches: u64 = job.low_rank.map_or(0, |rank| {
+        g.tensors
+            .iter()
+            .filter(|t| super::block_matrix(&t.name, &t.dims))
+            .map(|t| super::branch_bytes_for(&t.dims, rank))
+            .sum()
+    });
+    let fixed = crate::allocate::fixed_bytes(&g, &table) + branches;
     let budget = want.checked_sub(fixed).ok_or_else(|| {
         Error::Usage(format!(
             "a {want}-byte file cannot hold this model: the tensors that stay as they are and the header take {fixed}"

@@ -23,7 +23,8 @@ use crate::format::encode::EncodeError;
 use crate::format::storage::StorageType;
 use crate::format::vq::codebook_name;
 use crate::gguf::{
-    codebook_of, is_codebook, native_key, tensor_specs, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType,
+    codebook_of, is_companion, low_rank_names, low_rank_of, low_rank_specs, native_key, tensor_specs, GgufFile,
+    GgufWriter, TensorSpec, TensorType, Value, ValueType,
 };
 use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions, VqFit};
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
@@ -50,6 +51,9 @@ pub struct QuantizeOptions {
     pub pre_encoded: crate::sequential::checkpoint::PreEncoded,
     /// Method tunables (GPTQ dampening, k-means, …).
     pub method_options: MethodOptions,
+    /// With a rank, every quantized block matrix gets a low-rank branch of that rank fitted
+    /// to its quantization error ([`crate::method::low_rank`]; lowbit-only files).
+    pub low_rank: Option<usize>,
 }
 
 impl QuantizeOptions {
@@ -172,8 +176,8 @@ pub fn plan_model(g: &GgufFile, opts: &QuantizeOptions) -> Result<QuantizeSummar
 pub fn plan_model_with(g: &GgufFile, opts: &QuantizeOptions, has_imatrix: bool) -> Result<QuantizeSummary> {
     let mut entries = Vec::with_capacity(g.tensors.len());
     for t in &g.tensors {
-        // A VQ tensor's codebook travels with it (rewritten or copied with the tensor).
-        if is_codebook(g, &t.name) {
+        // A VQ tensor's codebook and a low-rank branch's factors travel with their tensor.
+        if is_companion(g, &t.name) {
             continue;
         }
         let source = match t.ty {
@@ -185,8 +189,42 @@ pub fn plan_model_with(g: &GgufFile, opts: &QuantizeOptions, has_imatrix: bool) 
         entries.push(TensorEntry { name: t.name.clone(), dims: t.dims.clone(), source });
     }
     let shape = model_shape(g, has_imatrix);
-    let tensors = make_plan(&entries, &shape, &opts.mix, &opts.overrides)?;
+    let mut tensors = make_plan(&entries, &shape, &opts.mix, &opts.overrides)?;
+    if let Some(rank) = opts.low_rank {
+        for t in tensors.iter_mut().filter(|t| gets_low_rank(t)) {
+            t.bytes += branch_bytes_of(t, rank);
+            t.reason.push_str(&format!(" + rank-{rank} branch"));
+        }
+    }
     Ok(summarize(opts, tensors))
+}
+
+/// Whether a planned tensor gets a low-rank branch when one is asked for: the blocks'
+/// quantized weight matrices (not the embedding or output, not float copies).
+pub fn gets_low_rank(t: &PlannedTensor) -> bool {
+    let float = matches!(
+        t.target,
+        StorageType::Ggml(crate::format::GgmlType::F32 | crate::format::GgmlType::F16 | crate::format::GgmlType::BF16)
+    );
+    block_matrix(&t.name, &t.dims) && !float
+}
+
+/// A block's quantizable weight matrix (what may get a low-rank branch).
+pub(crate) fn block_matrix(name: &str, dims: &[u64]) -> bool {
+    name.starts_with("blk.") && dims.len() == 2 && allows_quantization(name, dims)
+}
+
+/// The bytes of a rank-`rank` branch (capped at the matrix's sides) for a matrix of `dims`.
+pub(crate) fn branch_bytes_for(dims: &[u64], rank: usize) -> u64 {
+    crate::method::low_rank::branch_bytes(dims[1], dims[0], effective_rank(dims, rank) as u64)
+}
+
+fn branch_bytes_of(t: &PlannedTensor, rank: usize) -> u64 {
+    branch_bytes_for(&t.dims, rank)
+}
+
+fn effective_rank(dims: &[u64], rank: usize) -> usize {
+    rank.min(dims[0] as usize).min(dims[1] as usize)
 }
 
 fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSummary {
@@ -266,6 +304,32 @@ fn encoded_parts(t: &PlannedTensor, e: Encoded) -> Vec<(String, Vec<u8>)> {
     parts
 }
 
+/// The low-rank factors of tensor `t` (its stored bytes `bytes`, with `codebook` for a VQ
+/// tensor), fitted to its quantization error in the metric of its Hessian or importance
+/// ([`crate::method::low_rank::fit`]), as the two parts written after it.
+fn fit_branch(
+    g: &GgufFile,
+    t: &PlannedTensor,
+    bytes: &[u8],
+    codebook: Option<&[u8]>,
+    rank: usize,
+    opts: &QuantizeOptions,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let cols = t.dims[0] as usize;
+    let weights = g.dequantize(&t.name)?;
+    let decoded = crate::format::storage::decode(t.target, bytes, codebook, weights.len(), cols)
+        .map_err(|e| Error::tensor(g.path(), &t.name, e.to_string()))?;
+    let error: Vec<f32> = weights.iter().zip(&decoded).map(|(w, q)| w - q).collect();
+    let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name)).map(|h| h.xtx.as_slice());
+    let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice());
+    let lr = crate::method::low_rank::fit(&error, cols, rank, hessian, importance, opts.method_options.gptq.damp);
+    if lr.rank != rank {
+        return Err(Error::tensor(g.path(), &t.name, "the low-rank fit failed (SVD did not converge)"));
+    }
+    let (a, b) = low_rank_names(&t.name);
+    Ok(vec![(a, lr.a_bytes()), (b, lr.b_bytes())])
+}
+
 /// Quantizes `input` (a GGUF) into `output` following `opts`. `progress(done, total)` is
 /// called with elements processed so far. Returns the summary with file size and time.
 pub fn quantize_gguf(
@@ -322,11 +386,18 @@ pub fn write_planned(
             metadata.push((native_key(&t.name), Value::String(t.target.to_string())));
         }
     }
+    if let Some(rank) = opts.low_rank {
+        metadata.push(("lowbit.quantize.low_rank".into(), Value::U32(rank as u32)));
+    }
+    let branch = |t: &PlannedTensor| opts.low_rank.filter(|_| gets_low_rank(t)).map(|r| effective_rank(&t.dims, r));
     let mut specs: Vec<TensorSpec> = Vec::with_capacity(summary.tensors.len());
     for t in &summary.tensors {
         specs.extend(tensor_specs(&t.name, &t.dims, t.target).ok_or_else(|| {
             Error::tensor(input, &t.name, format!("rows of {} values are not whole {} blocks", t.dims[0], t.target))
         })?);
+        if let Some(rank) = branch(t) {
+            specs.extend(low_rank_specs(&t.name, &t.dims, rank));
+        }
     }
     let total = summary.elements;
     let mut done = 0u64;
@@ -346,9 +417,14 @@ pub fn write_planned(
             for t in &summary.tensors {
                 crate::interrupt::check()?;
                 let (_, src) = g.tensor_bytes(&t.name)?;
-                let parts = match opts.pre_encoded.get(&t.name)? {
-                    Some(e) if e.stored_bytes() == t.bytes => encoded_parts(t, e),
-                    _ if t.target == t.source => {
+                let rank = branch(t);
+                let own_bytes = t.bytes - rank.map_or(0, |_| branch_bytes_of(t, opts.low_rank.unwrap_or(0)));
+                // A source tensor with a branch of its own is re-encoded (its bytes alone
+                // are not the weights).
+                let copy = t.target == t.source && low_rank_of(g, &t.name)?.is_none();
+                let mut parts = match opts.pre_encoded.get(&t.name)? {
+                    Some(e) if e.stored_bytes() == own_bytes => encoded_parts(t, e),
+                    _ if copy => {
                         // Copied as stored, but never a damaged value (a NaN norm weight
                         // used to pass through into the output).
                         let values = g.dequantize(&t.name)?;
@@ -367,6 +443,9 @@ pub fn write_planned(
                         encoded_parts(t, encoded)
                     }
                 };
+                if let Some(rank) = rank {
+                    parts.extend(fit_branch(g, t, &parts[0].1, parts.get(1).map(|p| p.1.as_slice()), rank, opts)?);
+                }
                 g.release(&t.name);
                 if parts.into_iter().any(|p| send.send(p).is_err()) {
                     break; // the writer stopped on an error, reported below

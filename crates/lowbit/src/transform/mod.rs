@@ -37,7 +37,7 @@ use crate::calibrate::Hessian;
 use crate::error::{Error, Result};
 use crate::format::storage::StorageType;
 use crate::format::GgmlType;
-use crate::gguf::{is_codebook, tensor_specs, GgufFile, GgufWriter, Value};
+use crate::gguf::{is_companion, tensor_specs, GgufFile, GgufWriter, Value};
 use crate::method::MethodOptions;
 
 /// The rotation's seed (fixed: the same command gives the same file).
@@ -222,7 +222,7 @@ fn load(g: &GgufFile) -> Result<Tensors> {
     let mut order = Vec::new();
     let mut map = HashMap::new();
     for t in &g.tensors {
-        if is_codebook(g, &t.name) {
+        if is_companion(g, &t.name) {
             continue;
         }
         let values = g.dequantize(&t.name)?;
