@@ -92,6 +92,24 @@ fn transforms_are_checked() {
     assert_eq!(files(dir.path()), vec!["src.gguf"]);
 }
 
+/// A low-rank branch needs a rank ≥ 1 and cannot go into a file that must stay
+/// llama.cpp-loadable; nothing is written.
+#[test]
+fn low_rank_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = source(dir.path(), None);
+    let out = dir.path().join("out.gguf");
+    let quantize = |extra: &[&str]| {
+        lowbit().args(["quantize", "--model"]).arg(&src).args(extra).arg("-o").arg(&out).output().unwrap()
+    };
+    assert_fails(&quantize(&["--type", "Q8_0", "--low-rank", "0"]), &["--low-rank", "at least 1"]);
+    assert_fails(
+        &quantize(&["--size", "50MB", "--calib", "austen", "--llama-cpp", "--low-rank", "4"]),
+        &["--low-rank", "llama.cpp"],
+    );
+    assert_eq!(files(dir.path()), vec!["src.gguf"]);
+}
+
 /// Typos and near-misses get a pointed message.
 #[test]
 fn type_typos_get_suggestions() {
