@@ -59,6 +59,11 @@ pub struct QuantizeArgs {
     /// of the budget.
     #[arg(long)]
     low_rank: Option<usize>,
+    /// Store every block matrix of a lowbit-native or VQ type rotated on its input side by
+    /// a seeded randomized Hadamard matrix (QuIP#'s incoherence processing); lowbit's
+    /// runtime rotates the layer's inputs. ggml-typed tensors are left as they are.
+    #[arg(long)]
+    incoherence: bool,
     /// Follow a saved allocation (`NAME=TYPE` lines, from --save-recipe).
     #[arg(long, conflicts_with_all = ["ty", "size"])]
     recipe: Option<PathBuf>,
@@ -315,6 +320,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
         cost_options,
         transforms: lowbit::transform::Transforms::parse(&args.transforms)?,
         low_rank: args.low_rank,
+        incoherence: args.incoherence,
         ..QuantizeJob::new(mix, overrides)
     };
     job.check()?;

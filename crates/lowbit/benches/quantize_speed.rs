@@ -71,6 +71,7 @@ fn whole_model(threads: usize) {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     let (mut ours, mut theirs) = (vec![], vec![]);
     for _ in 0..7 {

@@ -51,6 +51,7 @@ fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     quantize_gguf(&src, &quant, &opts, &mut |_, _| {}).unwrap();
     let load = |p: &Path| {

@@ -82,6 +82,7 @@ fn round_trip(zoo: &str, shard: Option<u64>, mix: &str) {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     let (qa, qb) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
     lowbit::quantize::quantize_gguf(&src, &qa, &opts, &mut |_, _| {}).unwrap();

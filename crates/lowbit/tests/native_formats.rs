@@ -37,6 +37,7 @@ fn native_formats_round_trip_through_a_real_model() {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let (s, q) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());
@@ -107,6 +108,7 @@ fn vq_formats_round_trip_through_a_real_model() {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     let summary = quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     assert!(summary.tensors.iter().all(|t| !t.name.ends_with(".codebook")));

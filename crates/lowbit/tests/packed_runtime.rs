@@ -46,6 +46,7 @@ fn packed_weights_give_the_dense_forward_pass() {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     quantize_gguf(&src, &q4km, &opts, &mut |_, _| {}).unwrap();
     let tokens: Vec<u32> = (0..28u32).map(|i| 100 + 37 * i).collect();

@@ -146,6 +146,7 @@ fn plans_have_llama_quantize_sizes() {
             pre_encoded: Default::default(),
             method_options: Default::default(),
             low_rank: None,
+            incoherence: false,
         };
         let s = plan_model(&g, &opts).unwrap();
         let ours = s.tensor_bytes as f64 / 1048576.0;
@@ -170,6 +171,7 @@ fn gemma3_requantized_to_its_own_mix_is_bit_identical() {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     quantize_gguf(&path, &out, &opts, &mut |_, _| {}).unwrap();
     let (a, b) = (GgufFile::open(&path).unwrap(), GgufFile::open(&out).unwrap());
@@ -216,6 +218,7 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
             pre_encoded: Default::default(),
             method_options: Default::default(),
             low_rank: None,
+            incoherence: false,
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
         let theirs = support::llama_perplexity(&bin, &out, &text, ctx, chunks);

@@ -49,6 +49,7 @@ fn calibrated_quantization_in_one_call() {
             pre_encoded: Default::default(),
             method_options: Default::default(),
             low_rank: None,
+            incoherence: false,
         };
         quantize_gguf(&src, path, &opts, &mut |_, _| {}).unwrap();
     };

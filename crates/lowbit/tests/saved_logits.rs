@@ -25,6 +25,7 @@ fn saved_reference_matches_the_live_reference() {
         pre_encoded: Default::default(),
         method_options: Default::default(),
         low_rank: None,
+        incoherence: false,
     };
     quantize_gguf(&src, &quantized, &opts, &mut |_, _| {}).unwrap();
     let reference = load_gguf_lm(&src, LoadOptions::default()).unwrap();

@@ -208,7 +208,7 @@ pub fn swap_kld(
 ) -> Result<(f64, f64)> {
     let w = lm.model.weight_mut(name).ok_or_else(|| Error::Usage(format!("tensor '{name}': not a model matrix")))?;
     let cols = match w.packed() {
-        Some((p, _)) => p.cols(),
+        Some(p) => p.cols(),
         None => return Err(Error::Usage(format!("tensor '{name}': expected stored weights"))),
     };
     let dense = w.dense().into_owned();

@@ -5,8 +5,10 @@
 //! with a low-rank branch ([`crate::method::low_rank`]) has its factors beside it as the F16
 //! tensors `<tensor>.lr_a` (dims `[r, rows]`) and `<tensor>.lr_b` (dims `[cols, r]`); such
 //! files are lowbit's own (llama.cpp refuses tensors it does not expect). The writer side
-//! ([`tensor_specs`], [`low_rank_specs`], [`native_key`]) and the reader side ([`resolve`],
-//! [`codebook_of`], [`low_rank_of`], [`is_companion`]) are kept together so the two cannot
+//! A tensor stored rotated on its input side (per-layer incoherence) has its rotation's seed
+//! in `lowbit.incoherence.<tensor>`. The writer side ([`tensor_specs`], [`low_rank_specs`],
+//! [`native_key`], [`incoherence_key`]) and the reader side ([`resolve`], [`codebook_of`],
+//! [`low_rank_of`], [`rotation_of`], [`is_companion`]) are kept together so the two cannot
 //! drift apart.
 
 use std::path::Path;
@@ -145,6 +147,23 @@ pub fn low_rank_of(g: &GgufFile, name: &str) -> Result<Option<crate::method::low
         return Err(Error::tensor(g.path(), name, "a low-rank factor holds NaN/inf values"));
     }
     Ok(Some(lr))
+}
+
+/// Metadata key holding the input rotation's seed of tensor `name`, stored rotated
+/// ([`crate::method::incoherence`]).
+pub fn incoherence_key(name: &str) -> String {
+    format!("lowbit.incoherence.{name}")
+}
+
+/// The seed of tensor `name`'s input rotation, if it is stored rotated.
+pub fn rotation_of(g: &GgufFile, name: &str) -> Result<Option<u64>> {
+    match g.get(&incoherence_key(name)) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| Error::tensor(g.path(), name, format!("{} is not an integer seed", incoherence_key(name)))),
+    }
 }
 
 /// Whether tensor `name` of `g` travels with another tensor rather than being one of its

@@ -582,7 +582,7 @@ impl GgufFile {
     }
 
     /// Tensor `name` decoded to f32 (row-major, innermost dimension first as stored), its
-    /// low-rank branch added when it has one.
+    /// low-rank branch added and its input rotation undone when it has them.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let (info, bytes) = self.tensor_bytes(name)?;
         let n = usize::try_from(info.n_elements)
@@ -594,9 +594,14 @@ impl GgufFile {
         let cols = info.dims.first().copied().unwrap_or(0) as usize;
         let mut values = decode(st, &bytes, codebook.as_deref(), n, cols)
             .map_err(|e| Error::tensor(&self.path, name, e.to_string()))?;
-        // A tensor with a low-rank branch stands for Ŵ + A·B.
+        // A tensor with a low-rank branch stands for Ŵ + A·B; one stored rotated for that
+        // times Q (its rows rotated back).
         if let Some(lr) = super::native::low_rank_of(self, name)? {
             lr.add_to(&mut values);
+        }
+        if let Some(seed) = super::native::rotation_of(self, name)? {
+            let rows = n / cols.max(1);
+            values = crate::method::incoherence::Rotation::shared(cols, seed).unrotate_rows(&values, rows);
         }
         Ok(values)
     }

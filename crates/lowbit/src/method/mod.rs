@@ -5,8 +5,10 @@
 //! (the file quantizer, sequential GPTQ, the sweep) goes through.
 
 pub mod gptq;
+pub mod incoherence;
 pub mod kmeans;
 pub mod low_rank;
+pub mod orthogonal;
 mod tensor;
 pub mod vq;
 

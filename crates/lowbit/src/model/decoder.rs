@@ -291,7 +291,7 @@ impl Decoder {
                 Weight::Dense(e) => row.copy_from_slice(&e[tok * c.d_model..(tok + 1) * c.d_model]),
                 Weight::Packed(e) => e.decode_rows(tok, row),
                 // Embeddings never get a branch; a file that gives one is read as dense.
-                Weight::PackedLowRank(..) => {
+                Weight::Extended(..) => {
                     row.copy_from_slice(&self.tok_embd.dense()[tok * c.d_model..(tok + 1) * c.d_model])
                 }
             }

@@ -15,6 +15,7 @@ use crate::format::activation::{fake_quantize_row, vec_dot_type};
 use crate::format::GgmlType;
 use crate::gguf::{GgufFile, TensorType, Value};
 use crate::kernels::PackedMatrix;
+use crate::method::incoherence::Rotation;
 use crate::method::low_rank::LowRank;
 use crate::tensor::matmul_wt;
 use crate::tokenizer::Tokenizer;
@@ -27,9 +28,23 @@ pub enum Weight {
     /// In its stored format (borrowed from the memory-mapped file): the quantized
     /// runtime computes on it directly ([`crate::kernels`]).
     Packed(PackedMatrix),
-    /// In its stored format with a low-rank branch beside it: the weights are `Ŵ + A·B`
-    /// ([`crate::method::low_rank`]); the branch runs as two thin products.
-    PackedLowRank(PackedMatrix, std::sync::Arc<LowRank>),
+    /// In its stored format with what lowbit adds around a stored matrix: an input
+    /// rotation and/or a low-rank branch ([`Extended`]).
+    Extended(Extended),
+}
+
+/// A stored matrix `Ŵ'` with lowbit's additions: the weights are `(Ŵ' + A·B)·Q` — with
+/// an input rotation `Q` ([`crate::method::incoherence`]) the stored rows (and the branch)
+/// multiply rotated inputs `Q·x`; a low-rank branch `A·B` ([`crate::method::low_rank`])
+/// runs as two thin products.
+#[derive(Clone)]
+pub struct Extended {
+    /// The stored matrix.
+    pub matrix: PackedMatrix,
+    /// The input rotation, if the matrix is stored rotated.
+    pub rotation: Option<std::sync::Arc<Rotation>>,
+    /// The low-rank branch, if any (in the rotated basis when both).
+    pub branch: Option<std::sync::Arc<LowRank>>,
 }
 
 impl Weight {
@@ -39,20 +54,41 @@ impl Weight {
         match self {
             Weight::Dense(v) => std::borrow::Cow::Borrowed(v),
             Weight::Packed(p) => std::borrow::Cow::Owned(p.to_dense()),
-            Weight::PackedLowRank(p, lr) => {
-                let mut w = p.to_dense();
-                lr.add_to(&mut w);
+            Weight::Extended(e) => {
+                let mut w = e.matrix.to_dense();
+                if let Some(lr) = &e.branch {
+                    lr.add_to(&mut w);
+                }
+                if let Some(r) = &e.rotation {
+                    w = r.unrotate_rows(&w, e.matrix.rows());
+                }
                 std::borrow::Cow::Owned(w)
             }
         }
     }
 
-    /// The stored matrix and its branch, for weights kept in their stored format.
-    pub fn packed(&self) -> Option<(&PackedMatrix, Option<&LowRank>)> {
+    /// The stored matrix, for weights kept in their stored format.
+    pub fn packed(&self) -> Option<&PackedMatrix> {
         match self {
             Weight::Dense(_) => None,
-            Weight::Packed(p) => Some((p, None)),
-            Weight::PackedLowRank(p, lr) => Some((p, Some(lr))),
+            Weight::Packed(p) => Some(p),
+            Weight::Extended(e) => Some(&e.matrix),
+        }
+    }
+
+    /// The low-rank branch, if the weights have one.
+    pub fn branch(&self) -> Option<&LowRank> {
+        match self {
+            Weight::Extended(e) => e.branch.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The input rotation, if the stored matrix multiplies rotated inputs.
+    pub fn rotation(&self) -> Option<&std::sync::Arc<Rotation>> {
+        match self {
+            Weight::Extended(e) => e.rotation.as_ref(),
+            _ => None,
         }
     }
 
@@ -61,7 +97,9 @@ impl Weight {
         match self {
             Weight::Dense(v) => 4 * v.len(),
             Weight::Packed(p) => p.stored_bytes(),
-            Weight::PackedLowRank(p, lr) => p.stored_bytes() + 2 * (lr.a.len() + lr.b.len()),
+            Weight::Extended(e) => {
+                e.matrix.stored_bytes() + e.branch.as_ref().map_or(0, |lr| 2 * (lr.a.len() + lr.b.len()))
+            }
         }
     }
 
@@ -74,10 +112,14 @@ impl Weight {
                 p.matmul(x, t, act_quant, &mut out);
                 out
             }
-            Weight::PackedLowRank(p, lr) => {
+            Weight::Extended(e) => {
+                let rotated = e.rotation.as_ref().map(|r| r.rotate_rows(x, t));
+                let x = rotated.as_deref().unwrap_or(x);
                 let mut out = vec![0.0; t * out_f];
-                p.matmul(x, t, act_quant, &mut out);
-                lr.apply(x, t, &mut out);
+                e.matrix.matmul(x, t, act_quant, &mut out);
+                if let Some(lr) = &e.branch {
+                    lr.apply(x, t, &mut out);
+                }
                 out
             }
         }
@@ -200,7 +242,11 @@ pub fn project(
 /// the same results as calling [`Linear::forward`] on each.
 pub fn forward_many(layers: &[&Linear], x: &[f32], t: usize) -> Vec<Vec<f32>> {
     let all_packed = layers.iter().all(|l| l.weight.packed().is_some());
-    if !all_packed {
+    // Layers that share an input rotation rotate the input once; mixed ones go alone.
+    let rotation = layers.first().and_then(|l| l.weight.rotation()).cloned();
+    let same_rotation =
+        layers.iter().all(|l| l.weight.rotation().map(|r| (r.n, r.seed)) == rotation.as_ref().map(|r| (r.n, r.seed)));
+    if !all_packed || !same_rotation {
         return layers.iter().map(|l| l.forward(x, t)).collect();
     }
     for l in layers {
@@ -208,18 +254,20 @@ pub fn forward_many(layers: &[&Linear], x: &[f32], t: usize) -> Vec<Vec<f32>> {
             r.record(x, t);
         }
     }
+    let rotated = rotation.map(|r| r.rotate_rows(x, t));
+    let x = rotated.as_deref().unwrap_or(x);
     let mut outs: Vec<Vec<f32>> = layers.iter().map(|l| vec![0.0; t * l.out_features]).collect();
     let mut products: Vec<crate::kernels::Product> = layers
         .iter()
         .zip(outs.iter_mut())
         .map(|(l, out)| {
-            let (m, _) = l.weight.packed().expect("checked above");
+            let m = l.weight.packed().expect("checked above");
             crate::kernels::Product { m, act: l.act_quant, out }
         })
         .collect();
     crate::kernels::matmul_batch(x, t, &mut products);
     for (l, out) in layers.iter().zip(outs.iter_mut()) {
-        if let Some((_, Some(lr))) = l.weight.packed() {
+        if let Some(lr) = l.weight.branch() {
             lr.apply(x, t, out);
         }
         l.add_bias(out);
@@ -318,9 +366,11 @@ impl GgufWeights<'_> {
     /// A linear layer stored as GGUF dims [in, out].
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
         let packed = self.packed(name, in_features, out_features)?;
-        let weight = match crate::gguf::low_rank_of(self.file, name)? {
-            Some(lr) => Weight::PackedLowRank(packed, std::sync::Arc::new(lr)),
-            None => Weight::Packed(packed),
+        let branch = crate::gguf::low_rank_of(self.file, name)?.map(std::sync::Arc::new);
+        let rotation = crate::gguf::rotation_of(self.file, name)?.map(|seed| Rotation::shared(in_features, seed));
+        let weight = match (branch, rotation) {
+            (None, None) => Weight::Packed(packed),
+            (branch, rotation) => Weight::Extended(Extended { matrix: packed, rotation, branch }),
         };
         let act_quant = self.act_quant_for(name);
         Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant, recorder: None })

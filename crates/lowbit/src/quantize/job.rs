@@ -67,6 +67,9 @@ pub struct QuantizeJob {
     /// A low-rank branch of this rank beside every quantized block matrix
     /// ([`crate::method::low_rank`]); with a size target its bytes come out of the budget.
     pub low_rank: Option<usize>,
+    /// Block matrices in lowbit-native or VQ formats stored rotated on their input side
+    /// ([`crate::method::incoherence`]).
+    pub incoherence: bool,
 }
 
 impl QuantizeJob {
@@ -86,6 +89,7 @@ impl QuantizeJob {
             pre_encoded: Default::default(),
             method_options: self.method_options,
             low_rank: self.low_rank,
+            incoherence: self.incoherence,
         }
     }
 
@@ -102,6 +106,7 @@ impl QuantizeJob {
             cost_options: CostOptions::default(),
             transforms: Transforms::default(),
             low_rank: None,
+            incoherence: false,
         }
     }
 
@@ -109,6 +114,14 @@ impl QuantizeJob {
     pub fn check(&self) -> Result<()> {
         if self.low_rank == Some(0) {
             return Err(Error::Usage("--low-rank takes a rank of at least 1".into()));
+        }
+        if self.incoherence && self.cost_options.llama_cpp_only {
+            return Err(Error::Usage(
+                "--incoherence rotates lowbit-native and VQ tensors, which --llama-cpp excludes: drop one".into(),
+            ));
+        }
+        if self.incoherence && self.sequential {
+            return Err(Error::Usage("--incoherence does not work with --sequential yet: drop one".into()));
         }
         if self.low_rank.is_some() && self.cost_options.llama_cpp_only {
             return Err(Error::Usage(

@@ -23,8 +23,8 @@ use crate::format::encode::EncodeError;
 use crate::format::storage::StorageType;
 use crate::format::vq::codebook_name;
 use crate::gguf::{
-    codebook_of, is_companion, low_rank_names, low_rank_of, low_rank_specs, native_key, tensor_specs, GgufFile,
-    GgufWriter, TensorSpec, TensorType, Value, ValueType,
+    codebook_of, incoherence_key, is_companion, low_rank_names, low_rank_of, low_rank_specs, native_key, rotation_of,
+    tensor_specs, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType,
 };
 use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions, VqFit};
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
@@ -54,6 +54,9 @@ pub struct QuantizeOptions {
     /// With a rank, every quantized block matrix gets a low-rank branch of that rank fitted
     /// to its quantization error ([`crate::method::low_rank`]; lowbit-only files).
     pub low_rank: Option<usize>,
+    /// Store every block matrix whose type is lowbit-native or VQ rotated on its input side
+    /// (per-layer incoherence, [`crate::method::incoherence`]); the runtime rotates inputs.
+    pub incoherence: bool,
 }
 
 impl QuantizeOptions {
@@ -209,6 +212,12 @@ pub fn gets_low_rank(t: &PlannedTensor) -> bool {
     block_matrix(&t.name, &t.dims) && !float
 }
 
+/// Whether a planned tensor is stored rotated when incoherence is asked for: the blocks'
+/// matrices in lowbit-native or VQ formats (llama.cpp could not undo the rotation).
+pub fn gets_rotation(t: &PlannedTensor) -> bool {
+    block_matrix(&t.name, &t.dims) && !t.target.is_ggml()
+}
+
 /// A block's quantizable weight matrix (what may get a low-rank branch).
 pub(crate) fn block_matrix(name: &str, dims: &[u64]) -> bool {
     name.starts_with("blk.") && dims.len() == 2 && allows_quantization(name, dims)
@@ -270,16 +279,33 @@ fn encode_tensor(
     t: &PlannedTensor,
     opts: &QuantizeOptions,
 ) -> Result<(Encoded, Option<CodebookUse>)> {
-    let values = g.dequantize(&t.name)?;
+    let (values, hessian, importance) = tensor_inputs(g, t, opts)?;
     let ncols = t.dims.first().copied().unwrap_or(1) as usize;
-    let calibration = Calibration {
-        importance: opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice()),
-        hessian: opts.hessians.as_ref().and_then(|m| m.get(&t.name)).map(|h| h.xtx.as_slice()),
-    };
+    let calibration = Calibration { importance: importance.as_deref(), hessian: hessian.as_deref() };
     let encoded = quantize_tensor(t.target, &values, ncols, opts.method, &calibration, &opts.method_options)
         .map_err(|e| encode_error(input, &t.name, t.target, e))?;
     let usage = encoded.vq.as_ref().map(|v| CodebookUse::new(&t.name, t.target, v));
     Ok((encoded, usage))
+}
+
+/// What a tensor is encoded from: its weights, input Hessian and importance — in the
+/// rotated basis when the tensor is stored rotated (`W·Qᵀ`, `Q·H·Qᵀ`, `diag(Q·H·Qᵀ)`).
+type Inputs<'a> = (Vec<f32>, Option<std::borrow::Cow<'a, [f32]>>, Option<std::borrow::Cow<'a, [f32]>>);
+
+fn tensor_inputs<'a>(g: &GgufFile, t: &PlannedTensor, opts: &'a QuantizeOptions) -> Result<Inputs<'a>> {
+    use std::borrow::Cow;
+    let values = g.dequantize(&t.name)?;
+    let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name)).map(|h| Cow::Borrowed(h.xtx.as_slice()));
+    let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| Cow::Borrowed(v.as_slice()));
+    if !(opts.incoherence && gets_rotation(t)) {
+        return Ok((values, hessian, importance));
+    }
+    let cols = t.dims[0] as usize;
+    let r = crate::method::incoherence::Rotation::shared(cols, crate::method::incoherence::SEED);
+    let values = r.rotate_rows(&values, values.len() / cols);
+    let hessian = hessian.filter(|h| h.len() == cols * cols).map(|h| r.rotate_hessian(&h));
+    let importance = importance.map(|i| Cow::Owned(r.rotate_importance(&i, hessian.as_deref())));
+    Ok((values, hessian.map(Cow::Owned), importance))
 }
 
 /// The error for a tensor that could not be encoded: a non-finite weight means the
@@ -316,13 +342,13 @@ fn fit_branch(
     opts: &QuantizeOptions,
 ) -> Result<Vec<(String, Vec<u8>)>> {
     let cols = t.dims[0] as usize;
-    let weights = g.dequantize(&t.name)?;
+    // In the basis the rows are stored in (rotated, with incoherence).
+    let (weights, hessian, importance) = tensor_inputs(g, t, opts)?;
     let decoded = crate::format::storage::decode(t.target, bytes, codebook, weights.len(), cols)
         .map_err(|e| Error::tensor(g.path(), &t.name, e.to_string()))?;
     let error: Vec<f32> = weights.iter().zip(&decoded).map(|(w, q)| w - q).collect();
-    let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name)).map(|h| h.xtx.as_slice());
-    let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| v.as_slice());
-    let lr = crate::method::low_rank::fit(&error, cols, rank, hessian, importance, opts.method_options.gptq.damp);
+    let damp = opts.method_options.gptq.damp;
+    let lr = crate::method::low_rank::fit(&error, cols, rank, hessian.as_deref(), importance.as_deref(), damp);
     if lr.rank != rank {
         return Err(Error::tensor(g.path(), &t.name, "the low-rank fit failed (SVD did not converge)"));
     }
@@ -385,6 +411,9 @@ pub fn write_planned(
         if !t.target.is_ggml() {
             metadata.push((native_key(&t.name), Value::String(t.target.to_string())));
         }
+        if opts.incoherence && gets_rotation(t) {
+            metadata.push((incoherence_key(&t.name), Value::U64(crate::method::incoherence::SEED)));
+        }
     }
     if let Some(rank) = opts.low_rank {
         metadata.push(("lowbit.quantize.low_rank".into(), Value::U32(rank as u32)));
@@ -421,7 +450,10 @@ pub fn write_planned(
                 let own_bytes = t.bytes - rank.map_or(0, |_| branch_bytes_of(t, opts.low_rank.unwrap_or(0)));
                 // A source tensor with a branch of its own is re-encoded (its bytes alone
                 // are not the weights).
-                let copy = t.target == t.source && low_rank_of(g, &t.name)?.is_none();
+                let copy = t.target == t.source
+                    && low_rank_of(g, &t.name)?.is_none()
+                    && rotation_of(g, &t.name)?.is_none()
+                    && !(opts.incoherence && gets_rotation(t));
                 let mut parts = match opts.pre_encoded.get(&t.name)? {
                     Some(e) if e.stored_bytes() == own_bytes => encoded_parts(t, e),
                     _ if copy => {

@@ -27,7 +27,7 @@
 //! for 8B-class ones (a streaming version needs only the norms and Q in memory).
 
 pub mod awq;
-pub mod orthogonal;
+use crate::method::orthogonal;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
