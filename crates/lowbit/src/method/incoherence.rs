@@ -42,7 +42,8 @@ impl Rotation {
     pub fn shared(n: usize, seed: u64) -> Arc<Rotation> {
         use std::collections::HashMap;
         use std::sync::Mutex;
-        static CACHE: Mutex<Option<HashMap<(usize, u64), Arc<Rotation>>>> = Mutex::new(None);
+        type Cache = HashMap<(usize, u64), Arc<Rotation>>;
+        static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
         let mut cache = CACHE.lock().expect("rotation cache");
         cache
             .get_or_insert_with(HashMap::new)
