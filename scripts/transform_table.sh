@@ -3,8 +3,9 @@
 # allocation at a size: every row quantizes MODEL with `--size SIZE --llama-cpp
 # --transform T --calib <Austen ×3>` and evaluates the file against the *original* source
 # on wiki.valid (CHUNKS chunks of 512; the source runs once, `--save-logits`).
-# A TRANSFORM ending in `+lrR` also adds a rank-R low-rank branch (`--low-rank R`, lowbit
-# files only: use FLAGS=""), e.g. `none+lr16`, `awq+lr8`.
+# A TRANSFORM ending in `+lrR` also adds a rank-R low-rank branch (`--low-rank R`), one
+# ending in `+inc` (before any `+lrR`) per-layer incoherence (`--incoherence`) — lowbit
+# files only: use FLAGS="" — e.g. `none+lr16`, `awq+inc`, `none+inc+lr8`.
 # Usage: [LOWBIT_BIN=lowbit] [OUT=dir] [FLAGS=--llama-cpp]
 #        scripts/transform_table.sh MODEL CHUNKS SIZE[,SIZE…] TRANSFORM[,TRANSFORM…]
 # Prints one TSV row per file: model, size, transform, bytes, seconds (quantize), PPL,
@@ -25,7 +26,8 @@ for size in "${sizes[@]}"; do
   for t in "${transforms[@]}"; do
     g="$out/$model-transform-$t-$size.gguf"
     lr=(); tr=$t
-    if [[ $t == *+lr* ]]; then lr=(--low-rank "${t##*+lr}"); tr=${t%+lr*}; fi
+    if [[ $tr == *+lr* ]]; then lr=(--low-rank "${tr##*+lr}"); tr=${tr%+lr*}; fi
+    if [[ $tr == *+inc ]]; then lr+=(--incoherence); tr=${tr%+inc}; fi
     s=$(date +%s.%N)
     # shellcheck disable=SC2086
     "$lowbit" quantize --model "$src" --size "$size" $flags --transform "$tr" "${lr[@]}" --calib "${austen[@]}" \
