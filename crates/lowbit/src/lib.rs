@@ -41,3 +41,8 @@ pub mod transform;
 pub mod zoo;
 
 pub use error::{Error, Result};
+
+/// Lower-case hex of `bytes` (cache keys and digests: one formatting for all of them).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

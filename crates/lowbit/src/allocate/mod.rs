@@ -225,7 +225,7 @@ fn table_key(source: &Path, text: &CalibrationText, importance_key: &str, opts: 
         h.update(format!("{NATIVE_CANDIDATES:?}"));
     }
     h.update(sensitivity::PROTOCOL);
-    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize()[..16])
 }
 
 /// Measures (or reads from the cache) the cost table of `g` (opened from `source`):

@@ -59,7 +59,7 @@ impl SelfText {
             let mut h = Sha256::new();
             h.update(crate::eval::file_identity(source));
             h.update(format!("{} {} {SEED}", self.tokens, seq_len));
-            h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect::<String>()
+            crate::hex(&h.finalize()[..8])
         };
         let path = crate::zoo::home().join("calibration").join(format!("self-{}-{key}.txt", self.tokens));
         if path.is_file() {

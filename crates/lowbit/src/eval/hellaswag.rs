@@ -325,7 +325,7 @@ impl TaskJournal {
         for t in tasks {
             h.update(format!("{}\n{}\n{}\n", t.context, t.gold, t.endings.join("\n")));
         }
-        let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let key: String = crate::hex(&h.finalize()[..8]);
         let dir = r.root.join(format!("hellaswag-{key}"));
         if r.fresh && dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;

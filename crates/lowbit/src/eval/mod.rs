@@ -54,7 +54,7 @@ fn tokens_sha256(tokens: &[u32]) -> String {
     for t in tokens {
         h.update(t.to_le_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize())
 }
 
 /// Evaluation settings.
@@ -440,7 +440,7 @@ fn journal_key(r: &Resume, head: &[u8], save: Option<&SaveLogits>) -> String {
         let abs = std::path::absolute(s.path).unwrap_or_else(|_| s.path.to_path_buf());
         h.update(abs.to_string_lossy().as_bytes());
     }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize()[..8])
 }
 
 /// How closely an encoder's sentence embeddings follow a reference encoder's.

@@ -538,6 +538,13 @@ impl GgufFile {
         self.get("general.architecture").and_then(Value::as_str)
     }
 
+    /// The architecture's integer hyper-parameter `<arch>.<key>` (e.g. `block_count`); a
+    /// per-layer array gives its first entry.
+    pub fn arch_u64(&self, key: &str) -> Option<u64> {
+        let arch = self.architecture().unwrap_or("");
+        self.get(&format!("{arch}.{key}")).and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()))
+    }
+
     /// The tensor info named `name`.
     pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
         self.by_name.get(name).map(|&i| &self.tensors[i])

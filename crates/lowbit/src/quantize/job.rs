@@ -304,7 +304,7 @@ fn transformed(source: &Path, job: &QuantizeJob, progress: &mut dyn FnMut(Stage,
         CalibrationInput::Texts { paths, eval } => {
             use sha2::{Digest, Sha256};
             let text = read_texts(paths)?;
-            let digest: String = Sha256::digest(text.text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            let digest: String = crate::hex(&Sha256::digest(text.text.as_bytes()));
             format!("{digest} {} {:?}", eval.ctx, eval.max_chunks)
         }
         _ => String::new(),
@@ -499,5 +499,5 @@ fn sequential_key(
     }
     h.update(text.text.as_bytes());
     h.update(format!("{} {:?} {:?}", eval.ctx, eval.max_chunks, options));
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&h.finalize())
 }

@@ -155,8 +155,7 @@ impl CodebookUse {
 /// Reads what the plan rules need from a GGUF's metadata.
 pub fn model_shape(g: &GgufFile, has_imatrix: bool) -> ModelShape {
     let arch = g.architecture().unwrap_or("").to_string();
-    let get =
-        |k: &str| g.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()));
+    let get = |k: &str| g.arch_u64(k);
     let n_layer = get("block_count").unwrap_or(0) as usize;
     let heads = get("attention.head_count").unwrap_or(1).max(1);
     let kv = get("attention.head_count_kv").unwrap_or(heads).max(1);

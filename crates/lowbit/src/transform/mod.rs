@@ -128,9 +128,7 @@ struct Shape {
 impl Shape {
     fn read(g: &GgufFile) -> Result<Shape> {
         let arch = g.architecture().unwrap_or("").to_string();
-        let get = |k: &str| {
-            g.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64().or_else(|| v.as_array()?.first()?.as_u64()))
-        };
+        let get = |k: &str| g.arch_u64(k);
         let need = |k: &str| {
             get(k).map(|v| v as usize).ok_or_else(|| Error::Usage(format!("{}: no {arch}.{k}", g.path().display())))
         };
@@ -189,7 +187,7 @@ pub fn transformed_source(
                 h.update(format!("{}={};", t.name, awq_type(&t.name, cols)));
             }
         }
-        h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()
+        crate::hex(&h.finalize()[..12])
     };
     let out = dir.join(format!("{key}.gguf"));
     if out.is_file() {
