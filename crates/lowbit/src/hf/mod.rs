@@ -9,9 +9,10 @@
 //! tensor in memory at a time.
 //!
 //! Supported: Llama, Mistral and SmolLM (`LlamaForCausalLM`, `MistralForCausalLM` → arch
-//! `llama`), Qwen2 (`Qwen2ForCausalLM` → `qwen2`), Gemma 3 text models
+//! `llama`), Qwen2 (`Qwen2ForCausalLM` → `qwen2`), Qwen3 (`Qwen3ForCausalLM` → `qwen3`:
+//! Qwen2's layout with per-head q/k RMSNorms and no q/k/v biases), Gemma 3 text models
 //! (`Gemma3ForCausalLM` → `gemma3`). Conventions mirror llama.cpp's converter
-//! (`convert_hf_to_gguf.py`: `LlamaModel`, `Qwen2Model`, `Gemma3Model`).
+//! (`convert_hf_to_gguf.py`: `LlamaModel`, `Qwen2Model`, `Qwen3Model`, `Gemma3Model`).
 
 pub mod export;
 mod vocab;
@@ -53,6 +54,20 @@ const LLAMA_BLOCK: &[(&str, &str)] = &[
     ("mlp.down_proj", "ffn_down"),
 ];
 
+const QWEN3_BLOCK: &[(&str, &str)] = &[
+    ("input_layernorm", "attn_norm"),
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+];
+
 const GEMMA3_BLOCK: &[(&str, &str)] = &[
     ("input_layernorm", "attn_norm"),
     ("self_attn.q_proj", "attn_q"),
@@ -78,6 +93,7 @@ const ARCHES: &[Arch] = &[
         block: LLAMA_BLOCK,
     },
     Arch { hf: &["Qwen2ForCausalLM"], gguf: "qwen2", permute_qk: false, norm_plus_one: false, block: LLAMA_BLOCK },
+    Arch { hf: &["Qwen3ForCausalLM"], gguf: "qwen3", permute_qk: false, norm_plus_one: false, block: QWEN3_BLOCK },
     Arch { hf: &["Gemma3ForCausalLM"], gguf: "gemma3", permute_qk: false, norm_plus_one: true, block: GEMMA3_BLOCK },
 ];
 

@@ -1,5 +1,7 @@
-//! The llama family (Llama 2/3, Mistral, Qwen2-style, SmolLM): RMSNorm, rotary positions
-//! on adjacent pairs, grouped-query attention, SwiGLU MLP, tied or separate output.
+//! The llama family (Llama 2/3, Mistral, Qwen2/Qwen3, SmolLM): RMSNorm, rotary positions
+//! (adjacent pairs; split halves for Qwen), grouped-query attention, SwiGLU MLP, tied or
+//! separate output; Qwen3 adds a per-head RMSNorm on queries and keys before rotary
+//! (`attn_q_norm`/`attn_k_norm`, as llama.cpp's `qwen3` graph).
 
 use super::decoder::{Activation, Block, Decoder, DecoderConfig, DecoderDims, LayerAttention};
 use super::GgufWeights;
@@ -24,7 +26,7 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
         d_ff,
         eps,
         rope_dim,
-        rope_neox: arch == "qwen2",
+        rope_neox: matches!(arch, "qwen2" | "qwen3"),
         attn_scale: 1.0 / (head_dim as f32).sqrt(),
         vocab,
         embed_scale: 1.0,
@@ -33,6 +35,7 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
     let mut blocks = Vec::with_capacity(n_layer);
     for i in 0..n_layer {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
+        let optional_norm = |name: &str| w.has(name).then(|| w.get(name, &[head_dim])).transpose();
         let mut wq = w.linear(&n("attn_q"), d, n_head * head_dim)?;
         let mut wk = w.linear(&n("attn_k"), d, n_head_kv * head_dim)?;
         let mut wv = w.linear(&n("attn_v"), d, n_head_kv * head_dim)?;
@@ -48,8 +51,8 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
             wk,
             wv,
             wo: w.linear(&n("attn_output"), n_head * head_dim, d)?,
-            q_norm: None,
-            k_norm: None,
+            q_norm: optional_norm(&n("attn_q_norm"))?,
+            k_norm: optional_norm(&n("attn_k_norm"))?,
             attn_post_norm: None,
             ffn_norm: w.get(&n("ffn_norm"), &[d])?,
             w_gate: w.linear(&n("ffn_gate"), d, d_ff)?,

@@ -480,12 +480,12 @@ pub fn load_lm_from(file: &GgufFile, opts: LoadOptions) -> Result<LoadedLm> {
     let arch = file.architecture().ok_or_else(|| Error::format(path, "general.architecture is missing"))?.to_string();
     let tokenizer = Tokenizer::from_gguf(file)?;
     let model: Box<dyn CausalLm> = match arch.as_str() {
-        "llama" | "mistral" | "qwen2" => Box::new(llama::load(file, opts)?),
+        "llama" | "mistral" | "qwen2" | "qwen3" => Box::new(llama::load(file, opts)?),
         "gemma3" => Box::new(gemma3::load(file, opts)?),
         other => {
             return Err(Error::unsupported(
                 path,
-                format!("architecture '{other}' (supported: llama, mistral, qwen2, gemma3)"),
+                format!("architecture '{other}' (supported: llama, mistral, qwen2, qwen3, gemma3)"),
             ))
         }
     };
