@@ -296,15 +296,40 @@ fn erf(x: f32) -> f32 {
     (if x < 0.0 { -r } else { r }) as f32
 }
 
+/// How a layer's rotary angles are made from positions: the base frequency, a position
+/// scale (linear rope scaling: 1 / factor; llama.cpp's `freq_scale`) and optional
+/// per-frequency divisors (Llama 3.1's `rope_freqs.weight`; llama.cpp's freq factors).
+#[derive(Clone, Debug)]
+pub struct RopeFreqs {
+    /// Base frequency (`rope.freq_base`).
+    pub base: f32,
+    /// Positions are multiplied by this (1 without scaling).
+    pub scale: f32,
+    /// Angle i is divided by `factors[i]`, when given (`rope_dim / 2` values).
+    pub factors: Option<std::sync::Arc<Vec<f32>>>,
+}
+
+impl RopeFreqs {
+    /// Plain rotary angles with base `base`.
+    pub fn plain(base: f32) -> RopeFreqs {
+        RopeFreqs { base, scale: 1.0, factors: None }
+    }
+}
+
 /// The (sin, cos) of every rotary angle at position `pos`: `rope_dim / 2` pairs, angle
-/// i = pos · base^(−2i/rope_dim), accumulated by repeated multiplication as llama.cpp
-/// does. Computed once per position and shared by all heads.
-pub fn rope_angles(pos: usize, rope_dim: usize, base: f32) -> Vec<(f32, f32)> {
-    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+/// i = scale · pos · base^(−2i/rope_dim) / factors[i], the powers accumulated by repeated
+/// multiplication and the divisor and scale applied in that order, as llama.cpp's
+/// `ggml_rope_ext` does (without YaRN). Computed once per position and shared by all heads.
+pub fn rope_angles(pos: usize, rope_dim: usize, f: &RopeFreqs) -> Vec<(f32, f32)> {
+    let theta_scale = f.base.powf(-2.0 / rope_dim as f32);
     let mut theta = pos as f32;
     (0..rope_dim / 2)
-        .map(|_| {
-            let sc = theta.sin_cos();
+        .map(|i| {
+            let extrapolated = match &f.factors {
+                Some(ff) => theta / ff[i],
+                None => theta,
+            };
+            let sc = (f.scale * extrapolated).sin_cos();
             theta *= theta_scale;
             sc
         })
@@ -424,9 +449,9 @@ mod tests {
     fn rope_preserves_norm_and_is_identity_at_zero() {
         let mut x: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let orig = x.clone();
-        apply_rope(&mut x, &rope_angles(0, 8, 10000.0), false);
+        apply_rope(&mut x, &rope_angles(0, 8, &RopeFreqs::plain(10000.0)), false);
         assert_eq!(x, orig);
-        apply_rope(&mut x, &rope_angles(17, 8, 10000.0), true);
+        apply_rope(&mut x, &rope_angles(17, 8, &RopeFreqs::plain(10000.0)), true);
         let n0: f32 = orig.iter().map(|v| v * v).sum();
         let n1: f32 = x.iter().map(|v| v * v).sum();
         assert!((n0 - n1).abs() < 1e-3);

@@ -475,15 +475,23 @@ impl GgufFile {
     }
 
     /// A model presented as GGUF without a GGUF file: `tensors` (with their segment,
-    /// start and transform set) over the mapped `segments`, and `metadata` as a converter
-    /// would write it. Used for Hugging Face folders (`crate::hf`).
+    /// start and transform set) over the mapped `segments` followed by the `owned` ones
+    /// (tensors a converter computes, such as Llama 3.1's `rope_freqs.weight`), and
+    /// `metadata` as a converter would write it. Used for Hugging Face folders (`crate::hf`).
     pub(crate) fn assemble(
         path: PathBuf,
         metadata: Vec<(String, Value)>,
         tensors: Vec<TensorInfo>,
         segments: Vec<Mmap>,
+        owned: Vec<Vec<u8>>,
     ) -> Result<GgufFile> {
-        let segments: Vec<_> = segments.into_iter().map(|m| std::sync::Arc::new(Backing::Mapped(m))).collect();
+        // Mapped segments first, then owned ones (tensors made by the reader itself).
+        let segments: Vec<_> = segments
+            .into_iter()
+            .map(Backing::Mapped)
+            .chain(owned.into_iter().map(Backing::Owned))
+            .map(std::sync::Arc::new)
+            .collect();
         let mut by_name = HashMap::new();
         for (i, t) in tensors.iter().enumerate() {
             let end = t.start + t.n_bytes.unwrap_or(0);

@@ -157,13 +157,17 @@ pub fn open(dir: &Path) -> Result<GgufFile> {
         ));
     }
     let head_dim = int("head_dim").unwrap_or(d / n_head);
-    if let Some(scaling) = cfg.get("rope_scaling").filter(|v| !v.is_null()) {
-        let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|v| v.as_str()).unwrap_or("?");
-        if kind != "linear" {
+    let scaling = cfg.get("rope_scaling").filter(|v| !v.is_null());
+    let scaling_kind = scaling
+        .map(|s| s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("?").to_string());
+    match scaling_kind.as_deref() {
+        None | Some("linear" | "default") => {}
+        Some("llama3") if arch.gguf == "llama" => {}
+        Some(kind) => {
             return Err(Error::unsupported(
                 &cfg_path,
-                format!("rope_scaling of type '{kind}' (lowbit converts none or 'linear' so far)"),
-            ));
+                format!("rope_scaling of type '{kind}' (lowbit converts none, 'linear' and Llama 3.1's 'llama3')"),
+            ))
         }
     }
 
@@ -189,9 +193,11 @@ pub fn open(dir: &Path) -> Result<GgufFile> {
     if let Some(theta) = cfg.get("rope_theta").and_then(|v| v.as_f64()) {
         hp("rope.freq_base", Value::F32(theta as f32));
     }
-    if let Some(f) = cfg.pointer("/rope_scaling/factor").and_then(|v| v.as_f64()) {
-        hp("rope.scaling.type", Value::String("linear".into()));
-        hp("rope.scaling.factor", Value::F32(f as f32));
+    if scaling_kind.as_deref() == Some("linear") {
+        if let Some(f) = cfg.pointer("/rope_scaling/factor").and_then(|v| v.as_f64()) {
+            hp("rope.scaling.type", Value::String("linear".into()));
+            hp("rope.scaling.factor", Value::F32(f as f32));
+        }
     }
     if a == "gemma3" {
         hp("attention.key_length", u32v(head_dim));
@@ -300,8 +306,59 @@ pub fn open(dir: &Path) -> Result<GgufFile> {
     if !tied && !tensors.iter().any(|t| t.name == "output.weight") {
         return Err(Error::format(&cfg_path, "no lm_head.weight, and tie_word_embeddings is false"));
     }
+    // Llama 3.1: the converter computes the rotary frequency factors into a tensor.
+    let mut owned = Vec::new();
+    if scaling_kind.as_deref() == Some("llama3") {
+        let theta = cfg.get("rope_theta").and_then(|v| v.as_f64()).unwrap_or(10000.0);
+        let factors = llama3_rope_factors(scaling.expect("llama3 scaling"), theta, head_dim as usize);
+        let n = factors.len() as u64;
+        tensors.insert(
+            0,
+            TensorInfo {
+                name: "rope_freqs.weight".into(),
+                dims: vec![n],
+                ty: TensorType::Known(StorageType::Ggml(GgmlType::F32)),
+                offset: 0,
+                n_elements: n,
+                n_bytes: Some(4 * n),
+                segment: shards.len(),
+                start: 0,
+                transform: Transform::default(),
+            },
+        );
+        owned.push(factors.iter().flat_map(|v| v.to_le_bytes()).collect());
+    }
     let maps = shards.into_iter().map(|(_, m)| m).collect();
-    GgufFile::assemble(dir.to_path_buf(), md, tensors, maps)
+    GgufFile::assemble(dir.to_path_buf(), md, tensors, maps, owned)
+}
+
+/// Llama 3.1's rotary frequency factors, as llama.cpp's converter computes them
+/// (`LlamaModel.generate_extra_tensors`): per frequency of a `head_dim`-wide head, 1 for
+/// wavelengths below `original_max_position_embeddings / high_freq_factor`, `factor`
+/// above `… / low_freq_factor`, and a smooth blend between.
+fn llama3_rope_factors(scaling: &serde_json::Value, theta: f64, head_dim: usize) -> Vec<f32> {
+    let get = |k: &str, d: f64| scaling.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+    let factor = get("factor", 8.0);
+    let (low, high) = (get("low_freq_factor", 1.0), get("high_freq_factor", 4.0));
+    let old_context = get("original_max_position_embeddings", 8192.0);
+    let (low_wavelen, high_wavelen) = (old_context / low, old_context / high);
+    // The converter's arithmetic is torch's f32 (Python scalars meet f32 tensors); the two
+    // thresholds are Python floats.
+    let (factor32, low32, high32, old32) = (factor as f32, low as f32, high as f32, old_context as f32);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if (wavelen as f64) < high_wavelen {
+                1.0
+            } else if (wavelen as f64) > low_wavelen {
+                factor32
+            } else {
+                let smooth = (old32 / wavelen - low32) / (high32 - low32);
+                1.0 / ((1.0 - smooth) / factor32 + smooth)
+            }
+        })
+        .collect()
 }
 
 /// The PyTorch shape config.json implies for a weight (GGUF name), if it is a matrix

@@ -50,8 +50,8 @@ pub struct DecoderConfig {
 /// Per-layer attention settings.
 #[derive(Clone, Debug)]
 pub struct LayerAttention {
-    /// Rotary base frequency for this layer.
-    pub rope_base: f32,
+    /// Rotary frequencies for this layer.
+    pub rope: crate::tensor::RopeFreqs,
     /// Sliding window (a query attends to the last `w` positions), or `None` for global.
     pub window: Option<usize>,
 }
@@ -318,7 +318,7 @@ impl Decoder {
         }
         let positions: Vec<usize> = spans.iter().flat_map(|s| s.pos0..s.pos0 + s.t).collect();
         let angles: Vec<Vec<(f32, f32)>> =
-            positions.into_par_iter().map(|p| rope_angles(p, c.rope_dim, b.attention.rope_base)).collect();
+            positions.into_par_iter().map(|p| rope_angles(p, c.rope_dim, &b.attention.rope)).collect();
         // A cache that keeps keys before RoPE (KVQuant-style) is given them unrotated.
         let pre_rope = caches.iter().any(|c| c.layers[il].keys_before_rope()).then(|| k.clone());
         q.par_chunks_mut(nh * hd).zip(&angles).for_each(|(row, ang)| {
@@ -351,7 +351,7 @@ impl Decoder {
                 let keys = if layer.keys_before_rope() { pre_rope.as_deref().unwrap_or(&k) } else { &k };
                 let kv_rows = rows.start * kv_row..rows.end * kv_row;
                 layer.append(&keys[kv_rows.clone()], &v[kv_rows], kv_row);
-                let angles_of = |p: usize| rope_angles(p, c.rope_dim, b.attention.rope_base);
+                let angles_of = |p: usize| rope_angles(p, c.rope_dim, &b.attention.rope);
                 let rope = Rope { dim: c.rope_dim, head_dim: hd, neox: c.rope_neox, angles: &angles_of };
                 let (ks, vs) = layer.read(kv_row, &rope);
                 let pos0 = s.pos0;

@@ -7,6 +7,7 @@ use super::decoder::{Activation, Block, Decoder, DecoderConfig, DecoderDims, Lay
 use super::GgufWeights;
 use crate::error::Result;
 use crate::gguf::GgufFile;
+use crate::tensor::RopeFreqs;
 
 /// Every `SWA_PATTERN`-th layer is global; the others use the sliding window (llama.cpp's
 /// `set_swa_pattern(6)` for Gemma 3).
@@ -22,6 +23,9 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
         DecoderDims::read(&w, "gemma3", |_, _| 256)?;
     let eps = w.hparam_f32(&p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
     let global_base = w.hparam_f32(&p("rope.freq_base")).unwrap_or(1_000_000.0);
+    // Linear scaling applies to the global layers (llama.cpp: the sliding-window layers
+    // keep base 10000 and scale 1).
+    let global = RopeFreqs { scale: super::rope_scale(&w, "gemma3")?, ..RopeFreqs::plain(global_base) };
     let window = w.hparam(&p("attention.sliding_window")).unwrap_or(512);
     let cfg = DecoderConfig {
         d_model: d,
@@ -56,9 +60,9 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
             w_down: w.linear(&n("ffn_down"), d_ff, d)?,
             ffn_post_norm: Some(w.get(&n("post_ffw_norm"), &[d])?),
             attention: if local {
-                LayerAttention { rope_base: LOCAL_ROPE_BASE, window: Some(window) }
+                LayerAttention { rope: RopeFreqs::plain(LOCAL_ROPE_BASE), window: Some(window) }
             } else {
-                LayerAttention { rope_base: global_base, window: None }
+                LayerAttention { rope: global.clone(), window: None }
             },
         });
     }

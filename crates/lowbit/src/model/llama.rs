@@ -7,6 +7,7 @@ use super::decoder::{Activation, Block, Decoder, DecoderConfig, DecoderDims, Lay
 use super::GgufWeights;
 use crate::error::Result;
 use crate::gguf::GgufFile;
+use crate::tensor::RopeFreqs;
 
 /// Loads a llama-family model from GGUF (tensor names as written by llama.cpp's converter).
 pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
@@ -18,6 +19,14 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
     let eps = w.hparam_f32(&p("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5);
     let rope_base = w.hparam_f32(&p("rope.freq_base")).unwrap_or(10000.0);
     let rope_dim = w.hparam(&p("rope.dimension_count")).unwrap_or(head_dim);
+    // Llama 3.1's per-frequency factors (the converter's `rope_freqs.weight`) and linear
+    // position scaling, as llama.cpp applies them.
+    let factors = if w.has("rope_freqs.weight") {
+        Some(std::sync::Arc::new(w.get("rope_freqs.weight", &[rope_dim / 2])?))
+    } else {
+        None
+    };
+    let rope = RopeFreqs { base: rope_base, scale: super::rope_scale(&w, arch)?, factors };
     let cfg = DecoderConfig {
         d_model: d,
         n_head,
@@ -59,7 +68,7 @@ pub fn load(file: &GgufFile, opts: super::LoadOptions) -> Result<Decoder> {
             w_up: w.linear(&n("ffn_up"), d, d_ff)?,
             w_down: w.linear(&n("ffn_down"), d_ff, d)?,
             ffn_post_norm: None,
-            attention: LayerAttention { rope_base, window: None },
+            attention: LayerAttention { rope: rope.clone(), window: None },
         });
     }
     Decoder::assemble(&w, cfg, blocks)

@@ -398,6 +398,23 @@ impl GgufWeights<'_> {
     }
 }
 
+/// The position scale of linear rope scaling (`<arch>.rope.scaling.factor` f → 1/f; 1
+/// without scaling). Other scaling types (YaRN, LongRoPE) are refused by name.
+pub(crate) fn rope_scale(w: &GgufWeights, arch: &str) -> Result<f32> {
+    let kind = w.file.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str).unwrap_or("linear");
+    let factor = w.hparam_f32(&format!("{arch}.rope.scaling.factor")).unwrap_or(1.0);
+    match kind {
+        "none" => Ok(1.0),
+        "linear" if factor > 0.0 => Ok(1.0 / factor),
+        other => Err(Error::unsupported(
+            w.file.path(),
+            format!(
+                "rope scaling '{other}' with factor {factor} (lowbit runs linear scaling and Llama 3.1's rope_freqs)"
+            ),
+        )),
+    }
+}
+
 /// A causal language model: tokens in, next-token logits out.
 pub trait CausalLm: Send + Sync {
     /// Vocabulary size (width of a logits row).
