@@ -210,3 +210,103 @@ fn llama_3_1_rope_scaling_converts_and_runs_as_llama_cpp_runs_it() {
     assert!(same < 0.02, "lowbit's scaled-rope forward is {same} nats from llama.cpp's");
     assert!(plain > 20.0 * same, "the rope factors barely matter here ({plain} vs {same})");
 }
+
+/// A tiny Gemma 3 text model written three ways — `Gemma3ForCausalLM`, and as the text half
+/// of a `Gemma3ForConditionalGeneration` checkpoint under both transformers namings (with
+/// `text_config` and vision tensors) — gives the same GGUF tensors and hyper-parameters.
+#[test]
+fn multimodal_gemma3_checkpoints_give_their_text_model() {
+    let Some(smol) = support::zoo_model("smollm2-135m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let hd = 16;
+    let mut text = vec![("embed_tokens.weight".to_string(), vec![VOCAB, D])];
+    for i in 0..2 {
+        let l = |s: &str| format!("layers.{i}.{s}.weight");
+        for (p, rows, cols) in
+            [("q_proj", HEADS * hd, D), ("k_proj", KV * hd, D), ("v_proj", KV * hd, D), ("o_proj", D, HEADS * hd)]
+        {
+            text.push((l(&format!("self_attn.{p}")), vec![rows, cols]));
+        }
+        for n in
+            ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"]
+        {
+            text.push((l(n), vec![D]));
+        }
+        text.push((l("self_attn.q_norm"), vec![hd]));
+        text.push((l("self_attn.k_norm"), vec![hd]));
+        text.push((l("mlp.gate_proj"), vec![FF, D]));
+        text.push((l("mlp.up_proj"), vec![FF, D]));
+        text.push((l("mlp.down_proj"), vec![D, FF]));
+    }
+    text.push(("norm.weight".to_string(), vec![D]));
+    let text_cfg = serde_json::json!({
+        "hidden_size": D, "intermediate_size": FF, "num_hidden_layers": 2, "num_attention_heads": HEADS,
+        "num_key_value_heads": KV, "head_dim": hd, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "sliding_window": 32, "max_position_embeddings": 4096, "vocab_size": VOCAB, "model_type": "gemma3_text"
+    });
+    // (folder, language-model prefix, vision tower prefix and projector tensor, config)
+    let mut multimodal =
+        serde_json::json!({"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3"});
+    multimodal["text_config"] = text_cfg.clone();
+    let mut causal = text_cfg.clone();
+    causal["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
+    let variants = [
+        ("causal", "model.", None, causal),
+        (
+            "mm-old",
+            "language_model.model.",
+            Some(("vision_tower.vision_model.", "multi_modal_projector.mm_input_projection_weight")),
+            multimodal.clone(),
+        ),
+        (
+            "mm-new",
+            "model.language_model.",
+            Some(("model.vision_tower.vision_model.", "model.multi_modal_projector.mm_input_projection_weight")),
+            multimodal,
+        ),
+    ];
+    let mut outs = Vec::new();
+    for (name, prefix, vision, config) in variants {
+        let out = dir.path().join(name);
+        std::fs::create_dir(&out).unwrap();
+        let mut tensors: Vec<(String, Vec<usize>)> =
+            text.iter().map(|(n, s)| (format!("{prefix}{n}"), s.clone())).collect();
+        if let Some((tower, projector)) = vision {
+            tensors.push((format!("{tower}encoder.layers.0.self_attn.q_proj.weight"), vec![32, 32]));
+            tensors.push((projector.to_string(), vec![32, D]));
+        }
+        let planned = tensors.iter().map(|(n, s)| PlannedTensor { name: n.clone(), shape: s.clone() }).collect();
+        let mut w = ShardedWriter::new(&out, planned, StDtype::BF16, None);
+        for (n, s) in &tensors {
+            let len: usize = s.iter().product();
+            // The same values for the same text tensor in every variant.
+            let key = text.iter().position(|(t, _)| n.ends_with(t.as_str())).unwrap_or(999);
+            w.write(n, &(0..len).map(|j| 0.3 * noise(key, j)).collect::<Vec<f32>>()).unwrap();
+        }
+        w.finish().unwrap();
+        std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+        write_tokenizer_files(&GgufFile::open(&smol).unwrap(), &out).unwrap();
+        let q = dir.path().join(format!("{name}.gguf"));
+        q8_0(&out, &q);
+        outs.push(q);
+    }
+    let files: Vec<GgufFile> = outs.iter().map(|p| GgufFile::open(p).unwrap()).collect();
+    let names = |g: &GgufFile| g.tensors.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    for g in &files[1..] {
+        assert_eq!(g.architecture(), Some("gemma3"));
+        assert_eq!(names(g), names(&files[0]), "the same text tensors, nothing of the vision half");
+        for t in &files[0].tensors {
+            assert_eq!(g.tensor_bytes(&t.name).unwrap().1, files[0].tensor_bytes(&t.name).unwrap().1, "{}", t.name);
+        }
+        for k in [
+            "gemma3.embedding_length",
+            "gemma3.block_count",
+            "gemma3.attention.key_length",
+            "gemma3.attention.sliding_window",
+        ] {
+            assert_eq!(g.get(k).and_then(|v| v.as_u64()), files[0].get(k).and_then(|v| v.as_u64()), "{k}");
+        }
+    }
+    assert_eq!(files[1].get("gemma3.attention.sliding_window").and_then(|v| v.as_u64()), Some(32));
+    lowbit::model::load_gguf_lm(&outs[2], Default::default()).unwrap();
+}

@@ -11,7 +11,10 @@
 //! Supported: Llama, Mistral and SmolLM (`LlamaForCausalLM`, `MistralForCausalLM` → arch
 //! `llama`), Qwen2 (`Qwen2ForCausalLM` → `qwen2`), Qwen3 (`Qwen3ForCausalLM` → `qwen3`:
 //! Qwen2's layout with per-head q/k RMSNorms and no q/k/v biases), Gemma 3 text models
-//! (`Gemma3ForCausalLM` → `gemma3`). Conventions mirror llama.cpp's converter
+//! (`Gemma3ForCausalLM` → `gemma3`) and the text model of multimodal Gemma 3 checkpoints
+//! (`Gemma3ForConditionalGeneration`: `text_config`'s hyper-parameters, the language
+//! model's tensors under either transformers naming, the vision tower and projector left
+//! out — llama.cpp writes those to a separate mmproj file). Conventions mirror llama.cpp's converter
 //! (`convert_hf_to_gguf.py`: `LlamaModel`, `Qwen2Model`, `Qwen3Model`, `Gemma3Model`).
 
 pub mod export;
@@ -94,7 +97,13 @@ const ARCHES: &[Arch] = &[
     },
     Arch { hf: &["Qwen2ForCausalLM"], gguf: "qwen2", permute_qk: false, norm_plus_one: false, block: LLAMA_BLOCK },
     Arch { hf: &["Qwen3ForCausalLM"], gguf: "qwen3", permute_qk: false, norm_plus_one: false, block: QWEN3_BLOCK },
-    Arch { hf: &["Gemma3ForCausalLM"], gguf: "gemma3", permute_qk: false, norm_plus_one: true, block: GEMMA3_BLOCK },
+    Arch {
+        hf: &["Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"],
+        gguf: "gemma3",
+        permute_qk: false,
+        norm_plus_one: true,
+        block: GEMMA3_BLOCK,
+    },
 ];
 
 /// Opens a model source as GGUF: a GGUF file as it is, a Hugging Face folder through
@@ -134,7 +143,7 @@ fn ggml_of(dtype: StDtype) -> Option<GgmlType> {
 pub fn open(dir: &Path) -> Result<GgufFile> {
     let st = SafetensorsModel::open(dir)?;
     let cfg_path = dir.join("config.json");
-    let cfg = st.config.clone();
+    let cfg = text_config(&st.config);
     let name = st.architecture().unwrap_or("").to_string();
     let arch = ARCHES.iter().find(|a| a.hf.contains(&name.as_str())).ok_or_else(|| {
         Error::unsupported(
@@ -225,8 +234,8 @@ pub fn open(dir: &Path) -> Result<GgufFile> {
     let mut tensors = Vec::with_capacity(stored.len());
     for t in stored.values() {
         let Some(gguf_name) = gguf_name(arch, &t.name) else {
-            if t.name.ends_with("rotary_emb.inv_freq") {
-                continue; // a buffer the converter skips too
+            if t.name.ends_with("rotary_emb.inv_freq") || is_vision(&t.name) {
+                continue; // a buffer the converter skips too; a multimodal model's vision half
             }
             return Err(Error::tensor(shard_path(t), &t.name, format!("not a tensor of a {name} model lowbit knows")));
         };
@@ -380,8 +389,35 @@ fn expected_shape(gguf: &str, d: u64, heads: u64, kv: u64, hd: u64, ff: u64, voc
     Some(vec![rows as usize, cols as usize])
 }
 
-/// The GGUF name of a Hugging Face tensor name, if it is one of `arch`'s.
+/// A multimodal checkpoint's text hyper-parameters: `text_config`'s entries over the top
+/// level's (the converter reads them the same way); other configs as they are.
+fn text_config(cfg: &serde_json::Value) -> serde_json::Value {
+    let mut merged = cfg.clone();
+    if let (Some(m), Some(text)) = (merged.as_object_mut(), cfg.get("text_config").and_then(|t| t.as_object())) {
+        for (k, v) in text {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    merged
+}
+
+/// Whether a tensor belongs to a multimodal checkpoint's vision tower or projector.
+fn is_vision(name: &str) -> bool {
+    ["vision_tower.", "multi_modal_projector."]
+        .iter()
+        .any(|p| name.starts_with(p) || name.starts_with(&format!("model.{p}")))
+}
+
+/// The GGUF name of a Hugging Face tensor name, if it is one of `arch`'s. A multimodal
+/// checkpoint's language model is read under both transformers namings
+/// (`language_model.model.…` and, since 4.52, `model.language_model.…`).
 fn gguf_name(arch: &Arch, hf: &str) -> Option<String> {
+    let unprefixed = match (hf.strip_prefix("model.language_model."), hf.strip_prefix("language_model.")) {
+        (Some(rest), _) => format!("model.{rest}"),
+        (None, Some(rest)) => rest.to_string(),
+        (None, None) => hf.to_string(),
+    };
+    let hf = unprefixed.as_str();
     let (stem, kind) = hf.rsplit_once('.')?;
     if kind != "weight" && kind != "bias" {
         return None;
