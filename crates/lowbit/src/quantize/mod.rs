@@ -202,8 +202,12 @@ pub fn plan_model_with(g: &GgufFile, opts: &QuantizeOptions, has_imatrix: bool) 
 }
 
 /// Whether a planned tensor gets a low-rank branch when one is asked for: the blocks'
-/// quantized weight matrices (not the embedding or output, not float copies).
+/// quantized weight matrices (not the embedding or output, not float types, not a tensor
+/// kept in its source type — copied as stored, it has no error to correct).
 pub fn gets_low_rank(t: &PlannedTensor) -> bool {
+    if t.target == t.source {
+        return false;
+    }
     let float = matches!(
         t.target,
         StorageType::Ggml(crate::format::GgmlType::F32 | crate::format::GgmlType::F16 | crate::format::GgmlType::BF16)
