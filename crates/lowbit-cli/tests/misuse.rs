@@ -93,7 +93,7 @@ fn transforms_are_checked() {
 }
 
 /// A low-rank branch needs a rank ≥ 1 and cannot go into a file that must stay
-/// llama.cpp-loadable; nothing is written.
+/// llama.cpp-loadable; incoherence needs tensors it can rotate; nothing is written.
 #[test]
 fn low_rank_is_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,6 +107,7 @@ fn low_rank_is_checked() {
         &quantize(&["--size", "50MB", "--calib", "austen", "--llama-cpp", "--low-rank", "4"]),
         &["--low-rank", "llama.cpp"],
     );
+    assert_fails(&quantize(&["--type", "Q8_0", "--incoherence"]), &["--incoherence", "lowbit-native or VQ"]);
     assert_eq!(files(dir.path()), vec!["src.gguf"]);
 }
 

@@ -14,6 +14,10 @@ use std::sync::Arc;
 /// The rotation's seed written for every rotated tensor (fixed: same command, same file).
 pub const SEED: u64 = 0x1c0_4e7e;
 
+/// The widest input rotated: `Q` and `Qᵀ` are dense (2·n² f32: 128 MB at 4096); wider
+/// inputs (an 8B model's 14336-wide down projection) need a fast Hadamard transform.
+pub const MAX_ORDER: usize = 4096;
+
 /// An input rotation of order `n`: `Q` and `Qᵀ` (row-major), from `seed`.
 #[derive(Debug, PartialEq)]
 pub struct Rotation {

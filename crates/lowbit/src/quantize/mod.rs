@@ -192,6 +192,21 @@ pub fn plan_model_with(g: &GgufFile, opts: &QuantizeOptions, has_imatrix: bool) 
     }
     let shape = model_shape(g, has_imatrix);
     let mut tensors = make_plan(&entries, &shape, &opts.mix, &opts.overrides)?;
+    if opts.incoherence {
+        let rotated: Vec<&PlannedTensor> = tensors.iter().filter(|t| gets_rotation(t)).collect();
+        if rotated.is_empty() {
+            return Err(Error::Usage(
+                "--incoherence rotates block matrices of lowbit-native or VQ types, and this plan has none (choose such a --type or --override, or --size without --llama-cpp)".into(),
+            ));
+        }
+        let max = crate::method::incoherence::MAX_ORDER;
+        if let Some(t) = rotated.iter().find(|t| t.dims[0] as usize > max) {
+            return Err(Error::Usage(format!(
+                "--incoherence: '{}' has {}-wide rows; the rotation is a dense matrix, built up to {max} (wider needs a fast Hadamard transform)",
+                t.name, t.dims[0]
+            )));
+        }
+    }
     if let Some(rank) = opts.low_rank {
         for t in tensors.iter_mut().filter(|t| gets_low_rank(t)) {
             t.bytes += branch_bytes_of(t, rank);
