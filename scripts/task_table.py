@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Prints the README's task and generation tables from scripts/task_table.sh's outputs.
 
-Usage: python3 scripts/task_table.py OUT_DIR
+Usage: python3 scripts/task_table.py [RESULTS_DIR]   (default docs/task-table)
 Per model: HellaSwag acc_norm ± standard error for the source and each mix (llama.cpp +
 imatrix vs lowbit GPTQ), the share of tasks where the quantized file picks the source's
 ending, and the greedy-continuation similarity to the source (exact match, mean
@@ -70,4 +70,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "target/task-table")
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/task-table")

@@ -9,7 +9,8 @@
 # interruption and it continues.
 # Usage: LLAMA_BIN=path/to/llama.cpp/build/bin [LOWBIT_BIN=…] [OUT=dir] [TASKS=2000]
 #        [PROMPTS=64] [GEN=64] scripts/task_table.sh MODEL [TYPES...]
-# Then: python3 scripts/task_table.py OUT   (prints the markdown tables)
+# Then: python3 scripts/task_table.py [RESULTS]   (prints the markdown tables; default
+# docs/task-table, where finished measurements are copied and committed)
 set -euo pipefail
 model=$1; shift
 types=("$@"); [ ${#types[@]} -gt 0 ] || types=(Q8_0 Q4_K_M Q3_K_M Q2_K IQ2_XS)
@@ -17,6 +18,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 lowbit=${LOWBIT_BIN:-$root/target/release/lowbit}
 tasks=${TASKS:-2000}; prompts=${PROMPTS:-64}; gen=${GEN:-64}
 out=${OUT:-$root/target/task-table}; mkdir -p "$out"
+# Finished measurements (small JSON files and file sizes) are also kept in RESULTS, which is
+# committed: a later run on another machine starts from them.
+results=${RESULTS:-$root/docs/task-table}; mkdir -p "$results"
+cp -n "$results"/* "$out"/ 2>/dev/null || true
 austen=("$root/data/austen/emma.txt" "$root/data/austen/persuasion.txt" "$root/data/austen/sense-and-sensibility.txt")
 src=$("$lowbit" fetch "$model")
 cat "${austen[@]}" > "$out/austen.txt"
@@ -34,6 +39,8 @@ measure() { # name file
     "$lowbit" eval --model "$2" --generate prompts --prompts "$prompts" -n "$gen" --reference "$src" --json > "$g.part"
     mv "$g.part" "$g"
   fi
+  cp "$j" "$out/$model-$1.bytes" "$results"/
+  if [ -f "$g" ]; then cp "$g" "$results"/; fi
   echo "$(date +%T) $model $1 done" >&2
 }
 measure source "$src"
