@@ -14,9 +14,11 @@
 //!   dotted with every activation row — integer multiply-adds against quantized
 //!   activations, or f32 lanes against exact ones. Types without an integer form (floats,
 //!   lowbit's native and VQ formats) decode the row to f32 and dot it.
-//! - many rows (prompt processing, evaluation chunks): tiles of 64 weight rows are
-//!   decoded to f32 and multiplied by the whole batch with `gemm`'s register-blocked
-//!   microkernel; decoding costs `1/t` of the multiply-adds.
+//! - many rows (prompt processing, evaluation chunks): tiles of 64 weight rows, each
+//!   unpacked once for the whole batch. In llama.cpp numerics on AVX-512 VNNI they stay
+//!   integers and meet activations quantized once per batch ([`tiles`]: `vpdpwssd`, one
+//!   float multiply-add per block); otherwise they are decoded to f32 and multiplied with
+//!   `gemm`'s register-blocked microkernel. Unpacking costs `1/t` of the multiply-adds.
 //!
 //! Every loop is compiled for AVX-512, AVX2 and the build's baseline ([`isa`]) and picked
 //! at run time; tests check each against the scalar reference
@@ -30,6 +32,7 @@ mod rows;
 pub mod simd;
 #[cfg(test)]
 mod tests;
+mod tiles;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -56,19 +59,51 @@ pub struct Kernel {
     /// Rows × f32 activations.
     pub exact: fn(Level, &[u8], usize, &[ExactRow], &mut [f32]),
     /// Whole blocks decoded to f32 through the unpacked form (`d·w − dmin·min`: the
-    /// decoder's values up to f32 rounding), vectorised — the tile path's decoder.
+    /// decoder's values up to f32 rounding), vectorised — the exact tile path's decoder.
     pub decode: fn(Level, &[u8], &mut [f32]),
+    /// Whole rows unpacked to the integer tile form (the integer tile path).
+    unpack: fn(Level, &[u8], usize, &mut tiles::IntTile),
+    /// Values per block of the integer form (32 or 256).
+    block: usize,
+    /// How the block minimum enters a dot product.
+    min: tiles::MinTerm,
 }
 
 impl Kernel {
     /// The kernels of a 32-value block type.
     pub const fn small<K: SmallBlock>() -> Kernel {
-        Kernel { quant: rows::small_q8::<K>, exact: rows::small_f32::<K>, decode: rows::small_decode::<K> }
+        Kernel {
+            quant: rows::small_q8::<K>,
+            exact: rows::small_f32::<K>,
+            decode: rows::small_decode::<K>,
+            unpack: tiles::small_unpack::<K>,
+            block: 32,
+            min: if K::HAS_MIN { tiles::MinTerm::Offset } else { tiles::MinTerm::None },
+        }
     }
 
     /// The kernels of a 256-value super-block type.
     pub const fn super_block<K: SuperBlock>() -> Kernel {
-        Kernel { quant: rows::super_q8k::<K>, exact: rows::super_f32::<K>, decode: rows::super_decode::<K> }
+        Kernel {
+            quant: rows::super_q8k::<K>,
+            exact: rows::super_f32::<K>,
+            decode: rows::super_decode::<K>,
+            unpack: tiles::super_unpack::<K>,
+            block: 256,
+            min: if K::HAS_MIN { tiles::MinTerm::Mins } else { tiles::MinTerm::None },
+        }
+    }
+
+    /// Whether the integer tile path computes this kernel's products with activations
+    /// quantized to `act`: the activation blocks must be the ones its integer form pairs
+    /// with (ggml's `vec_dot_type`).
+    fn tiles_with(&self, act: GgmlType) -> bool {
+        match (self.block, act, self.min) {
+            (32, GgmlType::Q8_1, _) => true,
+            (32, GgmlType::Q8_0, m) => m != tiles::MinTerm::Offset,
+            (256, GgmlType::Q8_K, _) => true,
+            _ => false,
+        }
     }
 }
 
@@ -273,6 +308,8 @@ thread_local! {
     /// Each worker thread's decoded-row buffer (the few-rows path of types without an
     /// integer form).
     static ROW_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker thread's integer tile (the integer tile path).
+    static INT_TILE: std::cell::RefCell<tiles::IntTile> = std::cell::RefCell::new(tiles::IntTile::default());
 }
 
 /// Runs `f` on this thread's scratch buffer, `len` values long.
@@ -404,14 +441,25 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     }
 }
 
-/// The many-rows path: tiles of weight rows decoded to f32 and multiplied by all of `x`
-/// (rounded to each product's activation type first, once per type), every product's
-/// tiles in one parallel pass.
+/// The many-rows path, every product's tiles in one parallel pass. Products with an
+/// integer form and quantized activations take the integer tile path ([`tiles`]:
+/// activations quantized once per type and width, tiles unpacked to integers); the rest
+/// decode tiles of weight rows to f32 and multiply them by all of `x` (rounded to the
+/// product's activation type first, once per type) with `gemm`.
 fn matmul_tiles(level: Level, x: &[f32], t: usize, products: &mut [Product]) {
+    let integer = |p: &Product| -> Option<(Kernel, GgmlType)> {
+        let (a, kern) = (p.act()?, p.m.kernel()?);
+        (tiles::used_at(level) && kern.tiles_with(a)).then_some((kern, a))
+    };
+    let mut panels: Vec<(GgmlType, usize, tiles::Panels)> = Vec::new();
     let mut rounded: Vec<(GgmlType, usize, Vec<f32>)> = Vec::new();
     for p in products.iter() {
         let k = p.m.cols;
-        if let Some(a) = p.act() {
+        if let Some((_, a)) = integer(p) {
+            if !panels.iter().any(|(b, kb, _)| *b == a && *kb == k) {
+                panels.push((a, k, tiles::Panels::new(x, t, k, a)));
+            }
+        } else if let Some(a) = p.act() {
             if !rounded.iter().any(|(b, kb, _)| *b == a && *kb == k) {
                 let mut v = x.to_vec();
                 v.par_chunks_mut(k).for_each(|r| fake_quantize_row(r, a));
@@ -419,25 +467,41 @@ fn matmul_tiles(level: Level, x: &[f32], t: usize, products: &mut [Product]) {
             }
         }
     }
-    let mut tiles: Vec<(usize, usize)> = Vec::new();
+    let mut work: Vec<(usize, usize)> = Vec::new();
     for (i, p) in products.iter().enumerate() {
-        tiles.extend((0..p.m.rows.div_ceil(TILE_ROWS)).map(|tile| (i, tile * TILE_ROWS)));
+        work.extend((0..p.m.rows.div_ceil(TILE_ROWS)).map(|tile| (i, tile * TILE_ROWS)));
     }
-    let jobs: Vec<(&PackedMatrix, &[f32], SendPtr)> = products
+    type Job<'a> = (&'a PackedMatrix, &'a [f32], SendPtr, Option<(Kernel, &'a tiles::Panels)>);
+    let jobs: Vec<Job> = products
         .iter_mut()
         .map(|p| {
             let k = p.m.cols;
+            let int = integer(p)
+                .map(|(kern, a)| (kern, &panels.iter().find(|(b, kb, _)| *b == a && *kb == k).expect("made above").2));
             let xp = match p.act() {
-                Some(a) => &rounded.iter().find(|(b, kb, _)| *b == a && *kb == k).expect("rounded above").2[..],
-                None => x,
+                Some(a) if int.is_none() => {
+                    &rounded.iter().find(|(b, kb, _)| *b == a && *kb == k).expect("rounded above").2[..]
+                }
+                _ => x,
             };
-            (p.m, xp, SendPtr(p.out.as_mut_ptr()))
+            (p.m, xp, SendPtr(p.out.as_mut_ptr()), int)
         })
         .collect();
-    tiles.into_par_iter().for_each(|(i, r0)| {
-        let (m, xp, out_ptr) = jobs[i];
+    work.into_par_iter().for_each(|(i, r0)| {
+        let (m, xp, out_ptr, int) = jobs[i];
         let rows = TILE_ROWS.min(m.rows - r0);
-        with_scratch(rows * m.cols, |buf| m.tile(level, r0, buf, xp, t, out_ptr));
+        match int {
+            Some((kern, panels)) => INT_TILE.with(|tile| {
+                let tile = &mut tile.borrow_mut();
+                (kern.unpack)(level, &m.bytes[r0 * m.row_bytes..(r0 + rows) * m.row_bytes], m.row_bytes, tile);
+                // SAFETY: `out_ptr` is this product's output, t × m.rows f32 (asserted in
+                // matmul_batch_at); this task writes only columns r0..r0 + rows, and the
+                // product's tiles cover disjoint column ranges, so no two tasks write the
+                // same element and nothing reads the output until the pass ends.
+                unsafe { tiles::multiply(level, tile, panels, t, m.rows, r0, out_ptr.0) }
+            }),
+            None => with_scratch(rows * m.cols, |buf| m.tile(level, r0, buf, xp, t, out_ptr)),
+        }
     });
 }
 
