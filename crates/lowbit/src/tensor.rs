@@ -204,31 +204,6 @@ pub fn layer_norm(x: &mut [f32], d: usize, weight: &[f32], bias: &[f32], eps: f3
     });
 }
 
-/// In-place softmax of `x`.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// SiLU(x) = x·σ(x).
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
-/// GELU, tanh approximation (Gemma, GPT-2).
-#[inline]
-pub fn gelu_tanh(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
-}
-
 /// GELU with the exact error function (BERT).
 #[inline]
 pub fn gelu_erf(x: f32) -> f32 {
@@ -376,10 +351,11 @@ pub fn multi_head_attention(
             let kt = StridedMat { data: k, offset: kvh * hd, row_stride: 1, col_stride: kv_row };
             matmul_strided(t, s, hd, &qv, &kt, &mut scores, s);
             for (i, r) in scores.chunks_exact_mut(s).enumerate() {
+                // Masked positions get weight 0 (what e^−∞ gives) without computing it.
                 let keep = visible(i);
-                r[..keep.start].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
-                r[keep.end..].iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
-                softmax(r);
+                r[..keep.start].fill(0.0);
+                r[keep.end..].fill(0.0);
+                crate::kernels::pointwise::softmax(&mut r[keep]);
             }
             let mut out = vec![0.0f32; t * hd];
             let sv = StridedMat { data: &scores, offset: 0, row_stride: s, col_stride: 1 };

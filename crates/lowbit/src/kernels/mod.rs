@@ -28,6 +28,7 @@
 pub mod acts;
 pub mod blocks;
 pub mod isa;
+pub mod pointwise;
 mod rows;
 pub mod simd;
 #[cfg(test)]

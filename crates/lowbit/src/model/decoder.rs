@@ -7,7 +7,8 @@ use rayon::prelude::*;
 use super::kv::{KvType, Rope};
 use super::{GgufWeights, Linear, Weight};
 use crate::error::Result;
-use crate::tensor::{apply_rope, gelu_tanh, multi_head_attention, rms_norm, rope_angles, silu};
+use crate::kernels::pointwise;
+use crate::tensor::{apply_rope, multi_head_attention, rms_norm, rope_angles};
 
 /// The gate activation of the MLP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -383,13 +384,9 @@ impl Decoder {
         let [mut gate, up]: [Vec<f32>; 2] =
             super::forward_many(&[&b.w_gate, &b.w_up], &h, t).try_into().expect("two outputs");
         let act = c.activation;
-        gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| {
-            for (g, u) in g.iter_mut().zip(u) {
-                *g = match act {
-                    Activation::Silu => silu(*g),
-                    Activation::GeluTanh => gelu_tanh(*g),
-                } * u;
-            }
+        gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| match act {
+            Activation::Silu => pointwise::silu_gate(g, u),
+            Activation::GeluTanh => pointwise::gelu_gate(g, u),
         });
         let mut m = b.w_down.forward(&gate, t);
         if let Some(w) = &b.ffn_post_norm {

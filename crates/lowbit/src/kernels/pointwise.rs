@@ -1,0 +1,193 @@
+//! The forward pass's element-wise functions — softmax over attention scores and the
+//! gated activations of the feed-forward (SwiGLU, GeGLU) — vectorised.
+//!
+//! Why: with the matrix products on the integer tile path, libm's scalar `expf`/`tanhf`
+//! and the scalar softmax were a third of smollm2's prompt processing (`perf`, pp512).
+//! Here `exp` is written in plain f32 arithmetic (Cephes' `expf`: Cody–Waite reduction,
+//! degree-6 polynomial, the power of two built from the exponent bits; ≤ 2 ulp, as
+//! ggml's `ggml_v_expf`), so the compiler keeps 16 lanes of it in one register, and each
+//! function is compiled for AVX-512, AVX2 and the baseline and picked at run time. No
+//! fused multiply-adds and sums in 16 fixed lanes: every level gives the same bits.
+
+use super::isa::Level;
+
+/// Defines `pub fn $name(args)` whose body is compiled for AVX-512, AVX2 and the
+/// baseline, running the variant [`Level::detected`] names.
+macro_rules! per_level {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            fn v4($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn v3($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            match Level::detected() {
+                // SAFETY: `Level::detected` reports AVX-512 only where the CPU has every
+                // feature `v4` enables (is_x86_feature_detected).
+                Level::Avx512 => return unsafe { v4($($arg),*) },
+                // SAFETY: as above, for AVX2, FMA and F16C.
+                Level::Avx2 => return unsafe { v3($($arg),*) },
+                Level::Portable => {}
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// `e^x` (Cephes' `expf`): within 2 ulp on [−87, 88]; 0 below −87.3, +∞ above 88,
+/// NaN for NaN.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.0, 88.0);
+    let z = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = z - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let p =
+        ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 0.166_666_65) * r + 0.5;
+    let y = p * (r * r) + r + 1.0;
+    // z's low mantissa bits hold 2²² + n.
+    let i = z.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let v = y * f32::from_bits(((i + 127) << 23) as u32);
+    if x < -87.33 {
+        0.0
+    } else if x > 88.0 {
+        f32::INFINITY
+    } else if x.is_nan() {
+        x
+    } else {
+        v
+    }
+}
+
+/// Sums 16 lanes in a fixed tree order.
+#[inline(always)]
+fn hsum16(l: &[f32; 16]) -> f32 {
+    super::rows::hsum16(l)
+}
+
+per_level! {
+    /// `x ← softmax(x)`, the sum in 16 fixed lanes.
+    fn softmax(x: &mut [f32]) {
+        let mut m = [f32::NEG_INFINITY; 16];
+        let n16 = x.len() / 16 * 16;
+        for c in x[..n16].chunks_exact(16) {
+            for l in 0..16 {
+                m[l] = m[l].max(c[l]);
+            }
+        }
+        let max = x[n16..].iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)), |a, &v| a.max(v));
+        let mut s = [0f32; 16];
+        for c in x[..n16].chunks_exact_mut(16) {
+            for l in 0..16 {
+                c[l] = exp(c[l] - max);
+                s[l] += c[l];
+            }
+        }
+        let mut sum = hsum16(&s);
+        for v in x[n16..].iter_mut() {
+            *v = exp(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        x.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// SiLU(x) = x·σ(x).
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// GELU, tanh approximation (Gemma, GPT-2), as `x·σ(2y)` = `0.5·x·(1 + tanh y)`.
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let y = SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x));
+    x / (1.0 + exp(-2.0 * y))
+}
+
+per_level! {
+    /// SwiGLU: `g ← SiLU(g)·u`.
+    fn silu_gate(g: &mut [f32], u: &[f32]) {
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = silu(*g) * u;
+        }
+    }
+}
+
+per_level! {
+    /// GeGLU (tanh): `g ← GELU(g)·u`.
+    fn gelu_gate(g: &mut [f32], u: &[f32]) {
+        for (g, u) in g.iter_mut().zip(u) {
+            *g = gelu_tanh(*g) * u;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(a: f32, b: f32) -> u32 {
+        (a.to_bits() as i32 - b.to_bits() as i32).unsigned_abs()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let (got, want) = (exp(x), ((x as f64).exp()) as f32);
+            worst = worst.max(ulps(got, want));
+            x += 0.000_731;
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn softmax_and_gates_match_the_definitions() {
+        let x: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.731).sin() * 12.0).collect();
+        for n in [1, 15, 16, 17, 1000] {
+            let mut got = x[..n].to_vec();
+            softmax(&mut got);
+            let max = x[..n].iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let sum: f64 = x[..n].iter().map(|&v| (v as f64 - max).exp()).sum();
+            for (g, &v) in got.iter().zip(&x[..n]) {
+                let want = (v as f64 - max).exp() / sum;
+                // f32 rounding of v − max is |v − max|·2⁻²⁴ of the exponent; exp's 2 ulp,
+                // the sum and the division a few more.
+                let tol = want * ((v as f64 - max).abs() + 8.0) * 6e-8;
+                assert!((*g as f64 - want).abs() <= tol + 1e-30, "n={n}: {g} vs {want}");
+            }
+        }
+        let u: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.377).cos()).collect();
+        let (mut s, mut g) = (x.clone(), x.clone());
+        silu_gate(&mut s, &u);
+        gelu_gate(&mut g, &u);
+        for i in 0..x.len() {
+            let (v, w) = (x[i] as f64, u[i] as f64);
+            let silu = v / (1.0 + (-v).exp()) * w;
+            let gelu = 0.5 * v * (1.0 + (0.797_884_560_802_865_4 * (v + 0.044715 * v * v * v)).tanh()) * w;
+            assert!((s[i] as f64 - silu).abs() <= 1e-6 * (v.abs() * w.abs()) + 1e-30, "silu {v}: {} vs {silu}", s[i]);
+            assert!((g[i] as f64 - gelu).abs() <= 1e-6 * (v.abs() * w.abs()) + 1e-30, "gelu {v}: {} vs {gelu}", g[i]);
+        }
+    }
+}
