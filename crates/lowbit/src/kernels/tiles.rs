@@ -5,16 +5,19 @@
 //! and token — ggml's `vec_dot_*_q8_*` arithmetic, computed 16 tokens × 8 rows at a time.
 //!
 //! Why: decoding tiles to f32 for `gemm` (the exact path) runs 16 multiply-adds per
-//! instruction; AVX-512 VNNI's `vpdpwssd` runs 32 i16 multiply-adds and their sums in one,
-//! and the per-block scaling costs a few instructions per 32 (or 256) values. Measured on
-//! the zoo models' Q4_0 files, prompt processing (`lowbit bench`, pp512, 2 threads) went
-//! from 0.83–0.86× llama-bench to the figures in the README's speed table.
+//! instruction; AVX-512 VNNI's `vpdpbusd` runs 64 u8×i8 multiply-adds (32-value block
+//! types, whose codes all fit in i8; activations offset by +128, taken back by starting
+//! each block's sum at −128·Σ codes) and `vpdpwssd` 32 i16 ones (super-blocks, whose
+//! codes × sub-scales need i16), and the per-block scaling costs a few instructions per
+//! 32 (or 256) values. Measured on smollm2's Q4_0 file (`lowbit bench`, pp512, 2 threads,
+//! this machine): 957 t/s with f32 tiles, 1726 with `vpdpwssd` and the vectorised
+//! softmax, and the figures in the README's speed table with `vpdpbusd`.
 //!
-//! Layouts: activations in panels of [`LANES`] tokens, each pair of consecutive values of
-//! a token in one 32-bit lane (`vpdpwssd`'s pairs): `q[group][pair][lane][2]`, with each
+//! Layouts: activations in panels of [`LANES`] tokens, each quad (u8, Q8_0/Q8_1) or pair
+//! (i16, Q8_K) of consecutive values of a token in one 32-bit lane, with each
 //! block's scale per lane (`d[group][block][lane]`), Q8_1's `d·Σq` (`s`), Q8_K's per-16
-//! sums in the same pair layout. Weights: the tile's rows of unpacked i16 values, each pair
-//! broadcast to all lanes. Outputs are `t × n`, row-major by token.
+//! sums in the same pair layout. Weights: the tile's rows of unpacked codes (i8 or i16), each
+//! quad or pair broadcast to all lanes. Outputs are `t × n`, row-major by token.
 //!
 //! Only AVX-512 VNNI runs it ([`used_at`]): with AVX2, `vpmaddwd` + `vpaddd` do 8
 //! multiply-adds per instruction, no more than f32 FMAs, and the portable loop compiled
@@ -62,8 +65,10 @@ pub(crate) struct Panels {
     k: usize,
     /// Panels (`⌈t / LANES⌉`).
     groups: usize,
-    /// `[group][pair][lane][2]`.
-    q: Vec<i16>,
+    /// Q8_0/Q8_1: `[group][quad][lane][4]`, codes + 128 (`vpdpbusd`'s unsigned side).
+    q8: Vec<u8>,
+    /// Q8_K: `[group][pair][lane][2]`.
+    q16: Vec<i16>,
     /// `[group][block][lane]`.
     d: Vec<f32>,
     /// Q8_1: `[group][block][lane]`.
@@ -83,33 +88,46 @@ impl Panels {
             block,
             k,
             groups,
-            q: vec![0; groups * k * LANES],
+            q8: if block == 32 { vec![0; groups * k * LANES] } else { Vec::new() },
+            q16: if block == 256 { vec![0; groups * k * LANES] } else { Vec::new() },
             d: vec![0.0; groups * nb * LANES],
             s: if act == GgmlType::Q8_1 { vec![0.0; groups * nb * LANES] } else { Vec::new() },
             bsum: if act == GgmlType::Q8_K { vec![0; groups * nb * 16 * LANES] } else { Vec::new() },
         };
         let (s_len, b_len) =
             (if p.s.is_empty() { 0 } else { nb * LANES }, if p.bsum.is_empty() { 0 } else { nb * 16 * LANES });
-        let mut qs = p.q.chunks_mut(k * LANES);
+        let mut q8s = p.q8.chunks_mut(k * LANES);
+        let mut q16s = p.q16.chunks_mut(k * LANES);
         let mut ds = p.d.chunks_mut(nb * LANES);
         let mut ss = p.s.chunks_mut(s_len.max(1));
         let mut bs = p.bsum.chunks_mut(b_len.max(1));
         let mut jobs = Vec::with_capacity(groups);
         for g in 0..groups {
-            let q = qs.next().expect("sized above");
+            let q8 = if block == 32 { q8s.next() } else { None };
+            let q16 = if block == 256 { q16s.next() } else { None };
             let d = ds.next().expect("sized above");
             let s = if s_len > 0 { ss.next() } else { None };
             let b = if b_len > 0 { bs.next() } else { None };
-            jobs.push((g, q, d, s, b));
+            jobs.push((g, q8, q16, d, s, b));
         }
-        jobs.into_par_iter().for_each(|(g, q, d, mut s, mut b)| {
+        jobs.into_par_iter().for_each(|(g, mut q8, mut q16, d, mut s, mut b)| {
             let mut row = QuantRow::default();
             for lane in 0..LANES.min(t - g * LANES) {
                 let i = g * LANES + lane;
                 row.quantize(&x[i * k..(i + 1) * k], act);
-                for (pi, pair) in row.q.chunks_exact(2).enumerate() {
-                    q[(pi * LANES + lane) * 2] = pair[0];
-                    q[(pi * LANES + lane) * 2 + 1] = pair[1];
+                if let Some(q) = q8.as_deref_mut() {
+                    // Q8_0/Q8_1 codes are in −127..=127.
+                    for (qi, quad) in row.q.chunks_exact(4).enumerate() {
+                        for j in 0..4 {
+                            q[(qi * LANES + lane) * 4 + j] = (quad[j] + 128) as u8;
+                        }
+                    }
+                }
+                if let Some(q) = q16.as_deref_mut() {
+                    for (pi, pair) in row.q.chunks_exact(2).enumerate() {
+                        q[(pi * LANES + lane) * 2] = pair[0];
+                        q[(pi * LANES + lane) * 2 + 1] = pair[1];
+                    }
                 }
                 for (ib, &v) in row.d.iter().enumerate() {
                     d[ib * LANES + lane] = v;
@@ -145,8 +163,12 @@ pub(crate) struct IntTile {
     k: usize,
     /// Values per block (32 or 256).
     block: usize,
-    /// `[row][k]`: codes × sub-scales.
+    /// Super-blocks: `[row][k]`, codes × sub-scales.
     w: Vec<i16>,
+    /// 32-value blocks: `[row][k]`, codes (all such types' codes fit in i8).
+    w8: Vec<i8>,
+    /// 32-value blocks: `[row][block]`, −128·Σ codes (the activations' +128, taken back).
+    corr: Vec<i32>,
     /// `[row][block]`: block scale.
     d: Vec<f32>,
     /// `[row][block]`: 32-value blocks' offset `m`, or super-blocks' `dmin`.
@@ -162,7 +184,14 @@ impl IntTile {
         let nb = k / block;
         (self.rows, self.valid, self.k, self.block, self.min) = (padded, rows, k, block, min);
         self.w.clear();
-        self.w.resize(padded * k, 0);
+        self.w8.clear();
+        self.corr.clear();
+        if block == 256 {
+            self.w.resize(padded * k, 0);
+        } else {
+            self.w8.resize(padded * k, 0);
+            self.corr.resize(padded * nb, 0);
+        }
         self.d.clear();
         self.d.resize(padded * nb, 0.0);
         self.m.clear();
@@ -184,7 +213,15 @@ multiversion! {
         for (r, row) in bytes.chunks_exact(row_bytes).enumerate() {
             for (b, blk) in row.chunks_exact(K::BYTES).enumerate() {
                 K::unpack::<S>(blk, &mut s);
-                tile.w[r * k + b * 32..r * k + b * 32 + 32].copy_from_slice(&s.w);
+                let mut sum = 0i32;
+                for (o, &v) in tile.w8[r * k + b * 32..r * k + b * 32 + 32].iter_mut().zip(&s.w) {
+                    // Every 32-value type's codes come from an i8 table or ≤ 5 bits
+                    // (Q8_0's i8, Q4/Q5 nibbles, IQ4_NL/MXFP4 i8 levels).
+                    debug_assert!((-128..=127).contains(&v));
+                    *o = v as i8;
+                    sum += v as i32;
+                }
+                tile.corr[r * nb + b] = -128 * sum;
                 tile.d[r * nb + b] = s.d;
                 tile.m[r * nb + b] = s.m;
             }
@@ -235,14 +272,17 @@ pub(crate) unsafe fn multiply(
     let gd = nb * LANES;
     for g in 0..panels.groups {
         let view = PanelView {
-            q: &panels.q[g * gq..(g + 1) * gq],
+            q8: if panels.q8.is_empty() { &[] } else { &panels.q8[g * gq..(g + 1) * gq] },
+            q16: if panels.q16.is_empty() { &[] } else { &panels.q16[g * gq..(g + 1) * gq] },
             d: &panels.d[g * gd..(g + 1) * gd],
             s: if panels.s.is_empty() { &[] } else { &panels.s[g * gd..(g + 1) * gd] },
             bsum: if panels.bsum.is_empty() { &[] } else { &panels.bsum[g * gd * 16..(g + 1) * gd * 16] },
         };
         for rg in (0..valid).step_by(RB) {
             let rows = TileRows {
-                w: &tile.w[rg * tile.k..(rg + RB) * tile.k],
+                w: if tile.w.is_empty() { &[] } else { &tile.w[rg * tile.k..(rg + RB) * tile.k] },
+                w8: if tile.w8.is_empty() { &[] } else { &tile.w8[rg * tile.k..(rg + RB) * tile.k] },
+                corr: if tile.corr.is_empty() { &[] } else { &tile.corr[rg * nb..(rg + RB) * nb] },
                 d: &tile.d[rg * nb..(rg + RB) * nb],
                 m: &tile.m[rg * nb..(rg + RB) * nb],
                 mins: if tile.mins.is_empty() { &[] } else { &tile.mins[rg * nb * 16..(rg + RB) * nb * 16] },
@@ -265,7 +305,8 @@ pub(crate) unsafe fn multiply(
 
 /// One panel's activations.
 struct PanelView<'a> {
-    q: &'a [i16],
+    q8: &'a [u8],
+    q16: &'a [i16],
     d: &'a [f32],
     s: &'a [f32],
     bsum: &'a [i16],
@@ -274,6 +315,8 @@ struct PanelView<'a> {
 /// [`RB`] stored rows in integer form.
 struct TileRows<'a> {
     w: &'a [i16],
+    w8: &'a [i8],
+    corr: &'a [i32],
     d: &'a [f32],
     m: &'a [f32],
     mins: &'a [i16],
@@ -290,32 +333,49 @@ fn micro(level: Level, w: &TileRows, x: &PanelView, min: MinTerm, acc: &mut [[f3
         // (`Level::supported`); the kernel reads only inside the slices (asserted there).
         return unsafe {
             match block {
-                32 => micro_avx512::<16>(w, x, min, acc),
-                _ => micro_avx512::<128>(w, x, min, acc),
+                32 => micro_avx512::<32>(w, x, min, acc),
+                _ => micro_avx512::<256>(w, x, min, acc),
             }
         };
     }
     let _ = level;
     match block {
-        32 => micro_portable::<16>(w, x, min, acc),
-        _ => micro_portable::<128>(w, x, min, acc),
+        32 => micro_portable::<32>(w, x, min, acc),
+        _ => micro_portable::<256>(w, x, min, acc),
     }
 }
 
-/// The portable microkernel (`PAIRS` value pairs per block): the same integer sums and
-/// the same float steps as [`micro_avx512`], lane by lane.
+/// The portable microkernel (`BL`-value blocks): the same integer sums and the same float
+/// steps as [`micro_avx512`], lane by lane.
 #[inline(always)]
-fn micro_portable<const PAIRS: usize>(w: &TileRows, x: &PanelView, min: MinTerm, out: &mut [[f32; LANES]; RB]) {
+fn micro_portable<const BL: usize>(w: &TileRows, x: &PanelView, min: MinTerm, out: &mut [[f32; LANES]; RB]) {
     let (k, nb) = (w.k, w.nb);
-    let bl = 2 * PAIRS;
     for b in 0..nb {
         let mut acc = [[0i32; LANES]; RB];
-        for p in 0..PAIRS {
-            let a = &x.q[(b * PAIRS + p) * 2 * LANES..(b * PAIRS + p + 1) * 2 * LANES];
+        if BL == 32 {
+            // Bytes in quads: Σ (q + 128)·w − 128·Σ w.
             for r in 0..RB {
-                let (w0, w1) = (w.w[r * k + b * bl + 2 * p] as i32, w.w[r * k + b * bl + 2 * p + 1] as i32);
-                for l in 0..LANES {
-                    acc[r][l] += w0 * a[2 * l] as i32 + w1 * a[2 * l + 1] as i32;
+                acc[r] = [w.corr[r * nb + b]; LANES];
+            }
+            for qd in 0..8 {
+                let a = &x.q8[(b * 8 + qd) * 4 * LANES..(b * 8 + qd + 1) * 4 * LANES];
+                for r in 0..RB {
+                    let w4 = &w.w8[r * k + b * 32 + 4 * qd..r * k + b * 32 + 4 * qd + 4];
+                    for l in 0..LANES {
+                        for j in 0..4 {
+                            acc[r][l] += a[4 * l + j] as i32 * w4[j] as i32;
+                        }
+                    }
+                }
+            }
+        } else {
+            for p in 0..BL / 2 {
+                let a = &x.q16[(b * BL / 2 + p) * 2 * LANES..(b * BL / 2 + p + 1) * 2 * LANES];
+                for r in 0..RB {
+                    let (w0, w1) = (w.w[r * k + b * BL + 2 * p] as i32, w.w[r * k + b * BL + 2 * p + 1] as i32);
+                    for l in 0..LANES {
+                        acc[r][l] += w0 * a[2 * l] as i32 + w1 * a[2 * l + 1] as i32;
+                    }
                 }
             }
         }
@@ -360,39 +420,59 @@ fn micro_portable<const PAIRS: usize>(w: &TileRows, x: &PanelView, min: MinTerm,
     }
 }
 
-/// The AVX-512 VNNI microkernel: per block, `PAIRS` × [`RB`] `vpdpwssd` (one panel
-/// register times one broadcast weight pair), then the scaling.
+/// The AVX-512 VNNI microkernel. 32-value blocks: per block 8 × [`RB`] `vpdpbusd` (a
+/// panel register of unsigned activation quads times one broadcast quad of signed
+/// codes; 64 multiply-adds each), the accumulators starting from −128·Σ codes;
+/// super-blocks: 128 × [`RB`] `vpdpwssd` on i16 pairs. Then the scaling.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F/BW and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn micro_avx512<const PAIRS: usize>(w: &TileRows, x: &PanelView, min: MinTerm, out: &mut [[f32; LANES]; RB]) {
+unsafe fn micro_avx512<const BL: usize>(w: &TileRows, x: &PanelView, min: MinTerm, out: &mut [[f32; LANES]; RB]) {
     use std::arch::x86_64::*;
     let (k, nb) = (w.k, w.nb);
-    let bl = 2 * PAIRS;
-    assert!(w.w.len() >= RB * k && w.d.len() >= RB * nb && w.m.len() >= RB * nb);
-    assert!(x.q.len() >= nb * PAIRS * 2 * LANES && x.d.len() >= nb * LANES && k == nb * bl);
+    assert!(k == nb * BL && w.d.len() >= RB * nb && w.m.len() >= RB * nb && x.d.len() >= nb * LANES);
+    if BL == 32 {
+        assert!(w.w8.len() >= RB * k && w.corr.len() >= RB * nb && x.q8.len() >= k * LANES);
+    } else {
+        assert!(w.w.len() >= RB * k && x.q16.len() >= k * LANES);
+    }
     match min {
         MinTerm::None => {}
         MinTerm::Offset => assert!(x.s.len() >= nb * LANES),
         MinTerm::Mins => assert!(x.bsum.len() >= nb * 16 * LANES && w.mins.len() >= RB * nb * 16),
     }
     // SAFETY: every pointer below is offset inside the slice it comes from, by the
-    // lengths asserted above: weight pairs at r·k + b·bl + 2p + 1 < RB·k, panel pairs at
-    // (b·PAIRS + p + 1)·32 ≤ nb·PAIRS·32, scales at b·LANES + 16 ≤ nb·LANES, bsum pairs at
-    // (b·8 + p + 1)·32 ≤ nb·256, minimum pairs at (r·nb + b)·16 + 2p + 1 < RB·nb·16; the
+    // lengths asserted above: code quads at r·k + b·32 + 4qd + 3 < RB·k and panel quads
+    // at (b·8 + qd + 1)·64 ≤ k·16 bytes; i16 pairs at r·k + b·256 + 2p + 1 < RB·k and panel
+    // pairs at (b·128 + p + 1)·32 ≤ k·16; scales at b·LANES + 16 ≤ nb·LANES; bsum pairs at
+    // (b·8 + p + 1)·32 ≤ nb·256; minimum pairs at (r·nb + b)·16 + 2p + 1 < RB·nb·16; the
     // CPU features are the caller's promise.
     unsafe {
-        let (wp, qp, dp) = (w.w.as_ptr(), x.q.as_ptr(), x.d.as_ptr());
-        let pair = |ptr: *const i16| _mm512_set1_epi32((ptr as *const i32).read_unaligned());
+        let dp = x.d.as_ptr();
+        let word = |ptr: *const i32| _mm512_set1_epi32(ptr.read_unaligned());
         let mut o = [_mm512_setzero_ps(); RB];
         for b in 0..nb {
             let mut acc = [_mm512_setzero_si512(); RB];
-            for p in 0..PAIRS {
-                let a = _mm512_loadu_si512(qp.add((b * PAIRS + p) * 2 * LANES).cast());
+            if BL == 32 {
+                let (wp, qp) = (w.w8.as_ptr(), x.q8.as_ptr());
                 for r in 0..RB {
-                    acc[r] = _mm512_dpwssd_epi32(acc[r], a, pair(wp.add(r * k + b * bl + 2 * p)));
+                    acc[r] = _mm512_set1_epi32(w.corr[r * nb + b]);
+                }
+                for qd in 0..8 {
+                    let a = _mm512_loadu_si512(qp.add((b * 8 + qd) * 4 * LANES).cast());
+                    for r in 0..RB {
+                        acc[r] = _mm512_dpbusd_epi32(acc[r], a, word(wp.add(r * k + b * 32 + 4 * qd).cast()));
+                    }
+                }
+            } else {
+                let (wp, qp) = (w.w.as_ptr(), x.q16.as_ptr());
+                for p in 0..BL / 2 {
+                    let a = _mm512_loadu_si512(qp.add((b * BL / 2 + p) * 2 * LANES).cast());
+                    for r in 0..RB {
+                        acc[r] = _mm512_dpwssd_epi32(acc[r], a, word(wp.add(r * k + b * BL + 2 * p).cast()));
+                    }
                 }
             }
             let dx = _mm512_loadu_ps(dp.add(b * LANES));
@@ -413,8 +493,11 @@ unsafe fn micro_avx512<const PAIRS: usize>(w: &TileRows, x: &PanelView, min: Min
                     for p in 0..8 {
                         let a = _mm512_loadu_si512(x.bsum.as_ptr().add((b * 8 + p) * 2 * LANES).cast());
                         for r in 0..RB {
-                            acc[r] =
-                                _mm512_dpwssd_epi32(acc[r], a, pair(w.mins.as_ptr().add((r * nb + b) * 16 + 2 * p)));
+                            acc[r] = _mm512_dpwssd_epi32(
+                                acc[r],
+                                a,
+                                word(w.mins.as_ptr().add((r * nb + b) * 16 + 2 * p).cast()),
+                            );
                         }
                     }
                     for r in 0..RB {
