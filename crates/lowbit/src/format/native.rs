@@ -171,6 +171,19 @@ impl NativeFormat {
         n.is_multiple_of(self.group).then(|| n / self.group * self.group_bytes())
     }
 
+    /// For the 4-bit formats, the 16 levels the codes index: value = d·level, minus the
+    /// offset m for `_zp` — the expressions [`NativeFormat::decode_row`] tabulates, for the
+    /// kernels' vector lookup (`kernels::nibbles`).
+    pub fn nibble_levels(&self) -> Option<[f32; 16]> {
+        match self.kind {
+            NativeKind::Int { bits: 4, zero_point: true } => Some(std::array::from_fn(|q| q as f32)),
+            NativeKind::Int { bits: 4, zero_point: false } => Some(std::array::from_fn(|q| (q as i32 - 8) as f32)),
+            NativeKind::Nf4 => Some(NF4_VALUES),
+            NativeKind::Fp4 => Some(FP4_BY_CODE),
+            _ => None,
+        }
+    }
+
     /// Decodes one row: `bytes` holds `out.len() / group` groups. Each group's values are
     /// first tabulated per code (the same expression per code as value by value, so the
     /// result is unchanged), then looked up — two codes per byte for 4-bit formats, one

@@ -28,6 +28,7 @@
 pub mod acts;
 pub mod blocks;
 pub mod isa;
+mod nibbles;
 pub mod pointwise;
 mod rows;
 pub mod simd;
@@ -210,7 +211,7 @@ impl PackedMatrix {
         let n = out.len() / self.cols.max(1);
         assert!(out.len() == n * self.cols && r0 + n <= self.rows, "decode_rows: rows out of range");
         let bytes = &self.bytes[r0 * self.row_bytes..(r0 + n) * self.row_bytes];
-        self.decode_into(bytes, out);
+        self.decode_into(Level::detected(), bytes, out);
     }
 
     /// The whole matrix as f32 (for the paths that need dense weights: GPTQ, tests).
@@ -233,7 +234,7 @@ impl PackedMatrix {
         })
     }
 
-    fn decode_into(&self, bytes: &[u8], out: &mut [f32]) {
+    fn decode_into(&self, level: Level, bytes: &[u8], out: &mut [f32]) {
         match self.ty {
             StorageType::Ggml(t) => {
                 let f = t.facts();
@@ -241,7 +242,7 @@ impl PackedMatrix {
                     (f.decode)(b, o);
                 }
             }
-            StorageType::Native(f) => f.decode_row(bytes, out),
+            StorageType::Native(f) => nibbles::decode(level, &f, bytes, out),
             StorageType::Vq(f) => {
                 let book = self.codebook.as_ref().expect("checked in new");
                 for (r, o) in bytes.chunks_exact(self.row_bytes).zip(out.chunks_exact_mut(self.cols)) {
@@ -424,7 +425,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
             (Prepared::Quant(q), Some(kern)) => (kern.quant)(level, w, m.row_bytes, q, o),
             (Prepared::Exact(xs), Some(kern)) => (kern.exact)(level, w, m.row_bytes, xs, o),
             (Prepared::Exact(xs), None) => {
-                let decode = |b: &[u8], out: &mut [f32]| m.decode_into(b, out);
+                let decode = |b: &[u8], out: &mut [f32]| m.decode_into(level, b, out);
                 ROW_SCRATCH.with(|buf| rows::decoded_f32(level, &decode, w, m.row_bytes, xs, o, &mut buf.borrow_mut()))
             }
             (Prepared::Quant(_), None) => unreachable!("integer rows are prepared only for kernels"),

@@ -24,6 +24,8 @@ pub trait Simd {
     fn madd_scale(acc: &mut [f32; 16], w: &[i16], q: &[i16], s: f32);
     /// `acc[l] += (Σ over lane l of w·x) · s`, over 16·n values.
     fn fma_scale(acc: &mut [f32; 16], w: &[i16], x: &[f32], s: f32);
+    /// `acc[l] += a[l]·b[l]` for 16 f32 values (multiply, then add).
+    fn mul_add16(acc: &mut [f32; 16], a: &[f32], b: &[f32]);
 }
 
 /// Plain Rust (the build's baseline instruction set).
@@ -72,6 +74,14 @@ impl Simd for Scalar {
         }
         for l in 0..16 {
             acc[l] += p[l] * s;
+        }
+    }
+
+    #[inline(always)]
+    fn mul_add16(acc: &mut [f32; 16], a: &[f32], b: &[f32]) {
+        let (a, b) = (&a[..16], &b[..16]);
+        for l in 0..16 {
+            acc[l] += a[l] * b[l];
         }
     }
 }
@@ -153,6 +163,17 @@ impl Simd for Avx512 {
             _mm512_storeu_ps(acc.as_mut_ptr(), _mm512_add_ps(a, f));
         }
     }
+
+    #[inline(always)]
+    fn mul_add16(acc: &mut [f32; 16], a: &[f32], b: &[f32]) {
+        assert!(a.len() >= 16 && b.len() >= 16);
+        // SAFETY: AVX-512 F is present (as in `madd_scale`); reads 16 f32 of `a` and `b`
+        // (lengths checked above), reads and writes the 16 of `acc`.
+        unsafe {
+            let p = _mm512_mul_ps(_mm512_loadu_ps(a.as_ptr()), _mm512_loadu_ps(b.as_ptr()));
+            _mm512_storeu_ps(acc.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(acc.as_ptr()), p));
+        }
+    }
 }
 
 /// AVX2: two 256-bit registers hold the 16 lanes.
@@ -222,6 +243,20 @@ impl Simd for Avx2 {
             let (f0, f1) = (_mm256_mul_ps(lo, sv), _mm256_mul_ps(hi, sv));
             _mm256_storeu_ps(acc.as_mut_ptr(), _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr()), f0));
             _mm256_storeu_ps(acc.as_mut_ptr().add(8), _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr().add(8)), f1));
+        }
+    }
+
+    #[inline(always)]
+    fn mul_add16(acc: &mut [f32; 16], a: &[f32], b: &[f32]) {
+        assert!(a.len() >= 16 && b.len() >= 16);
+        // SAFETY: AVX2 is present (as in `madd_scale`); reads 16 f32 of `a` and `b`
+        // (lengths checked above), reads and writes the 16 of `acc`.
+        unsafe {
+            for h in [0, 8] {
+                let p = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr().add(h)), _mm256_loadu_ps(b.as_ptr().add(h)));
+                let r = _mm256_add_ps(_mm256_loadu_ps(acc.as_ptr().add(h)), p);
+                _mm256_storeu_ps(acc.as_mut_ptr().add(h), r);
+            }
         }
     }
 }
