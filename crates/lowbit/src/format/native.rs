@@ -335,8 +335,16 @@ impl fmt::Display for NativeFormat {
 }
 
 /// The `n`-bit value at bit offset `at` of a little-endian bit stream.
+#[inline(always)]
 pub(crate) fn read_bits(bytes: &[u8], at: usize, n: usize) -> u32 {
     let (byte, shift) = (at / 8, at % 8);
+    // Four whole bytes hold any code of ≤ 25 bits: one load where they exist.
+    if n <= 25 {
+        if let Some(w) = bytes.get(byte..byte + 4) {
+            let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            return (v >> shift) & ((1u32 << n) - 1);
+        }
+    }
     let mut v = 0u32;
     for (k, &b) in bytes[byte..(byte + (shift + n).div_ceil(8)).min(bytes.len())].iter().enumerate() {
         v |= (b as u32) << (8 * k);

@@ -177,6 +177,36 @@ impl VqFormat {
         let (bits, residual_bits) = (self.bits as usize, self.residual_bits as usize);
         let n = out.len() / self.dim;
         let base = self.entries() * self.dim;
+        if self.dim == 4 {
+            // The common shape, with fixed-size arrays (no copy calls, 4-wide operations):
+            // the same additions and multiplications as the general loop below.
+            for (i, v) in out.chunks_exact_mut(4).enumerate() {
+                let c = read_bits(codes, i * bits, bits) as usize;
+                let mut e: [f32; 4] = codebook[c * 4..c * 4 + 4].try_into().expect("4 values");
+                if residual_bits > 0 {
+                    let c2 = read_bits(codes, n * bits + i * residual_bits, residual_bits) as usize;
+                    let r = &codebook[base + c2 * 4..base + c2 * 4 + 4];
+                    for j in 0..4 {
+                        e[j] += r[j];
+                    }
+                }
+                for j in 0..4 {
+                    v[j] = e[j] * scale;
+                }
+            }
+        } else {
+            self.decode_vectors(codebook, codes, scale, out);
+        }
+        for (&c, v) in book.outlier_columns.iter().zip(outliers.chunks_exact(2)) {
+            out[c] = f16_at(v, 0);
+        }
+    }
+
+    /// [`VqFormat::decode_row`]'s loop for any vector length.
+    fn decode_vectors(&self, codebook: &[f32], codes: &[u8], scale: f32, out: &mut [f32]) {
+        let (bits, residual_bits) = (self.bits as usize, self.residual_bits as usize);
+        let n = out.len() / self.dim;
+        let base = self.entries() * self.dim;
         for (i, v) in out.chunks_exact_mut(self.dim).enumerate() {
             let c = read_bits(codes, i * bits, bits) as usize;
             v.copy_from_slice(&codebook[c * self.dim..(c + 1) * self.dim]);
@@ -186,9 +216,6 @@ impl VqFormat {
                 v.iter_mut().zip(e).for_each(|(a, b)| *a += b);
             }
             v.iter_mut().for_each(|a| *a *= scale);
-        }
-        for (&c, v) in book.outlier_columns.iter().zip(outliers.chunks_exact(2)) {
-            out[c] = f16_at(v, 0);
         }
     }
 

@@ -39,7 +39,7 @@ fn packed(st: StorageType, rows: usize, cols: usize, seed: u64) -> PackedMatrix 
 
 fn types() -> Vec<StorageType> {
     let mut v: Vec<StorageType> = encodable_types().into_iter().map(StorageType::Ggml).collect();
-    for name in ["int4_g64", "int3_g64_zp", "nf4_g64", "fp8_g32", "vq4x256", "vq8x256+256o4"] {
+    for name in ["int4_g64", "int3_g64_zp", "nf4_g64", "fp8_g32", "vq4x256", "vq4x256+128o2", "vq8x256+256o4"] {
         v.push(StorageType::from_name(name).unwrap());
     }
     v
