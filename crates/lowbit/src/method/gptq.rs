@@ -67,7 +67,7 @@ pub(crate) struct Factor {
     /// Upper Cholesky factor of the regularised H⁻¹, row-major.
     pub(crate) u: Vec<f32>,
     /// The regularised diagonal (importance of each column for the block fits).
-    diag: Vec<f32>,
+    pub(crate) diag: Vec<f32>,
     /// The regularised H itself, row-major (for the refinement).
     pub(crate) regularised: Vec<f32>,
 }
@@ -315,5 +315,7 @@ pub fn output_error(w: &[f32], w_hat: &[f32], ncols: usize, h: &[f32]) -> f64 {
 }
 
 mod lattice;
+mod native;
+pub use native::gptq_native;
 #[cfg(test)]
 mod tests;

@@ -27,8 +27,9 @@ pub enum Method {
     Search,
     /// GPTQ: blocks chosen in column order with the input Hessian, each block's rounding
     /// error pushed onto the columns not yet quantized ([`gptq`]); learned-codebook (VQ)
-    /// formats get the Hessian sweep and refits of [`vq`]. Falls back to [`Method::Search`]
-    /// for formats GPTQ does not support (native formats) and tensors without a Hessian.
+    /// formats get the Hessian sweep and refits of [`vq`], native group formats the sweep
+    /// with each group's scale fitted when it is reached. Falls back to
+    /// [`Method::Search`] for formats GPTQ does not support and tensors without a Hessian.
     Gptq,
 }
 

@@ -4,7 +4,7 @@
 //! ([`crate::quantize`]), sequential GPTQ ([`crate::sequential`]) and the sweep all call
 //! it, so a method or format added here is available everywhere.
 
-use super::gptq::{gptq_rows, supports, GptqOptions};
+use super::gptq::{gptq_native, gptq_rows, supports, GptqOptions};
 use super::vq::{quantize_vq, VqOptions};
 use super::Method;
 use crate::format::encode::EncodeError;
@@ -71,8 +71,8 @@ pub struct VqFit {
 /// `method`:
 /// - a learned-codebook (VQ) format is fitted by weighted k-means, then with
 ///   [`Method::Gptq`] and a Hessian by the GPTQ sweep and codebook refits ([`super::vq`]);
-/// - a ggml block format GPTQ supports, with [`Method::Gptq`] and a Hessian, by GPTQ
-///   ([`super::gptq`]);
+/// - a ggml block format GPTQ supports or a native group format, with [`Method::Gptq`]
+///   and a Hessian, by GPTQ ([`super::gptq`]);
 /// - everything else block by block with the method's [`Method::fit`], importance-weighted
 ///   when an importance is given.
 ///
@@ -102,6 +102,9 @@ pub fn quantize_tensor(
         }
         (StorageType::Ggml(ty), Some(h)) if supports(ty) => {
             Ok(Encoded { bytes: gptq_rows(ty, weights, cols, h, &options.gptq)?, vq: None })
+        }
+        (StorageType::Native(f), Some(h)) => {
+            Ok(Encoded { bytes: gptq_native(f, weights, cols, h, &options.gptq)?, vq: None })
         }
         _ => Ok(Encoded { bytes: encode_rows(target, weights, cols, calibration.importance, method.fit())?, vq: None }),
     }

@@ -42,9 +42,9 @@ pub struct QuantizeOptions {
     /// Per-tensor column importances (an importance matrix), by tensor name.
     pub importance: Option<HashMap<String, Vec<f32>>>,
     /// Input Hessians by tensor name: with [`Method::Gptq`], every weight that has one and
-    /// whose target is a ggml block type or a VQ format is quantized by GPTQ
-    /// ([`crate::method::quantize_tensor`]); the rest (embedding, output, native formats)
-    /// by the importance-weighted search.
+    /// whose target is a ggml block type, a native group format or a VQ format is
+    /// quantized by GPTQ ([`crate::method::quantize_tensor`]); the rest (embedding,
+    /// output) by the importance-weighted search.
     pub hessians: Option<HashMap<String, Arc<Hessian>>>,
     /// Tensors already encoded (by [`crate::sequential::sequential_gptq`]), by name; they
     /// are written as given.

@@ -170,3 +170,37 @@ fn lattice_gptq_beats_importance_rounding_on_correlated_inputs() {
         assert!(ratio < 2.5 * predicted, "{ty}: ratio {ratio:.3} vs predicted {predicted:.3}");
     }
 }
+
+#[test]
+fn native_gptq_beats_rounding_by_the_predicted_margin_and_decodes_as_the_format() {
+    use crate::format::native::NativeFormat;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (rows, n) = (16, 256);
+    let h = correlated_hessian(&mut rng, 1024, n, 24, 0.5);
+    let w = gaussian(&mut rng, rows * n);
+    let predicted = predicted_ratio(&h, n);
+    for name in ["int4_g64", "int3_g64_zp", "int8_g32", "nf4_g64", "fp4_g32", "fp8_g32"] {
+        let f = NativeFormat::from_name(name).unwrap();
+        let rb = f.row_bytes(n).unwrap();
+        let decode = |bytes: &[u8]| {
+            let mut out = vec![0f32; w.len()];
+            for (r, o) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(n)) {
+                f.decode_row(r, o);
+            }
+            out
+        };
+        let mut plain = vec![0u8; rows * rb];
+        for (x, o) in w.chunks_exact(n).zip(plain.chunks_exact_mut(rb)) {
+            f.encode_row(x, None, Fit::Search, o).unwrap();
+        }
+        let gptq = gptq_native(f, &w, n, &h, &CLASSIC).unwrap();
+        assert_eq!(gptq.len(), plain.len(), "{name}: row layout");
+        let (e_plain, e_gptq) = (output_error(&w, &decode(&plain), n, &h), output_error(&w, &decode(&gptq), n, &h));
+        let ratio = e_gptq / e_plain;
+        eprintln!("{name}: search {e_plain:.4e} gptq {e_gptq:.4e} ratio {ratio:.3} predicted {predicted:.3}");
+        assert!(
+            ratio > 0.5 * predicted && ratio < 1.6 * predicted,
+            "{name}: ratio {ratio:.3} vs predicted {predicted:.3}"
+        );
+    }
+}
