@@ -35,6 +35,7 @@ pub mod simd;
 #[cfg(test)]
 mod tests;
 mod tiles;
+mod vq;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -264,6 +265,11 @@ impl PackedMatrix {
         matmul_batch_at(level, x, t, &mut [Product { m: self, act, out }]);
     }
 
+    /// Whether a VQ matrix's few-rows products go through codebook tables ([`vq`]).
+    fn vq_tables_pay(&self) -> bool {
+        matches!(self.ty, StorageType::Vq(f) if vq::worth_it(&f, self.rows))
+    }
+
     /// The kernels of this matrix's type, if it has an integer form.
     fn kernel(&self) -> Option<Kernel> {
         match self.ty {
@@ -406,6 +412,35 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
             (p.m, &prepared.iter().find(|(k2, _)| *k2 == kk).expect("prepared above").1)
         })
         .collect();
+    // VQ products with enough rows: each activation row's codebook tables, built once
+    // (in parallel over products and rows) for all of the matrix's stored rows.
+    let vq_jobs: Vec<(usize, usize)> = ms
+        .iter()
+        .enumerate()
+        .filter(|(_, (m, prep))| m.vq_tables_pay() && matches!(prep, Prepared::Exact(_)))
+        .flat_map(|(i, _)| (0..t).map(move |r| (i, r)))
+        .collect();
+    let books_t: Vec<Option<Vec<f32>>> = ms
+        .iter()
+        .map(|(m, _)| match (m.ty, &m.codebook) {
+            (StorageType::Vq(f), Some(book)) if m.vq_tables_pay() => Some(vq::transposed(&f, book)),
+            _ => None,
+        })
+        .collect();
+    let built: Vec<Vec<f32>> = vq_jobs
+        .par_iter()
+        .map(|&(i, r)| {
+            let (m, prep) = ms[i];
+            let (StorageType::Vq(f), Some(book_t), Prepared::Exact(xs)) = (m.ty, &books_t[i], prep) else {
+                unreachable!("filtered above")
+            };
+            vq::tables(level, &f, book_t, &xs[r])
+        })
+        .collect();
+    let mut tabs: Vec<Vec<Vec<f32>>> = vec![Vec::new(); ms.len()];
+    for (&(i, _), tab) in vq_jobs.iter().zip(built) {
+        tabs[i].push(tab);
+    }
     // Outputs row-major by weight row (`dst[r·t + i]`): the products' own buffers when
     // t = 1, else temporaries transposed at the end.
     let mut temps: Vec<Vec<f32>> =
@@ -424,6 +459,10 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         match (prep, m.kernel()) {
             (Prepared::Quant(q), Some(kern)) => (kern.quant)(level, w, m.row_bytes, q, o),
             (Prepared::Exact(xs), Some(kern)) => (kern.exact)(level, w, m.row_bytes, xs, o),
+            (Prepared::Exact(xs), None) if !tabs[i].is_empty() => {
+                let (StorageType::Vq(f), Some(book)) = (m.ty, &m.codebook) else { unreachable!("tables are VQ") };
+                vq::rows(level, &f, book, w, m.row_bytes, xs, &tabs[i], o)
+            }
             (Prepared::Exact(xs), None) => {
                 let decode = |b: &[u8], out: &mut [f32]| m.decode_into(level, b, out);
                 ROW_SCRATCH.with(|buf| rows::decoded_f32(level, &decode, w, m.row_bytes, xs, o, &mut buf.borrow_mut()))
