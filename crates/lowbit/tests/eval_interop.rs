@@ -42,17 +42,7 @@ fn lowbit_and_llama_cpp_read_each_others_kl_base_files() {
     let text = std::fs::read_to_string(&text_path).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let quant = dir.path().join("q3km.gguf");
-    let opts = QuantizeOptions {
-        mix: Mix::from_name("Q3_K_M").unwrap(),
-        overrides: vec![],
-        method: Method::Search,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
-    };
+    let opts = QuantizeOptions::new(Mix::from_name("Q3_K_M").unwrap(), Method::Search);
     quantize_gguf(&src, &quant, &opts, &mut |_, _| {}).unwrap();
     let load = |p: &Path| {
         lowbit::model::load_gguf_lm(p, lowbit::model::LoadOptions { llama_cpp_numerics: true, ..Default::default() })

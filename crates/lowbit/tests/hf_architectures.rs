@@ -131,17 +131,7 @@ fn kld_from_llama_cpp(dir: &Path, models: &[&Path]) -> Option<Vec<f64>> {
 }
 
 fn q8_0(src: &Path, out: &Path) {
-    let opts = QuantizeOptions {
-        mix: Mix::from_name("Q8_0").unwrap(),
-        overrides: vec![],
-        method: Method::Rtn,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
-    };
+    let opts = QuantizeOptions::new(Mix::from_name("Q8_0").unwrap(), Method::Rtn);
     quantize_gguf(src, out, &opts, &mut |_, _| {}).unwrap();
 }
 

@@ -73,17 +73,8 @@ fn round_trip(zoo: &str, shard: Option<u64>, mix: &str) {
     assert!(max_diff <= 1e-3 * scale, "max logit difference {max_diff} (largest logit {scale})");
 
     // Quantizing the folder writes the same tensors as quantizing the GGUF.
-    let opts = lowbit::quantize::QuantizeOptions {
-        mix: lowbit::plan::Mix::from_name(mix).unwrap(),
-        overrides: vec![],
-        method: lowbit::method::Method::Rtn,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
-    };
+    let opts =
+        lowbit::quantize::QuantizeOptions::new(lowbit::plan::Mix::from_name(mix).unwrap(), lowbit::method::Method::Rtn);
     let (qa, qb) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"));
     lowbit::quantize::quantize_gguf(&src, &qa, &opts, &mut |_, _| {}).unwrap();
     lowbit::quantize::quantize_gguf(&folder, &qb, &opts, &mut |_, _| {}).unwrap();

@@ -15,16 +15,11 @@ use lowbit::quantize::{quantize_gguf, QuantizeOptions};
 
 fn options(incoherence: bool, low_rank: Option<usize>) -> QuantizeOptions {
     QuantizeOptions {
-        mix: Mix::from_name("Q8_0").unwrap(),
         // Block matrices in a native type except ffn_down (a ggml type: never rotated).
         overrides: vec![Override::parse("ffn_down=Q4_K").unwrap(), Override::parse("blk\\.=int4_g64").unwrap()],
-        method: Method::Rtn,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
         low_rank,
         incoherence,
+        ..QuantizeOptions::new(Mix::from_name("Q8_0").unwrap(), Method::Rtn)
     }
 }
 
@@ -88,7 +83,7 @@ fn incoherent_weights_are_written_rotated_and_run() {
 
     // As a source: re-quantized to Q8_0, the weights are the rotated-back ones.
     let again = dir.path().join("q8.gguf");
-    let q8 = QuantizeOptions { overrides: vec![], incoherence: false, low_rank: None, ..options(false, None) };
+    let q8 = QuantizeOptions::new(Mix::from_name("Q8_0").unwrap(), Method::Rtn);
     quantize_gguf(&rotated, &again, &q8, &mut |_, _| {}).unwrap();
     let g8 = GgufFile::open(&again).unwrap();
     let name = "blk.5.attn_q.weight";

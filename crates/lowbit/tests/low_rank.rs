@@ -13,17 +13,7 @@ use lowbit::plan::Mix;
 use lowbit::quantize::{quantize_gguf, QuantizeOptions};
 
 fn options(mix: &str, low_rank: Option<usize>) -> QuantizeOptions {
-    QuantizeOptions {
-        mix: Mix::from_name(mix).unwrap(),
-        overrides: vec![],
-        method: Method::Rtn,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank,
-        incoherence: false,
-    }
+    QuantizeOptions { low_rank, ..QuantizeOptions::new(Mix::from_name(mix).unwrap(), Method::Rtn) }
 }
 
 #[test]

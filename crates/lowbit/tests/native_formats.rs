@@ -29,15 +29,8 @@ fn native_formats_round_trip_through_a_real_model() {
         "ffn_up=int5_g64",
     ];
     let opts = QuantizeOptions {
-        mix: Mix::from_name("Q4_K_M").unwrap(),
         overrides: overrides.iter().map(|o| Override::parse(o).unwrap()).collect(),
-        method: Method::Search,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
+        ..QuantizeOptions::new(Mix::from_name("Q4_K_M").unwrap(), Method::Search)
     };
     quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     let (s, q) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());
@@ -97,18 +90,11 @@ fn vq_formats_round_trip_through_a_real_model() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vq.gguf");
     let opts = QuantizeOptions {
-        mix: Mix::from_name("Q8_0").unwrap(),
         overrides: ["attn_output=vq4x256+256o8", "attn_q=vq4x256"]
             .iter()
             .map(|o| Override::parse(o).unwrap())
             .collect(),
-        method: Method::Search,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
+        ..QuantizeOptions::new(Mix::from_name("Q8_0").unwrap(), Method::Search)
     };
     let summary = quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
     assert!(summary.tensors.iter().all(|t| !t.name.ends_with(".codebook")));

@@ -37,17 +37,7 @@ fn packed_weights_give_the_dense_forward_pass() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
     let dir = tempfile::tempdir().unwrap();
     let q4km = dir.path().join("q4km.gguf");
-    let opts = QuantizeOptions {
-        mix: Mix::from_name("Q4_K_M").unwrap(),
-        overrides: vec![],
-        method: Method::Rtn,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
-    };
+    let opts = QuantizeOptions::new(Mix::from_name("Q4_K_M").unwrap(), Method::Rtn);
     quantize_gguf(&src, &q4km, &opts, &mut |_, _| {}).unwrap();
     let tokens: Vec<u32> = (0..28u32).map(|i| 100 + 37 * i).collect();
     let max_diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);

@@ -137,17 +137,7 @@ fn plans_have_llama_quantize_sizes() {
     for &(model, mix, mib) in LLAMA_QUANTIZE_MIB {
         let Some(path) = support::zoo_model(model) else { return };
         let g = GgufFile::open(&path).unwrap();
-        let opts = QuantizeOptions {
-            mix: Mix::from_name(mix).unwrap(),
-            overrides: vec![],
-            method: Method::Search,
-            importance: None,
-            hessians: None,
-            pre_encoded: Default::default(),
-            method_options: Default::default(),
-            low_rank: None,
-            incoherence: false,
-        };
+        let opts = QuantizeOptions::new(Mix::from_name(mix).unwrap(), Method::Search);
         let s = plan_model(&g, &opts).unwrap();
         let ours = s.tensor_bytes as f64 / 1048576.0;
         // Printed values are rounded to 0.01 MiB; one rounding step either way.
@@ -162,17 +152,7 @@ fn gemma3_requantized_to_its_own_mix_is_bit_identical() {
     let Some(path) = support::zoo_model("gemma3-270m") else { return };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q4km.gguf");
-    let opts = QuantizeOptions {
-        mix: Mix::from_name("Q4_K_M").unwrap(),
-        overrides: vec![],
-        method: Method::Search,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
-    };
+    let opts = QuantizeOptions::new(Mix::from_name("Q4_K_M").unwrap(), Method::Search);
     quantize_gguf(&path, &out, &opts, &mut |_, _| {}).unwrap();
     let (a, b) = (GgufFile::open(&path).unwrap(), GgufFile::open(&out).unwrap());
     assert_eq!(a.tensors.len(), b.tensors.len());
@@ -210,15 +190,8 @@ fn llama_cpp_runs_lowbit_files_with_the_perplexity_lowbit_computes() {
     for (mix, over) in cases {
         let out = dir.path().join(format!("{mix}.gguf"));
         let opts = QuantizeOptions {
-            mix: Mix::from_name(mix).unwrap(),
             overrides: over.map(|o| lowbit::plan::Override::parse(o).unwrap()).into_iter().collect(),
-            method: Method::Search,
-            importance: None,
-            hessians: None,
-            pre_encoded: Default::default(),
-            method_options: Default::default(),
-            low_rank: None,
-            incoherence: false,
+            ..QuantizeOptions::new(Mix::from_name(mix).unwrap(), Method::Search)
         };
         quantize_gguf(&src, &out, &opts, &mut |_, _| {}).unwrap();
         let theirs = support::llama_perplexity(&bin, &out, &text, ctx, chunks);

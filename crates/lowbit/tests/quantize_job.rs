@@ -41,15 +41,10 @@ fn calibrated_quantization_in_one_call() {
     let stats = compute_stats(&mut lm, &text, "emma.txt", &eval, true, &mut |_, _| {}).unwrap();
     let by_hand = |method: Method, path: &std::path::Path| {
         let opts = QuantizeOptions {
-            mix: Mix::from_name("Q4_1").unwrap(),
             overrides: overrides.clone(),
-            method,
             importance: Some(stats.imatrix.importance()),
             hessians: Some(stats.hessians_by_weight()),
-            pre_encoded: Default::default(),
-            method_options: Default::default(),
-            low_rank: None,
-            incoherence: false,
+            ..QuantizeOptions::new(Mix::from_name("Q4_1").unwrap(), method)
         };
         quantize_gguf(&src, path, &opts, &mut |_, _| {}).unwrap();
     };

@@ -16,17 +16,7 @@ fn saved_reference_matches_the_live_reference() {
     let text = std::fs::read_to_string(support::shared_data("wikitext-2/wiki.valid.raw")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let quantized = dir.path().join("q3.gguf");
-    let opts = QuantizeOptions {
-        mix: Mix::from_name("Q3_K_M").unwrap(),
-        overrides: vec![],
-        method: Method::Rtn,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
-    };
+    let opts = QuantizeOptions::new(Mix::from_name("Q3_K_M").unwrap(), Method::Rtn);
     quantize_gguf(&src, &quantized, &opts, &mut |_, _| {}).unwrap();
     let reference = load_gguf_lm(&src, LoadOptions::default()).unwrap();
     let model = load_gguf_lm(&quantized, LoadOptions::default()).unwrap();

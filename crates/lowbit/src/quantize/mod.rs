@@ -60,6 +60,22 @@ pub struct QuantizeOptions {
 }
 
 impl QuantizeOptions {
+    /// `mix` by `method`, with no overrides, statistics, branch or rotation — the
+    /// starting point the other fields are set from.
+    pub fn new(mix: Mix, method: Method) -> QuantizeOptions {
+        QuantizeOptions {
+            mix,
+            overrides: vec![],
+            method,
+            importance: None,
+            hessians: None,
+            pre_encoded: Default::default(),
+            method_options: Default::default(),
+            low_rank: None,
+            incoherence: false,
+        }
+    }
+
     /// The method's name as reports show it (`gptq` when Hessians drive it).
     pub fn method_name(&self) -> &'static str {
         if !self.pre_encoded.is_empty() {
