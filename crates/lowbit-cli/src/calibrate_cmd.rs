@@ -41,12 +41,17 @@ pub struct CalibrateArgs {
 fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool) -> Result<CalibrationStats> {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}")
+        ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} chunks{msg}, {elapsed} elapsed, ETA {eta}")
             .expect("valid template"),
     );
     let mut log = crate::LogProgress::new("calibrate");
+    let start = std::time::Instant::now();
     let stats = calibrate_files(path, texts, opts, hessians, &mut |d, t| {
         log.update(d as u64, t as u64, "chunks");
+        let secs = start.elapsed().as_secs_f64();
+        if d > 0 && secs > 0.0 {
+            bar.set_message(format!(", {:.0} tokens/s", (d * opts.ctx) as f64 / secs));
+        }
         bar.set_length(t as u64);
         bar.set_position(d as u64);
     });

@@ -352,7 +352,7 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
     };
     let summary = if args.dry_run {
         let s = if job.target.is_some() {
-            with_progress(|p| lowbit::quantize::plan_job(&input, &job, p))?
+            with_progress(Some(args.calib_ctx as u64), |p| lowbit::quantize::plan_job(&input, &job, p))?
         } else {
             let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
             plan_model(&lowbit::hf::open_model(&input)?, &opts)?
@@ -361,7 +361,7 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
         s
     } else {
         let output = args.output.as_ref().ok_or_else(|| anyhow!("--output is required (or use --dry-run)"))?;
-        let s = with_progress(|p| lowbit::quantize::run(&input, output, &job, p))?;
+        let s = with_progress(Some(args.calib_ctx as u64), |p| lowbit::quantize::run(&input, output, &job, p))?;
         println!("{}", output.display());
         print_summary(&s, &what, false);
         s
@@ -378,13 +378,28 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
 }
 
 /// Runs `work` with a progress bar per stage (and log lines when not on a terminal).
+/// With `ctx` (tokens per calibration chunk), the calibration bar also shows tokens per
+/// second. (The sequential-GPTQ bar shows blocks: the library does not report how many
+/// calibration tokens each block runs.)
 pub(crate) fn with_progress<T>(
+    ctx: Option<u64>,
     work: impl FnOnce(&mut dyn FnMut(Stage, u64, u64)) -> lowbit::Result<T>,
 ) -> lowbit::Result<T> {
     let bar = ProgressBar::new(0);
     let mut stage = None;
     let mut log: Option<crate::LogProgress> = None;
+    let mut stage_start = (std::time::Instant::now(), 0u64);
     let r = work(&mut |st, d, t| {
+        if stage != Some(st) {
+            stage_start = (std::time::Instant::now(), d);
+        }
+        let per_unit = if st == Stage::Calibrate { ctx } else { None };
+        if let Some(per) = per_unit.filter(|&p| p > 0) {
+            let secs = stage_start.0.elapsed().as_secs_f64();
+            if d > stage_start.1 && secs > 0.0 {
+                bar.set_message(format!(", {:.0} tokens/s", (d - stage_start.1) as f64 * per as f64 / secs));
+            }
+        }
         let (label, unit, template) = stage_display(st);
         if stage != Some(st) {
             if st == Stage::Sequential && d > 0 {
@@ -395,6 +410,7 @@ pub(crate) fn with_progress<T>(
             log = Some(crate::LogProgress::new(label));
             stage = Some(st);
             bar.reset();
+            bar.set_message("");
             bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
         }
         if let Some(l) = log.as_mut() {
@@ -411,7 +427,7 @@ pub(crate) fn with_progress<T>(
 fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
     match stage {
         Stage::Calibrate => {
-            ("calibrate", "chunks", "calibrate [{bar:30}] {pos}/{len} chunks, {elapsed} elapsed, ETA {eta}")
+            ("calibrate", "chunks", "calibrate [{bar:30}] {pos}/{len} chunks{msg}, {elapsed} elapsed, ETA {eta}")
         }
         Stage::Sequential => {
             ("sequential gptq", "blocks", "sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}")

@@ -63,8 +63,9 @@ pub fn run(mut args: SensitivityArgs) -> Result<()> {
         },
         ..QuantizeJob::new(Mix::from_name("Q8_0").expect("Q8_0 is a mix"), vec![])
     };
-    let (table, validation) =
-        crate::quantize_cmd::with_progress(|p| lowbit::quantize::sensitivities(&input, &job, args.validate, p))?;
+    let (table, validation) = crate::quantize_cmd::with_progress(Some(args.calib_ctx as u64), |p| {
+        lowbit::quantize::sensitivities(&input, &job, args.validate, p)
+    })?;
     println!(
         "{} tensors, sensitivity measured on {} tokens ({} scored rows)",
         table.tensors.len(),
