@@ -172,7 +172,8 @@ unsafe fn lookup_avx512(f: &VqFormat, codes: &[u8], n: usize, tab: &[f32]) -> [f
     };
     let mut lanes = [0f32; 16];
     // SAFETY: gathers read 4-byte words at byte offsets ≤ (i0+15)·bits/8 (and the residual
-    // ones) whose words end inside `codes` (`fits`), and table entries at
+    // ones) whose words end inside `codes` (`fits`); the shuffled path loads 16 bytes at
+    // `start` only where start + 16 ≤ codes.len(); table entries are read at
     // i·kk + code < n·kk ≤ tab.len() (codes < 2^bits = K, residual codes < K2, asserted
     // length); `lanes` is 16 f32.
     unsafe {
@@ -186,6 +187,21 @@ unsafe fn lookup_avx512(f: &VqFormat, codes: &[u8], n: usize, tab: &[f32]) -> [f
             let word = _mm512_i32gather_epi32::<1>(byte, cp);
             _mm512_and_si512(_mm512_srlv_epi32(word, shift), _mm512_set1_epi32((1i32 << nbits) - 1))
         };
+        // Residual codes of ≤ 8 bits starting on a byte: a block's 16 codes lie in 16
+        // bytes at a known bit offset each, so one byte shuffle (the bytes broadcast to
+        // every 128-bit lane; control bytes past the 16th zero) and a shift per lane
+        // replace the gather of their words.
+        let shuffled = rbits > 0 && rbits <= 8 && (n * bits).is_multiple_of(8);
+        let (mut ctl, mut sh) = ([0u8; 64], [0i32; 16]);
+        for l in 0..16 {
+            let bit = l * rbits;
+            sh[l] = (bit % 8) as i32;
+            for j in 0..4 {
+                ctl[4 * l + j] = if bit / 8 + j < 16 { (bit / 8 + j) as u8 } else { 0x80 };
+            }
+        }
+        let (ctl, sh) = (_mm512_loadu_si512(ctl.as_ptr().cast()), _mm512_loadu_si512(sh.as_ptr().cast()));
+        let rmask = _mm512_set1_epi32(((1u32 << rbits.max(1)) - 1) as i32);
         let mut i0 = 0;
         while fits(i0) {
             let i = _mm512_add_epi32(lane, _mm512_set1_epi32(i0 as i32));
@@ -201,7 +217,14 @@ unsafe fn lookup_avx512(f: &VqFormat, codes: &[u8], n: usize, tab: &[f32]) -> [f
                     _mm512_set1_epi32((n * bits) as i32),
                     _mm512_mullo_epi32(i, _mm512_set1_epi32(rbits as i32)),
                 );
-                let c2 = _mm512_add_epi32(code(first, rbits), _mm512_set1_epi32(k as i32));
+                let start = (n * bits + i0 * rbits) / 8;
+                let raw = if shuffled && start + 16 <= codes.len() {
+                    let src = _mm512_broadcast_i32x4(_mm_loadu_si128(codes.as_ptr().add(start).cast()));
+                    _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(src, ctl), sh), rmask)
+                } else {
+                    code(first, rbits)
+                };
+                let c2 = _mm512_add_epi32(raw, _mm512_set1_epi32(k as i32));
                 v = _mm512_add_ps(v, _mm512_i32gather_ps::<4>(_mm512_add_epi32(base, c2), tp));
             }
             acc = _mm512_add_ps(acc, v);
