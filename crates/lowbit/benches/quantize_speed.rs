@@ -62,17 +62,7 @@ fn whole_model(threads: usize) {
     let mix = Mix::from_name(&mix_name).expect("known mix");
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out.gguf");
-    let opts = QuantizeOptions {
-        mix,
-        overrides: vec![],
-        method: Method::Search,
-        importance: None,
-        hessians: None,
-        pre_encoded: Default::default(),
-        method_options: Default::default(),
-        low_rank: None,
-        incoherence: false,
-    };
+    let opts = QuantizeOptions::new(mix, Method::Search);
     let (mut ours, mut theirs) = (vec![], vec![]);
     for _ in 0..7 {
         let t = Instant::now();

@@ -130,6 +130,23 @@ pub fn gptq_rows(ty: GgmlType, w: &[f32], ncols: usize, h: &[f32], opts: &GptqOp
     if ncols == 0 || !ncols.is_multiple_of(bs) || !w.len().is_multiple_of(ncols) {
         return Err(EncodeError::PartialBlock { ty, n: ncols, block: bs });
     }
+    let (factor, dead) = prepare(w, ncols, h, opts)?;
+    let row_bytes = ncols / bs * ts;
+    let mut out = vec![0u8; w.len() / ncols * row_bytes];
+    out.par_chunks_mut(ROW_TILE * row_bytes).zip(w.par_chunks(ROW_TILE * ncols)).for_each(|(o, rows)| {
+        sweep_tile(ty, rows, ncols, &factor, &dead, opts.refine, o);
+    });
+    Ok(out)
+}
+
+/// Checks a sweep's Hessian (ncols × ncols) and weights (finite), and returns the
+/// inverse-Hessian factor and the dead columns (never active in calibration).
+pub(crate) fn prepare(
+    w: &[f32],
+    ncols: usize,
+    h: &[f32],
+    opts: &GptqOptions,
+) -> Result<(Factor, Vec<bool>), EncodeError> {
     if h.len() != ncols * ncols {
         return Err(EncodeError::ImportanceLength { got: h.len(), need: ncols * ncols });
     }
@@ -137,13 +154,31 @@ pub fn gptq_rows(ty: GgmlType, w: &[f32], ncols: usize, h: &[f32], opts: &GptqOp
         return Err(EncodeError::NonFinite { index, value });
     }
     let factor = inverse_factor(h, ncols, opts).map_err(EncodeError::Hessian)?;
-    let dead: Vec<bool> = (0..ncols).map(|i| h[i * ncols + i] <= 0.0).collect();
-    let row_bytes = ncols / bs * ts;
-    let mut out = vec![0u8; w.len() / ncols * row_bytes];
-    out.par_chunks_mut(ROW_TILE * row_bytes).zip(w.par_chunks(ROW_TILE * ncols)).for_each(|(o, rows)| {
-        sweep_tile(ty, rows, ncols, &factor, &dead, opts.refine, o);
-    });
-    Ok(out)
+    let dead = (0..ncols).map(|i| h[i * ncols + i] <= 0.0).collect();
+    Ok((factor, dead))
+}
+
+/// The sweep's working copy of a tile of rows (of `ncols`): dead columns zeroed.
+pub(crate) fn working_copy(rows: &[f32], ncols: usize, dead: &[bool]) -> Vec<f32> {
+    let mut work = rows.to_vec();
+    for (i, &d) in dead.iter().enumerate() {
+        if d {
+            work.iter_mut().skip(i).step_by(ncols).for_each(|v| *v = 0.0);
+        }
+    }
+    work
+}
+
+/// GPTQ's step for one weight: `row[0]` becomes `q`, and its error, divided by the
+/// factor's diagonal (`inv_diag` = 1 / `u_row[0]`), is pushed through `u_row` onto the
+/// columns after it.
+#[inline]
+pub(crate) fn compensate(row: &mut [f32], q: f32, u_row: &[f32], inv_diag: f32) {
+    let err = (row[0] - q) * inv_diag;
+    row[0] = q;
+    for (x, &uk) in row[1..].iter_mut().zip(&u_row[1..]) {
+        *x -= err * uk;
+    }
 }
 
 /// The GPTQ sweep over one tile of rows (`rows`: up to [`ROW_TILE`] rows of `ncols`),
@@ -153,12 +188,7 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool
     let n_rows = rows.len() / ncols;
     let row_bytes = ncols / bs * ts;
     let sigma2: Vec<f32> = rows.chunks_exact(ncols).map(|r| sum_of_squares(r) / ncols as f32).collect();
-    let mut work = rows.to_vec();
-    for (i, &d) in dead.iter().enumerate() {
-        if d {
-            work.iter_mut().skip(i).step_by(ncols).for_each(|v| *v = 0.0);
-        }
-    }
+    let mut work = working_copy(rows, ncols, dead);
     if let Gptq::Lattice(fmt) = ty.facts().gptq {
         lattice::sweep_tile(fmt, ty.type_size(), ncols, f, &sigma2, &mut work, out);
         return;
@@ -183,11 +213,7 @@ fn sweep_tile(ty: GgmlType, rows: &[f32], ncols: usize, f: &Factor, dead: &[bool
             let row = &mut work[r * ncols + j..(r + 1) * ncols];
             let (c, q) = levels[r][block].nearest(pos, row[0]);
             codes[r * ncols + j] = c;
-            let err = (row[0] - q) * inv_diag;
-            row[0] = q;
-            for (x, &uk) in row[1..].iter_mut().zip(&u_row[1..]) {
-                *x -= err * uk;
-            }
+            compensate(row, q, u_row, inv_diag);
         }
         if pos == bs - 1 {
             for r in 0..n_rows {

@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::{inverse_factor, Factor, GptqOptions, ROW_TILE};
+use super::{compensate, prepare, working_copy, Factor, GptqOptions, ROW_TILE};
 use crate::format::encode::{EncodeError, Fit};
 use crate::format::native::{write_bits, NativeFormat};
 
@@ -29,14 +29,7 @@ pub fn gptq_native(
     if ncols == 0 || !ncols.is_multiple_of(g) || !w.len().is_multiple_of(ncols) {
         return Err(EncodeError::PartialGroup { format: f.to_string(), n: ncols, group: g });
     }
-    if h.len() != ncols * ncols {
-        return Err(EncodeError::ImportanceLength { got: h.len(), need: ncols * ncols });
-    }
-    if let Some((index, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(EncodeError::NonFinite { index, value });
-    }
-    let factor = inverse_factor(h, ncols, opts).map_err(EncodeError::Hessian)?;
-    let dead: Vec<bool> = (0..ncols).map(|i| h[i * ncols + i] <= 0.0).collect();
+    let (factor, dead) = prepare(w, ncols, h, opts)?;
     let row_bytes = ncols / g * f.group_bytes();
     let mut out = vec![0u8; w.len() / ncols * row_bytes];
     out.par_chunks_mut(ROW_TILE * row_bytes)
@@ -96,12 +89,7 @@ fn sweep_tile(
     let header = gb - g * bits / 8;
     let n_rows = rows.len() / ncols;
     let row_bytes = ncols / g * gb;
-    let mut work = rows.to_vec();
-    for (i, &d) in dead.iter().enumerate() {
-        if d {
-            work.iter_mut().skip(i).step_by(ncols).for_each(|v| *v = 0.0);
-        }
-    }
+    let mut work = working_copy(rows, ncols, dead);
     let mut levels: Vec<Vec<(f32, u32)>> = vec![Vec::new(); n_rows];
     let mut codes = vec![0u32; n_rows * g];
     for j in 0..ncols {
@@ -120,11 +108,7 @@ fn sweep_tile(
             let row = &mut work[r * ncols + j..(r + 1) * ncols];
             let (c, q) = nearest(&levels[r], row[0]);
             codes[r * g + pos] = c;
-            let err = (row[0] - q) * inv_diag;
-            row[0] = q;
-            for (x, &uk) in row[1..].iter_mut().zip(&u_row[1..]) {
-                *x -= err * uk;
-            }
+            compensate(row, q, u_row, inv_diag);
         }
         if pos == g - 1 {
             for r in 0..n_rows {
