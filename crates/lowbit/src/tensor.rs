@@ -147,6 +147,36 @@ pub fn matmul_strided(
     dst: &mut [f32],
     dst_rs: usize,
 ) {
+    strided_product(m, n, k, lhs, rhs, dst, dst_rs, false, 1.0);
+}
+
+/// `dst (m×n, row stride dst_rs) −= lhs (m×k) · rhs (k×n)`: GPTQ's deferred update of the
+/// columns after a panel (single-threaded; callers split rows across threads).
+pub fn matmul_sub_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &StridedMat,
+    rhs: &StridedMat,
+    dst: &mut [f32],
+    dst_rs: usize,
+) {
+    strided_product(m, n, k, lhs, rhs, dst, dst_rs, true, -1.0);
+}
+
+/// `dst = [dst +] beta · lhs · rhs` (dst read when `read_dst`), single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn strided_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: &StridedMat,
+    rhs: &StridedMat,
+    dst: &mut [f32],
+    dst_rs: usize,
+    read_dst: bool,
+    beta: f32,
+) {
     if m == 0 || n == 0 || k == 0 {
         return;
     }
@@ -164,15 +194,15 @@ pub fn matmul_strided(
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            false,
+            read_dst,
             lhs.data.as_ptr().add(lhs.offset),
             lhs.col_stride as isize,
             lhs.row_stride as isize,
             rhs.data.as_ptr().add(rhs.offset),
             rhs.col_stride as isize,
             rhs.row_stride as isize,
-            0.0,
             1.0,
+            beta,
             false,
             false,
             false,

@@ -10,9 +10,8 @@
 //! native formats were fitted block by block, so an allocation choosing between them
 //! compared a compensated format with an uncompensated one.
 
-use rayon::prelude::*;
-
-use super::{compensate, prepare, working_copy, Factor, GptqOptions, ROW_TILE};
+use super::panels::{lazy_sweep, panel_width};
+use super::{prepare, working_copy, GptqOptions, ROW_TILE};
 use crate::format::encode::{EncodeError, Fit};
 use crate::format::native::{write_bits, NativeFormat};
 
@@ -29,14 +28,54 @@ pub fn gptq_native(
     if ncols == 0 || !ncols.is_multiple_of(g) || !w.len().is_multiple_of(ncols) {
         return Err(EncodeError::PartialGroup { format: f.to_string(), n: ncols, group: g });
     }
-    let (factor, dead) = prepare(w, ncols, h, opts)?;
-    let row_bytes = ncols / g * f.group_bytes();
-    let mut out = vec![0u8; w.len() / ncols * row_bytes];
-    out.par_chunks_mut(ROW_TILE * row_bytes)
-        .zip(w.par_chunks(ROW_TILE * ncols))
-        .try_for_each(|(o, rows)| sweep_tile(&f, rows, ncols, &factor, &dead, o))?;
+    let (fac, dead) = prepare(w, ncols, h, opts)?;
+    let rows = w.len() / ncols;
+    let (gb, bits) = (f.group_bytes(), f.code_bits());
+    let header = gb - g * bits / 8;
+    let row_bytes = ncols / g * gb;
+    let mut out = vec![0u8; rows * row_bytes];
+    let mut work = working_copy(w, ncols, &dead);
+    // Per tile: each row's levels for its current group, and the group's codes.
+    let mut tiles: Vec<(Vec<Levels>, Vec<u32>)> = (0..rows)
+        .step_by(ROW_TILE)
+        .map(|r0| {
+            let n = ROW_TILE.min(rows - r0);
+            (vec![Vec::new(); n], vec![0u32; n * g])
+        })
+        .collect();
+    lazy_sweep(&mut work, ncols, &fac, panel_width(g), &mut out, row_bytes, &mut tiles, |(levels, codes), p| {
+        for j in p.p0..p.p1 {
+            let (grp, pos) = (j / g, j % g);
+            if pos == 0 {
+                for (r, lv) in levels.iter_mut().enumerate() {
+                    let x = &p.work[r * ncols + j..r * ncols + j + g];
+                    let o = &mut p.out[r * row_bytes + grp * gb..r * row_bytes + (grp + 1) * gb];
+                    f.encode_row(x, Some(&fac.diag[j..j + g]), Fit::Search, o)?;
+                    group_levels(&f, o, lv);
+                }
+            }
+            for (r, lv) in levels.iter().enumerate() {
+                let (c, q) = nearest(lv, p.at(r, j));
+                codes[r * g + pos] = c;
+                p.settle(r, j, q, &fac);
+            }
+            if pos == g - 1 {
+                for r in 0..p.rows() {
+                    let o = &mut p.out[r * row_bytes + grp * gb + header..r * row_bytes + (grp + 1) * gb];
+                    o.fill(0);
+                    for (k, &c) in codes[r * g..(r + 1) * g].iter().enumerate() {
+                        write_bits(o, k * bits, bits, c);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
+
+/// A group's representable values, sorted, with their codes.
+type Levels = Vec<(f32, u32)>;
 
 /// The values a group's header lets its codes take, sorted, with their codes.
 fn group_levels(f: &NativeFormat, group: &[u8], levels: &mut Vec<(f32, u32)>) {
@@ -74,51 +113,4 @@ fn nearest(levels: &[(f32, u32)], x: f32) -> (u32, f32) {
         (None, None) => (0.0, 0),
     };
     (pick.1, pick.0)
-}
-
-/// The GPTQ sweep over one tile of rows.
-fn sweep_tile(
-    f: &NativeFormat,
-    rows: &[f32],
-    ncols: usize,
-    fac: &Factor,
-    dead: &[bool],
-    out: &mut [u8],
-) -> Result<(), EncodeError> {
-    let (g, gb, bits) = (f.group, f.group_bytes(), f.code_bits());
-    let header = gb - g * bits / 8;
-    let n_rows = rows.len() / ncols;
-    let row_bytes = ncols / g * gb;
-    let mut work = working_copy(rows, ncols, dead);
-    let mut levels: Vec<Vec<(f32, u32)>> = vec![Vec::new(); n_rows];
-    let mut codes = vec![0u32; n_rows * g];
-    for j in 0..ncols {
-        let (grp, pos) = (j / g, j % g);
-        if pos == 0 {
-            for r in 0..n_rows {
-                let x = &work[r * ncols + j..r * ncols + j + g];
-                let o = &mut out[r * row_bytes + grp * gb..r * row_bytes + (grp + 1) * gb];
-                f.encode_row(x, Some(&fac.diag[j..j + g]), Fit::Search, o)?;
-                group_levels(f, o, &mut levels[r]);
-            }
-        }
-        let u_row = &fac.u[j * ncols + j..(j + 1) * ncols];
-        let inv_diag = 1.0 / u_row[0];
-        for r in 0..n_rows {
-            let row = &mut work[r * ncols + j..(r + 1) * ncols];
-            let (c, q) = nearest(&levels[r], row[0]);
-            codes[r * g + pos] = c;
-            compensate(row, q, u_row, inv_diag);
-        }
-        if pos == g - 1 {
-            for r in 0..n_rows {
-                let o = &mut out[r * row_bytes + grp * gb + header..r * row_bytes + (grp + 1) * gb];
-                o.fill(0);
-                for (k, &c) in codes[r * g..(r + 1) * g].iter().enumerate() {
-                    write_bits(o, k * bits, bits, c);
-                }
-            }
-        }
-    }
-    Ok(())
 }

@@ -204,3 +204,63 @@ fn native_gptq_beats_rounding_by_the_predicted_margin_and_decodes_as_the_format(
         );
     }
 }
+
+#[test]
+fn the_inverse_factor_is_the_upper_cholesky_factor_of_the_inverse() {
+    // UᵀU·H' = I for the regularised H', and U is upper triangular with a positive diagonal.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let n = 96;
+    let h = correlated_hessian(&mut rng, 256, n, 12, 0.3);
+    let f = inverse_factor(&h, n, &GptqOptions::default()).unwrap();
+    for i in 0..n {
+        assert!(f.u[i * n + i] > 0.0);
+        assert!((0..i).all(|j| f.u[i * n + j] == 0.0));
+    }
+    let mut worst = 0.0f64;
+    for i in 0..n {
+        for k in 0..n {
+            // (UᵀU·H')[i][k] = Σ_j Σ_l U[j][i]·U[j][l]·H'[l][k]
+            let v: f64 = (0..n)
+                .map(|j| {
+                    let uji = f.u[j * n + i] as f64;
+                    uji * (0..n).map(|l| f.u[j * n + l] as f64 * f.regularised[l * n + k] as f64).sum::<f64>()
+                })
+                .sum();
+            worst = worst.max((v - if i == k { 1.0 } else { 0.0 }).abs());
+        }
+    }
+    assert!(worst < 1e-4, "UᵀU·H' is {worst:.2e} away from the identity");
+}
+
+#[test]
+fn lazy_panels_give_the_column_by_column_sweep() {
+    // The deferred update reorders float sums only: rounding to a fixed grid with 128-column
+    // panels and with one panel spanning the matrix must give the same weights, up to the
+    // rare decision that a summation-order difference flips.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let (rows, n) = (20, 640);
+    let h = correlated_hessian(&mut rng, 1024, n, 32, 0.4);
+    let w = gaussian(&mut rng, rows * n);
+    let f = inverse_factor(&h, n, &CLASSIC).unwrap();
+    let sweep = |width: usize| {
+        let mut work = w.clone();
+        let mut out = vec![0u8; rows];
+        let mut states = vec![(); rows.div_ceil(ROW_TILE)];
+        lazy_sweep(&mut work, n, &f, width, &mut out, 1, &mut states, |_, p| {
+            for j in p.p0..p.p1 {
+                for r in 0..p.rows() {
+                    let q = (p.at(r, j) * 4.0).round() / 4.0;
+                    p.settle(r, j, q, &f);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        work
+    };
+    let (lazy, direct) = (sweep(panel_width(32)), sweep(n));
+    let differ = lazy.iter().zip(&direct).filter(|(a, b)| a != b).count();
+    assert!(differ * 200 <= lazy.len(), "{differ} of {} weights differ", lazy.len());
+    let (e_lazy, e_direct) = (output_error(&w, &lazy, n, &h), output_error(&w, &direct, n, &h));
+    assert!((e_lazy / e_direct - 1.0).abs() < 0.01, "output errors {e_lazy:.4e} vs {e_direct:.4e}");
+}
