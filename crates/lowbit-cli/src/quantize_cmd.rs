@@ -120,9 +120,14 @@ pub struct QuantizeArgs {
     #[arg(long)]
     stats: Option<PathBuf>,
     /// With --calib: GPTQ block by block, each block calibrated on the outputs of the
-    /// blocks before it as already quantized (slower: every block runs twice).
-    #[arg(long, requires = "calib")]
+    /// blocks before it as already quantized — the default with --calib (one block's
+    /// statistics in memory, resumable after a kill; every block runs twice).
+    #[arg(long, requires = "calib", conflicts_with = "no_sequential")]
     sequential: bool,
+    /// With --calib: calibrate the whole float model first, then quantize (all Hessians in
+    /// memory at once; faster on small models, not resumable).
+    #[arg(long, requires = "calib")]
+    no_sequential: bool,
     /// Print the plan (tensor, type, bytes), size and bpw without quantizing.
     #[arg(long)]
     dry_run: bool,
@@ -315,7 +320,11 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
     let job = QuantizeJob {
         method,
         calibration,
-        sequential: args.sequential,
+        sequential: match (args.sequential, args.no_sequential) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         target,
         cost_options,
         transforms: lowbit::transform::Transforms::parse(&args.transforms)?,

@@ -81,9 +81,13 @@ fn gptq_from_saved_statistics_and_sequential_gptq() {
     assert!(summary.contains("(gptq)"), "{summary}");
     q(&p("gptq-again.gguf"), &["--stats", &p("stats.safetensors")]);
     assert_eq!(std::fs::read(p("gptq.gguf")).unwrap(), std::fs::read(p("gptq-again.gguf")).unwrap());
-    let seq = ["--calib", emma, "--calib-ctx", "64", "--calib-chunks", "4", "--sequential"];
+    // Sequential GPTQ is what --calib does by default; --no-sequential calibrates the float
+    // model first, as --stats does.
+    let seq = ["--calib", emma, "--calib-ctx", "64", "--calib-chunks", "4"];
     let summary = q(&p("seq.gguf"), &seq);
     assert!(summary.contains("(gptq-sequential)"), "{summary}");
+    let summary = q(&p("float-calib.gguf"), &[&seq[..], &["--no-sequential"]].concat());
+    assert!(summary.contains("(gptq)"), "{summary}");
     let plain = q(&p("plain.gguf"), &["--method", "rtn"]);
     assert!(plain.contains("(rtn)"), "{plain}");
     // Same tensor bytes for every method (files differ only in the method's name in the

@@ -77,7 +77,7 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
 
     // Sequential GPTQ follows the same allocation (the cost table is cached by then).
     let sequential = dir.path().join("sequential.gguf");
-    let seq_job = QuantizeJob { sequential: true, method: None, ..job.clone() };
+    let seq_job = QuantizeJob { sequential: Some(true), method: None, ..job.clone() };
     let s2 = run(&src, &sequential, &seq_job, &mut |_, _, _| {}).unwrap();
     assert!(std::fs::metadata(&sequential).unwrap().len() <= size);
     let types = |s: &lowbit::quantize::QuantizeSummary| {

@@ -26,10 +26,16 @@ fn calibrated_quantization_in_one_call() {
     // The source's own types everywhere (copied), one matrix re-quantized as Q4_K.
     let overrides =
         vec![Override::parse(&format!("{TENSOR}=Q4_K")).unwrap(), Override::parse("token_embd=Q8_0").unwrap()];
+    // Calibration on the float model (the sequential default would calibrate each block on
+    // the quantized blocks before it, which the by-hand statistics below do not).
     let job = QuantizeJob {
         calibration: CalibrationInput::Texts { paths: vec![emma.clone()], eval: eval.clone() },
+        sequential: Some(false),
         ..QuantizeJob::new(Mix::from_name("Q4_1").unwrap(), overrides.clone())
     };
+    assert!(QuantizeJob { sequential: None, ..job.clone() }.is_sequential(), "texts + GPTQ: sequential by default");
+    assert!(!QuantizeJob { sequential: None, low_rank: Some(4), ..job.clone() }.is_sequential());
+    assert!(!QuantizeJob { sequential: None, method: Some(Method::Search), ..job.clone() }.is_sequential());
     let dir = tempfile::tempdir().unwrap();
     let one_call = dir.path().join("one-call.gguf");
     let summary = run(&src, &one_call, &job, &mut |_, _, _| {}).unwrap();

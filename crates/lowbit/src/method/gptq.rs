@@ -67,9 +67,29 @@ pub(crate) struct Factor {
     pub(crate) u: Vec<f32>,
     /// The regularised diagonal (importance of each column for the block fits).
     pub(crate) diag: Vec<f32>,
-    /// The regularised H itself, row-major (for the refinement).
-    pub(crate) regularised: Vec<f32>,
+    /// The regularised H is (1 − shrink)·H + diag(`added`): H's off-diagonal shrunk, and
+    /// its diagonal restored and dampened (a unit-scale diagonal for dead columns, whose
+    /// rows of H are zero). Kept in this form so that an n × n copy is only made where a
+    /// caller needs one ([`Factor::regularised`]).
+    pub(crate) keep: f32,
+    /// See [`Factor::keep`].
+    pub(crate) added: Vec<f32>,
 }
+
+impl Factor {
+    /// The regularised H (n × n, row-major) for the Hessian `h` it was made from.
+    pub(crate) fn regularised(&self, h: &[f32]) -> Vec<f32> {
+        let n = self.diag.len();
+        let mut r: Vec<f32> = h.iter().map(|&v| v * self.keep).collect();
+        for i in 0..n {
+            r[i * n + i] = self.diag[i];
+        }
+        r
+    }
+}
+
+/// Columns of L⁻¹ solved for at a time when building [`Factor::u`].
+const INVERSE_PANEL: usize = 256;
 
 /// The upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU) after dampening, as f32 row-major,
 /// and the dampened diagonal. Columns never seen in calibration (zero diagonal) get a
@@ -79,28 +99,31 @@ pub(crate) struct Factor {
 ///
 /// U comes from one factorisation and one triangular inverse: with J the reversal of
 /// the index order, J·H·J = L·Lᵀ gives H = R·Rᵀ with R = J·L·J upper triangular, so
-/// H⁻¹ = R⁻ᵀ·R⁻¹ and U = R⁻¹ = J·L⁻¹·J (positive diagonal, hence *the* factor). Inverting
-/// H and then factoring H⁻¹ took three dense n³ steps and two more n² f64 copies — for an
-/// 8B model's 14336-wide down projection, minutes and 3 GB.
+/// H⁻¹ = R⁻ᵀ·R⁻¹ and U = R⁻¹ = J·L⁻¹·J (positive diagonal, hence *the* factor). L⁻¹ is
+/// solved for [`INVERSE_PANEL`] columns at a time and written straight into U, so the
+/// only n × n f64 matrix is L (factored in place). Inverting H and then factoring H⁻¹
+/// took three dense n³ steps and three n × n f64 matrices — for an 8B model's 14336-wide
+/// down projection, minutes and 5 GB.
 pub(crate) fn inverse_factor(h: &[f32], n: usize, opts: &GptqOptions) -> Result<Factor, String> {
     use faer::dyn_stack::{MemBuffer, MemStack};
     use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-    use faer::linalg::triangular_inverse::invert_lower_triangular;
+    use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
     let live: Vec<f64> = (0..n).map(|i| h[i * n + i] as f64).filter(|&d| d > 0.0).collect();
     let mean_diag = if live.is_empty() { 1.0 } else { live.iter().sum::<f64>() / live.len() as f64 };
     let mut damp = opts.damp.max(1e-8) * mean_diag;
     let par = faer::get_global_parallelism();
+    let keep = 1.0 - opts.shrink;
     for _ in 0..6 {
         let regularised = |i: usize, j: usize| {
             let v = h[i * n + j] as f64;
             match (i == j, h[i * n + i] > 0.0 && h[j * n + j] > 0.0) {
                 (true, true) => v + damp,
                 (true, false) => mean_diag + damp,
-                (false, true) => v * (1.0 - opts.shrink),
+                (false, true) => v * keep,
                 (false, false) => 0.0,
             }
         };
-        let mut l = Mat::<f64>::from_fn(n, n, |i, j| regularised(n - 1 - i, n - 1 - j));
+        let mut l = Mat::<f64>::from_fn(n, n, |i, j| if j <= i { regularised(n - 1 - i, n - 1 - j) } else { 0.0 });
         let mut mem = MemBuffer::new(cholesky_in_place_scratch::<f64>(n, par, Default::default()));
         let factored =
             cholesky_in_place(l.as_mut(), Default::default(), par, MemStack::new(&mut mem), Default::default());
@@ -108,20 +131,25 @@ pub(crate) fn inverse_factor(h: &[f32], n: usize, opts: &GptqOptions) -> Result<
             damp *= 10.0;
             continue;
         }
-        let mut l_inv = Mat::<f64>::zeros(n, n);
-        invert_lower_triangular(l_inv.as_mut(), l.as_ref(), par);
-        drop(l);
         let mut u = vec![0.0f32; n * n];
-        for i in 0..n {
-            for j in i..n {
-                u[i * n + j] = l_inv[(n - 1 - i, n - 1 - j)] as f32;
+        for c in (0..n).step_by(INVERSE_PANEL) {
+            let (w, m) = (INVERSE_PANEL.min(n - c), n - c);
+            // X = L[c.., c..]⁻¹ · I[c.., c..c+w]: columns c…c+w of L⁻¹ below row c (above
+            // it they are zero).
+            let mut x = Mat::<f64>::from_fn(m, w, |a, b| if a == b { 1.0 } else { 0.0 });
+            solve_lower_triangular_in_place(l.as_ref().submatrix(c, c, m, m), x.as_mut(), par);
+            for a in 0..m {
+                for b in 0..w.min(a + 1) {
+                    let (i, j) = (n - 1 - (c + a), n - 1 - (c + b));
+                    u[i * n + j] = x[(a, b)] as f32;
+                }
             }
         }
-        drop(l_inv);
+        drop(l);
         if u.iter().all(|v| v.is_finite()) {
-            let diag = (0..n).map(|i| regularised(i, i) as f32).collect();
-            let regularised = (0..n * n).map(|k| regularised(k / n, k % n) as f32).collect();
-            return Ok(Factor { u, diag, regularised });
+            let diag: Vec<f32> = (0..n).map(|i| regularised(i, i) as f32).collect();
+            let added = (0..n).map(|i| diag[i] - (h[i * n + i] as f64 * keep) as f32).collect();
+            return Ok(Factor { u, diag, keep: keep as f32, added });
         }
         damp *= 10.0;
     }
@@ -189,7 +217,7 @@ pub fn gptq_rows(ty: GgmlType, w: &[f32], ncols: usize, h: &[f32], opts: &GptqOp
         Ok(())
     })?;
     if opts.refine {
-        refine::refine(w, ncols, &f.regularised, ts, &mut tiles, &mut out);
+        refine::refine(w, ncols, h, &f, ts, &mut tiles, &mut out);
     }
     Ok(out)
 }

@@ -119,7 +119,9 @@ impl Setting {
             let calibration = CalibrationInput::Texts { paths: calib.to_vec(), eval };
             // A sweep sets lowbit's curve beside llama.cpp's mixes: files llama.cpp runs too.
             let cost_options = crate::allocate::CostOptions { llama_cpp_only: true, ..Default::default() };
-            let job = QuantizeJob { calibration, cost_options, ..self.job()? };
+            // Every setting of a sweep calibrates on the float model (one statistics file serves
+            // them all), so that its rows differ by the setting only.
+            let job = QuantizeJob { calibration, cost_options, sequential: Some(false), ..self.job()? };
             job.check().map_err(|e| Error::Usage(format!("setting '{}': {e}", self.name())))?;
             return Ok(job);
         }

@@ -5,17 +5,19 @@
 //! where the error drops.
 //!
 //! A row's reconstruction is ŵ = A·θ (θ the blocks' scales, A block-sparse: column k is
-//! the basis of parameter k inside its block), and E(θ) = (w − Aθ)ᵀH(w − Aθ) is minimised
-//! by AᵀHA·θ = AᵀHw. Building AᵀHA touches all of H once per row and parameter kind, so it
-//! is done for [`REFINE_ROWS`] rows at a time as matrix products: for each block b,
+//! the basis of parameter k inside its block), and E(θ) = (w − Aθ)ᵀH'(w − Aθ) is minimised
+//! by AᵀH'A·θ = AᵀH'w, with H' = keep·H + diag(added) the regularised Hessian
+//! ([`Factor`]). Building AᵀHA touches all of H once per row and parameter kind, so it is
+//! done for [`REFINE_ROWS`] rows at a time as matrix products: for each block b,
 //! T = A[:, b]ᵀ-rows · H[b, :] (one `gemm`), whose segments dotted with A give the
-//! block's row of AᵀHA and whose dot with w gives (AᵀHw)_b.
+//! block's row of AᵀHA and whose dot with w gives (AᵀHw)_b; the diagonal part only meets
+//! a block's own parameters.
 
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 use rayon::prelude::*;
 
-use super::ScalarTile;
+use super::{Factor, ScalarTile};
 use crate::format::encode::levels::BlockLevels;
 use crate::tensor::{matmul_strided, StridedMat};
 
@@ -24,9 +26,18 @@ use crate::tensor::{matmul_strided, StridedMat};
 const REFINE_ROWS: usize = 64;
 
 /// Refines every row of a block-format sweep. `w`: the original rows; `tiles`: the
-/// sweep's per-tile codes and block levels; `h`: the regularised Hessian; `out`: the
-/// encoded rows (blocks of `ts` bytes), whose scales are rewritten where that helps.
-pub(super) fn refine(w: &[f32], ncols: usize, h: &[f32], ts: usize, tiles: &mut [ScalarTile], out: &mut [u8]) {
+/// sweep's per-tile codes and block levels; `h`: the Hessian and `f` its factor (whose
+/// regularisation the refit uses); `out`: the encoded rows (blocks of `ts` bytes), whose
+/// scales are rewritten where that helps.
+pub(super) fn refine(
+    w: &[f32],
+    ncols: usize,
+    h: &[f32],
+    f: &Factor,
+    ts: usize,
+    tiles: &mut [ScalarTile],
+    out: &mut [u8],
+) {
     let rows = w.len() / ncols;
     let row_bytes = out.len() / rows;
     let per = REFINE_ROWS / super::ROW_TILE;
@@ -40,15 +51,17 @@ pub(super) fn refine(w: &[f32], ncols: usize, h: &[f32], ts: usize, tiles: &mut 
                 let ScalarTile { levels, codes } = t;
                 rows.extend(codes.chunks_exact(ncols).zip(levels.iter_mut().map(|l| l.as_mut_slice())));
             }
-            refine_chunk(w, ncols, h, ts, &mut rows, out, row_bytes);
+            refine_chunk(w, ncols, h, f, ts, &mut rows, out, row_bytes);
         });
 }
 
 /// [`refine`] for one chunk of rows.
+#[allow(clippy::too_many_arguments)]
 fn refine_chunk(
     w: &[f32],
     n: usize,
     h: &[f32],
+    f: &Factor,
     ts: usize,
     rows: &mut [(&[u8], &mut [BlockLevels])],
     out: &mut [u8],
@@ -75,6 +88,7 @@ fn refine_chunk(
     let mut rhs = vec![0.0f64; r_count * p];
     let m = per_block * r_count;
     let mut t = vec![0.0f32; m * n];
+    let keep = f.keep as f64;
     for b in 0..n_blocks {
         let lhs = StridedMat { data: &coef, offset: b * bs, row_stride: n, col_stride: 1 };
         let hb = StridedMat { data: h, offset: b * bs * n, row_stride: n, col_stride: 1 };
@@ -84,13 +98,17 @@ fn refine_chunk(
             for k in 0..per_block {
                 let tr = &t[(k * r_count + r) * n..(k * r_count + r + 1) * n];
                 let row = b * per_block + k;
-                rhs[r * p + row] = dot(tr, wr);
+                let ck = &coef[(k * r_count + r) * n + b * bs..(k * r_count + r) * n + (b + 1) * bs];
+                let added = &f.added[b * bs..(b + 1) * bs];
+                let own = b * bs..(b + 1) * bs;
+                rhs[r * p + row] = keep * dot(tr, wr) + dot3(ck, added, &wr[own]);
                 for k2 in 0..per_block {
                     let c = &coef[(k2 * r_count + r) * n..(k2 * r_count + r + 1) * n];
                     for b2 in 0..n_blocks {
                         let seg = b2 * bs..(b2 + 1) * bs;
-                        g[(r * p + row) * p + b2 * per_block + k2] = dot(&tr[seg.clone()], &c[seg]);
+                        g[(r * p + row) * p + b2 * per_block + k2] = keep * dot(&tr[seg.clone()], &c[seg]);
                     }
+                    g[(r * p + row) * p + b * per_block + k2] += dot3(ck, added, &c[b * bs..(b + 1) * bs]);
                 }
             }
         }
@@ -99,6 +117,11 @@ fn refine_chunk(
         let o = &mut out[r * row_bytes..(r + 1) * row_bytes];
         solve_row(&g[r * p * p..(r + 1) * p * p], &rhs[r * p..(r + 1) * p], levels, per_block, ts, o);
     }
+}
+
+/// Σ x·y·z in f64.
+fn dot3(x: &[f32], y: &[f32], z: &[f32]) -> f64 {
+    x.iter().zip(y).zip(z).map(|((a, b), c)| *a as f64 * *b as f64 * *c as f64).sum()
 }
 
 /// Σ x·y in f64.

@@ -215,7 +215,7 @@ pub fn quantize_vq(
             // (dampened, off-diagonal shrunk) as the sweep does: fitted to the raw
             // calibration Hessian, they would let the error grow along the directions
             // the calibration text barely excites.
-            let hr = &factor.regularised;
+            let hr = &factor.regularised(h);
             let compensation = OutlierCompensation::new(&codes.outliers, hr, cols);
             sweep(f, w, &scales, cols, &factor.u, &mut codes);
             compensation.refit(f, w, &scales, cols, &mut codes);
