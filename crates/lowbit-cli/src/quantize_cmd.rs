@@ -388,8 +388,7 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
 
 /// Runs `work` with a progress bar per stage (and log lines when not on a terminal).
 /// With `ctx` (tokens per calibration chunk), the calibration bar also shows tokens per
-/// second. (The sequential-GPTQ bar shows blocks: the library does not report how many
-/// calibration tokens each block runs.)
+/// second; the sequential-GPTQ bar shows calibration tokens per second through its blocks.
 pub(crate) fn with_progress<T>(
     ctx: Option<u64>,
     work: impl FnOnce(&mut dyn FnMut(Stage, u64, u64)) -> lowbit::Result<T>,
@@ -402,16 +401,18 @@ pub(crate) fn with_progress<T>(
         if stage != Some(st) {
             stage_start = (std::time::Instant::now(), d);
         }
-        let per_unit = if st == Stage::Calibrate { ctx } else { None };
-        if let Some(per) = per_unit.filter(|&p| p > 0) {
-            let secs = stage_start.0.elapsed().as_secs_f64();
-            if d > stage_start.1 && secs > 0.0 {
-                bar.set_message(format!(", {:.0} tokens/s", (d - stage_start.1) as f64 * per as f64 / secs));
-            }
-        }
+        let per_unit = match st {
+            Stage::Calibrate => ctx,
+            Stage::Sequential { tokens } => Some(tokens),
+            _ => None,
+        };
+        let secs = stage_start.0.elapsed().as_secs_f64();
+        let rate = per_unit
+            .filter(|&p| p > 0 && d > stage_start.1 && secs > 0.0)
+            .map(|per| format!(", {:.0} tokens/s", (d - stage_start.1) as f64 * per as f64 / secs));
         let (label, unit, template) = stage_display(st);
         if stage != Some(st) {
-            if st == Stage::Sequential && d > 0 {
+            if matches!(st, Stage::Sequential { .. }) && d > 0 {
                 bar.suspend(|| {
                     eprintln!("lowbit: resuming: {d} of {t} blocks were finished by an interrupted run of this command")
                 });
@@ -422,8 +423,11 @@ pub(crate) fn with_progress<T>(
             bar.set_message("");
             bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
         }
+        if let Some(r) = &rate {
+            bar.set_message(r.clone());
+        }
         if let Some(l) = log.as_mut() {
-            l.update(d, t, unit);
+            l.update(d, t, &format!("{unit}{}", rate.as_deref().unwrap_or("")));
         }
         bar.set_length(t);
         bar.set_position(d);
@@ -438,9 +442,11 @@ fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
         Stage::Calibrate => {
             ("calibrate", "chunks", "calibrate [{bar:30}] {pos}/{len} chunks{msg}, {elapsed} elapsed, ETA {eta}")
         }
-        Stage::Sequential => {
-            ("sequential gptq", "blocks", "sequential gptq [{bar:30}] {pos}/{len} blocks, {elapsed} elapsed, ETA {eta}")
-        }
+        Stage::Sequential { .. } => (
+            "sequential gptq",
+            "blocks",
+            "sequential gptq [{bar:30}] {pos}/{len} blocks{msg}, {elapsed} elapsed, ETA {eta}",
+        ),
         Stage::Sensitivity => {
             ("sensitivity", "tensors", "sensitivity [{bar:30}] {pos}/{len} tensors, {elapsed} elapsed, ETA {eta}")
         }

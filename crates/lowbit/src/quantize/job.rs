@@ -199,8 +199,11 @@ impl QuantizeJob {
 pub enum Stage {
     /// Running the calibration text through the source (chunks).
     Calibrate,
-    /// Sequential GPTQ (blocks).
-    Sequential,
+    /// Sequential GPTQ (blocks), each block running `tokens` calibration tokens.
+    Sequential {
+        /// Calibration tokens per block (for a tokens-per-second figure).
+        tokens: u64,
+    },
     /// Measuring each tensor's sensitivity for a size target (tensors).
     Sensitivity,
     /// Searching AWQ scales for a transformed source (groups of weights).
@@ -487,7 +490,7 @@ fn run_sequential(
         &job.method_options,
         &checkpoint,
         done,
-        &mut |d, t| progress(Stage::Sequential, d as u64, t as u64),
+        &mut |d, t, tokens| progress(Stage::Sequential { tokens: tokens as u64 }, d as u64, t as u64),
     )?;
     drop(lm);
     opts.importance = Some(r.imatrix.importance());

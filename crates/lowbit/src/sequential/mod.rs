@@ -35,7 +35,7 @@ pub struct SequentialResult {
 /// Quantizes the block weights of `lm` (loaded from `g`, sharing its memory map, so that
 /// finished blocks' pages can be released) following `plan`, block by block on the
 /// calibration `text`, continuing after the blocks `checkpoint` has finished.
-/// `progress(done, total)` counts blocks.
+/// `progress(done, total, tokens)` counts blocks, each running `tokens` calibration tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn sequential_gptq(
     lm: &mut LoadedLm,
@@ -46,7 +46,7 @@ pub fn sequential_gptq(
     options: &MethodOptions,
     checkpoint: &Checkpoint,
     blocks_done: usize,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<SequentialResult> {
     let source = g.path();
     let chunks = calibration_chunks(lm, &text.text, eval)?;
@@ -67,7 +67,8 @@ pub fn sequential_gptq(
     } else {
         chunks.iter().map(|c| lm.model.embed(c)).collect::<Result<_>>()?
     };
-    progress(start, n_blocks);
+    let tokens: usize = chunks.iter().map(|c| c.len()).sum();
+    progress(start, n_blocks, tokens);
     for il in start..n_blocks {
         crate::interrupt::check()?;
         // 1. This block's input statistics, with the quantized blocks before it.
@@ -148,7 +149,7 @@ pub fn sequential_gptq(
             g.release(&lin.name);
         }
         checkpoint.save_block(il, &encoded, &importances, &hidden)?;
-        progress(il + 1, n_blocks);
+        progress(il + 1, n_blocks, tokens);
     }
     let (encoded, entries) = checkpoint.load(n_blocks)?;
     let imatrix = Imatrix {
