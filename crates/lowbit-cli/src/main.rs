@@ -226,6 +226,8 @@ pub struct LogProgress {
     start: std::time::Instant,
     last: Option<std::time::Instant>,
     on: bool,
+    /// Units already done when the count started (a resumed run): not part of the rate.
+    base: Option<u64>,
 }
 
 impl LogProgress {
@@ -237,6 +239,7 @@ impl LogProgress {
             start: std::time::Instant::now(),
             last: None,
             on: !std::io::stderr().is_terminal(),
+            base: None,
         }
     }
 
@@ -254,9 +257,10 @@ impl LogProgress {
         }
         self.last = Some(now);
         let secs = self.start.elapsed().as_secs_f64();
-        let eta = match done {
+        let base = *self.base.get_or_insert(done);
+        let eta = match done.saturating_sub(base) {
             0 => "unknown".to_string(),
-            _ => format!("{:.0} s", secs / done as f64 * (total - done.min(total)) as f64),
+            n => format!("{:.0} s", secs / n as f64 * (total - done.min(total)) as f64),
         };
         eprintln!("{}: {done}/{total} {unit}, {secs:.0} s elapsed, ETA {eta}", self.label);
     }

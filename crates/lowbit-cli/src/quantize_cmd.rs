@@ -431,6 +431,10 @@ pub(crate) fn with_progress<T>(
         }
         bar.set_length(t);
         bar.set_position(d);
+        if d == stage_start.1 {
+            // A resumed stage starts part done: its rate and ETA count from here.
+            bar.reset_eta();
+        }
     });
     bar.finish_and_clear();
     r
