@@ -59,6 +59,41 @@ fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool)
     Ok(stats?)
 }
 
+/// The statistics file with Hessians, written block by block
+/// ([`lowbit::calibrate::write_stats_blockwise`]: one block's Hessians in memory), with a
+/// progress bar over the blocks.
+fn calibrate_blockwise(
+    path: &Path,
+    texts: &[PathBuf],
+    opts: &EvalOptions,
+    output: &Path,
+) -> Result<lowbit::calibrate::BlockwiseSummary> {
+    let t = lowbit::calibrate::read_texts(texts)?;
+    let mut lm = lowbit::model::load_lm(path, lowbit::model::LoadOptions::default())?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} blocks{msg}, {elapsed} elapsed, ETA {eta}")
+            .expect("valid template"),
+    );
+    let mut log = crate::LogProgress::new("calibrate");
+    let start = std::time::Instant::now();
+    let s =
+        lowbit::calibrate::write_stats_blockwise(&mut lm, &t.text, &t.dataset, opts, output, &mut |d, n, tokens| {
+            let secs = start.elapsed().as_secs_f64();
+            let rate = if d > 0 && secs > 0.0 {
+                format!(", {:.0} tokens/s", (d * tokens) as f64 / secs / n as f64)
+            } else {
+                String::new()
+            };
+            log.update(d as u64, n as u64, &format!("blocks{rate}"));
+            bar.set_message(rate);
+            bar.set_length(n as u64);
+            bar.set_position(d as u64);
+        });
+    bar.finish_and_clear();
+    Ok(s?)
+}
+
 /// Runs `lowbit calibrate`.
 pub fn run(mut args: CalibrateArgs) -> Result<()> {
     let ext = args.output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -79,20 +114,26 @@ pub fn run(mut args: CalibrateArgs) -> Result<()> {
     lowbit::atomic::refuse_overwriting_inputs(&args.output, &inputs)?;
     let opts =
         EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks), ..Default::default() };
-    let stats = calibrate(&path, &args.text, &opts, format == "stats")?;
+    if format == "stats" {
+        let s = calibrate_blockwise(&path, &args.text, &opts, &args.output)?;
+        println!(
+            "{}: importance and {} input Hessians of {} linear layers over {} chunks of {} tokens",
+            args.output.display(),
+            s.hessians,
+            s.layers,
+            s.chunks,
+            s.ctx
+        );
+        return Ok(());
+    }
+    let stats = calibrate(&path, &args.text, &opts, false)?;
     let m = &stats.imatrix;
     match format.as_str() {
         "dat" => m.write_legacy(&args.output)?,
-        "stats" => stats.write(&args.output)?,
         _ => m.write_gguf(&args.output)?,
     }
-    let what = if format == "stats" {
-        format!("importance and {} input Hessians", stats.hessians.len())
-    } else {
-        "importance matrix".into()
-    };
     println!(
-        "{}: {what} of {} linear layers over {} chunks of {} tokens",
+        "{}: importance matrix of {} linear layers over {} chunks of {} tokens",
         args.output.display(),
         m.entries.len(),
         m.chunk_count,

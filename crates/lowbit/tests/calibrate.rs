@@ -111,3 +111,27 @@ fn self_sampled_calibration_text_is_deterministic() {
     let m = compute_imatrix(&mut lm, &one, "self", &opts, &mut |_, _| {}).unwrap();
     assert_eq!(m.entries.len(), 30 * 7);
 }
+
+/// `calibrate -o stats.safetensors` writes block by block (one block's Hessians in
+/// memory): the file reads back as exactly the statistics of the whole-model pass.
+#[test]
+fn block_by_block_statistics_equal_the_whole_model_pass() {
+    use lowbit::calibrate::{compute_stats, write_stats_blockwise, CalibrationStats};
+    let Some(src) = support::zoo_model("smollm2-135m") else { return };
+    let text = std::fs::read_to_string(support::shared_data("austen/emma.txt")).unwrap();
+    let mut lm = load_gguf_lm(&src, LoadOptions::default()).unwrap();
+    let opts = EvalOptions { ctx: 64, max_chunks: Some(3), ..Default::default() };
+    let whole = compute_stats(&mut lm, &text, "emma.txt", &opts, true, &mut |_, _| {}).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stats.safetensors");
+    let mut seen = Vec::new();
+    let s =
+        write_stats_blockwise(&mut lm, &text, "emma.txt", &opts, &path, &mut |d, n, t| seen.push((d, n, t))).unwrap();
+    assert_eq!((s.hessians, s.layers, s.chunks), (30 * 4, 30 * 7, 3));
+    assert_eq!(seen.first(), Some(&(0, 30, 192)));
+    assert_eq!(seen.last(), Some(&(30, 30, 192)));
+    let back = CalibrationStats::read(&path).unwrap();
+    assert!(back == whole, "block-by-block statistics differ from the whole-model pass");
+    // Written atomically: nothing but the file in the folder.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

@@ -22,9 +22,11 @@ use crate::format::GgmlType;
 use crate::gguf::{GgufFile, GgufWriter, TensorSpec, Value, ValueType};
 use crate::model::{InputRecorder, LoadedLm};
 
+mod blockwise;
 pub mod self_text;
 pub mod stats;
 
+pub use blockwise::{write_stats_blockwise, BlockwiseSummary};
 pub use stats::{shared_input_key, CalibrationStats, Hessian};
 
 /// One weight's statistics.

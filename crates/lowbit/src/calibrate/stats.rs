@@ -62,18 +62,20 @@ pub fn shared_input_key(weight: &str) -> String {
     stem.to_string()
 }
 
+/// The JSON in the file's `lowbit.stats` metadata entry.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StatsHeader {
-    version: u32,
-    datasets: Vec<String>,
-    chunk_count: u32,
-    chunk_size: u32,
-    counts: BTreeMap<String, f32>,
-    hessian_counts: BTreeMap<String, u64>,
-    inputs: BTreeMap<String, String>,
+pub(super) struct StatsHeader {
+    pub(super) version: u32,
+    pub(super) datasets: Vec<String>,
+    pub(super) chunk_count: u32,
+    pub(super) chunk_size: u32,
+    pub(super) counts: BTreeMap<String, f32>,
+    pub(super) hessian_counts: BTreeMap<String, u64>,
+    pub(super) inputs: BTreeMap<String, String>,
 }
 
-const STATS_KEY: &str = "lowbit.stats";
+/// The metadata key holding [`StatsHeader`].
+pub(super) const STATS_KEY: &str = "lowbit.stats";
 
 impl CalibrationStats {
     /// The Hessian each weight reads, by weight name (shared entries are one Arc).
