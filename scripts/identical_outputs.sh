@@ -15,7 +15,7 @@ bin="${1:-target/release/lowbit}"
 record="${2:-}"
 sums=scripts/identical_outputs.sha256
 export LOWBIT_HOME="${LOWBIT_HOME:-$PWD/target/lowbit-home}"
-calib=(--calib data/austen/emma.txt --calib-chunks 8)
+calib=(--calib data/austen/emma.txt --calib-chunks 8 --no-sequential)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
