@@ -35,61 +35,70 @@ pub struct CalibrateArgs {
     /// by default from the output's extension (.dat, .safetensors, else gguf).
     #[arg(long)]
     format: Option<String>,
+    /// With the statistics format: memory to stay within (8GB, 6GiB, …); the calibration
+    /// hidden states go to a file beside the output when they would not fit beside the
+    /// model and one block's statistics.
+    #[arg(long)]
+    max_memory: Option<String>,
 }
 
-/// Runs the calibration texts through the model at `path` with a progress bar.
-fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions, hessians: bool) -> Result<CalibrationStats> {
+/// A progress bar (and log lines off a terminal) over `unit` (chunks or blocks), with
+/// calibration tokens through the model per second: `update(done, total, tokens per
+/// unit)` (a chunk's tokens; a block's share of all tokens).
+fn progress(unit: &'static str) -> (ProgressBar, impl FnMut(usize, usize, f64)) {
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} chunks{msg}, {elapsed} elapsed, ETA {eta}")
-            .expect("valid template"),
+        ProgressStyle::with_template(&format!(
+            "calibrate [{{bar:30}}] {{pos}}/{{len}} {unit}{{msg}}, {{elapsed}} elapsed, ETA {{eta}}"
+        ))
+        .expect("valid template"),
     );
     let mut log = crate::LogProgress::new("calibrate");
     let start = std::time::Instant::now();
-    let stats = calibrate_files(path, texts, opts, hessians, &mut |d, t| {
-        log.update(d as u64, t as u64, "chunks");
+    let shown = bar.clone();
+    let update = move |d: usize, n: usize, tokens: f64| {
         let secs = start.elapsed().as_secs_f64();
-        if d > 0 && secs > 0.0 {
-            bar.set_message(format!(", {:.0} tokens/s", (d * opts.ctx) as f64 / secs));
-        }
-        bar.set_length(t as u64);
-        bar.set_position(d as u64);
-    });
+        let rate =
+            if d > 0 && secs > 0.0 { format!(", {:.0} tokens/s", d as f64 * tokens / secs) } else { String::new() };
+        log.update(d as u64, n as u64, &format!("{unit}{rate}"));
+        shown.set_message(rate);
+        shown.set_length(n as u64);
+        shown.set_position(d as u64);
+    };
+    (bar, update)
+}
+
+/// Runs the calibration texts through the model at `path` for an importance matrix, with
+/// a progress bar over the chunks.
+fn calibrate(path: &Path, texts: &[PathBuf], opts: &EvalOptions) -> Result<CalibrationStats> {
+    let (bar, mut update) = progress("chunks");
+    let stats = calibrate_files(path, texts, opts, false, &mut |d, t| update(d, t, opts.ctx as f64));
     bar.finish_and_clear();
     Ok(stats?)
 }
 
 /// The statistics file with Hessians, written block by block
-/// ([`lowbit::calibrate::write_stats_blockwise`]: one block's Hessians in memory), with a
-/// progress bar over the blocks.
+/// ([`lowbit::calibrate::write_stats_blockwise`]: one block's Hessians in memory, within
+/// `memory`), with a progress bar over the blocks.
 fn calibrate_blockwise(
     path: &Path,
     texts: &[PathBuf],
     opts: &EvalOptions,
     output: &Path,
+    memory: lowbit::calibrate::budget::MemoryLimit,
 ) -> Result<lowbit::calibrate::BlockwiseSummary> {
     let t = lowbit::calibrate::read_texts(texts)?;
     let mut lm = lowbit::model::load_lm(path, lowbit::model::LoadOptions::default())?;
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("calibrate [{bar:30}] {pos}/{len} blocks{msg}, {elapsed} elapsed, ETA {eta}")
-            .expect("valid template"),
+    let (bar, mut update) = progress("blocks");
+    let s = lowbit::calibrate::write_stats_blockwise(
+        &mut lm,
+        &t.text,
+        &t.dataset,
+        opts,
+        output,
+        memory,
+        &mut |d, n, tokens| update(d, n, tokens as f64 / n.max(1) as f64),
     );
-    let mut log = crate::LogProgress::new("calibrate");
-    let start = std::time::Instant::now();
-    let s =
-        lowbit::calibrate::write_stats_blockwise(&mut lm, &t.text, &t.dataset, opts, output, &mut |d, n, tokens| {
-            let secs = start.elapsed().as_secs_f64();
-            let rate = if d > 0 && secs > 0.0 {
-                format!(", {:.0} tokens/s", (d * tokens) as f64 / secs / n as f64)
-            } else {
-                String::new()
-            };
-            log.update(d as u64, n as u64, &format!("blocks{rate}"));
-            bar.set_message(rate);
-            bar.set_length(n as u64);
-            bar.set_position(d as u64);
-        });
     bar.finish_and_clear();
     Ok(s?)
 }
@@ -114,8 +123,13 @@ pub fn run(mut args: CalibrateArgs) -> Result<()> {
     lowbit::atomic::refuse_overwriting_inputs(&args.output, &inputs)?;
     let opts =
         EvalOptions { ctx: args.ctx, max_chunks: (args.chunks > 0).then_some(args.chunks), ..Default::default() };
+    let memory = crate::memory_limit(args.max_memory.as_deref())?;
+    anyhow::ensure!(
+        args.max_memory.is_none() || format == "stats",
+        "--max-memory applies to the statistics file (a .safetensors output); an importance matrix is small"
+    );
     if format == "stats" {
-        let s = calibrate_blockwise(&path, &args.text, &opts, &args.output)?;
+        let s = calibrate_blockwise(&path, &args.text, &opts, &args.output, memory)?;
         println!(
             "{}: importance and {} input Hessians of {} linear layers over {} chunks of {} tokens",
             args.output.display(),
@@ -124,9 +138,10 @@ pub fn run(mut args: CalibrateArgs) -> Result<()> {
             s.chunks,
             s.ctx
         );
+        crate::print_memory(Some(&s.memory), memory.bytes());
         return Ok(());
     }
-    let stats = calibrate(&path, &args.text, &opts, false)?;
+    let stats = calibrate(&path, &args.text, &opts)?;
     let m = &stats.imatrix;
     match format.as_str() {
         "dat" => m.write_legacy(&args.output)?,

@@ -21,19 +21,6 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
-fn human_bytes(b: u64) -> String {
-    let b = b as f64;
-    if b >= 1e9 {
-        format!("{:.2} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.2} MB", b / 1e6)
-    } else if b >= 1e3 {
-        format!("{:.1} kB", b / 1e3)
-    } else {
-        format!("{b} B")
-    }
-}
-
 fn render_table(s: &ModelSummary, o: &mut String) {
     outln!(o, "model:        {}", s.path);
     let version = s.gguf_version.map(|v| format!(" v{v}")).unwrap_or_default();
@@ -44,7 +31,7 @@ fn render_table(s: &ModelSummary, o: &mut String) {
     }
     let vocab = s.vocab_size.map(|v| format!(", {v} tokens")).unwrap_or_default();
     outln!(o, "tokenizer:    {}{}", s.tokenizer.as_deref().unwrap_or("(none)"), vocab);
-    outln!(o, "file size:    {} ({} bytes)", human_bytes(s.file_size), s.file_size);
+    outln!(o, "file size:    {} ({} bytes)", lowbit::units::human_bytes(s.file_size), s.file_size);
     outln!(o, "parameters:   {} ({:.1} M)", s.params, s.params as f64 / 1e6);
     outln!(o, "tensor data:  {} bytes, {:.4} bits per weight", s.tensor_bytes, s.bpw);
     if !s.hyperparameters.is_empty() {

@@ -50,7 +50,7 @@ enum Command {
     /// Importance matrix of a model on a calibration text (llama.cpp's imatrix format).
     Calibrate(calibrate_cmd::CalibrateArgs),
     /// Quantize a model into a GGUF that llama.cpp loads (named mixes as llama-quantize).
-    Quantize(quantize_cmd::QuantizeArgs),
+    Quantize(Box<quantize_cmd::QuantizeArgs>),
     /// Every tensor's measured sensitivity and its candidate types' predicted cost (what
     /// `quantize --size` allocates with); `--validate N` checks them against real swaps.
     Sensitivity(sensitivity_cmd::SensitivityArgs),
@@ -168,7 +168,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval_cmd::run(args)?,
         Command::Run(args) => run_cmd::run(args)?,
         Command::Bench(args) => bench_cmd::run(args)?,
-        Command::Quantize(args) => quantize_cmd::run(args)?,
+        Command::Quantize(args) => quantize_cmd::run(*args)?,
         Command::Sweep(args) => sweep_cmd::run(args)?,
         Command::Sensitivity(args) => sensitivity_cmd::run(args)?,
         Command::Calibrate(args) => calibrate_cmd::run(args)?,
@@ -216,6 +216,36 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--max-memory`'s value as the library's limit (none: unlimited).
+pub fn memory_limit(text: Option<&str>) -> lowbit::Result<lowbit::calibrate::budget::MemoryLimit> {
+    use lowbit::calibrate::budget::MemoryLimit;
+    Ok(match text {
+        Some(t) => MemoryLimit::Bytes(lowbit::units::parse_bytes("--max-memory", t)?),
+        None => MemoryLimit::Unlimited,
+    })
+}
+
+/// The closing memory line of a long command: the block-by-block plan when there was one,
+/// and the peak resident set size against `--max-memory` (a warning when it was exceeded:
+/// the plan's estimate was low).
+pub fn print_memory(plan: Option<&lowbit::calibrate::budget::MemoryPlan>, budget: Option<u64>) {
+    use lowbit::units::human_bytes;
+    if let Some(p) = plan {
+        println!("memory: {}", p.describe());
+    }
+    let Some(peak) = lowbit::units::peak_resident_bytes() else { return };
+    match budget {
+        Some(b) if peak > b => eprintln!(
+            "lowbit: warning: peak resident memory {} exceeded --max-memory {}",
+            human_bytes(peak),
+            human_bytes(b)
+        ),
+        Some(b) => println!("peak resident memory {} (--max-memory {})", human_bytes(peak), human_bytes(b)),
+        None if plan.is_some() => println!("peak resident memory {}", human_bytes(peak)),
+        None => {}
+    }
 }
 
 /// Progress for logs: where stderr is not a terminal, indicatif draws nothing, so a long

@@ -128,6 +128,12 @@ pub struct QuantizeArgs {
     /// memory at once; faster on small models, not resumable).
     #[arg(long, requires = "calib")]
     no_sequential: bool,
+    /// Memory to stay within (bytes or a number with a unit: 8GB, 6GiB). With --calib
+    /// (sequential GPTQ) the calibration hidden states go to the work folder when the
+    /// model, one block's work and the states would not fit, and a budget too small for the
+    /// model and one block is refused before any work. The summary reports the peak.
+    #[arg(long)]
+    max_memory: Option<String>,
     /// Print the plan (tensor, type, bytes), size and bpw without quantizing.
     #[arg(long)]
     dry_run: bool,
@@ -330,6 +336,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
         transforms: lowbit::transform::Transforms::parse(&args.transforms)?,
         low_rank: args.low_rank,
         incoherence: args.incoherence,
+        memory: crate::memory_limit(args.max_memory.as_deref())?,
         ..QuantizeJob::new(mix, overrides)
     };
     job.check()?;
@@ -373,6 +380,7 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
         let s = with_progress(Some(args.calib_ctx as u64), |p| lowbit::quantize::run(&input, output, &job, p))?;
         println!("{}", output.display());
         print_summary(&s, &what, false);
+        crate::print_memory(s.memory.as_ref(), job.memory.bytes());
         s
     };
     if let (Some(path), Some(recipe)) = (&args.save_recipe, &summary.recipe) {

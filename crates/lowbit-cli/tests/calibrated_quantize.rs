@@ -112,11 +112,14 @@ fn calibration_options_that_cannot_work_are_refused() {
         (vec!["--method", "magic"], "unknown --method"),
         (vec!["--sequential"], "--calib"),
         (vec!["--stats", "/nonexistent/stats.safetensors"], "/nonexistent/stats.safetensors"),
+        (vec!["--max-memory", "lots"], "--max-memory 'lots': expected bytes"),
+        (vec!["--calib", "austen", "--calib-chunks", "2", "--max-memory", "2MB"], "--max-memory 2.00 MB: too small"),
     ] {
         let o = lowbit().args([&base[..], &extra].concat()).output().unwrap();
         let se = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && se.contains(want) && !se.contains("panicked"), "{extra:?}: {se}");
         assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{extra:?} left files behind");
     }
 }
 

@@ -38,6 +38,7 @@ pub mod sweep;
 pub mod tensor;
 pub mod tokenizer;
 pub mod transform;
+pub mod units;
 pub mod zoo;
 
 pub use error::{Error, Result};

@@ -85,24 +85,61 @@ pub fn gram(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
 }
 
 /// [`gram`]'s lower triangle (`out[i·n + j]` for `j ≤ i`; the rest of `out` is left
-/// unspecified): for sums of many batches, which mirror once at the end.
+/// unspecified).
 pub fn gram_lower(x: &[f32], t: usize, n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), t * n, "gram: x is not t×n");
     assert_eq!(out.len(), n * n, "gram: out is not n×n");
-    if t == 0 || n == 0 {
-        out.fill(0.0);
+    use rayon::prelude::*;
+    out.par_chunks_mut(GRAM_BAND * n.max(1)).enumerate().for_each(|(b, band)| {
+        gram_band(x, t, n, b * GRAM_BAND, band);
+    });
+}
+
+/// Adds [`gram`]'s lower triangle, computed in f32, to the f64 running total (n×n; the
+/// upper triangle is left alone): for sums of many batches, which mirror once at the end.
+/// The f32 product is made one band of [`GRAM_BAND`] rows at a time, so the scratch is
+/// GRAM_BAND·n floats per thread, not n² (0.8 GB for an 8B model's down projection); each
+/// element is the same f32 sum [`gram_lower`] gives. The lock is held only while a band
+/// is added (never across rayon work, which could otherwise deadlock callers that record
+/// from inside the pool).
+pub fn gram_lower_accumulate(x: &[f32], t: usize, n: usize, total: &std::sync::Mutex<Vec<f64>>) {
+    assert_eq!(x.len(), t * n, "gram: x is not t×n");
+    use rayon::prelude::*;
+    (0..n.div_ceil(GRAM_BAND)).into_par_iter().for_each(|b| {
+        let r0 = b * GRAM_BAND;
+        let rows = GRAM_BAND.min(n - r0);
+        GRAM_BAND_SCRATCH.with_borrow_mut(|product| {
+            product.clear();
+            product.resize(rows * n, 0.0);
+            gram_band(x, t, n, r0, product);
+            let mut total = total.lock().expect("gram total lock");
+            assert_eq!(total.len(), n * n, "gram: total is not n×n");
+            for (i, (a, p)) in total[r0 * n..].chunks_exact_mut(n).zip(product.chunks_exact(n)).enumerate() {
+                a[..=r0 + i].iter_mut().zip(&p[..=r0 + i]).for_each(|(a, &p)| *a += p as f64);
+            }
+        });
+    });
+}
+
+thread_local! {
+    /// One band of [`gram_lower_accumulate`]'s f32 product per thread, reused (a fresh
+    /// buffer per band costs page faults comparable to the band's product).
+    static GRAM_BAND_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Rows r0.. of xᵀx (as many as `band` holds, n wide) up to and including the diagonal;
+/// right of it, unspecified.
+fn gram_band(x: &[f32], t: usize, n: usize, r0: usize, band: &mut [f32]) {
+    let rows = band.len() / n.max(1);
+    if t == 0 {
+        band.fill(0.0);
         return;
     }
-    use rayon::prelude::*;
-    out.par_chunks_mut(GRAM_BAND * n).enumerate().for_each(|(b, band)| {
-        let r0 = b * GRAM_BAND;
-        let rows = band.len() / n;
-        // Rows r0..r0+rows of xᵀ (element (i, s) = x[s·n + r0 + i]) times columns
-        // 0..r0+rows of x: everything up to and including the diagonal block.
-        let lhs = StridedMat { data: x, offset: r0, row_stride: 1, col_stride: n };
-        let rhs = StridedMat { data: x, offset: 0, row_stride: n, col_stride: 1 };
-        matmul_strided(rows, r0 + rows, t, &lhs, &rhs, band, n);
-    });
+    // Rows r0..r0+rows of xᵀ (element (i, s) = x[s·n + r0 + i]) times columns 0..r0+rows
+    // of x: everything up to and including the diagonal block.
+    let lhs = StridedMat { data: x, offset: r0, row_stride: 1, col_stride: n };
+    let rhs = StridedMat { data: x, offset: 0, row_stride: n, col_stride: 1 };
+    matmul_strided(rows, r0 + rows, t, &lhs, &rhs, band, n);
 }
 
 /// Copies the lower triangle of the `n×n` row-major `m` onto its upper triangle.
@@ -418,6 +455,24 @@ mod tests {
             for c in 0..n {
                 let want: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
                 assert!((out[r * n + c] - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn gram_accumulated_band_by_band_is_the_gram_added_in_f64() {
+        let (t, n) = (29, 2 * GRAM_BAND + 5);
+        let x: Vec<f32> = (0..t * n).map(|i| (i as f32 * 0.71).cos()).collect();
+        let mut g = vec![0.0; n * n];
+        gram_lower(&x, t, n, &mut g);
+        let start: Vec<f64> = (0..n * n).map(|i| i as f64 * 0.25).collect();
+        let total = std::sync::Mutex::new(start.clone());
+        gram_lower_accumulate(&x, t, n, &total);
+        let total = total.into_inner().unwrap();
+        for i in 0..n {
+            for j in 0..n {
+                let want = if j <= i { start[i * n + j] + g[i * n + j] as f64 } else { start[i * n + j] };
+                assert_eq!(total[i * n + j].to_bits(), want.to_bits(), "({i}, {j})");
             }
         }
     }

@@ -18,6 +18,40 @@ use lowbit::quantize::{quantize_gguf, run, CalibrationInput, QuantizeJob, Quanti
 
 const TENSOR: &str = "blk.0.ffn_down.weight";
 
+/// Sequential GPTQ with the calibration hidden states on disk computes exactly what it
+/// computes with them in memory; a `--max-memory` below the model is refused before any
+/// work, leaving nothing behind.
+#[test]
+fn sequential_gptq_spills_hidden_states_without_changing_a_byte() {
+    use lowbit::calibrate::budget::MemoryLimit;
+    let Some(src) = support::zoo_model("smollm2-135m") else { return };
+    let emma = support::shared_data("austen/emma.txt");
+    let eval = EvalOptions { ctx: 64, max_chunks: Some(2), ..Default::default() };
+    let overrides =
+        vec![Override::parse(&format!("{TENSOR}=Q4_K")).unwrap(), Override::parse("token_embd=Q8_0").unwrap()];
+    let job = QuantizeJob {
+        calibration: CalibrationInput::Texts { paths: vec![emma], eval },
+        sequential: Some(true),
+        ..QuantizeJob::new(Mix::from_name("Q4_1").unwrap(), overrides)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"), dir.path().join("c.gguf"));
+    let in_memory = run(&src, &a, &job, &mut |_, _, _| {}).unwrap();
+    let spilled =
+        run(&src, &b, &QuantizeJob { memory: MemoryLimit::SpillHidden, ..job.clone() }, &mut |_, _, _| {}).unwrap();
+    let (m, s) = (in_memory.memory.unwrap(), spilled.memory.unwrap());
+    assert!(!m.spill && s.spill, "{m:?} {s:?}");
+    assert_eq!(m.hidden, 2 * 64 * 576 * 4, "two chunks of 64 tokens, 576 wide, f32");
+    assert!(s.block > 4 * 576 * 576 * 8, "at least the block's f64 accumulators: {s:?}");
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "spilling changed the output");
+    let tight = QuantizeJob { memory: MemoryLimit::Bytes(1 << 20), ..job };
+    let e = run(&src, &c, &tight, &mut |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("--max-memory 1.05 MB: too small for this model; it needs about"), "{e}");
+    let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["a.gguf", "b.gguf"], "a refused run leaves nothing behind");
+}
+
 #[test]
 fn calibrated_quantization_in_one_call() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };

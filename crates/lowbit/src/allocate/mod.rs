@@ -51,25 +51,7 @@ impl SizeTarget {
     /// Parses `--size`: bytes (`94371840`) or a number with a unit (`90MB`, `85.5MiB`,
     /// `1.2GB`, `500kB`; SI units are powers of 1000, `Ki`/`Mi`/`Gi` of 1024).
     pub fn parse_size(text: &str) -> Result<SizeTarget> {
-        let t = text.trim();
-        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let value: f64 = num.parse().map_err(|_| bad_size(text))?;
-        let mult = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1.0,
-            "kb" | "k" => 1e3,
-            "mb" | "m" => 1e6,
-            "gb" | "g" => 1e9,
-            "kib" => 1024.0,
-            "mib" => 1024.0 * 1024.0,
-            "gib" => 1024.0 * 1024.0 * 1024.0,
-            _ => return Err(bad_size(text)),
-        };
-        let bytes = value * mult;
-        if !bytes.is_finite() || bytes < 1.0 {
-            return Err(bad_size(text));
-        }
-        Ok(SizeTarget::Bytes(bytes.floor() as u64))
+        crate::units::parse_bytes("--size", text).map(SizeTarget::Bytes)
     }
 
     /// The byte budget for a model of `elements` weights in all.
@@ -79,10 +61,6 @@ impl SizeTarget {
             SizeTarget::Bpw(bpw) => (bpw * elements as f64 / 8.0).floor() as u64,
         }
     }
-}
-
-fn bad_size(text: &str) -> Error {
-    Error::Usage(format!("--size '{text}': expected bytes or a number with a unit, e.g. 94371840, 90MB, 85.5MiB"))
 }
 
 /// ggml types llama.cpp runs that allocation chooses among (lowbit writes all of them).

@@ -10,17 +10,21 @@
 //! every row count is the calibration token count (every token reaches every block
 //! linear), checked after each block. Each block's statistics are the same numbers
 //! [`super::compute_stats`] gets (the same rows, summed in the same chunk order).
+//! With a memory budget the hidden states may live in a file beside the output
+//! ([`super::budget`]); the numbers are the same.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
+use super::budget::{plan_memory, MemoryLimit, MemoryPlan};
+use super::hidden::HiddenStates;
+use super::record::record_block;
 use super::stats::{StatsHeader, STATS_KEY};
 use super::{calibration_chunks, shared_input_key};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
-use crate::model::{InputRecorder, LoadedLm};
+use crate::model::LoadedLm;
 
 /// What [`write_stats_blockwise`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub struct BlockwiseSummary {
     pub chunks: usize,
     /// Tokens per chunk (the last may be shorter).
     pub ctx: usize,
+    /// How memory was used.
+    pub memory: MemoryPlan,
 }
 
 /// One tensor of the file: name, shape and where its bytes go.
@@ -43,17 +49,21 @@ struct Slot {
 }
 
 /// Runs `text` through `lm` block by block and writes importances and input Hessians to
-/// `path` (atomically) as each block finishes. `progress(blocks_done, blocks, tokens)`.
+/// `path` (atomically) as each block finishes, within `memory`.
+/// `progress(blocks_done, blocks, tokens)`.
 pub fn write_stats_blockwise(
     lm: &mut LoadedLm,
     text: &str,
     dataset: &str,
     opts: &EvalOptions,
     path: &Path,
+    memory: MemoryLimit,
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<BlockwiseSummary> {
     let chunks = calibration_chunks(lm, text, opts)?;
     let tokens: usize = chunks.iter().map(|c| c.len()).sum();
+    let rows: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+    let memory = plan_memory(lm, &rows, memory, false)?;
     let n_blocks = lm.model.block_count();
     // The layout: per block, its inputs' Hessians (first reader's order), then its layers'
     // importances.
@@ -105,26 +115,24 @@ pub fn write_stats_blockwise(
         let mut out = std::io::BufWriter::with_capacity(1 << 22, tmp.as_file_mut());
         out.write_all(&(head.len() as u64).to_le_bytes()).map_err(io)?;
         out.write_all(&head).map_err(io)?;
-        let mut hidden: Vec<Vec<f32>> = chunks.iter().map(|c| lm.model.embed(c)).collect::<Result<_>>()?;
+        let spill = path.with_file_name(format!(
+            ".{}.hidden.tmp",
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        let mut hidden = if memory.spill {
+            HiddenStates::on_disk(lm.model.hidden_size(), rows, &spill)?
+        } else {
+            HiddenStates::in_memory(lm.model.hidden_size(), rows)
+        };
+        for (i, c) in chunks.iter().enumerate() {
+            hidden.set(i, &lm.model.embed(c)?)?;
+        }
         progress(0, n_blocks, tokens);
         let mut written = 0usize;
         for (il, (hessian_slots, sum_slots)) in per_block.iter().enumerate() {
             crate::interrupt::check()?;
-            let mut recorders: BTreeMap<String, Arc<InputRecorder>> = BTreeMap::new();
-            for lin in lm.model.block_linears_of(il) {
-                let key = shared_input_key(&lin.name);
-                let r = recorders.entry(key).or_insert_with(|| Arc::new(InputRecorder::with_hessian(lin.in_features)));
-                // Only the first reader records (as in compute_stats): the input is the same.
-                if Arc::strong_count(r) == 1 {
-                    lin.recorder = Some(r.clone());
-                }
-            }
-            for (c, h) in chunks.iter().zip(hidden.iter_mut()) {
-                lm.model.run_block(il, h, c.len());
-            }
-            for lin in lm.model.block_linears_of(il) {
-                lin.recorder = None;
-            }
+            let recording = record_block(lm, il, &mut hidden, true)?;
+            let entries = recording.entries();
             let mut emit = |slot: &Slot, values: &[f32]| -> Result<()> {
                 debug_assert_eq!(slot.offset, written);
                 for v in values {
@@ -135,15 +143,12 @@ pub fn write_stats_blockwise(
             };
             for slot in hessian_slots {
                 let key = slot.name.strip_prefix("hessian.").expect("named above");
-                let r = &recorders[key];
-                check_count(r, tokens, key, path)?;
-                emit(slot, &r.hessian().expect("recorded with a Hessian"))?;
+                check_count(recording.recorders[key].rows(), tokens, key, path)?;
+                emit(slot, &recording.recorders[key].hessian().expect("recorded with a Hessian"))?;
             }
             for slot in sum_slots {
                 let name = slot.name.strip_prefix("in_sum2.").expect("named above");
-                let r = &recorders[&inputs[name]];
-                let sums: Vec<f32> = r.totals().0.iter().map(|&v| v as f32).collect();
-                emit(slot, &sums)?;
+                emit(slot, &entries[recording.key(name)].sums)?;
             }
             progress(il + 1, n_blocks, tokens);
         }
@@ -156,12 +161,12 @@ pub fn write_stats_blockwise(
         hessians: per_block.iter().map(|(h, _)| h.len()).sum(),
         chunks: chunks.len(),
         ctx: opts.ctx,
+        memory,
     })
 }
 
 /// Every calibration token must have reached the input: the header promised that count.
-fn check_count(r: &InputRecorder, tokens: usize, key: &str, path: &Path) -> Result<()> {
-    let count = r.totals().1;
+fn check_count(count: u64, tokens: usize, key: &str, path: &Path) -> Result<()> {
     if count != tokens as u64 {
         return Err(Error::format(
             path,

@@ -23,6 +23,9 @@ use crate::gguf::{GgufFile, GgufWriter, TensorSpec, Value, ValueType};
 use crate::model::{InputRecorder, LoadedLm};
 
 mod blockwise;
+pub mod budget;
+pub mod hidden;
+pub mod record;
 pub mod self_text;
 pub mod stats;
 

@@ -153,13 +153,6 @@ pub struct InputRecorder {
     xtx: Option<std::sync::Mutex<Vec<f64>>>,
 }
 
-thread_local! {
-    /// The f32 product of one batch, before it is added to the f64 total: one buffer per
-    /// thread, reused (a fresh in_features² buffer per call cost as much in page faults as
-    /// the product itself).
-    static GRAM_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 impl InputRecorder {
     /// A recorder of per-column squares for inputs `in_features` wide.
     pub fn new(in_features: usize) -> InputRecorder {
@@ -183,19 +176,17 @@ impl InputRecorder {
             }
         }
         if let Some(xtx) = &self.xtx {
-            GRAM_SCRATCH.with_borrow_mut(|g| {
-                g.resize(in_f * in_f, 0.0);
-                crate::tensor::gram_lower(x, t, in_f, g);
-                let mut total = xtx.lock().expect("recorder lock");
-                // The lower triangle only; `hessian` mirrors it.
-                for (i, (a, b)) in total.chunks_exact_mut(in_f).zip(g.chunks_exact(in_f)).enumerate() {
-                    a[..=i].iter_mut().zip(&b[..=i]).for_each(|(a, &b)| *a += b as f64);
-                }
-            });
+            // The lower triangle only; `hessian` mirrors it.
+            crate::tensor::gram_lower_accumulate(x, t, in_f, xtx);
         }
         let mut g = self.sums.lock().expect("recorder lock");
         g.0.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
         g.1 += t as u64;
+    }
+
+    /// Rows seen.
+    pub fn rows(&self) -> u64 {
+        self.sums.lock().expect("recorder lock").1
     }
 
     /// (Σ x² per column, rows seen).

@@ -73,6 +73,11 @@ pub struct QuantizeJob {
     /// Block matrices in lowbit-native or VQ formats stored rotated on their input side
     /// ([`crate::method::incoherence`]).
     pub incoherence: bool,
+    /// `--max-memory`: sequential GPTQ keeps the calibration hidden states on disk when
+    /// the model, one block's work and the states would not fit, and refuses a budget below
+    /// the model and one block ([`crate::calibrate::budget`]). The other paths hold one
+    /// tensor at a time anyway.
+    pub memory: crate::calibrate::budget::MemoryLimit,
 }
 
 impl QuantizeJob {
@@ -110,6 +115,7 @@ impl QuantizeJob {
             transforms: Transforms::default(),
             low_rank: None,
             incoherence: false,
+            memory: Default::default(),
         }
     }
 
@@ -490,13 +496,16 @@ fn run_sequential(
         &job.method_options,
         &checkpoint,
         done,
+        job.memory,
         &mut |d, t, tokens| progress(Stage::Sequential { tokens: tokens as u64 }, d as u64, t as u64),
-    )?;
+    )
+    .inspect_err(|_| checkpoint.discard_if_empty())?;
     drop(lm);
     opts.importance = Some(r.imatrix.importance());
     opts.pre_encoded = r.encoded;
-    let summary = write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))?;
+    let mut summary = write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))?;
     checkpoint.remove()?;
+    summary.memory = Some(r.memory);
     Ok(summary)
 }
 

@@ -130,6 +130,8 @@ pub struct QuantizeSummary {
     pub codebooks: Vec<CodebookUse>,
     /// With a size target: the allocation the plan follows.
     pub recipe: Option<crate::allocate::Recipe>,
+    /// For a block-by-block (sequential) run: how memory was planned.
+    pub memory: Option<crate::calibrate::budget::MemoryPlan>,
 }
 
 /// How much of its codebooks a VQ tensor uses (a collapse guard: entries no vector uses
@@ -302,6 +304,7 @@ fn summarize(opts: &QuantizeOptions, tensors: Vec<PlannedTensor>) -> QuantizeSum
         seconds: None,
         codebooks: Vec::new(),
         recipe: None,
+        memory: None,
     }
 }
 

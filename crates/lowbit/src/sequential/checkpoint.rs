@@ -18,6 +18,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::calibrate::hidden::HiddenStates;
 use crate::calibrate::ImatrixEntry;
 use crate::error::{Error, Result};
 use crate::method::{Encoded, VqFit};
@@ -103,7 +104,7 @@ impl Checkpoint {
         il: usize,
         tensors: &[(String, Encoded)],
         imatrix: &[(String, ImatrixEntry)],
-        hidden: &[Vec<f32>],
+        hidden: &mut HiddenStates,
     ) -> Result<()> {
         let mut block = Vec::new();
         block.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
@@ -122,9 +123,10 @@ impl Checkpoint {
         {
             let mut w = BufWriter::with_capacity(1 << 22, tmp.as_file_mut());
             w.write_all(&(hidden.len() as u32).to_le_bytes()).map_err(io(&hidden_path))?;
-            for h in hidden {
+            for i in 0..hidden.len() {
+                let h = hidden.get(i)?;
                 let mut buf = Vec::with_capacity(8 + 4 * h.len());
-                put_f32s(&mut buf, h);
+                put_f32s(&mut buf, &h);
                 w.write_all(&buf).map_err(io(&hidden_path))?;
             }
             w.flush().map_err(io(&hidden_path))?;
@@ -135,12 +137,24 @@ impl Checkpoint {
         crate::atomic::write_atomic(&self.dir.join("state.json"), state.to_string().as_bytes())
     }
 
-    /// The hidden states after the last finished block.
-    pub fn load_hidden(&self) -> Result<Vec<Vec<f32>>> {
+    /// Reads the hidden states after the last finished block into `hidden` (chunk by
+    /// chunk); states of another shape (another calibration set-up) are an error.
+    pub fn load_hidden(&self, hidden: &mut HiddenStates) -> Result<()> {
         let path = self.dir.join("hidden.bin");
         let mut r = BufReader::new(File::open(&path).map_err(io(&path))?);
         let n = read_u32(&mut r).map_err(io(&path))?;
-        (0..n).map(|_| read_f32s(&mut r).map_err(io(&path))).collect()
+        let unfit = || Error::format(&path, "the saved hidden states do not fit this run; delete the folder");
+        if n as usize != hidden.len() {
+            return Err(unfit());
+        }
+        for i in 0..hidden.len() {
+            let h = read_f32s(&mut r).map_err(io(&path))?;
+            if h.len() != hidden.rows(i) * hidden.width() {
+                return Err(unfit());
+            }
+            hidden.set(i, &h)?;
+        }
+        Ok(())
     }
 
     /// The encoded tensors and importance entries of blocks `0..blocks`.
@@ -166,6 +180,14 @@ impl Checkpoint {
             }
         }
         Ok((pre, imatrix))
+    }
+
+    /// Removes the folder if no block has finished in it (a run refused or stopped before
+    /// its first block leaves nothing behind).
+    pub fn discard_if_empty(&self) {
+        if !self.dir.join("state.json").exists() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 
     /// Removes the folder (the output is complete).
@@ -287,10 +309,18 @@ mod tests {
             ("b".to_string(), Encoded { bytes: vec![8; 3], vq: Some(vq) }),
         ];
         let m = vec![("a".to_string(), ImatrixEntry { sums: vec![1.0, 2.0], count: 4.0 })];
-        c.save_block(0, &t, &m, &[vec![0.5, -1.0], vec![3.0]]).unwrap();
+        let mut hidden = HiddenStates::in_memory(1, vec![2, 1]);
+        hidden.set(0, &[0.5, -1.0]).unwrap();
+        hidden.set(1, &[3.0]).unwrap();
+        c.save_block(0, &t, &m, &mut hidden).unwrap();
         let (c, done) = Checkpoint::open(&out, "k1".into()).unwrap();
         assert_eq!(done, 1);
-        assert_eq!(c.load_hidden().unwrap(), vec![vec![0.5, -1.0], vec![3.0]]);
+        let mut back = HiddenStates::on_disk(1, vec![2, 1], &dir.path().join("spill.bin")).unwrap();
+        c.load_hidden(&mut back).unwrap();
+        assert_eq!((back.get(0).unwrap(), back.get(1).unwrap()), (vec![0.5, -1.0], vec![3.0]));
+        drop(back);
+        let mut other = HiddenStates::in_memory(1, vec![1, 2]);
+        assert!(c.load_hidden(&mut other).unwrap_err().to_string().contains("do not fit"));
         let (pre, imatrix) = c.load(1).unwrap();
         assert_eq!(pre.get("a").unwrap().unwrap().bytes, vec![9; 10]);
         let b = pre.get("b").unwrap().unwrap();

@@ -4,22 +4,26 @@
 //! reach it rather than those of an ideal float model.
 //!
 //! Memory is bounded by one block: the calibration chunks' hidden states (chunks × ctx ×
-//! hidden floats), one block's Hessians and its weights as dense f32 while it is
-//! quantized; finished blocks go back to the source's mapped weights (their pages
+//! hidden floats; in the work folder instead when `--max-memory` asks, see
+//! [`crate::calibrate::budget`]), one block's Hessians and its weights as dense f32 while
+//! it is quantized; finished blocks go back to the source's mapped weights (their pages
 //! released) and their encoded tensors to the work folder ([`checkpoint`]), from which the
 //! output is written and an interrupted run resumes.
 
 pub mod checkpoint;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::calibrate::{calibration_chunks, shared_input_key, CalibrationText, Imatrix, ImatrixEntry};
+use crate::calibrate::budget::{plan_memory, MemoryLimit, MemoryPlan};
+use crate::calibrate::hidden::HiddenStates;
+use crate::calibrate::record::{record_block, run_chunks};
+use crate::calibrate::{calibration_chunks, CalibrationText, Imatrix, ImatrixEntry};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
 use crate::gguf::GgufFile;
 use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions};
-use crate::model::{InputRecorder, LoadedLm};
+use crate::model::LoadedLm;
 use crate::plan::PlannedTensor;
 use checkpoint::{Checkpoint, PreEncoded};
 
@@ -30,11 +34,14 @@ pub struct SequentialResult {
     pub encoded: PreEncoded,
     /// Per-weight importance from the sequential pass.
     pub imatrix: Imatrix,
+    /// How memory was used.
+    pub memory: MemoryPlan,
 }
 
 /// Quantizes the block weights of `lm` (loaded from `g`, sharing its memory map, so that
 /// finished blocks' pages can be released) following `plan`, block by block on the
-/// calibration `text`, continuing after the blocks `checkpoint` has finished.
+/// calibration `text`, continuing after the blocks `checkpoint` has finished, within
+/// `memory` (the hidden states may then live in the work folder).
 /// `progress(done, total, tokens)` counts blocks, each running `tokens` calibration tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn sequential_gptq(
@@ -46,79 +53,63 @@ pub fn sequential_gptq(
     options: &MethodOptions,
     checkpoint: &Checkpoint,
     blocks_done: usize,
+    memory: MemoryLimit,
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<SequentialResult> {
     let source = g.path();
     let chunks = calibration_chunks(lm, &text.text, eval)?;
+    let rows: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
+    let memory = plan_memory(lm, &rows, memory, true)?;
     let targets: HashMap<&str, &PlannedTensor> = plan.iter().map(|t| (t.name.as_str(), t)).collect();
     let n_blocks = lm.model.block_count();
     let start = blocks_done.min(n_blocks);
-    let mut hidden: Vec<Vec<f32>> = if start > 0 {
-        let h = checkpoint.load_hidden()?;
-        let fits =
-            h.len() == chunks.len() && h.iter().zip(&chunks).all(|(h, c)| h.len() == c.len() * lm.model.hidden_size());
-        if !fits {
-            return Err(Error::format(
-                checkpoint.dir(),
-                "the saved hidden states do not fit this run; delete the folder",
-            ));
-        }
-        h
+    let width = lm.model.hidden_size();
+    let mut hidden = if memory.spill {
+        HiddenStates::on_disk(width, rows, &checkpoint.dir().join("hidden-live.bin"))?
     } else {
-        chunks.iter().map(|c| lm.model.embed(c)).collect::<Result<_>>()?
+        HiddenStates::in_memory(width, rows)
     };
+    if start > 0 {
+        checkpoint.load_hidden(&mut hidden)?;
+    } else {
+        for (i, c) in chunks.iter().enumerate() {
+            hidden.set(i, &lm.model.embed(c)?)?;
+        }
+    }
     let tokens: usize = chunks.iter().map(|c| c.len()).sum();
     progress(start, n_blocks, tokens);
     for il in start..n_blocks {
         crate::interrupt::check()?;
         // 1. This block's input statistics, with the quantized blocks before it.
-        let mut recorders: BTreeMap<String, Arc<InputRecorder>> = BTreeMap::new();
-        let mut inputs: Vec<(String, String)> = Vec::new();
-        for lin in lm.model.block_linears_of(il) {
-            let key = shared_input_key(&lin.name);
-            inputs.push((lin.name.clone(), key.clone()));
-            if let std::collections::btree_map::Entry::Vacant(slot) = recorders.entry(key) {
-                let r = Arc::new(InputRecorder::with_hessian(lin.in_features));
-                lin.recorder = Some(r.clone());
-                slot.insert(r);
-            }
-        }
-        for (c, h) in chunks.iter().zip(&hidden) {
-            let mut x = h.clone();
-            lm.model.run_block(il, &mut x, c.len());
-        }
-        for lin in lm.model.block_linears_of(il) {
-            lin.recorder = None;
-        }
+        let mut recording = record_block(lm, il, &mut hidden, false)?;
+        let entries = recording.entries();
         // 2. Quantize the block's weights and put the quantized values in the model.
         let mut encoded: Vec<(String, Encoded)> = Vec::new();
         let mut importances: Vec<(String, ImatrixEntry)> = Vec::new();
         let mut originals = Vec::new();
-        // Each input's statistics are taken out of its recorder once (dropping the f64
+        // Each input's Hessian is taken out of its recorder once (dropping the f64
         // accumulator: 1.6 GB for an 8B model's down projection) and dropped after the
         // last layer that reads that input.
         let mut uses: HashMap<String, usize> = HashMap::new();
-        for (_, key) in &inputs {
+        for (_, key) in &recording.layers {
             *uses.entry(key.clone()).or_default() += 1;
         }
-        let mut taken: HashMap<String, (ImatrixEntry, Arc<Vec<f32>>)> = HashMap::new();
+        let mut taken: HashMap<String, Arc<Vec<f32>>> = HashMap::new();
         for lin in lm.model.block_linears_of(il) {
-            let key = inputs.iter().find(|(n, _)| n == &lin.name).expect("recorded above").1.clone();
+            let key = recording.key(&lin.name).to_string();
             if !taken.contains_key(&key) {
-                let r = recorders.remove(&key).expect("one recorder per input");
-                let (sums, count) = r.totals();
-                let entry = ImatrixEntry { sums: sums.iter().map(|&v| v as f32).collect(), count: count as f32 };
-                let xtx = Arc::new(r.hessian().expect("recorded with a Hessian"));
-                taken.insert(key.clone(), (entry, xtx));
+                let r = recording.recorders.remove(&key).expect("one recorder per input");
+                taken.insert(key.clone(), Arc::new(r.hessian().expect("recorded with a Hessian")));
             }
-            let (entry, xtx) = taken[&key].clone();
+            let xtx = taken[&key].clone();
             let left = uses.get_mut(&key).expect("counted");
             *left -= 1;
             if *left == 0 {
                 taken.remove(&key);
             }
+            let entry = &entries[&key];
             let importance: Vec<f32> = entry.sums.iter().map(|s| s / entry.count.max(1.0)).collect();
-            importances.push((lin.name.clone(), entry));
+            importances.push((lin.name.clone(), entry.clone()));
             let Some(t) = targets.get(lin.name.as_str()) else { continue };
             if t.target == t.source {
                 continue; // copied unchanged, as the weights already are
@@ -135,11 +126,9 @@ pub fn sequential_gptq(
             originals.push((lin.name.clone(), original));
             encoded.push((lin.name.clone(), e));
         }
-        drop(recorders);
+        drop(recording);
         // 3. The next block's inputs, through the quantized block.
-        for (c, h) in chunks.iter().zip(hidden.iter_mut()) {
-            lm.model.run_block(il, h, c.len());
-        }
+        run_chunks(lm, il, &mut hidden, true)?;
         // 4. The block is done: back to the source's mapped weights (never run again,
         //    their pages released), its results to the work folder.
         for lin in lm.model.block_linears_of(il) {
@@ -148,9 +137,10 @@ pub fn sequential_gptq(
             }
             g.release(&lin.name);
         }
-        checkpoint.save_block(il, &encoded, &importances, &hidden)?;
+        checkpoint.save_block(il, &encoded, &importances, &mut hidden)?;
         progress(il + 1, n_blocks, tokens);
     }
+    drop(hidden);
     let (encoded, entries) = checkpoint.load(n_blocks)?;
     let imatrix = Imatrix {
         datasets: vec![text.dataset.clone()],
@@ -158,5 +148,5 @@ pub fn sequential_gptq(
         chunk_size: eval.ctx as u32,
         entries: entries.into_iter().collect(),
     };
-    Ok(SequentialResult { encoded, imatrix })
+    Ok(SequentialResult { encoded, imatrix, memory })
 }
