@@ -24,6 +24,7 @@ use crate::model::{InputRecorder, LoadedLm};
 
 mod blockwise;
 pub mod budget;
+pub mod floats;
 pub mod hidden;
 pub mod record;
 pub mod self_text;
@@ -349,7 +350,7 @@ pub fn compute_stats(
         for (key, r) in &recorders {
             let (sums, count) = r.totals();
             let xtx = r.hessian().expect("recorded with a Hessian");
-            stats.hessians.insert(key.clone(), Arc::new(Hessian { n: sums.len(), xtx, count }));
+            stats.hessians.insert(key.clone(), Arc::new(Hessian { n: sums.len(), xtx: xtx.into(), count }));
         }
         stats.inputs = inputs;
     }

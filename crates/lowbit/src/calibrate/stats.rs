@@ -7,6 +7,9 @@
 //! field). Tensors `hessian.<input key>` (F32, n × n, Σ xxᵀ) and `in_sum2.<weight name>`
 //! (F32, n, Σ x²); the metadata entry `lowbit.stats` holds JSON with the format version,
 //! datasets, chunk count and size, row counts, and which input each weight reads.
+//! [`CalibrationStats::read`] maps the file: Hessians stay in it ([`Floats::Mapped`])
+//! and are paged in when a tensor needs them, so an 8B model's 33 GB of them never sit in
+//! memory at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -15,6 +18,7 @@ use std::sync::Arc;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use super::floats::Floats;
 use super::{Imatrix, ImatrixEntry};
 use crate::error::{Error, Result};
 
@@ -23,8 +27,9 @@ use crate::error::{Error, Result};
 pub struct Hessian {
     /// Input width.
     pub n: usize,
-    /// Σ xxᵀ, row-major n × n (f32, as stored: the in-memory and saved paths agree).
-    pub xtx: Vec<f32>,
+    /// Σ xxᵀ, row-major n × n (f32, as stored: the in-memory and saved paths agree); in
+    /// memory, or mapped from a statistics file.
+    pub xtx: Floats,
     /// Rows summed.
     pub count: u64,
 }
@@ -114,10 +119,22 @@ impl CalibrationStats {
         crate::atomic::write_atomic(path, &bytes)
     }
 
-    /// Reads statistics written by [`CalibrationStats::write`].
+    /// Reads statistics written by [`CalibrationStats::write`] (or block by block): the
+    /// importances into memory, the Hessians left in the mapped file.
     pub fn read(path: &Path) -> Result<CalibrationStats> {
         let bad = |what: String| Error::format(path, format!("not a lowbit calibration statistics file: {what}"));
-        let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        if file.metadata().map_err(|e| Error::io(path, e))?.is_dir() {
+            return Err(bad("it is a directory".into()));
+        }
+        // SAFETY: memmap2's `map` is unsafe because another process could change or
+        // truncate the file under the map. The map is read-only, lowbit never writes a file
+        // it has open for reading (outputs go to a temp file renamed into place, never onto
+        // an input), and every tensor's range is checked against the map's size (by the
+        // safetensors parser and by `Floats::mapped`) before it is read.
+        #[allow(unsafe_code)]
+        let map = std::sync::Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
+        let data: &[u8] = &map;
         let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
         let header_text =
             meta.metadata().as_ref().and_then(|m| m.get(STATS_KEY)).ok_or_else(|| bad(format!("no {STATS_KEY}")))?;
@@ -145,8 +162,14 @@ impl CalibrationStats {
         };
         for (k, count) in header.hessian_counts {
             let name = format!("hessian.{k}");
-            let n = st.tensor(&name).map_err(|_| bad(format!("tensor {name} is missing")))?.shape()[0];
-            let xtx = floats(&name, n * n)?;
+            let t = st.tensor(&name).map_err(|_| bad(format!("tensor {name} is missing")))?;
+            let n = t.shape()[0];
+            if t.dtype() != Dtype::F32 || t.shape() != [n, n] || t.data().len() != 4 * n * n {
+                return Err(bad(format!("tensor {name} is not an F32 square matrix")));
+            }
+            let offset = t.data().as_ptr() as usize - data.as_ptr() as usize;
+            let xtx = Floats::mapped(map.clone(), offset, n * n)
+                .ok_or_else(|| bad(format!("tensor {name} is not 4-byte aligned in the file")))?;
             stats.hessians.insert(k, Arc::new(Hessian { n, xtx, count }));
         }
         for (k, count) in header.counts {
@@ -189,15 +212,17 @@ mod tests {
             s.imatrix.entries.insert(w.into(), ImatrixEntry { sums: vec![1.0, 2.0], count: 16.0 });
             s.inputs.insert(w.into(), "blk.0.attn_qkv".into());
         }
-        s.hessians
-            .insert("blk.0.attn_qkv".into(), Arc::new(Hessian { n: 2, xtx: vec![1.0, 0.5, 0.5, 2.0], count: 16 }));
+        let xtx = vec![1.0, 0.5, 0.5, 2.0].into();
+        s.hessians.insert("blk.0.attn_qkv".into(), Arc::new(Hessian { n: 2, xtx, count: 16 }));
         let p = dir.path().join("stats.safetensors");
         s.write(&p).unwrap();
         let back = CalibrationStats::read(&p).unwrap();
         assert_eq!(back, s);
+        assert!(matches!(back.hessians["blk.0.attn_qkv"].xtx, Floats::Mapped { .. }), "Hessians stay in the file");
         let by_weight = back.hessians_by_weight();
         assert!(Arc::ptr_eq(&by_weight["blk.0.attn_q.weight"], &by_weight["blk.0.attn_k.weight"]));
         let data = std::fs::read(&p).unwrap();
+        drop((back, by_weight));
         std::fs::write(&p, &data[..data.len() / 2]).unwrap();
         let e = CalibrationStats::read(&p).unwrap_err().to_string();
         assert!(e.contains("stats.safetensors") && e.contains("calibration statistics"), "{e}");

@@ -321,6 +321,11 @@ fn encode_tensor(
     let calibration = Calibration { importance: importance.as_deref(), hessian: hessian.as_deref() };
     let encoded = quantize_tensor(t.target, &values, ncols, opts.method, &calibration, &opts.method_options)
         .map_err(|e| encode_error(input, &t.name, t.target, e))?;
+    // A Hessian mapped from a statistics file gives its pages back (an 8B model's would
+    // otherwise fill memory with all 33 GB of them); a later reader pages it in again.
+    if let Some(h) = opts.hessians.as_ref().and_then(|m| m.get(&t.name)) {
+        h.xtx.release();
+    }
     let usage = encoded.vq.as_ref().map(|v| CodebookUse::new(&t.name, t.target, v));
     Ok((encoded, usage))
 }
@@ -332,7 +337,7 @@ type Inputs<'a> = (Vec<f32>, Option<std::borrow::Cow<'a, [f32]>>, Option<std::bo
 fn tensor_inputs<'a>(g: &GgufFile, t: &PlannedTensor, opts: &'a QuantizeOptions) -> Result<Inputs<'a>> {
     use std::borrow::Cow;
     let values = g.dequantize(&t.name)?;
-    let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name)).map(|h| Cow::Borrowed(h.xtx.as_slice()));
+    let hessian = opts.hessians.as_ref().and_then(|m| m.get(&t.name)).map(|h| Cow::Borrowed(&h.xtx[..]));
     let importance = opts.importance.as_ref().and_then(|m| m.get(&t.name)).map(|v| Cow::Borrowed(v.as_slice()));
     if !(opts.incoherence && gets_rotation(t)) {
         return Ok((values, hessian, importance));

@@ -156,7 +156,7 @@ mod tests {
             .collect();
         let mut xtx = vec![0f32; n * n];
         crate::tensor::gram(&x, t, n, &mut xtx);
-        let h = Hessian { n, xtx, count: t as u64 };
+        let h = Hessian { n, xtx: xtx.into(), count: t as u64 };
         let w: Vec<f32> = (0..out * n).map(|_| rng.random::<f32>() - 0.5).collect();
         let ty = StorageType::from_name("Q4_0").unwrap();
         let group = [GroupWeight { values: &w, ty }];

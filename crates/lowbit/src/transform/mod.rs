@@ -323,7 +323,7 @@ fn rotate_hessians(h: &mut HashMap<String, Arc<Hessian>>, g: &GgufFile, shape: &
         ] {
             let gw = g.dequantize(&norm)?;
             let Some(old) = h.get(&blk(i, readers[0])).cloned() else { continue };
-            let mut m = old.xtx.clone();
+            let mut m = old.xtx.to_vec();
             for a in 0..d {
                 for b in 0..d {
                     let s = gw[a] * gw[b];
@@ -333,7 +333,7 @@ fn rotate_hessians(h: &mut HashMap<String, Arc<Hessian>>, g: &GgufFile, shape: &
             // Qᵀ·M·Q = (M·Q)ᵀ·Q, M symmetric.
             let mq = times_q(&m, d, &qt);
             let rotated = times_q(&transpose(&mq, d, d), d, &qt);
-            let new = Arc::new(Hessian { n: d, xtx: rotated, count: old.count });
+            let new = Arc::new(Hessian { n: d, xtx: rotated.into(), count: old.count });
             for r in readers {
                 h.insert(blk(i, r), new.clone());
             }
