@@ -88,17 +88,13 @@ fn calibrate_blockwise(
     memory: lowbit::calibrate::budget::MemoryLimit,
 ) -> Result<lowbit::calibrate::BlockwiseSummary> {
     let t = lowbit::calibrate::read_texts(texts)?;
-    let mut lm = lowbit::model::load_lm(path, lowbit::model::LoadOptions::default())?;
+    let g = lowbit::hf::open_model(path)?;
+    let mut lm = lowbit::model::load_lm_from(&g, lowbit::model::LoadOptions::default())?;
     let (bar, mut update) = progress("blocks");
-    let s = lowbit::calibrate::write_stats_blockwise(
-        &mut lm,
-        &t.text,
-        &t.dataset,
-        opts,
-        output,
-        memory,
-        &mut |d, n, tokens| update(d, n, tokens as f64 / n.max(1) as f64),
-    );
+    let s =
+        lowbit::calibrate::write_stats_blockwise(&mut lm, Some(&g), &t, opts, output, memory, &mut |d, n, tokens| {
+            update(d, n, tokens as f64 / n.max(1) as f64)
+        });
     bar.finish_and_clear();
     Ok(s?)
 }

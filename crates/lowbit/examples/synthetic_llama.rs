@@ -15,8 +15,9 @@
 //! bytes do not depend on the thread count.
 //!
 //! Usage: `cargo run --release -p lowbit --example synthetic_llama -- OUT_DIR
-//! [--preset llama3-8b|tiny] [--seed N] [--shard-gb 5]` (needs `lowbit fetch
-//! smollm2-135m` for the tokenizer).
+//! [--preset llama3-8b|tiny] [--layers N] [--seed N] [--shard-gb 5]` (needs `lowbit fetch
+//! smollm2-135m` for the tokenizer). `--layers` keeps the preset's shapes with fewer
+//! blocks: an 8B-shaped model whose statistics file fits a small disk (1 GB per block).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -103,22 +104,26 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out = None;
     let (mut preset, mut seed, mut shard_gb) = ("llama3-8b".to_string(), 1u64, 5.0f64);
+    let mut layers: Option<usize> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--preset" => preset = it.next().expect("--preset NAME").clone(),
             "--seed" => seed = it.next().and_then(|s| s.parse().ok()).expect("--seed N"),
+            "--layers" => layers = Some(it.next().and_then(|s| s.parse().ok()).expect("--layers N")),
             "--shard-gb" => shard_gb = it.next().and_then(|s| s.parse().ok()).expect("--shard-gb X"),
             other if out.is_none() && !other.starts_with('-') => out = Some(PathBuf::from(other)),
             other => panic!("unknown argument {other}"),
         }
     }
-    let out = out.expect("usage: synthetic_llama OUT_DIR [--preset llama3-8b|tiny] [--seed N] [--shard-gb X]");
-    let p = match preset.as_str() {
+    let out =
+        out.expect("usage: synthetic_llama OUT_DIR [--preset llama3-8b|tiny] [--layers N] [--seed N] [--shard-gb X]");
+    let mut p = match preset.as_str() {
         "llama3-8b" => Preset { hidden: 4096, layers: 32, heads: 32, kv_heads: 8, ffn: 14336 },
         "tiny" => Preset { hidden: 256, layers: 2, heads: 4, kv_heads: 2, ffn: 512 },
         other => panic!("unknown preset {other} (llama3-8b, tiny)"),
     };
+    p.layers = layers.unwrap_or(p.layers);
     let tok_src = lowbit::zoo::fetch("smollm2-135m", &mut |m| eprintln!("{m}")).expect("the smollm2-135m tokenizer");
     let tok = GgufFile::open(&tok_src).expect("smollm2 GGUF");
     let vocab = 49152usize;

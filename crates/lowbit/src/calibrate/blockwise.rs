@@ -21,9 +21,10 @@ use super::budget::{plan_memory, MemoryLimit, MemoryPlan};
 use super::hidden::HiddenStates;
 use super::record::record_block;
 use super::stats::{StatsHeader, STATS_KEY};
-use super::{calibration_chunks, shared_input_key};
+use super::{calibration_chunks, shared_input_key, CalibrationText};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
+use crate::gguf::GgufFile;
 use crate::model::LoadedLm;
 
 /// What [`write_stats_blockwise`] wrote.
@@ -49,18 +50,19 @@ struct Slot {
 }
 
 /// Runs `text` through `lm` block by block and writes importances and input Hessians to
-/// `path` (atomically) as each block finishes, within `memory`.
-/// `progress(blocks_done, blocks, tokens)`.
+/// `path` (atomically) as each block finishes, within `memory`. With `source` (the file
+/// `lm` was loaded from, sharing its map), each finished block's weight pages are handed
+/// back. `progress(blocks_done, blocks, tokens)`.
 pub fn write_stats_blockwise(
     lm: &mut LoadedLm,
-    text: &str,
-    dataset: &str,
+    source: Option<&GgufFile>,
+    text: &CalibrationText,
     opts: &EvalOptions,
     path: &Path,
     memory: MemoryLimit,
     progress: &mut dyn FnMut(usize, usize, usize),
 ) -> Result<BlockwiseSummary> {
-    let chunks = calibration_chunks(lm, text, opts)?;
+    let chunks = calibration_chunks(lm, &text.text, opts)?;
     let tokens: usize = chunks.iter().map(|c| c.len()).sum();
     let rows: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
     let memory = plan_memory(lm, &rows, memory, false)?;
@@ -90,7 +92,7 @@ pub fn write_stats_blockwise(
     }
     let header = StatsHeader {
         version: 1,
-        datasets: vec![dataset.to_string()],
+        datasets: vec![text.dataset.clone()],
         chunk_count: chunks.len() as u32,
         chunk_size: opts.ctx as u32,
         counts: inputs.keys().map(|w| (w.clone(), tokens as f32)).collect(),
@@ -149,6 +151,11 @@ pub fn write_stats_blockwise(
             for slot in sum_slots {
                 let name = slot.name.strip_prefix("in_sum2.").expect("named above");
                 emit(slot, &entries[recording.key(name)].sums)?;
+            }
+            if let Some(g) = source {
+                for (name, _) in &recording.layers {
+                    g.release(name);
+                }
             }
             progress(il + 1, n_blocks, tokens);
         }
