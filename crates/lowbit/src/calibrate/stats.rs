@@ -135,14 +135,14 @@ impl CalibrationStats {
         #[allow(unsafe_code)]
         let map = std::sync::Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?);
         let data: &[u8] = &map;
-        let (_, meta) = SafeTensors::read_metadata(&data).map_err(|e| bad(e.to_string()))?;
+        let (_, meta) = SafeTensors::read_metadata(data).map_err(|e| bad(e.to_string()))?;
         let header_text =
             meta.metadata().as_ref().and_then(|m| m.get(STATS_KEY)).ok_or_else(|| bad(format!("no {STATS_KEY}")))?;
         let header: StatsHeader = serde_json::from_str(header_text).map_err(|e| bad(e.to_string()))?;
         if header.version != 1 {
             return Err(bad(format!("version {} (this lowbit reads 1)", header.version)));
         }
-        let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
+        let st = SafeTensors::deserialize(data).map_err(|e| bad(e.to_string()))?;
         let floats = |name: &str, len: usize| -> Result<Vec<f32>> {
             let t = st.tensor(name).map_err(|_| bad(format!("tensor {name} is missing")))?;
             if t.dtype() != Dtype::F32 || t.data().len() != 4 * len {
