@@ -133,6 +133,9 @@ pub(crate) fn inverse_factor(h: &[f32], n: usize, opts: &GptqOptions) -> Result<
         }
         let mut u = vec![0.0f32; n * n];
         for c in (0..n).step_by(INVERSE_PANEL) {
+            if crate::interrupt::requested() {
+                return Err("interrupted".into()); // `prepare` reports it as such
+            }
             let (w, m) = (INVERSE_PANEL.min(n - c), n - c);
             // X = L[c.., c..]⁻¹ · I[c.., c..c+w]: columns c…c+w of L⁻¹ below row c (above
             // it they are zero).
@@ -218,6 +221,9 @@ pub fn gptq_rows(ty: GgmlType, w: &[f32], ncols: usize, h: &[f32], opts: &GptqOp
     })?;
     if opts.refine {
         refine::refine(w, ncols, h, &f, ts, &mut tiles, &mut out);
+        if crate::interrupt::requested() {
+            return Err(EncodeError::Interrupted); // the refinement stopped part-way
+        }
     }
     Ok(out)
 }
@@ -243,7 +249,10 @@ pub(crate) fn prepare(
     if let Some((index, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         return Err(EncodeError::NonFinite { index, value });
     }
-    let factor = inverse_factor(h, ncols, opts).map_err(EncodeError::Hessian)?;
+    let factor = inverse_factor(h, ncols, opts).map_err(|e| match crate::interrupt::requested() {
+        true => EncodeError::Interrupted,
+        false => EncodeError::Hessian(e),
+    })?;
     let dead = (0..ncols).map(|i| h[i * ncols + i] <= 0.0).collect();
     Ok((factor, dead))
 }

@@ -354,6 +354,7 @@ fn tensor_inputs<'a>(g: &GgufFile, t: &PlannedTensor, opts: &'a QuantizeOptions)
 /// source is damaged.
 pub(crate) fn encode_error(input: &Path, name: &str, target: StorageType, e: EncodeError) -> Error {
     let what = match e {
+        EncodeError::Interrupted => return Error::Interrupted,
         EncodeError::NonFinite { index, value } => damaged(index, value),
         e => e.to_string(),
     };

@@ -96,6 +96,7 @@ pub fn sequential_gptq(
         }
         let mut taken: HashMap<String, Arc<Vec<f32>>> = HashMap::new();
         for lin in lm.model.block_linears_of(il) {
+            crate::interrupt::check()?;
             let key = recording.key(&lin.name).to_string();
             if !taken.contains_key(&key) {
                 let r = recording.recorders.remove(&key).expect("one recorder per input");

@@ -75,6 +75,9 @@ pub enum EncodeError {
     /// The calibration Hessian cannot be used (not positive definite).
     #[error("{0}")]
     Hessian(String),
+    /// Ctrl-C was pressed during a long encode (a GPTQ sweep checks between panels).
+    #[error("interrupted")]
+    Interrupted,
     /// The importance vector does not have one entry per column.
     #[error("importance has {got} entries, the rows have {need} columns")]
     ImportanceLength {

@@ -98,6 +98,10 @@ pub(super) fn lazy_sweep<S: Send>(
     let mut err = vec![0.0f32; rows * width.min(ncols)];
     let mut p0 = 0;
     while p0 < ncols {
+        // An 8B down projection's sweep takes a minute: Ctrl-C is answered between panels.
+        if crate::interrupt::requested() {
+            return Err(EncodeError::Interrupted);
+        }
         let p1 = (p0 + width).min(ncols);
         let pw = p1 - p0;
         let err = &mut err[..rows * pw];

@@ -46,6 +46,10 @@ pub(super) fn refine(
         .zip(w.par_chunks(REFINE_ROWS * ncols))
         .zip(out.par_chunks_mut(REFINE_ROWS * row_bytes))
         .for_each(|((tiles, w), out)| {
+            // Ctrl-C: the remaining chunks are skipped (the caller reports the interruption).
+            if crate::interrupt::requested() {
+                return;
+            }
             let mut rows: Vec<(&[u8], &mut [BlockLevels])> = Vec::with_capacity(REFINE_ROWS);
             for t in tiles.iter_mut() {
                 let ScalarTile { levels, codes } = t;
