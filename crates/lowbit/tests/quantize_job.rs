@@ -18,6 +18,21 @@ use lowbit::quantize::{quantize_gguf, run, CalibrationInput, QuantizeJob, Quanti
 
 const TENSOR: &str = "blk.0.ffn_down.weight";
 
+/// smollm2 with the source's own types everywhere (copied) but one matrix re-quantized as
+/// Q4_K, calibrated on two 64-token chunks of emma.txt.
+fn one_matrix_job(sequential: bool) -> (std::path::PathBuf, QuantizeJob) {
+    let emma = support::shared_data("austen/emma.txt");
+    let eval = EvalOptions { ctx: 64, max_chunks: Some(2), ..Default::default() };
+    let overrides =
+        vec![Override::parse(&format!("{TENSOR}=Q4_K")).unwrap(), Override::parse("token_embd=Q8_0").unwrap()];
+    let job = QuantizeJob {
+        calibration: CalibrationInput::Texts { paths: vec![emma.clone()], eval },
+        sequential: Some(sequential),
+        ..QuantizeJob::new(Mix::from_name("Q4_1").unwrap(), overrides)
+    };
+    (emma, job)
+}
+
 /// Sequential GPTQ with the calibration hidden states on disk computes exactly what it
 /// computes with them in memory; a `--max-memory` below the model is refused before any
 /// work, leaving nothing behind.
@@ -25,15 +40,7 @@ const TENSOR: &str = "blk.0.ffn_down.weight";
 fn sequential_gptq_spills_hidden_states_without_changing_a_byte() {
     use lowbit::calibrate::budget::MemoryLimit;
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
-    let emma = support::shared_data("austen/emma.txt");
-    let eval = EvalOptions { ctx: 64, max_chunks: Some(2), ..Default::default() };
-    let overrides =
-        vec![Override::parse(&format!("{TENSOR}=Q4_K")).unwrap(), Override::parse("token_embd=Q8_0").unwrap()];
-    let job = QuantizeJob {
-        calibration: CalibrationInput::Texts { paths: vec![emma], eval },
-        sequential: Some(true),
-        ..QuantizeJob::new(Mix::from_name("Q4_1").unwrap(), overrides)
-    };
+    let (_, job) = one_matrix_job(true);
     let dir = tempfile::tempdir().unwrap();
     let (a, b, c) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"), dir.path().join("c.gguf"));
     let in_memory = run(&src, &a, &job, &mut |_, _, _| {}).unwrap();
@@ -55,18 +62,11 @@ fn sequential_gptq_spills_hidden_states_without_changing_a_byte() {
 #[test]
 fn calibrated_quantization_in_one_call() {
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
-    let emma = support::shared_data("austen/emma.txt");
-    let eval = EvalOptions { ctx: 64, max_chunks: Some(2), ..Default::default() };
-    // The source's own types everywhere (copied), one matrix re-quantized as Q4_K.
-    let overrides =
-        vec![Override::parse(&format!("{TENSOR}=Q4_K")).unwrap(), Override::parse("token_embd=Q8_0").unwrap()];
     // Calibration on the float model (the sequential default would calibrate each block on
     // the quantized blocks before it, which the by-hand statistics below do not).
-    let job = QuantizeJob {
-        calibration: CalibrationInput::Texts { paths: vec![emma.clone()], eval: eval.clone() },
-        sequential: Some(false),
-        ..QuantizeJob::new(Mix::from_name("Q4_1").unwrap(), overrides.clone())
-    };
+    let (emma, job) = one_matrix_job(false);
+    let CalibrationInput::Texts { eval, .. } = job.calibration.clone() else { unreachable!() };
+    let overrides = job.overrides.clone();
     assert!(QuantizeJob { sequential: None, ..job.clone() }.is_sequential(), "texts + GPTQ: sequential by default");
     assert!(!QuantizeJob { sequential: None, low_rank: Some(4), ..job.clone() }.is_sequential());
     assert!(!QuantizeJob { sequential: None, method: Some(Method::Search), ..job.clone() }.is_sequential());
