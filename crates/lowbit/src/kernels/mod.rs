@@ -36,6 +36,7 @@ pub mod simd;
 mod tests;
 mod tiles;
 mod vq;
+mod vq_bytes;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -146,6 +147,8 @@ pub struct PackedMatrix {
     ty: StorageType,
     bytes: WeightBytes,
     codebook: Option<Arc<Codebook>>,
+    /// A VQ matrix's f16 codebooks as byte tables, when its format fits them ([`vq_bytes`]).
+    byte_book: Option<Arc<vq_bytes::ByteBook>>,
     rows: usize,
     cols: usize,
     row_bytes: usize,
@@ -184,7 +187,11 @@ impl PackedMatrix {
             )?)),
             _ => None,
         };
-        Ok(PackedMatrix { ty, bytes, codebook, rows, cols, row_bytes })
+        let byte_book = match (ty, &codebook) {
+            (StorageType::Vq(f), Some(book)) => vq_bytes::ByteBook::new(&f, book, cols).map(Arc::new),
+            _ => None,
+        };
+        Ok(PackedMatrix { ty, bytes, codebook, byte_book, rows, cols, row_bytes })
     }
 
     /// The storage type.
@@ -265,9 +272,10 @@ impl PackedMatrix {
         matmul_batch_at(level, x, t, &mut [Product { m: self, act, out }]);
     }
 
-    /// Whether a VQ matrix's few-rows products go through codebook tables ([`vq`]).
+    /// Whether a VQ matrix's few-rows products go through codebook tables ([`vq`]): not
+    /// when its codebooks are byte tables ([`vq_bytes`]).
     fn vq_tables_pay(&self) -> bool {
-        matches!(self.ty, StorageType::Vq(f) if vq::worth_it(&f, self.rows))
+        self.byte_book.is_none() && matches!(self.ty, StorageType::Vq(f) if vq::worth_it(&f, self.rows))
     }
 
     /// The kernels of this matrix's type, if it has an integer form.
@@ -459,6 +467,12 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         match (prep, m.kernel()) {
             (Prepared::Quant(q), Some(kern)) => (kern.quant)(level, w, m.row_bytes, q, o),
             (Prepared::Exact(xs), Some(kern)) => (kern.exact)(level, w, m.row_bytes, xs, o),
+            (Prepared::Exact(xs), None) if m.byte_book.is_some() => {
+                let (StorageType::Vq(f), Some(book), Some(bb)) = (m.ty, &m.codebook, &m.byte_book) else {
+                    unreachable!("byte books are VQ")
+                };
+                vq_bytes::rows(level, &f, book, bb, w, m.row_bytes, xs, o)
+            }
             (Prepared::Exact(xs), None) if !tabs[i].is_empty() => {
                 let (StorageType::Vq(f), Some(book)) = (m.ty, &m.codebook) else { unreachable!("tables are VQ") };
                 vq::rows(level, &f, book, w, m.row_bytes, xs, &tabs[i], o)

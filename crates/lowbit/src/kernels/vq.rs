@@ -109,7 +109,7 @@ pub(crate) fn rows(
 }
 
 /// `C[c][j] + R[c2][j]` at column `col` (what decoding gives there before the scale).
-fn codebook_value(f: &VqFormat, book: &Codebook, codes: &[u8], n: usize, col: usize) -> f32 {
+pub(super) fn codebook_value(f: &VqFormat, book: &Codebook, codes: &[u8], n: usize, col: usize) -> f32 {
     let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
     let (i, j) = (col / dim, col % dim);
     let c = read_bits(codes, i * bits, bits) as usize;
