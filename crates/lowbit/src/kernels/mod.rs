@@ -387,7 +387,8 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     // What each product reads: (integer kernel?, activation type) → prepared rows.
     let key = |p: &Product| {
         let act = p.act();
-        let integer = p.m.kernel().is_some() && matches!(act, Some(GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K));
+        let integer = (p.m.kernel().is_some() && matches!(act, Some(GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K)))
+            || (p.m.byte_book.is_some() && act == Some(GgmlType::Q8_0));
         (integer, act, p.m.cols)
     };
     let mut prepared: Vec<(PrepKey, Prepared)> = Vec::new();
@@ -481,7 +482,12 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
                 let decode = |b: &[u8], out: &mut [f32]| m.decode_into(level, b, out);
                 ROW_SCRATCH.with(|buf| rows::decoded_f32(level, &decode, w, m.row_bytes, xs, o, &mut buf.borrow_mut()))
             }
-            (Prepared::Quant(_), None) => unreachable!("integer rows are prepared only for kernels"),
+            (Prepared::Quant(q), None) => {
+                let (StorageType::Vq(f), Some(book), Some(bb)) = (m.ty, &m.codebook, &m.byte_book) else {
+                    unreachable!("integer rows are prepared only for kernels and byte books")
+                };
+                vq_bytes::rows_q8(level, &f, book, bb, w, m.row_bytes, q, o)
+            }
         }
     });
     if t > 1 {

@@ -26,7 +26,7 @@
 
 use std::sync::OnceLock;
 
-use super::acts::ExactRow;
+use super::acts::{ExactRow, QuantRow};
 use super::isa::Level;
 use super::rows::{hsum16, prefetch_next};
 use crate::format::f16_at;
@@ -51,6 +51,15 @@ pub(crate) struct ByteBook {
     main_pairs: usize,
     /// The same for the residual codebook (0 without one).
     res_pairs: usize,
+    /// The main codebook as int16 on one power-of-two grid shared with the residual
+    /// (`int16_scale`), laid out as `main` — the integer path's weights.
+    main16: Vec<u8>,
+    /// The residual codebook likewise (empty without one).
+    residual16: Vec<u8>,
+    /// The grid step: the smallest power of two with `max|C| + max|R| ≤ 32767·step`, so
+    /// `C + R` never leaves int16. Entries at or above 1/32 of the largest are exact on
+    /// it (f16 has 11 significant bits); smaller ones are within half a step.
+    int16_scale: f32,
 }
 
 impl ByteBook {
@@ -68,23 +77,43 @@ impl ByteBook {
             return None;
         }
         let pairs = |entries: usize| entries.div_ceil(64).next_power_of_two();
-        let table = |vals: &[f32], entries: usize| {
+        let table = |vals: &[f32], entries: usize, bytes: &dyn Fn(f32) -> [u8; 2]| {
             let p = pairs(entries);
             let mut t = vec![0u8; dim * p * 128];
             for (e, v) in vals.chunks_exact(dim).enumerate().take(entries) {
                 for (j, &x) in v.iter().enumerate() {
-                    let b = half::f16::from_f32(x).to_le_bytes();
-                    t[j * p * 128 + 2 * e..j * p * 128 + 2 * e + 2].copy_from_slice(&b);
+                    t[j * p * 128 + 2 * e..j * p * 128 + 2 * e + 2].copy_from_slice(&bytes(x));
                 }
             }
             t
         };
+        let (main, res) = book.entries[..(k + k2) * dim].split_at(k * dim);
+        let amax = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let span = amax(main) + amax(res);
+        if !span.is_finite() {
+            return None;
+        }
+        let int16_scale = if span > 0.0 { 2f32.powi((span / 32767.0).log2().ceil() as i32) } else { 1.0 };
+        let int16_scale = if span > 32767.0 * int16_scale { 2.0 * int16_scale } else { int16_scale };
+        let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+        let i16 = |x: f32| ((x / int16_scale).round() as i16).to_le_bytes();
         Some(ByteBook {
-            main: table(&book.entries[..k * dim], k),
-            residual: if k2 > 0 { table(&book.entries[k * dim..], k2) } else { Vec::new() },
+            main: table(main, k, &f16),
+            residual: if k2 > 0 { table(res, k2, &f16) } else { Vec::new() },
             main_pairs: pairs(k),
             res_pairs: if k2 > 0 { pairs(k2) } else { 0 },
+            main16: table(main, k, &i16),
+            residual16: if k2 > 0 { table(res, k2, &i16) } else { Vec::new() },
+            int16_scale,
         })
+    }
+}
+
+impl ByteBook {
+    /// The integer path's grid step (tests bound its error with it).
+    #[cfg(test)]
+    pub(crate) fn int16_step(&self) -> f32 {
+        self.int16_scale
     }
 }
 
@@ -104,11 +133,15 @@ fn vbmi() -> bool {
 }
 
 thread_local! {
-    /// Each worker thread's rearranged activations (`dim` runs of `n` rounded up to 32).
+    /// Each worker thread's rearranged f32 activations (`dim` runs of `n` rounded up to
+    /// 32 per activation row), or the integer path's block scales per pair of vectors.
     static XT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker thread's rearranged Q8_0 codes (the integer path).
+    static XQ: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Stored rows (`row_bytes` each) × the activation rows `xs`: `out[r·t + i]`.
+/// Stored rows (`row_bytes` each) × the f32 activation rows `xs` (exact numerics):
+/// `out[r·t + i]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rows(
     level: Level,
@@ -120,16 +153,14 @@ pub(crate) fn rows(
     xs: &[ExactRow],
     out: &mut [f32],
 ) {
-    let t = xs.len();
     let cols = xs.first().map_or(0, |x| x.x.len());
     let (dim, n) = (f.dim, cols / f.dim);
     let padded = n.div_ceil(32) * 32;
-    let outl = f.outliers as usize;
     let fast = level == Level::Avx512 && vbmi();
     XT.with(|xt| {
         let xt = &mut xt.borrow_mut();
         xt.clear();
-        xt.resize(t * dim * padded, 0.0);
+        xt.resize(xs.len() * dim * padded, 0.0);
         for (x, xt) in xs.iter().zip(xt.chunks_exact_mut(dim * padded)) {
             for (c, v) in x.x.chunks_exact(dim).enumerate() {
                 for (j, &xv) in v.iter().enumerate() {
@@ -137,33 +168,153 @@ pub(crate) fn rows(
                 }
             }
         }
-        for (r, (row, o)) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)).enumerate() {
-            // The row PREFETCH_ROWS ahead (rows are short: one ahead arrives too late).
-            prefetch_next(rows, (r + PREFETCH_ROWS - 1) * row_bytes, row_bytes);
-            let scale = f16_at(row, 0);
-            let codes = &row[2..row.len() - 2 * outl];
-            for ((x, xt), o) in xs.iter().zip(xt.chunks_exact(dim * padded)).zip(o.iter_mut()) {
+        let sum = |codes: &[u8], i: usize| {
+            let xt = &xt[i * dim * padded..(i + 1) * dim * padded];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY (each arm): `fast` only where the CPU has AVX-512 F/BW/VL/VNNI
+            // (Level::Avx512) and VBMI (detected above).
+            let sum = match (fast, dim) {
+                (true, 2) => unsafe { sum_vbmi::<2, false>(f, bb, codes, n, Acts::F32(xt), padded) },
+                (true, 4) => unsafe { sum_vbmi::<4, false>(f, bb, codes, n, Acts::F32(xt), padded) },
+                (true, 8) => unsafe { sum_vbmi::<8, false>(f, bb, codes, n, Acts::F32(xt), padded) },
+                _ => sum_portable(f, book, codes, n, xt, padded),
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let sum = sum_portable(f, book, codes, n, xt, padded);
+            sum
+        };
+        each_row(f, book, rows, row_bytes, xs.len(), 1.0, sum, |i, col| xs[i].x[col], out);
+    });
+}
+
+/// Stored rows × activation rows quantized to Q8_0 (llama.cpp numerics: VQ matrices take
+/// the activations llama.cpp gives its 32-value block types), with the codebooks as int16
+/// ([`ByteBook`]'s `int16_scale`): per group of 32 vectors, `vpdpwssd` of the looked-up
+/// `C + R` with the codes, exact in int32, then one multiply-add by the blocks' scales.
+/// Differs from decoding by the int16 grid only (at most half a step per weight, 2⁻¹⁶
+/// of the codebooks' range; the Q8_0 rounding of the activations is ~250× that).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rows_q8(
+    level: Level,
+    f: &VqFormat,
+    book: &Codebook,
+    bb: &ByteBook,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &[QuantRow],
+    out: &mut [f32],
+) {
+    let cols = acts.first().map_or(0, |a| a.q.len());
+    let (dim, n) = (f.dim, cols / f.dim);
+    let padded = n.div_ceil(32) * 32;
+    let fast = level == Level::Avx512 && vbmi();
+    XQ.with(|xq| {
+        XT.with(|dl| {
+            let (xq, dl) = (&mut xq.borrow_mut(), &mut dl.borrow_mut());
+            xq.clear();
+            xq.resize(acts.len() * dim * padded, 0);
+            dl.clear();
+            dl.resize(acts.len() * padded / 2, 0.0);
+            for ((a, xq), dl) in acts.iter().zip(xq.chunks_exact_mut(dim * padded)).zip(dl.chunks_exact_mut(padded / 2))
+            {
+                for (c, v) in a.q.chunks_exact(dim).enumerate() {
+                    for (j, &q) in v.iter().enumerate() {
+                        xq[j * padded + c] = q;
+                    }
+                }
+                for (p, d) in dl.iter_mut().enumerate().take(n.div_ceil(2)) {
+                    *d = a.d[2 * p * dim / 32];
+                }
+            }
+            let sum = |codes: &[u8], i: usize| {
+                let (xq, dl) =
+                    (&xq[i * dim * padded..(i + 1) * dim * padded], &dl[i * padded / 2..(i + 1) * padded / 2]);
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY (each arm): `fast` only where the CPU has AVX-512 F/BW/VL
-                // (Level::Avx512) and VBMI (detected above).
+                // SAFETY (each arm): as in `rows`.
                 let sum = match (fast, dim) {
-                    (true, 2) => unsafe { sum_vbmi::<2>(f, bb, codes, n, xt, padded) },
-                    (true, 4) => unsafe { sum_vbmi::<4>(f, bb, codes, n, xt, padded) },
-                    (true, 8) => unsafe { sum_vbmi::<8>(f, bb, codes, n, xt, padded) },
-                    _ => sum_portable(f, book, codes, n, xt, padded),
+                    (true, 2) => unsafe { sum_vbmi::<2, true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) },
+                    (true, 4) => unsafe { sum_vbmi::<4, true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) },
+                    (true, 8) => unsafe { sum_vbmi::<8, true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) },
+                    _ => sum_q8_portable(f, bb, codes, n, xq, dl, padded),
                 };
                 #[cfg(not(target_arch = "x86_64"))]
-                let sum = sum_portable(f, book, codes, n, xt, padded);
-                let mut dot = sum * scale;
-                for (j, &col) in book.outlier_columns.iter().enumerate() {
-                    let w = super::vq::codebook_value(f, book, codes, n, col);
-                    let ov = f16_at(&row[row.len() - 2 * outl + 2 * j..], 0);
-                    dot += (ov - w * scale) * x.x[col];
+                let sum = sum_q8_portable(f, bb, codes, n, xq, dl, padded);
+                sum
+            };
+            let x_at = |i: usize, col: usize| acts[i].q[col] as f32 * acts[i].d[col / 32];
+            each_row(f, book, rows, row_bytes, acts.len(), bb.int16_scale, sum, x_at, out);
+        })
+    });
+}
+
+/// The row loop both numerics share: prefetch, `sum(codes, i) · unit · scale` for each
+/// activation row `i`, then the outlier columns' corrections with the activation value
+/// `x_at(i, col)`.
+#[allow(clippy::too_many_arguments)]
+fn each_row(
+    f: &VqFormat,
+    book: &Codebook,
+    rows: &[u8],
+    row_bytes: usize,
+    t: usize,
+    unit: f32,
+    sum: impl Fn(&[u8], usize) -> f32,
+    x_at: impl Fn(usize, usize) -> f32,
+    out: &mut [f32],
+) {
+    let n = f.cols_of_row_bytes(row_bytes).unwrap_or(0) / f.dim;
+    let outl = f.outliers as usize;
+    for (r, (row, o)) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)).enumerate() {
+        // The row PREFETCH_ROWS ahead (rows are short: one ahead arrives too late).
+        prefetch_next(rows, (r + PREFETCH_ROWS - 1) * row_bytes, row_bytes);
+        let scale = f16_at(row, 0);
+        let codes = &row[2..row.len() - 2 * outl];
+        for (i, o) in o.iter_mut().enumerate() {
+            let mut dot = sum(codes, i) * unit * scale;
+            for (j, &col) in book.outlier_columns.iter().enumerate() {
+                let w = super::vq::codebook_value(f, book, codes, n, col);
+                let ov = f16_at(&row[row.len() - 2 * outl + 2 * j..], 0);
+                dot += (ov - w * scale) * x_at(i, col);
+            }
+            *o = dot;
+        }
+    }
+}
+
+/// One row's `Σ d_b · Σ q·(C₁₆ + R₁₆)` (the integer path before its grid step and scale):
+/// per group of 32 vectors the integer sum over values and pairs of vectors (exact), then
+/// lane `l` (vectors 2l, 2l+1 of the group) adds it times their block's scale — the
+/// reference for [`sum_vbmi`] with `INT`.
+fn sum_q8_portable(f: &VqFormat, bb: &ByteBook, codes: &[u8], n: usize, xq: &[i16], dl: &[f32], padded: usize) -> f32 {
+    let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
+    let entry = |t: &[u8], pairs: usize, j: usize, e: usize| {
+        let o = j * pairs * 128 + 2 * e;
+        i16::from_le_bytes([t[o], t[o + 1]]) as i32
+    };
+    let mut acc = [0f32; 16];
+    for c0 in (0..padded).step_by(32) {
+        let mut sums = [0i32; 16];
+        for i in 0..32 {
+            let c = c0 + i;
+            let (cm, cr) = if c < n {
+                let cr = if rbits > 0 { read_bits(codes, n * bits + c * rbits, rbits) as usize } else { 0 };
+                (read_bits(codes, c * bits, bits) as usize, cr)
+            } else {
+                (0, 0)
+            };
+            for j in 0..dim {
+                let mut w = entry(&bb.main16, bb.main_pairs, j, cm);
+                if rbits > 0 {
+                    w += entry(&bb.residual16, bb.res_pairs, j, cr);
                 }
-                *o = dot;
+                sums[i / 2] += w * xq[j * padded + c] as i32;
             }
         }
-    });
+        for l in 0..16 {
+            acc[l] += sums[l] as f32 * dl[c0 / 2 + l];
+        }
+    }
+    hsum16(&acc)
 }
 
 /// One row's `Σ x·(C + R)` before its scale, in the order the module header states (the
@@ -223,31 +374,53 @@ const fn unpack_tables() -> [[u8; 128]; 9] {
     t
 }
 
-/// [`sum_portable`] with byte permutes (AVX-512 VBMI).
+/// The activations of one row as a kernel reads them (rearranged by value `j`).
+#[derive(Clone, Copy)]
+enum Acts<'a> {
+    /// f32 values (exact numerics).
+    F32(&'a [f32]),
+    /// Q8_0 codes and, per pair of vectors, their block's scale.
+    Q8 { x: &'a [i16], dl: &'a [f32] },
+}
+
+/// [`sum_portable`] (`INT` = false) or [`sum_q8_portable`] (`INT` = true) with byte
+/// permutes (AVX-512 VBMI; VNNI `vpdpwssd` for the integer path).
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW, VL and VBMI.
+/// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
-unsafe fn sum_vbmi<const D: usize>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
+unsafe fn sum_vbmi<const D: usize, const INT: bool>(
     f: &VqFormat,
     bb: &ByteBook,
     codes: &[u8],
     n: usize,
-    xt: &[f32],
+    acts: Acts<'_>,
     padded: usize,
 ) -> f32 {
     use std::arch::x86_64::*;
     let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
-    assert!(dim == D && bits <= 8 && rbits <= 8 && xt.len() >= dim * padded && padded >= n);
+    let (xt, xq, dl) = match acts {
+        Acts::F32(xt) => (xt, &[][..], &[][..]),
+        Acts::Q8 { x, dl } => (&[][..], x, dl),
+    };
+    assert!(dim == D && bits <= 8 && rbits <= 8 && padded >= n && padded.is_multiple_of(32));
+    if INT {
+        assert!(xq.len() >= dim * padded && dl.len() >= padded / 2);
+        assert!(bb.main16.len() == bb.main.len() && bb.residual16.len() == bb.residual.len());
+    } else {
+        assert!(xt.len() >= dim * padded);
+    }
     assert!(bb.main.len() == dim * bb.main_pairs * 128 && bb.residual.len() == dim * bb.res_pairs * 128);
     assert!((rbits > 0) == (bb.res_pairs > 0) && [1, 2, 4].contains(&bb.main_pairs));
     assert!(codes.len() * 8 >= n * (bits + rbits) && (n * bits).is_multiple_of(8));
     // SAFETY: every load below is in bounds: `unpack` reads with a byte mask covering only
     // the chunk's code bytes, which lie inside `codes` (asserted length: n·(bits+rbits)
     // bits, the residual part starting on a byte); table loads read 64 bytes at
-    // j·pairs·128 + 64·q < dim·pairs·128 = the table's length (asserted); activation loads
-    // read 16 f32 at j·padded + c + 16 ≤ dim·padded ≤ xt.len() (asserted).
+    // j·pairs·128 + 64·q < dim·pairs·128 = the table's length (asserted, the int16 tables
+    // as long); activation loads read 32 values (f32 or i16) at j·padded + c, c + 32 ≤
+    // padded, so inside dim·padded ≤ the slice's length (asserted), and 16 block scales
+    // at c/2 + 16 ≤ padded/2 ≤ dl.len() (asserted).
     unsafe {
         let fields = |b: usize| {
             let t = &UNPACK[b];
@@ -302,7 +475,8 @@ unsafe fn sum_vbmi<const D: usize>(
         };
         let (mp, rp) = (bb.main_pairs, bb.res_pairs);
         let mut acc = [[_mm512_setzero_ps(); 2]; D];
-        let xp = xt.as_ptr();
+        let mut acc_int = _mm512_setzero_ps();
+        let (xp, qp) = (xt.as_ptr(), xq.as_ptr());
         for c0 in (0..n).step_by(64) {
             let cnt = n.saturating_sub(c0).min(64);
             let cm = unpack(c0 * bits / 8, bits, cnt, main_fields);
@@ -318,6 +492,21 @@ unsafe fn sum_vbmi<const D: usize>(
                     (index(_mm512_extracti64x4_epi64::<1>(cm)), index(_mm512_extracti64x4_epi64::<1>(cr)))
                 };
                 let c = c0 + 32 * half;
+                if INT {
+                    // Integer sums are exact: two chains, any order.
+                    let mut sums = [_mm512_setzero_si512(); 2];
+                    for j in 0..D {
+                        let mut w = look(im, bb.main16.as_ptr().add(j * mp * 128), mp);
+                        if rp > 0 {
+                            w = _mm512_add_epi16(w, look(ir, bb.residual16.as_ptr().add(j * rp * 128), rp));
+                        }
+                        let x = _mm512_loadu_si512(qp.add(j * padded + c).cast());
+                        sums[j % 2] = _mm512_dpwssd_epi32(sums[j % 2], w, x);
+                    }
+                    let s = _mm512_cvtepi32_ps(_mm512_add_epi32(sums[0], sums[1]));
+                    acc_int = _mm512_add_ps(acc_int, _mm512_mul_ps(s, _mm512_loadu_ps(dl.as_ptr().add(c / 2))));
+                    continue;
+                }
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let v = look(im, bb.main.as_ptr().add(j * mp * 128), mp);
                     let mut lo = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
@@ -334,11 +523,15 @@ unsafe fn sum_vbmi<const D: usize>(
                 }
             }
         }
+        let mut l = [0f32; 16];
+        if INT {
+            _mm512_storeu_ps(l.as_mut_ptr(), acc_int);
+            return hsum16(&l);
+        }
         let mut total = _mm512_add_ps(acc[0][0], acc[0][1]);
         for a in acc.iter().skip(1) {
             total = _mm512_add_ps(total, _mm512_add_ps(a[0], a[1]));
         }
-        let mut l = [0f32; 16];
         _mm512_storeu_ps(l.as_mut_ptr(), total);
         hsum16(&l)
     }
@@ -395,6 +588,67 @@ mod tests {
                         let want: f64 = w.iter().zip(&x.x).map(|(&a, &b)| a as f64 * b as f64).sum();
                         let abs: f64 = w.iter().zip(&x.x).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
                         assert!((*got as f64 - want).abs() <= 1e-5 * abs + 1e-6, "{name} {level:?}: {got} vs {want}");
+                    }
+                }
+                match &first {
+                    None => first = Some(out),
+                    Some(fst) => assert!(fst == &out, "{name} {level:?}: differs from the portable loop"),
+                }
+            }
+        }
+    }
+
+    /// The integer path (Q8_0 activations): equal to decoding and dotting with the
+    /// activations' Q8_0 values up to the int16 grid (half a step per weight), the same
+    /// bits at every level.
+    #[test]
+    fn integer_path_matches_decoding_within_the_grid_and_every_level_agrees() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for (name, vectors) in [("vq4x256+128", 144), ("vq4x64+64o2", 88), ("vq2x256+256", 208), ("vq8x16+128o3", 40)] {
+            let f = VqFormat::from_name(name).unwrap_or_else(|| panic!("{name}"));
+            let cols = vectors * f.dim;
+            let (k, k2) = (f.entries(), f.residual_entries());
+            let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+            let entries: Vec<f32> = (0..(k + k2) * f.dim)
+                .map(|i| {
+                    f16(if i < k * f.dim { rng.random::<f32>() * 3.0 - 1.5 } else { rng.random::<f32>() * 0.5 - 0.25 })
+                })
+                .collect();
+            let book = Codebook { entries, outlier_columns: (0..f.outliers as usize).map(|j| 3 + 11 * j).collect() };
+            let bb = ByteBook::new(&f, &book, cols).unwrap();
+            let rb = f.row_bytes(cols).unwrap();
+            let mut bytes: Vec<u8> = (0..5 * rb).map(|_| rng.random()).collect();
+            for r in bytes.chunks_exact_mut(rb) {
+                r[..2].copy_from_slice(&half::f16::from_f32(0.7).to_le_bytes());
+                let n = r.len();
+                for o in r[n - 2 * f.outliers as usize..].chunks_exact_mut(2) {
+                    o.copy_from_slice(&half::f16::from_f32(rng.random::<f32>()).to_le_bytes());
+                }
+            }
+            let acts: Vec<QuantRow> = (0..2)
+                .map(|_| {
+                    let x: Vec<f32> = (0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+                    let mut q = QuantRow::default();
+                    q.quantize(&x, crate::format::GgmlType::Q8_0);
+                    q
+                })
+                .collect();
+            let mut first: Option<Vec<f32>> = None;
+            for level in Level::supported() {
+                let mut out = vec![0f32; 5 * 2];
+                rows_q8(level, &f, &book, &bb, &bytes, rb, &acts, &mut out);
+                for (r, got) in bytes.chunks_exact(rb).zip(out.chunks_exact(2)) {
+                    let mut w = vec![0f32; cols];
+                    f.decode_row(&book, r, &mut w);
+                    for (a, got) in acts.iter().zip(got) {
+                        let x: Vec<f64> = a.q.iter().enumerate().map(|(i, &q)| q as f64 * a.d[i / 32] as f64).collect();
+                        let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b).sum();
+                        let abs: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b).abs()).sum();
+                        let grid = bb.int16_scale as f64 / 2.0 * 0.7 * x.iter().map(|v| v.abs()).sum::<f64>();
+                        assert!(
+                            (*got as f64 - want).abs() <= grid + 1e-5 * abs + 1e-6,
+                            "{name} {level:?}: {got} vs {want} (grid {grid})"
+                        );
                     }
                 }
                 match &first {
