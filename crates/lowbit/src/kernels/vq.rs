@@ -97,19 +97,28 @@ pub(crate) fn rows(
         let codes = &row[2..row.len() - 2 * outl];
         for ((x, tab), o) in xs.iter().zip(tabs).zip(o.iter_mut()) {
             let lanes = lookup(level, f, codes, n, tab);
-            let mut dot = hsum16(&lanes) * scale;
-            for (j, &col) in book.outlier_columns.iter().enumerate() {
-                let w = codebook_value(f, book, codes, n, col);
-                let ov = f16_at(&row[row.len() - 2 * outl + 2 * j..], 0);
-                dot += (ov - w * scale) * x.x[col];
-            }
-            *o = dot;
+            *o = hsum16(&lanes) * scale + outlier_terms(f, book, row, n, |col| x.x[col]);
         }
     }
 }
 
+/// What a stored row's outlier columns add to its dot product with `x` (`x_at(col)`):
+/// `Σ (o − scale·(C + R)[col])·x[col]` in column order, the stored value replacing what
+/// the codes give there.
+pub(super) fn outlier_terms(f: &VqFormat, book: &Codebook, row: &[u8], n: usize, x_at: impl Fn(usize) -> f32) -> f32 {
+    let outl = f.outliers as usize;
+    let (scale, codes) = (f16_at(row, 0), &row[2..row.len() - 2 * outl]);
+    let mut sum = 0f32;
+    for (j, &col) in book.outlier_columns.iter().enumerate() {
+        let w = codebook_value(f, book, codes, n, col);
+        let ov = f16_at(&row[row.len() - 2 * outl + 2 * j..], 0);
+        sum += (ov - w * scale) * x_at(col);
+    }
+    sum
+}
+
 /// `C[c][j] + R[c2][j]` at column `col` (what decoding gives there before the scale).
-pub(super) fn codebook_value(f: &VqFormat, book: &Codebook, codes: &[u8], n: usize, col: usize) -> f32 {
+fn codebook_value(f: &VqFormat, book: &Codebook, codes: &[u8], n: usize, col: usize) -> f32 {
     let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
     let (i, j) = (col / dim, col % dim);
     let c = read_bits(codes, i * bits, bits) as usize;

@@ -270,13 +270,7 @@ fn each_row(
         let scale = f16_at(row, 0);
         let codes = &row[2..row.len() - 2 * outl];
         for (i, o) in o.iter_mut().enumerate() {
-            let mut dot = sum(codes, i) * unit * scale;
-            for (j, &col) in book.outlier_columns.iter().enumerate() {
-                let w = super::vq::codebook_value(f, book, codes, n, col);
-                let ov = f16_at(&row[row.len() - 2 * outl + 2 * j..], 0);
-                dot += (ov - w * scale) * x_at(i, col);
-            }
-            *o = dot;
+            *o = sum(codes, i) * unit * scale + super::vq::outlier_terms(f, book, row, n, |col| x_at(i, col));
         }
     }
 }
