@@ -208,13 +208,14 @@ fn matmul_agrees_with_the_reference_for_every_type_level_and_batch() {
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let (rows, cols) = (300, 1024);
-    for name in ["Q4_K", "Q8_0", "IQ2_XS", "int4_g64"] {
+    for name in ["Q4_K", "Q8_0", "IQ2_XS", "int4_g64", "vq4x256+128"] {
         let st = StorageType::from_name(name).unwrap();
         let m = packed(st, rows, cols, 7);
         for t in [1, 5, 40] {
             let x = random(t * cols, 8);
             let act = match st {
                 StorageType::Ggml(g) => vec_dot_type(g),
+                StorageType::Vq(_) => Some(GgmlType::Q8_0),
                 _ => None,
             };
             let run = |threads: usize| {
