@@ -91,10 +91,21 @@ fn calibrate_blockwise(
     let g = lowbit::hf::open_model(path)?;
     let mut lm = lowbit::model::load_lm_from(&g, lowbit::model::LoadOptions::default())?;
     let (bar, mut update) = progress("blocks");
-    let s =
-        lowbit::calibrate::write_stats_blockwise(&mut lm, Some(&g), &t, opts, output, memory, &mut |d, n, tokens| {
+    let mut shown = false;
+    let s = lowbit::calibrate::write_stats_blockwise(
+        &mut lm,
+        Some(&g),
+        &t,
+        opts,
+        output,
+        memory,
+        &mut |d, n, tokens, plan| {
+            if !std::mem::replace(&mut shown, true) {
+                bar.suspend(|| eprintln!("lowbit: memory: {}", plan.describe()));
+            }
             update(d, n, tokens as f64 / n.max(1) as f64)
-        });
+        },
+    );
     bar.finish_and_clear();
     Ok(s?)
 }

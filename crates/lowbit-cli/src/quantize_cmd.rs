@@ -411,7 +411,7 @@ pub(crate) fn with_progress<T>(
         }
         let per_unit = match st {
             Stage::Calibrate => ctx,
-            Stage::Sequential { tokens } => Some(tokens),
+            Stage::Sequential { tokens, .. } => Some(tokens),
             _ => None,
         };
         let secs = stage_start.0.elapsed().as_secs_f64();
@@ -420,9 +420,14 @@ pub(crate) fn with_progress<T>(
             .map(|per| format!(", {:.0} tokens/s", (d - stage_start.1) as f64 * per as f64 / secs));
         let (label, unit, template) = stage_display(st);
         if stage != Some(st) {
-            if matches!(st, Stage::Sequential { .. }) && d > 0 {
+            if let Stage::Sequential { memory, .. } = st {
                 bar.suspend(|| {
-                    eprintln!("lowbit: resuming: {d} of {t} blocks were finished by an interrupted run of this command")
+                    eprintln!("lowbit: memory: {}", memory.describe());
+                    if d > 0 {
+                        eprintln!(
+                            "lowbit: resuming: {d} of {t} blocks were finished by an interrupted run of this command"
+                        )
+                    }
                 });
             }
             log = Some(crate::LogProgress::new(label));

@@ -125,11 +125,16 @@ fn block_by_block_statistics_equal_the_whole_model_pass() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stats.safetensors");
     let mut seen = Vec::new();
+    let mut plans = Vec::new();
     let t = lowbit::calibrate::CalibrationText { text: text.clone(), dataset: "emma.txt".into() };
-    let s =
-        write_stats_blockwise(&mut lm, None, &t, &opts, &path, Default::default(), &mut |d, n, t| seen.push((d, n, t)))
-            .unwrap();
+    let s = write_stats_blockwise(&mut lm, None, &t, &opts, &path, Default::default(), &mut |d, n, t, plan| {
+        seen.push((d, n, t));
+        plans.push(*plan);
+    })
+    .unwrap();
     assert_eq!((s.hessians, s.layers, s.chunks), (30 * 4, 30 * 7, 3));
+    // The memory plan is known (and shown) from the first progress call on.
+    assert!(plans.iter().all(|p| *p == s.memory), "the plan reported with progress is the summary's");
     assert_eq!(seen.first(), Some(&(0, 30, 192)));
     assert_eq!(seen.last(), Some(&(30, 30, 192)));
     let back = CalibrationStats::read(&path).unwrap();
@@ -140,7 +145,7 @@ fn block_by_block_statistics_equal_the_whole_model_pass() {
     // gone afterwards.
     let spilled = dir.path().join("spilled.safetensors");
     let limit = lowbit::calibrate::budget::MemoryLimit::SpillHidden;
-    let s2 = write_stats_blockwise(&mut lm, None, &t, &opts, &spilled, limit, &mut |_, _, _| {}).unwrap();
+    let s2 = write_stats_blockwise(&mut lm, None, &t, &opts, &spilled, limit, &mut |_, _, _, _| {}).unwrap();
     assert!(s2.memory.spill && !s.memory.spill);
     assert!(std::fs::read(&path).unwrap() == std::fs::read(&spilled).unwrap(), "spilling changed the file");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);

@@ -52,7 +52,8 @@ struct Slot {
 /// Runs `text` through `lm` block by block and writes importances and input Hessians to
 /// `path` (atomically) as each block finishes, within `memory`. With `source` (the file
 /// `lm` was loaded from, sharing its map), each finished block's weight pages are handed
-/// back. `progress(blocks_done, blocks, tokens)`.
+/// back. `progress(blocks_done, blocks, tokens, plan)`, the memory plan known before the
+/// first block.
 pub fn write_stats_blockwise(
     lm: &mut LoadedLm,
     source: Option<&GgufFile>,
@@ -60,7 +61,7 @@ pub fn write_stats_blockwise(
     opts: &EvalOptions,
     path: &Path,
     memory: MemoryLimit,
-    progress: &mut dyn FnMut(usize, usize, usize),
+    progress: &mut dyn FnMut(usize, usize, usize, &MemoryPlan),
 ) -> Result<BlockwiseSummary> {
     let chunks = calibration_chunks(lm, &text.text, opts)?;
     let tokens: usize = chunks.iter().map(|c| c.len()).sum();
@@ -129,7 +130,7 @@ pub fn write_stats_blockwise(
         for (i, c) in chunks.iter().enumerate() {
             hidden.set(i, &lm.model.embed(c)?)?;
         }
-        progress(0, n_blocks, tokens);
+        progress(0, n_blocks, tokens, &memory);
         let mut written = 0usize;
         for (il, (hessian_slots, sum_slots)) in per_block.iter().enumerate() {
             crate::interrupt::check()?;
@@ -157,7 +158,7 @@ pub fn write_stats_blockwise(
                     g.release(name);
                 }
             }
-            progress(il + 1, n_blocks, tokens);
+            progress(il + 1, n_blocks, tokens, &memory);
         }
         out.flush().map_err(io)?;
     }

@@ -52,7 +52,7 @@ impl MemoryLimit {
 }
 
 /// How a block-by-block pass uses memory.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryPlan {
     /// `--max-memory`, if given (bytes).
     pub budget: Option<u64>,
@@ -209,7 +209,7 @@ mod tests {
     fn the_plan_spills_and_refuses_by_the_budget() {
         let p = MemoryPlan { budget: None, base: 100, block: 50, hidden: 30, spill: false };
         assert_eq!(p.estimate(), 180);
-        let fit = |limit| p.clone().fit(limit, 5);
+        let fit = |limit| p.fit(limit, 5);
         let roomy = fit(MemoryLimit::Bytes(180)).unwrap();
         assert!(!roomy.spill && roomy.budget == Some(180) && roomy.describe().contains("in memory"));
         let tight = fit(MemoryLimit::Bytes(179)).unwrap();

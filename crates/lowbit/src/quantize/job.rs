@@ -209,6 +209,8 @@ pub enum Stage {
     Sequential {
         /// Calibration tokens per block (for a tokens-per-second figure).
         tokens: u64,
+        /// How the pass uses memory (shown before the first block).
+        memory: crate::calibrate::budget::MemoryPlan,
     },
     /// Measuring each tensor's sensitivity for a size target (tensors).
     Sensitivity,
@@ -497,7 +499,9 @@ fn run_sequential(
         &checkpoint,
         done,
         job.memory,
-        &mut |d, t, tokens| progress(Stage::Sequential { tokens: tokens as u64 }, d as u64, t as u64),
+        &mut |d, t, tokens, plan| {
+            progress(Stage::Sequential { tokens: tokens as u64, memory: *plan }, d as u64, t as u64)
+        },
     )
     .inspect_err(|_| checkpoint.discard_if_empty())?;
     drop(lm);

@@ -42,7 +42,8 @@ pub struct SequentialResult {
 /// finished blocks' pages can be released) following `plan`, block by block on the
 /// calibration `text`, continuing after the blocks `checkpoint` has finished, within
 /// `memory` (the hidden states may then live in the work folder).
-/// `progress(done, total, tokens)` counts blocks, each running `tokens` calibration tokens.
+/// `progress(done, total, tokens, plan)` counts blocks, each running `tokens` calibration
+/// tokens, within the memory `plan` (known before the first block, so it can be shown).
 #[allow(clippy::too_many_arguments)]
 pub fn sequential_gptq(
     lm: &mut LoadedLm,
@@ -54,7 +55,7 @@ pub fn sequential_gptq(
     checkpoint: &Checkpoint,
     blocks_done: usize,
     memory: MemoryLimit,
-    progress: &mut dyn FnMut(usize, usize, usize),
+    progress: &mut dyn FnMut(usize, usize, usize, &MemoryPlan),
 ) -> Result<SequentialResult> {
     let source = g.path();
     let chunks = calibration_chunks(lm, &text.text, eval)?;
@@ -77,7 +78,7 @@ pub fn sequential_gptq(
         }
     }
     let tokens: usize = chunks.iter().map(|c| c.len()).sum();
-    progress(start, n_blocks, tokens);
+    progress(start, n_blocks, tokens, &memory);
     for il in start..n_blocks {
         crate::interrupt::check()?;
         // 1. This block's input statistics, with the quantized blocks before it.
@@ -139,7 +140,7 @@ pub fn sequential_gptq(
             g.release(&lin.name);
         }
         checkpoint.save_block(il, &encoded, &importances, &mut hidden)?;
-        progress(il + 1, n_blocks, tokens);
+        progress(il + 1, n_blocks, tokens, &memory);
     }
     drop(hidden);
     let (encoded, entries) = checkpoint.load(n_blocks)?;
