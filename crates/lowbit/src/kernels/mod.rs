@@ -12,8 +12,11 @@
 //! - a few activation rows (generation; `t ≤ rows::MAX_ROWS`): each block of a weight row
 //!   is unpacked once into small integers ([`blocks`]: `value = d·w − dmin·min`) and
 //!   dotted with every activation row — integer multiply-adds against quantized
-//!   activations, or f32 lanes against exact ones. Types without an integer form (floats,
-//!   lowbit's native and VQ formats) decode the row to f32 and dot it.
+//!   activations, or f32 lanes against exact ones. VQ formats look their codebooks up in
+//!   registers ([`vq_bytes`]: f16 entries against exact activations, int16 entries against
+//!   Q8_0 ones), or through per-token f32 tables ([`vq`]) where the byte tables do not fit;
+//!   other types without an integer form (floats, lowbit's native formats) decode the row
+//!   to f32 and dot it.
 //! - many rows (prompt processing, evaluation chunks): tiles of 64 weight rows, each
 //!   unpacked once for the whole batch. In llama.cpp numerics on AVX-512 VNNI they stay
 //!   integers and meet activations quantized once per batch ([`tiles`]: `vpdpwssd`, one
