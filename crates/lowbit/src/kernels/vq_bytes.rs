@@ -1,4 +1,4 @@
-//! Learned-codebook (VQ) rows × a few f32 activation rows with the codebooks in
+//! Learned-codebook (VQ) rows × a few activation rows with the codebooks in
 //! registers: for each value `j` of a vector, the codebook entries' j-th values (f16) are
 //! byte tables — 64 entries per pair of AVX-512 registers, entry `e`'s two bytes at `2e`
 //! — and one `vpermi2b` looks up 32 codes' values at once (each code's 16-bit lane asks
@@ -15,7 +15,11 @@
 //! codebooks on a shared grid, which integer kernels would need, cost 9 % more KLD on
 //! smollm2 vq4x256+128: 0.2332 against 0.2144).
 //!
-//! Numerics (exact, the same bits at every instruction-set level): for each group of 32
+//! Two numerics. In llama.cpp numerics ([`rows_q8`]) the activations are Q8_0 codes and
+//! the tables hold the codebooks as int16 on one power-of-two grid: main plus residual is
+//! one `vpaddw`, the dot product one `vpdpwssd` per 32 codes, exact in int32 (see there).
+//!
+//! Exact numerics ([`rows`]; the same bits at every instruction-set level): for each group of 32
 //! vectors (the last padded with code 0 and zero activations), each value `j`, and each
 //! half `h` of the group, lane `l` (vector `32g + 16h + l`) adds `x · (C[c][j] + R[c₂][j])`
 //! — the entry sum as decoding forms it, then a product, then a sum: no fused multiply-add
@@ -37,7 +41,7 @@ use crate::format::vq::{Codebook, VqFormat};
 /// 8: 85, 16: 79; none: 53).
 const PREFETCH_ROWS: usize = 2;
 
-/// Most values per vector this kernel keeps accumulators for (two per value).
+/// Most values per vector a byte-table kernel runs (two accumulators per value).
 const MAX_DIM: usize = 8;
 
 /// A VQ matrix's codebooks as byte tables: per value `j`, `pairs × 128` bytes holding
