@@ -247,6 +247,22 @@ unsafe fn lookup_avx512(f: &VqFormat, codes: &[u8], n: usize, tab: &[f32]) -> [f
     lanes
 }
 
+/// `count` random stored rows of `cols` values of `f` for the VQ kernel tests: random
+/// codes, row scale 0.7, random outlier values; returns the bytes and the row length.
+#[cfg(test)]
+pub(super) fn random_rows(f: &VqFormat, cols: usize, count: usize, rng: &mut impl rand::Rng) -> (Vec<u8>, usize) {
+    let rb = f.row_bytes(cols).expect("a whole number of vectors");
+    let mut bytes: Vec<u8> = (0..count * rb).map(|_| rng.random()).collect();
+    for r in bytes.chunks_exact_mut(rb) {
+        r[..2].copy_from_slice(&half::f16::from_f32(0.7).to_le_bytes());
+        let n = r.len();
+        for o in r[n - 2 * f.outliers as usize..].chunks_exact_mut(2) {
+            o.copy_from_slice(&half::f16::from_f32(rng.random::<f32>()).to_le_bytes());
+        }
+    }
+    (bytes, rb)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,15 +279,7 @@ mod tests {
                 entries: (0..kk * f.dim).map(|_| rng.random::<f32>() - 0.5).collect(),
                 outlier_columns: (0..f.outliers as usize).map(|j| 5 + 7 * j).collect(),
             };
-            let rb = f.row_bytes(cols).unwrap();
-            let mut bytes: Vec<u8> = (0..5 * rb).map(|_| rng.random()).collect();
-            for r in bytes.chunks_exact_mut(rb) {
-                r[..2].copy_from_slice(&half::f16::from_f32(0.7).to_le_bytes());
-                let n = r.len();
-                for o in r[n - 2 * f.outliers as usize..].chunks_exact_mut(2) {
-                    o.copy_from_slice(&half::f16::from_f32(rng.random::<f32>()).to_le_bytes());
-                }
-            }
+            let (bytes, rb) = random_rows(&f, cols, 5, &mut rng);
             let mut x = ExactRow::default();
             x.set(&(0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect::<Vec<_>>());
             let mut first: Option<Vec<f32>> = None;

@@ -166,26 +166,17 @@ pub(crate) fn rows(
         xt.clear();
         xt.resize(xs.len() * dim * padded, 0.0);
         for (x, xt) in xs.iter().zip(xt.chunks_exact_mut(dim * padded)) {
-            for (c, v) in x.x.chunks_exact(dim).enumerate() {
-                for (j, &xv) in v.iter().enumerate() {
-                    xt[j * padded + c] = xv;
-                }
-            }
+            by_value(&x.x, dim, padded, xt);
         }
         let sum = |codes: &[u8], i: usize| {
             let xt = &xt[i * dim * padded..(i + 1) * dim * padded];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY (each arm): `fast` only where the CPU has AVX-512 F/BW/VL/VNNI
-            // (Level::Avx512) and VBMI (detected above).
-            let sum = match (fast, dim) {
-                (true, 2) => unsafe { sum_vbmi::<2, false>(f, bb, codes, n, Acts::F32(xt), padded) },
-                (true, 4) => unsafe { sum_vbmi::<4, false>(f, bb, codes, n, Acts::F32(xt), padded) },
-                (true, 8) => unsafe { sum_vbmi::<8, false>(f, bb, codes, n, Acts::F32(xt), padded) },
-                _ => sum_portable(f, book, codes, n, xt, padded),
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            let sum = sum_portable(f, book, codes, n, xt, padded);
-            sum
+            if fast {
+                // SAFETY: `fast` only where the CPU has AVX-512 F/BW/VL/VNNI
+                // (Level::Avx512) and VBMI (detected above).
+                unsafe { sum_fast::<false>(f, bb, codes, n, Acts::F32(xt), padded) }
+            } else {
+                sum_portable(f, book, codes, n, xt, padded)
+            }
         };
         each_row(f, book, rows, row_bytes, xs.len(), 1.0, sum, |i, col| xs[i].x[col], out);
     });
@@ -221,11 +212,7 @@ pub(crate) fn rows_q8(
             dl.resize(acts.len() * padded / 2, 0.0);
             for ((a, xq), dl) in acts.iter().zip(xq.chunks_exact_mut(dim * padded)).zip(dl.chunks_exact_mut(padded / 2))
             {
-                for (c, v) in a.q.chunks_exact(dim).enumerate() {
-                    for (j, &q) in v.iter().enumerate() {
-                        xq[j * padded + c] = q;
-                    }
-                }
+                by_value(&a.q, dim, padded, xq);
                 for (p, d) in dl.iter_mut().enumerate().take(n.div_ceil(2)) {
                     *d = a.d[2 * p * dim / 32];
                 }
@@ -233,22 +220,52 @@ pub(crate) fn rows_q8(
             let sum = |codes: &[u8], i: usize| {
                 let (xq, dl) =
                     (&xq[i * dim * padded..(i + 1) * dim * padded], &dl[i * padded / 2..(i + 1) * padded / 2]);
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY (each arm): as in `rows`.
-                let sum = match (fast, dim) {
-                    (true, 2) => unsafe { sum_vbmi::<2, true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) },
-                    (true, 4) => unsafe { sum_vbmi::<4, true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) },
-                    (true, 8) => unsafe { sum_vbmi::<8, true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) },
-                    _ => sum_q8_portable(f, bb, codes, n, xq, dl, padded),
-                };
-                #[cfg(not(target_arch = "x86_64"))]
-                let sum = sum_q8_portable(f, bb, codes, n, xq, dl, padded);
-                sum
+                if fast {
+                    // SAFETY: as in `rows`.
+                    unsafe { sum_fast::<true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) }
+                } else {
+                    sum_q8_portable(f, bb, codes, n, xq, dl, padded)
+                }
             };
             let x_at = |i: usize, col: usize| acts[i].q[col] as f32 * acts[i].d[col / 32];
             each_row(f, book, rows, row_bytes, acts.len(), bb.int16_scale, sum, x_at, out);
         })
     });
+}
+
+/// One activation row rearranged by value of a vector: `out[j·padded + c] = x[c·dim + j]`
+/// (both numerics' kernels read value j of 32 vectors as one run).
+fn by_value<T: Copy>(x: &[T], dim: usize, padded: usize, out: &mut [T]) {
+    for (c, v) in x.chunks_exact(dim).enumerate() {
+        for (j, &xv) in v.iter().enumerate() {
+            out[j * padded + c] = xv;
+        }
+    }
+}
+
+/// [`sum_vbmi`] for the format's vector length (2, 4 or 8: what [`ByteBook::new`] admits).
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
+#[allow(unused_variables)]
+unsafe fn sum_fast<const INT: bool>(
+    f: &VqFormat,
+    bb: &ByteBook,
+    codes: &[u8],
+    n: usize,
+    acts: Acts<'_>,
+    padded: usize,
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY (each arm): the caller's contract.
+    match f.dim {
+        2 => unsafe { sum_vbmi::<2, INT>(f, bb, codes, n, acts, padded) },
+        4 => unsafe { sum_vbmi::<4, INT>(f, bb, codes, n, acts, padded) },
+        8 => unsafe { sum_vbmi::<8, INT>(f, bb, codes, n, acts, padded) },
+        d => unreachable!("byte tables are made for 2-, 4- and 8-value vectors, not {d}"),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the byte-table kernels are x86-64 only")
 }
 
 /// The row loop both numerics share: prefetch, `sum(codes, i) · unit · scale` for each
@@ -559,15 +576,7 @@ mod tests {
                 outlier_columns: (0..f.outliers as usize).map(|j| 3 + 11 * j).collect(),
             };
             let bb = ByteBook::new(&f, &book, cols).unwrap_or_else(|| panic!("{name}: no byte tables"));
-            let rb = f.row_bytes(cols).unwrap();
-            let mut bytes: Vec<u8> = (0..7 * rb).map(|_| rng.random()).collect();
-            for r in bytes.chunks_exact_mut(rb) {
-                r[..2].copy_from_slice(&half::f16::from_f32(0.7).to_le_bytes());
-                let n = r.len();
-                for o in r[n - 2 * f.outliers as usize..].chunks_exact_mut(2) {
-                    o.copy_from_slice(&half::f16::from_f32(rng.random::<f32>()).to_le_bytes());
-                }
-            }
+            let (bytes, rb) = super::super::vq::random_rows(&f, cols, 7, &mut rng);
             let xs: Vec<ExactRow> = (0..2)
                 .map(|_| {
                     let mut x = ExactRow::default();
@@ -614,15 +623,7 @@ mod tests {
                 .collect();
             let book = Codebook { entries, outlier_columns: (0..f.outliers as usize).map(|j| 3 + 11 * j).collect() };
             let bb = ByteBook::new(&f, &book, cols).unwrap();
-            let rb = f.row_bytes(cols).unwrap();
-            let mut bytes: Vec<u8> = (0..5 * rb).map(|_| rng.random()).collect();
-            for r in bytes.chunks_exact_mut(rb) {
-                r[..2].copy_from_slice(&half::f16::from_f32(0.7).to_le_bytes());
-                let n = r.len();
-                for o in r[n - 2 * f.outliers as usize..].chunks_exact_mut(2) {
-                    o.copy_from_slice(&half::f16::from_f32(rng.random::<f32>()).to_le_bytes());
-                }
-            }
+            let (bytes, rb) = super::super::vq::random_rows(&f, cols, 5, &mut rng);
             let acts: Vec<QuantRow> = (0..2)
                 .map(|_| {
                     let x: Vec<f32> = (0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
