@@ -357,29 +357,32 @@ impl GgufWeights<'_> {
     /// A linear layer stored as GGUF dims [in, out].
     pub fn linear(&self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
         let packed = self.packed(name, in_features, out_features)?;
-        // lowbit's VQ formats have no ggml counterpart; in llama.cpp numerics they take
-        // the activations llama.cpp gives its 32-value block types (Q8_0), which the
-        // byte-table kernel multiplies as integers (`kernels::vq_bytes::rows_q8`).
-        let act_quant = match packed.ty() {
-            crate::format::storage::StorageType::Vq(_) if self.llama_cpp_numerics && in_features.is_multiple_of(32) => {
-                Some(GgmlType::Q8_0)
-            }
-            _ => self.act_quant_for(name),
-        };
         let branch = crate::gguf::low_rank_of(self.file, name)?.map(std::sync::Arc::new);
         let rotation = crate::gguf::rotation_of(self.file, name)?.map(|seed| Rotation::shared(in_features, seed));
         let weight = match (branch, rotation) {
             (None, None) => Weight::Packed(packed),
             (branch, rotation) => Weight::Extended(Extended { matrix: packed, rotation, branch }),
         };
+        let act_quant = self.act_quant_for(name);
         Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant, recorder: None })
     }
 
     /// The activation type llama.cpp would quantize inputs to before multiplying by
     /// tensor `name` (only in llama.cpp-numerics mode; `None` means exact f32).
+    /// lowbit's VQ formats have no ggml counterpart: they take the activations llama.cpp
+    /// gives its 32-value block types (Q8_0), which the byte-table kernel multiplies as
+    /// integers (`kernels::vq_bytes::rows_q8`).
     pub fn act_quant_for(&self, name: &str) -> Option<GgmlType> {
-        let ty = self.file.tensor_info(name).and_then(|t| t.ty.ggml());
-        ty.filter(|_| self.llama_cpp_numerics).and_then(vec_dot_type)
+        if !self.llama_cpp_numerics {
+            return None;
+        }
+        let info = self.file.tensor_info(name)?;
+        match info.ty {
+            TensorType::Known(crate::format::storage::StorageType::Vq(_)) => {
+                info.dims.first().is_some_and(|c| c.is_multiple_of(32)).then_some(GgmlType::Q8_0)
+            }
+            _ => info.ty.ggml().and_then(vec_dot_type),
+        }
     }
 
     /// A required integer hyper-parameter.
