@@ -453,6 +453,15 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     for (&(i, _), tab) in vq_jobs.iter().zip(built) {
         tabs[i].push(tab);
     }
+    // Byte-table VQ products: the activations rearranged by value once per product.
+    let by_value: Vec<Option<vq_bytes::ByValue>> = ms
+        .iter()
+        .map(|(m, prep)| match (m.ty, &m.byte_book, prep) {
+            (StorageType::Vq(f), Some(_), Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, f.dim)),
+            (StorageType::Vq(f), Some(_), Prepared::Exact(xs)) => Some(vq_bytes::ByValue::exact(xs, f.dim)),
+            _ => None,
+        })
+        .collect();
     // Outputs row-major by weight row (`dst[r·t + i]`): the products' own buffers when
     // t = 1, else temporaries transposed at the end.
     let mut temps: Vec<Vec<f32>> =
@@ -475,7 +484,8 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
                 let (StorageType::Vq(f), Some(book), Some(bb)) = (m.ty, &m.codebook, &m.byte_book) else {
                     unreachable!("byte books are VQ")
                 };
-                vq_bytes::rows(level, &f, book, bb, w, m.row_bytes, xs, o)
+                let bv = by_value[i].as_ref().expect("rearranged above");
+                vq_bytes::rows(level, &f, book, bb, w, m.row_bytes, xs, bv, o)
             }
             (Prepared::Exact(xs), None) if !tabs[i].is_empty() => {
                 let (StorageType::Vq(f), Some(book)) = (m.ty, &m.codebook) else { unreachable!("tables are VQ") };
@@ -489,7 +499,8 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
                 let (StorageType::Vq(f), Some(book), Some(bb)) = (m.ty, &m.codebook, &m.byte_book) else {
                     unreachable!("integer rows are prepared only for kernels and byte books")
                 };
-                vq_bytes::rows_q8(level, &f, book, bb, w, m.row_bytes, q, o)
+                let bv = by_value[i].as_ref().expect("rearranged above");
+                vq_bytes::rows_q8(level, &f, book, bb, w, m.row_bytes, q, bv, o)
             }
         }
     });

@@ -16,8 +16,11 @@
 //! smollm2 vq4x256+128: 0.2332 against 0.2144).
 //!
 //! Two numerics. In llama.cpp numerics ([`rows_q8`]) the activations are Q8_0 codes and
-//! the tables hold the codebooks as int16 on one power-of-two grid: main plus residual is
-//! one `vpaddw`, the dot product one `vpdpwssd` per 32 codes, exact in int32 (see there).
+//! the codebooks are int16 on one power-of-two grid, held as two byte planes (the high
+//! byte plus 128, the low byte) of up to 128 entries per register pair: one `vpermi2b`
+//! looks up 64 codes' bytes, and `vpdpbusd` dots them with 64 activation bytes, exact in
+//! int32 (see there), two rows at a time. Before (int16 lanes, `vpdpwssd`, one row at a
+//! time), 32 codes took as many permutes and blends as 64 do now.
 //!
 //! Exact numerics ([`rows`]; the same bits at every instruction-set level): for each group of 32
 //! vectors (the last padded with code 0 and zero activations), each value `j`, and each
@@ -56,10 +59,16 @@ pub(crate) struct ByteBook {
     /// The same for the residual codebook (0 without one).
     res_pairs: usize,
     /// The main codebook as int16 on one power-of-two grid shared with the residual
-    /// (`int16_scale`), laid out as `main` — the integer path's weights.
-    main16: Vec<u8>,
+    /// (`int16_scale`), as byte planes — the integer path's weights: per value `j`, the
+    /// high bytes + 128 then the low bytes, `main_pairs8 × 128` bytes each, entry `e` at
+    /// byte `e` ([`grid_value`] reads one back).
+    main8: Vec<u8>,
     /// The residual codebook likewise (empty without one).
-    residual16: Vec<u8>,
+    residual8: Vec<u8>,
+    /// Register pairs per byte plane of the main codebook (1 or 2: up to 128, 256 entries).
+    main_pairs8: usize,
+    /// The same for the residual codebook (0 without one).
+    res_pairs8: usize,
     /// The grid step: the smallest power of two with `max|C| + max|R| ≤ 32767·step`, so
     /// `C + R` never leaves int16. Entries at or above 1/32 of the largest are exact on
     /// it (f16 has 11 significant bits); smaller ones are within half a step.
@@ -100,14 +109,28 @@ impl ByteBook {
         let int16_scale = if span > 0.0 { 2f32.powi((span / 32767.0).log2().ceil() as i32) } else { 1.0 };
         let int16_scale = if span > 32767.0 * int16_scale { 2.0 * int16_scale } else { int16_scale };
         let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
-        let i16 = |x: f32| ((x / int16_scale).round() as i16).to_le_bytes();
+        let pairs8 = |entries: usize| entries.div_ceil(128);
+        let planes = |vals: &[f32], entries: usize| {
+            let p = pairs8(entries) * 128;
+            let mut t = vec![0u8; dim * 2 * p];
+            for (e, v) in vals.chunks_exact(dim).enumerate().take(entries) {
+                for (j, &x) in v.iter().enumerate() {
+                    let w = (x / int16_scale).round() as i16;
+                    t[j * 2 * p + e] = ((w >> 8) + 128) as u8;
+                    t[j * 2 * p + p + e] = w as u8;
+                }
+            }
+            t
+        };
         Some(ByteBook {
             main: table(main, k, &f16),
             residual: if k2 > 0 { table(res, k2, &f16) } else { Vec::new() },
             main_pairs: pairs(k),
             res_pairs: if k2 > 0 { pairs(k2) } else { 0 },
-            main16: table(main, k, &i16),
-            residual16: if k2 > 0 { table(res, k2, &i16) } else { Vec::new() },
+            main8: planes(main, k),
+            residual8: if k2 > 0 { planes(res, k2) } else { Vec::new() },
+            main_pairs8: pairs8(k),
+            res_pairs8: if k2 > 0 { pairs8(k2) } else { 0 },
             int16_scale,
         })
     }
@@ -136,16 +159,61 @@ fn vbmi() -> bool {
     })
 }
 
-thread_local! {
-    /// Each worker thread's rearranged f32 activations (`dim` runs of `n` rounded up to
-    /// 32 per activation row), or the integer path's block scales per pair of vectors.
-    static XT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Each worker thread's rearranged Q8_0 codes (the integer path).
-    static XQ: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+/// A batch's activation rows rearranged for these kernels (made once per product by
+/// [`ByValue::exact`] or [`ByValue::q8`], then shared by every worker's rows: made per
+/// call of 120 rows, it took 8 % of smollm2's generation).
+pub(crate) enum ByValue {
+    /// Exact numerics: per activation row, `dim` runs of `padded` f32 values
+    /// (`n` rounded up to 32).
+    F32 { xt: Vec<f32>, padded: usize },
+    /// llama.cpp numerics: per activation row, `dim` runs of `padded` Q8_0 codes (`n`
+    /// rounded up to 64); per lane of 4 vectors the codes' sum (for the high bytes'
+    /// offset) and the block's scale.
+    Q8 { xq: Vec<i8>, xs: Vec<i32>, dl: Vec<f32>, padded: usize },
 }
 
-/// Stored rows (`row_bytes` each) × the f32 activation rows `xs` (exact numerics):
-/// `out[r·t + i]`.
+impl ByValue {
+    /// The f32 rows `xs` for vectors of `dim` values.
+    pub(crate) fn exact(xs: &[ExactRow], dim: usize) -> ByValue {
+        let n = xs.first().map_or(0, |x| x.x.len()) / dim;
+        let padded = n.div_ceil(32) * 32;
+        let mut xt = vec![0f32; xs.len() * dim * padded];
+        for (x, xt) in xs.iter().zip(xt.chunks_exact_mut(dim * padded)) {
+            by_value(&x.x, dim, padded, xt, |v| v);
+        }
+        ByValue::F32 { xt, padded }
+    }
+
+    /// The Q8_0 rows `acts` for vectors of `dim` values.
+    pub(crate) fn q8(acts: &[QuantRow], dim: usize) -> ByValue {
+        let n = acts.first().map_or(0, |a| a.q.len()) / dim;
+        let padded = n.div_ceil(64) * 64;
+        let lanes = padded / 4;
+        let mut xq = vec![0i8; acts.len() * dim * padded];
+        let mut xs = vec![0i32; acts.len() * lanes];
+        let mut dl = vec![0f32; acts.len() * lanes];
+        for (((a, xq), dl), xs) in acts
+            .iter()
+            .zip(xq.chunks_exact_mut(dim * padded))
+            .zip(dl.chunks_exact_mut(lanes))
+            .zip(xs.chunks_exact_mut(lanes))
+        {
+            // Q8_0 codes are within ±127.
+            by_value(&a.q, dim, padded, xq, |q| q as i8);
+            // A lane's 4 vectors (4·dim ≤ 32 values, 4-aligned) lie in one block.
+            for (l, d) in dl.iter_mut().enumerate().take(n.div_ceil(4)) {
+                *d = a.d[4 * l * dim / 32];
+            }
+            for (l, s) in xs.iter_mut().enumerate() {
+                *s = (0..dim).map(|j| xq[j * padded + 4 * l..][..4].iter().map(|&v| v as i32).sum::<i32>()).sum();
+            }
+        }
+        ByValue::Q8 { xq, xs, dl, padded }
+    }
+}
+
+/// Stored rows (`row_bytes` each) × the f32 activation rows `xs` (exact numerics),
+/// rearranged in `bv` ([`ByValue::exact`]): `out[r·t + i]`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rows(
     level: Level,
@@ -155,39 +223,36 @@ pub(crate) fn rows(
     rows: &[u8],
     row_bytes: usize,
     xs: &[ExactRow],
+    bv: &ByValue,
     out: &mut [f32],
 ) {
-    let cols = xs.first().map_or(0, |x| x.x.len());
+    let ByValue::F32 { xt, padded } = bv else { unreachable!("exact rows are rearranged as f32") };
+    let (cols, padded) = (xs.first().map_or(0, |x| x.x.len()), *padded);
     let (dim, n) = (f.dim, cols / f.dim);
-    let padded = n.div_ceil(32) * 32;
     let fast = level == Level::Avx512 && vbmi();
-    XT.with(|xt| {
-        let xt = &mut xt.borrow_mut();
-        xt.clear();
-        xt.resize(xs.len() * dim * padded, 0.0);
-        for (x, xt) in xs.iter().zip(xt.chunks_exact_mut(dim * padded)) {
-            by_value(&x.x, dim, padded, xt);
+    let one = |codes: &[u8], i: usize| {
+        let xt = &xt[i * dim * padded..(i + 1) * dim * padded];
+        if fast {
+            // SAFETY: `fast` only where the CPU has AVX-512 F/BW/VL/VNNI
+            // (Level::Avx512) and VBMI (detected above).
+            unsafe { sum_fast(f, bb, codes, n, xt, padded) }
+        } else {
+            sum_portable(f, book, codes, n, xt, padded)
         }
-        let sum = |codes: &[u8], i: usize| {
-            let xt = &xt[i * dim * padded..(i + 1) * dim * padded];
-            if fast {
-                // SAFETY: `fast` only where the CPU has AVX-512 F/BW/VL/VNNI
-                // (Level::Avx512) and VBMI (detected above).
-                unsafe { sum_fast::<false>(f, bb, codes, n, Acts::F32(xt), padded) }
-            } else {
-                sum_portable(f, book, codes, n, xt, padded)
-            }
-        };
-        each_row(f, book, rows, row_bytes, xs.len(), 1.0, sum, |i, col| xs[i].x[col], out);
-    });
+    };
+    let sum = |[(c0, i0), (c1, i1)]: [(&[u8], usize); 2]| [one(c0, i0), one(c1, i1)];
+    each_row(f, book, rows, row_bytes, xs.len(), 1.0, sum, |i, col| xs[i].x[col], out);
 }
 
 /// Stored rows × activation rows quantized to Q8_0 (llama.cpp numerics: VQ matrices take
-/// the activations llama.cpp gives its 32-value block types), with the codebooks as int16
-/// ([`ByteBook`]'s `int16_scale`): per group of 32 vectors, `vpdpwssd` of the looked-up
-/// `C + R` with the codes, exact in int32, then one multiply-add by the blocks' scales.
-/// Differs from decoding by the int16 grid only (at most half a step per weight, 2⁻¹⁶
-/// of the codebooks' range; the Q8_0 rounding of the activations is ~250× that).
+/// the activations llama.cpp gives its 32-value block types), rearranged in `bv`
+/// ([`ByValue::q8`]), with the codebooks as int16 ([`ByteBook`]'s `int16_scale`) in byte
+/// planes: per 64 vectors and value, `vpdpbusd` of the looked-up high bytes (+ 128) and
+/// low bytes with the codes, exact in int32; per lane of 4 vectors
+/// `256·(Σhi − 128·Σx) + Σlo` is then exactly `Σ q·(C₁₆ + R₁₆)`, and one multiply-add by
+/// the block's scale follows. Differs from decoding by the int16 grid only (at most half a
+/// step per weight, 2⁻¹⁶ of the codebooks' range; the Q8_0 rounding of the activations is
+/// ~250× that).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rows_q8(
     level: Level,
@@ -197,48 +262,38 @@ pub(crate) fn rows_q8(
     rows: &[u8],
     row_bytes: usize,
     acts: &[QuantRow],
+    bv: &ByValue,
     out: &mut [f32],
 ) {
-    let cols = acts.first().map_or(0, |a| a.q.len());
-    let (dim, n) = (f.dim, cols / f.dim);
-    let padded = n.div_ceil(32) * 32;
+    let ByValue::Q8 { xq, xs, dl, padded } = bv else { unreachable!("Q8_0 rows are rearranged as codes") };
+    let (cols, padded) = (acts.first().map_or(0, |a| a.q.len()), *padded);
+    let (dim, n, lanes) = (f.dim, cols / f.dim, padded / 4);
     let fast = level == Level::Avx512 && vbmi();
-    XQ.with(|xq| {
-        XT.with(|dl| {
-            let (xq, dl) = (&mut xq.borrow_mut(), &mut dl.borrow_mut());
-            xq.clear();
-            xq.resize(acts.len() * dim * padded, 0);
-            dl.clear();
-            dl.resize(acts.len() * padded / 2, 0.0);
-            for ((a, xq), dl) in acts.iter().zip(xq.chunks_exact_mut(dim * padded)).zip(dl.chunks_exact_mut(padded / 2))
-            {
-                by_value(&a.q, dim, padded, xq);
-                for (p, d) in dl.iter_mut().enumerate().take(n.div_ceil(2)) {
-                    *d = a.d[2 * p * dim / 32];
-                }
-            }
-            let sum = |codes: &[u8], i: usize| {
-                let (xq, dl) =
-                    (&xq[i * dim * padded..(i + 1) * dim * padded], &dl[i * padded / 2..(i + 1) * padded / 2]);
-                if fast {
-                    // SAFETY: as in `rows`.
-                    unsafe { sum_fast::<true>(f, bb, codes, n, Acts::Q8 { x: xq, dl }, padded) }
-                } else {
-                    sum_q8_portable(f, bb, codes, n, xq, dl, padded)
-                }
-            };
-            let x_at = |i: usize, col: usize| acts[i].q[col] as f32 * acts[i].d[col / 32];
-            each_row(f, book, rows, row_bytes, acts.len(), bb.int16_scale, sum, x_at, out);
-        })
-    });
+    let sum = |[(c0, i0), (c1, i1)]: [(&[u8], usize); 2]| {
+        let job = |codes, i: usize| Job {
+            codes,
+            xq: &xq[i * dim * padded..(i + 1) * dim * padded],
+            xs: &xs[i * lanes..(i + 1) * lanes],
+            dl: &dl[i * lanes..(i + 1) * lanes],
+        };
+        let jobs = [job(c0, i0), job(c1, i1)];
+        if fast {
+            // SAFETY: as in `rows`.
+            unsafe { sum_q8_fast(f, bb, n, padded, jobs) }
+        } else {
+            jobs.map(|j| sum_q8_portable(f, bb, j.codes, n, j.xq, j.dl, padded))
+        }
+    };
+    let x_at = |i: usize, col: usize| acts[i].q[col] as f32 * acts[i].d[col / 32];
+    each_row(f, book, rows, row_bytes, acts.len(), bb.int16_scale, sum, x_at, out);
 }
 
 /// One activation row rearranged by value of a vector: `out[j·padded + c] = x[c·dim + j]`
-/// (both numerics' kernels read value j of 32 vectors as one run).
-fn by_value<T: Copy>(x: &[T], dim: usize, padded: usize, out: &mut [T]) {
+/// (both numerics' kernels read value j of 32 or 64 vectors as one run).
+fn by_value<T: Copy, U>(x: &[T], dim: usize, padded: usize, out: &mut [U], conv: impl Fn(T) -> U) {
     for (c, v) in x.chunks_exact(dim).enumerate() {
         for (j, &xv) in v.iter().enumerate() {
-            out[j * padded + c] = xv;
+            out[j * padded + c] = conv(xv);
         }
     }
 }
@@ -248,68 +303,103 @@ fn by_value<T: Copy>(x: &[T], dim: usize, padded: usize, out: &mut [T]) {
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
 #[allow(unused_variables)]
-unsafe fn sum_fast<const INT: bool>(
-    f: &VqFormat,
-    bb: &ByteBook,
-    codes: &[u8],
-    n: usize,
-    acts: Acts<'_>,
-    padded: usize,
-) -> f32 {
+unsafe fn sum_fast(f: &VqFormat, bb: &ByteBook, codes: &[u8], n: usize, xt: &[f32], padded: usize) -> f32 {
     #[cfg(target_arch = "x86_64")]
     // SAFETY (each arm): the caller's contract.
     match f.dim {
-        2 => unsafe { sum_vbmi::<2, INT>(f, bb, codes, n, acts, padded) },
-        4 => unsafe { sum_vbmi::<4, INT>(f, bb, codes, n, acts, padded) },
-        8 => unsafe { sum_vbmi::<8, INT>(f, bb, codes, n, acts, padded) },
+        2 => unsafe { sum_vbmi::<2>(f, bb, codes, n, xt, padded) },
+        4 => unsafe { sum_vbmi::<4>(f, bb, codes, n, xt, padded) },
+        8 => unsafe { sum_vbmi::<8>(f, bb, codes, n, xt, padded) },
         d => unreachable!("byte tables are made for 2-, 4- and 8-value vectors, not {d}"),
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the byte-table kernels are x86-64 only")
 }
 
-/// The row loop both numerics share: prefetch, `sum(codes, i) · unit · scale` for each
-/// activation row `i`, then the outlier columns' corrections with the activation value
-/// `x_at(i, col)`.
+/// One product of the integer path: a stored row's codes and one activation row as
+/// [`rows_q8`] rearranged it (codes by value, lane sums, lane scales).
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    codes: &'a [u8],
+    xq: &'a [i8],
+    xs: &'a [i32],
+    dl: &'a [f32],
+}
+
+/// [`sum_q8_vbmi`] for the format's vector length.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
+#[allow(unused_variables)]
+unsafe fn sum_q8_fast(f: &VqFormat, bb: &ByteBook, n: usize, padded: usize, jobs: [Job<'_>; 2]) -> [f32; 2] {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY (each arm): the caller's contract.
+    match f.dim {
+        2 => unsafe { sum_q8_vbmi::<2>(f, bb, n, padded, jobs) },
+        4 => unsafe { sum_q8_vbmi::<4>(f, bb, n, padded, jobs) },
+        8 => unsafe { sum_q8_vbmi::<8>(f, bb, n, padded, jobs) },
+        d => unreachable!("byte tables are made for 2-, 4- and 8-value vectors, not {d}"),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the byte-table kernels are x86-64 only")
+}
+
+/// The row loop both numerics share: prefetch, then the products of every (stored row,
+/// activation row) pair two at a time (`sum([(codes, i); 2])`, the integer kernel runs
+/// two at once; an odd last one is paired with itself), each `· unit · scale` plus the
+/// outlier columns' corrections with the activation value `x_at(i, col)`.
 #[allow(clippy::too_many_arguments)]
-fn each_row(
+fn each_row<'a>(
     f: &VqFormat,
     book: &Codebook,
-    rows: &[u8],
+    rows: &'a [u8],
     row_bytes: usize,
     t: usize,
     unit: f32,
-    sum: impl Fn(&[u8], usize) -> f32,
+    sum: impl Fn([(&'a [u8], usize); 2]) -> [f32; 2],
     x_at: impl Fn(usize, usize) -> f32,
     out: &mut [f32],
 ) {
     let n = f.cols_of_row_bytes(row_bytes).unwrap_or(0) / f.dim;
     let outl = f.outliers as usize;
-    for (r, (row, o)) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(t)).enumerate() {
-        // The row PREFETCH_ROWS ahead (rows are short: one ahead arrives too late).
-        prefetch_next(rows, (r + PREFETCH_ROWS - 1) * row_bytes, row_bytes);
-        let scale = f16_at(row, 0);
-        let codes = &row[2..row.len() - 2 * outl];
-        for (i, o) in o.iter_mut().enumerate() {
-            *o = sum(codes, i) * unit * scale + super::vq::outlier_terms(f, book, row, n, |col| x_at(i, col));
+    let count = rows.len() / row_bytes;
+    let codes = |r: usize| &rows[r * row_bytes + 2..(r + 1) * row_bytes - 2 * outl];
+    let mut k = 0;
+    while k < count * t {
+        let (r0, i0) = (k / t, k % t);
+        let (r1, i1) = if k + 1 < count * t { ((k + 1) / t, (k + 1) % t) } else { (r0, i0) };
+        // The rows PREFETCH_ROWS ahead (rows are short: one ahead arrives too late).
+        for r in [r0, r1] {
+            if r != r0 || i0 == 0 {
+                prefetch_next(rows, (r + PREFETCH_ROWS - 1) * row_bytes, row_bytes);
+            }
         }
+        let sums = sum([(codes(r0), i0), (codes(r1), i1)]);
+        for (j, &(r, i)) in [(r0, i0), (r1, i1)].iter().enumerate().take(if k + 1 < count * t { 2 } else { 1 }) {
+            let row = &rows[r * row_bytes..(r + 1) * row_bytes];
+            out[r * t + i] =
+                sums[j] * unit * f16_at(row, 0) + super::vq::outlier_terms(f, book, row, n, |col| x_at(i, col));
+        }
+        k += 2;
     }
 }
 
+/// Entry `e`'s value `j` on the int16 grid from byte planes `t` of `pairs8` register
+/// pairs ([`ByteBook`]'s `main8`/`residual8`).
+fn grid_value(t: &[u8], pairs8: usize, j: usize, e: usize) -> i32 {
+    let p = pairs8 * 128;
+    256 * (t[j * 2 * p + e] as i32 - 128) + t[j * 2 * p + p + e] as i32
+}
+
 /// One row's `Σ d_b · Σ q·(C₁₆ + R₁₆)` (the integer path before its grid step and scale):
-/// per group of 32 vectors the integer sum over values and pairs of vectors (exact), then
-/// lane `l` (vectors 2l, 2l+1 of the group) adds it times their block's scale — the
-/// reference for [`sum_vbmi`] with `INT`.
-fn sum_q8_portable(f: &VqFormat, bb: &ByteBook, codes: &[u8], n: usize, xq: &[i16], dl: &[f32], padded: usize) -> f32 {
+/// per 64 vectors, lane `l` (vectors 4l…4l+3) sums over them and the values exactly, then
+/// adds that times their block's scale — the reference for [`sum_q8_vbmi`].
+fn sum_q8_portable(f: &VqFormat, bb: &ByteBook, codes: &[u8], n: usize, xq: &[i8], dl: &[f32], padded: usize) -> f32 {
     let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
-    let entry = |t: &[u8], pairs: usize, j: usize, e: usize| {
-        let o = j * pairs * 128 + 2 * e;
-        i16::from_le_bytes([t[o], t[o + 1]]) as i32
-    };
     let mut acc = [0f32; 16];
-    for c0 in (0..padded).step_by(32) {
+    for c0 in (0..padded).step_by(64) {
         let mut sums = [0i32; 16];
-        for i in 0..32 {
+        for i in 0..64 {
             let c = c0 + i;
             let (cm, cr) = if c < n {
                 let cr = if rbits > 0 { read_bits(codes, n * bits + c * rbits, rbits) as usize } else { 0 };
@@ -318,15 +408,15 @@ fn sum_q8_portable(f: &VqFormat, bb: &ByteBook, codes: &[u8], n: usize, xq: &[i1
                 (0, 0)
             };
             for j in 0..dim {
-                let mut w = entry(&bb.main16, bb.main_pairs, j, cm);
+                let mut w = grid_value(&bb.main8, bb.main_pairs8, j, cm);
                 if rbits > 0 {
-                    w += entry(&bb.residual16, bb.res_pairs, j, cr);
+                    w += grid_value(&bb.residual8, bb.res_pairs8, j, cr);
                 }
-                sums[i / 2] += w * xq[j * padded + c] as i32;
+                sums[i / 4] += w * xq[j * padded + c] as i32;
             }
         }
         for l in 0..16 {
-            acc[l] += sums[l] as f32 * dl[c0 / 2 + l];
+            acc[l] += sums[l] as f32 * dl[c0 / 4 + l];
         }
     }
     hsum16(&acc)
@@ -389,78 +479,95 @@ const fn unpack_tables() -> [[u8; 128]; 9] {
     t
 }
 
-/// The activations of one row as a kernel reads them (rearranged by value `j`).
-#[derive(Clone, Copy)]
-enum Acts<'a> {
-    /// f32 values (exact numerics).
-    F32(&'a [f32]),
-    /// Q8_0 codes and, per pair of vectors, their block's scale.
-    Q8 { x: &'a [i16], dl: &'a [f32] },
+/// Unpacks `cnt` ≤ 64 codes of `b` ≤ 8 bits starting at byte `start` of `codes` into
+/// bytes (codes past `cnt` are 0), with `fields` = [`UNPACK`]`[b]` loaded.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VBMI; the `⌈cnt·b/8⌉` bytes from `start` must lie
+/// inside `codes`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+#[inline]
+unsafe fn unpack_codes(
+    codes: &[u8],
+    start: usize,
+    b: usize,
+    cnt: usize,
+    (gather, shifts): (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i),
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let bits = _mm512_set1_epi8(((1u16 << b) - 1) as i8);
+    if cnt == 64 && start + 64 <= codes.len() {
+        // A whole step inside `codes`: no masks (the gather reads only its 8·b bytes).
+        // SAFETY: the 64 bytes from `start` lie inside `codes` (checked).
+        let raw = unsafe { _mm512_loadu_si512(codes.as_ptr().add(start).cast()) };
+        if b == 8 {
+            return raw;
+        }
+        return _mm512_and_si512(_mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(gather, raw)), bits);
+    }
+    let nbytes = (cnt * b).div_ceil(8);
+    let m: __mmask64 = if nbytes >= 64 { !0 } else { (1u64 << nbytes) - 1 };
+    // SAFETY: a plain load only where the 64 bytes lie inside `codes` (masked loads cost
+    // far more on this path: measured), masked to the chunk's bytes; else a masked load of
+    // the chunk's bytes, inside `codes` by the caller's contract.
+    let raw = unsafe {
+        if start + 64 <= codes.len() {
+            _mm512_maskz_mov_epi8(m, _mm512_loadu_si512(codes.as_ptr().add(start).cast()))
+        } else {
+            _mm512_maskz_loadu_epi8(m, codes.as_ptr().add(start).cast())
+        }
+    };
+    let keep: __mmask64 = if cnt >= 64 { !0 } else { (1u64 << cnt) - 1 };
+    if b == 8 {
+        return _mm512_maskz_mov_epi8(keep, raw);
+    }
+    let f = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(gather, raw));
+    _mm512_and_si512(_mm512_maskz_mov_epi8(keep, f), bits)
 }
 
-/// [`sum_portable`] (`INT` = false) or [`sum_q8_portable`] (`INT` = true) with byte
-/// permutes (AVX-512 VBMI; VNNI `vpdpwssd` for the integer path).
+/// [`UNPACK`]`[b]` as the two registers [`unpack_codes`] takes.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn unpack_fields(b: usize) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+    use std::arch::x86_64::*;
+    let t = &UNPACK[b];
+    // SAFETY: each table is 128 bytes.
+    unsafe { (_mm512_loadu_si512(t.as_ptr().cast()), _mm512_loadu_si512(t.as_ptr().add(64).cast())) }
+}
+
+/// [`sum_portable`] with byte permutes (AVX-512 VBMI).
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
-unsafe fn sum_vbmi<const D: usize, const INT: bool>(
+unsafe fn sum_vbmi<const D: usize>(
     f: &VqFormat,
     bb: &ByteBook,
     codes: &[u8],
     n: usize,
-    acts: Acts<'_>,
+    xt: &[f32],
     padded: usize,
 ) -> f32 {
     use std::arch::x86_64::*;
     let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
-    let (xt, xq, dl) = match acts {
-        Acts::F32(xt) => (xt, &[][..], &[][..]),
-        Acts::Q8 { x, dl } => (&[][..], x, dl),
-    };
     assert!(dim == D && bits <= 8 && rbits <= 8 && padded >= n && padded.is_multiple_of(32));
-    if INT {
-        assert!(xq.len() >= dim * padded && dl.len() >= padded / 2);
-        assert!(bb.main16.len() == bb.main.len() && bb.residual16.len() == bb.residual.len());
-    } else {
-        assert!(xt.len() >= dim * padded);
-    }
+    assert!(xt.len() >= dim * padded);
     assert!(bb.main.len() == dim * bb.main_pairs * 128 && bb.residual.len() == dim * bb.res_pairs * 128);
     assert!((rbits > 0) == (bb.res_pairs > 0) && [1, 2, 4].contains(&bb.main_pairs));
     assert!(codes.len() * 8 >= n * (bits + rbits) && (n * bits).is_multiple_of(8));
-    // SAFETY: every load below is in bounds: `unpack` reads with a byte mask covering only
-    // the chunk's code bytes, which lie inside `codes` (asserted length: n·(bits+rbits)
-    // bits, the residual part starting on a byte); table loads read 64 bytes at
-    // j·pairs·128 + 64·q < dim·pairs·128 = the table's length (asserted, the int16 tables
-    // as long); activation loads read 32 values (f32 or i16) at j·padded + c, c + 32 ≤
-    // padded, so inside dim·padded ≤ the slice's length (asserted), and 16 block scales
-    // at c/2 + 16 ≤ padded/2 ≤ dl.len() (asserted).
+    // SAFETY: every load below is in bounds: `unpack_codes` reads only the chunk's code
+    // bytes, which lie inside `codes` (asserted length: n·(bits+rbits) bits, the residual
+    // part starting on a byte); table loads read 64 bytes at j·pairs·128 + 64·q <
+    // dim·pairs·128 = the table's length (asserted); activation loads read 16 f32 at
+    // j·padded + c + 16h, c + 32 ≤ padded, so inside dim·padded ≤ xt.len() (asserted).
     unsafe {
-        let fields = |b: usize| {
-            let t = &UNPACK[b];
-            (_mm512_loadu_si512(t.as_ptr().cast()), _mm512_loadu_si512(t.as_ptr().add(64).cast()))
-        };
-        let (main_fields, res_fields) = (fields(bits), fields(rbits));
-        // Unpacks `cnt` ≤ 64 codes of `b` bits starting at byte `start` of `codes` into
-        // bytes; codes past `cnt` are 0.
-        let unpack = |start: usize, b: usize, cnt: usize, (gather, shifts): (__m512i, __m512i)| -> __m512i {
-            let nbytes = (cnt * b).div_ceil(8);
-            let m: __mmask64 = if nbytes >= 64 { !0 } else { (1u64 << nbytes) - 1 };
-            // A plain load where the 64 bytes lie inside `codes` (masked loads cost far
-            // more on this path: measured), masked to the chunk's bytes.
-            let raw = if start + 64 <= codes.len() {
-                _mm512_maskz_mov_epi8(m, _mm512_loadu_si512(codes.as_ptr().add(start).cast()))
-            } else {
-                _mm512_maskz_loadu_epi8(m, codes.as_ptr().add(start).cast())
-            };
-            let keep: __mmask64 = if cnt >= 64 { !0 } else { (1u64 << cnt) - 1 };
-            if b == 8 {
-                return _mm512_maskz_mov_epi8(keep, raw);
-            }
-            let f = _mm512_multishift_epi64_epi8(shifts, _mm512_permutexvar_epi8(gather, raw));
-            _mm512_and_si512(_mm512_maskz_mov_epi8(keep, f), _mm512_set1_epi8(((1u16 << b) - 1) as i8))
-        };
+        let (main_fields, res_fields) = (unpack_fields(bits), unpack_fields(rbits));
         // 32 codes (bytes) → their 16-bit lanes' byte indices 2(c mod 64) | (2(c mod 64)+1)<<8,
         // and the masks of codes with bit 6 and with bit 7 set.
         let index = |c8: __m256i| -> (__m512i, __mmask32, __mmask32) {
@@ -490,13 +597,12 @@ unsafe fn sum_vbmi<const D: usize, const INT: bool>(
         };
         let (mp, rp) = (bb.main_pairs, bb.res_pairs);
         let mut acc = [[_mm512_setzero_ps(); 2]; D];
-        let mut acc_int = _mm512_setzero_ps();
-        let (xp, qp) = (xt.as_ptr(), xq.as_ptr());
+        let xp = xt.as_ptr();
         for c0 in (0..n).step_by(64) {
             let cnt = n.saturating_sub(c0).min(64);
-            let cm = unpack(c0 * bits / 8, bits, cnt, main_fields);
+            let cm = unpack_codes(codes, c0 * bits / 8, bits, cnt, main_fields);
             let cr = if rbits > 0 {
-                unpack((n * bits + c0 * rbits) / 8, rbits, cnt, res_fields)
+                unpack_codes(codes, (n * bits + c0 * rbits) / 8, rbits, cnt, res_fields)
             } else {
                 _mm512_setzero_si512()
             };
@@ -507,21 +613,6 @@ unsafe fn sum_vbmi<const D: usize, const INT: bool>(
                     (index(_mm512_extracti64x4_epi64::<1>(cm)), index(_mm512_extracti64x4_epi64::<1>(cr)))
                 };
                 let c = c0 + 32 * half;
-                if INT {
-                    // Integer sums are exact: two chains, any order.
-                    let mut sums = [_mm512_setzero_si512(); 2];
-                    for j in 0..D {
-                        let mut w = look(im, bb.main16.as_ptr().add(j * mp * 128), mp);
-                        if rp > 0 {
-                            w = _mm512_add_epi16(w, look(ir, bb.residual16.as_ptr().add(j * rp * 128), rp));
-                        }
-                        let x = _mm512_loadu_si512(qp.add(j * padded + c).cast());
-                        sums[j % 2] = _mm512_dpwssd_epi32(sums[j % 2], w, x);
-                    }
-                    let s = _mm512_cvtepi32_ps(_mm512_add_epi32(sums[0], sums[1]));
-                    acc_int = _mm512_add_ps(acc_int, _mm512_mul_ps(s, _mm512_loadu_ps(dl.as_ptr().add(c / 2))));
-                    continue;
-                }
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let v = look(im, bb.main.as_ptr().add(j * mp * 128), mp);
                     let mut lo = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
@@ -539,16 +630,111 @@ unsafe fn sum_vbmi<const D: usize, const INT: bool>(
             }
         }
         let mut l = [0f32; 16];
-        if INT {
-            _mm512_storeu_ps(l.as_mut_ptr(), acc_int);
-            return hsum16(&l);
-        }
         let mut total = _mm512_add_ps(acc[0][0], acc[0][1]);
         for a in acc.iter().skip(1) {
             total = _mm512_add_ps(total, _mm512_add_ps(a[0], a[1]));
         }
         _mm512_storeu_ps(l.as_mut_ptr(), total);
         hsum16(&l)
+    }
+}
+
+/// [`sum_q8_portable`] for two products at once, with byte permutes and `vpdpbusd`
+/// (AVX-512 VBMI and VNNI). Per 64 vectors and value: each plane's register pairs are
+/// loaded once for both products, one `vpermi2b` per plane and pair (a blend on the
+/// code's bit 7 for 256 entries), one `vpdpbusd` per plane into register accumulators
+/// (main and residual apart: four independent chains per product). Two products keep
+/// the permute units busy where one row's dependency chains and its setup and final sum
+/// left them idle (smollm2's rows are 144 vectors: 3 steps of 64).
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
+unsafe fn sum_q8_vbmi<const D: usize>(
+    f: &VqFormat,
+    bb: &ByteBook,
+    n: usize,
+    padded: usize,
+    jobs: [Job<'_>; 2],
+) -> [f32; 2] {
+    use std::arch::x86_64::*;
+    let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
+    let (mp, rp) = (bb.main_pairs8, bb.res_pairs8);
+    assert!(dim == D && bits <= 8 && rbits <= 8 && padded >= n && padded.is_multiple_of(64));
+    for j in &jobs {
+        assert!(j.xq.len() >= dim * padded && j.xs.len() >= padded / 4 && j.dl.len() >= padded / 4);
+        assert!(j.codes.len() * 8 >= n * (bits + rbits));
+    }
+    assert!(bb.main8.len() == dim * 2 * mp * 128 && bb.residual8.len() == dim * 2 * rp * 128);
+    assert!((rbits > 0) == (rp > 0) && (1..=2).contains(&mp) && rp <= 2 && (n * bits).is_multiple_of(8));
+    // SAFETY: every load below is in bounds: `unpack_codes` reads only the step's code
+    // bytes, inside each job's `codes` (asserted length; the residual part starts on a
+    // byte); plane loads read 64 bytes at (2j + plane)·pairs·128 + 64·q, q < 2·pairs,
+    // inside the table's dim·2·pairs·128 bytes (asserted); activation loads read 64 bytes
+    // at j·padded + 64s < dim·padded ≤ xq.len(), and 16 lane sums and scales at 16s,
+    // 16s + 16 ≤ padded/4 ≤ their lengths (asserted).
+    unsafe {
+        let (main_fields, res_fields) = (unpack_fields(bits), unpack_fields(rbits));
+        let zero = _mm512_setzero_si512();
+        let offset = _mm512_set1_epi32(128 * if rp > 0 { 2 } else { 1 });
+        type Regs = (__m512i, __m512i, __m512i, __m512i);
+        let regs = |t: *const u8, pairs: usize| -> Regs {
+            let at = |q: usize| if q < 2 * pairs { _mm512_loadu_si512(t.add(64 * q).cast()) } else { zero };
+            (at(0), at(1), at(2), at(3))
+        };
+        // 64 codes' bytes from one plane of `pairs` register pairs (bit 7 picks the pair).
+        let look = |idx: __m512i, k7: __mmask64, t: Regs, pairs: usize| -> __m512i {
+            let v = _mm512_permutex2var_epi8(t.0, idx, t.1);
+            if pairs == 1 {
+                return v;
+            }
+            _mm512_mask_blend_epi8(k7, v, _mm512_permutex2var_epi8(t.2, idx, t.3))
+        };
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for s in 0..padded / 64 {
+            let c0 = s * 64;
+            let cnt = n.saturating_sub(c0).min(64);
+            let cm = jobs.map(|j| unpack_codes(j.codes, c0 * bits / 8, bits, cnt, main_fields));
+            let km = cm.map(|c| _mm512_movepi8_mask(c));
+            let cr = if rbits > 0 {
+                jobs.map(|j| unpack_codes(j.codes, (n * bits + c0 * rbits) / 8, rbits, cnt, res_fields))
+            } else {
+                [zero; 2]
+            };
+            let kr = cr.map(|c| _mm512_movepi8_mask(c));
+            // High and low plane sums: main and residual of product 0, then of product 1.
+            let (mut h, mut l) = ([zero; 4], [zero; 4]);
+            for j in 0..D {
+                let x = jobs.map(|jb| _mm512_loadu_si512(jb.xq.as_ptr().add(j * padded + c0).cast()));
+                let mh = regs(bb.main8.as_ptr().add(2 * j * mp * 128), mp);
+                let ml = regs(bb.main8.as_ptr().add((2 * j + 1) * mp * 128), mp);
+                for p in 0..2 {
+                    h[2 * p] = _mm512_dpbusd_epi32(h[2 * p], look(cm[p], km[p], mh, mp), x[p]);
+                    l[2 * p] = _mm512_dpbusd_epi32(l[2 * p], look(cm[p], km[p], ml, mp), x[p]);
+                }
+                if rp > 0 {
+                    let rh = regs(bb.residual8.as_ptr().add(2 * j * rp * 128), rp);
+                    let rl = regs(bb.residual8.as_ptr().add((2 * j + 1) * rp * 128), rp);
+                    for p in 0..2 {
+                        h[2 * p + 1] = _mm512_dpbusd_epi32(h[2 * p + 1], look(cr[p], kr[p], rh, rp), x[p]);
+                        l[2 * p + 1] = _mm512_dpbusd_epi32(l[2 * p + 1], look(cr[p], kr[p], rl, rp), x[p]);
+                    }
+                }
+            }
+            for (p, (acc, jb)) in acc.iter_mut().zip(&jobs).enumerate() {
+                let xsum = _mm512_loadu_si512(jb.xs.as_ptr().add(s * 16).cast());
+                let hi = _mm512_sub_epi32(_mm512_add_epi32(h[2 * p], h[2 * p + 1]), _mm512_mullo_epi32(xsum, offset));
+                let lane = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), _mm512_add_epi32(l[2 * p], l[2 * p + 1]));
+                let d = _mm512_loadu_ps(jb.dl.as_ptr().add(s * 16));
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_cvtepi32_ps(lane), d));
+            }
+        }
+        acc.map(|a| {
+            let mut l = [0f32; 16];
+            _mm512_storeu_ps(l.as_mut_ptr(), a);
+            hsum16(&l)
+        })
     }
 }
 
@@ -587,7 +773,7 @@ mod tests {
             let mut first: Option<Vec<f32>> = None;
             for level in Level::supported() {
                 let mut out = vec![0f32; 7 * 2];
-                rows(level, &f, &book, &bb, &bytes, rb, &xs, &mut out);
+                rows(level, &f, &book, &bb, &bytes, rb, &xs, &ByValue::exact(&xs, f.dim), &mut out);
                 for (r, got) in bytes.chunks_exact(rb).zip(out.chunks_exact(2)) {
                     let mut w = vec![0f32; cols];
                     f.decode_row(&book, r, &mut w);
@@ -605,13 +791,20 @@ mod tests {
         }
     }
 
-    /// The integer path (Q8_0 activations): equal to decoding and dotting with the
+    /// The integer path (Q8_0 activations; one row past a chunk of 8 × 64 vectors): equal
+    /// to decoding and dotting with the
     /// activations' Q8_0 values up to the int16 grid (half a step per weight), the same
     /// bits at every level.
     #[test]
     fn integer_path_matches_decoding_within_the_grid_and_every_level_agrees() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-        for (name, vectors) in [("vq4x256+128", 144), ("vq4x64+64o2", 88), ("vq2x256+256", 208), ("vq8x16+128o3", 40)] {
+        for (name, vectors) in [
+            ("vq4x256+128", 144),
+            ("vq4x256+128", 704),
+            ("vq4x64+64o2", 88),
+            ("vq2x256+256", 208),
+            ("vq8x16+128o3", 40),
+        ] {
             let f = VqFormat::from_name(name).unwrap_or_else(|| panic!("{name}"));
             let cols = vectors * f.dim;
             let (k, k2) = (f.entries(), f.residual_entries());
@@ -635,7 +828,7 @@ mod tests {
             let mut first: Option<Vec<f32>> = None;
             for level in Level::supported() {
                 let mut out = vec![0f32; 5 * 2];
-                rows_q8(level, &f, &book, &bb, &bytes, rb, &acts, &mut out);
+                rows_q8(level, &f, &book, &bb, &bytes, rb, &acts, &ByValue::q8(&acts, f.dim), &mut out);
                 for (r, got) in bytes.chunks_exact(rb).zip(out.chunks_exact(2)) {
                     let mut w = vec![0f32; cols];
                     f.decode_row(&book, r, &mut w);
