@@ -47,6 +47,10 @@ const PREFETCH_ROWS: usize = 2;
 /// Most values per vector a byte-table kernel runs (two accumulators per value).
 const MAX_DIM: usize = 8;
 
+/// Products (stored row × activation row) the integer kernel computes at once, sharing
+/// each table load and overlapping their dependency chains.
+const PER_CALL: usize = 2;
+
 /// A VQ matrix's codebooks as byte tables: per value `j`, `pairs × 128` bytes holding
 /// entry `e`'s f16 bits at `2e` (zero past `K`), main codebook then residual.
 pub(crate) struct ByteBook {
@@ -240,7 +244,7 @@ pub(crate) fn rows(
             sum_portable(f, book, codes, n, xt, padded)
         }
     };
-    let sum = |[(c0, i0), (c1, i1)]: [(&[u8], usize); 2]| [one(c0, i0), one(c1, i1)];
+    let sum = |items: [(&[u8], usize); PER_CALL]| items.map(|(c, i)| one(c, i));
     each_row(f, book, rows, row_bytes, xs.len(), 1.0, sum, |i, col| xs[i].x[col], out);
 }
 
@@ -269,14 +273,13 @@ pub(crate) fn rows_q8(
     let (cols, padded) = (acts.first().map_or(0, |a| a.q.len()), *padded);
     let (dim, n, lanes) = (f.dim, cols / f.dim, padded / 4);
     let fast = level == Level::Avx512 && vbmi();
-    let sum = |[(c0, i0), (c1, i1)]: [(&[u8], usize); 2]| {
-        let job = |codes, i: usize| Job {
+    let sum = |items: [(&[u8], usize); PER_CALL]| {
+        let jobs = items.map(|(codes, i)| Job {
             codes,
             xq: &xq[i * dim * padded..(i + 1) * dim * padded],
             xs: &xs[i * lanes..(i + 1) * lanes],
             dl: &dl[i * lanes..(i + 1) * lanes],
-        };
-        let jobs = [job(c0, i0), job(c1, i1)];
+        });
         if fast {
             // SAFETY: as in `rows`.
             unsafe { sum_q8_fast(f, bb, n, padded, jobs) }
@@ -331,7 +334,13 @@ struct Job<'a> {
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
 #[allow(unused_variables)]
-unsafe fn sum_q8_fast(f: &VqFormat, bb: &ByteBook, n: usize, padded: usize, jobs: [Job<'_>; 2]) -> [f32; 2] {
+unsafe fn sum_q8_fast(
+    f: &VqFormat,
+    bb: &ByteBook,
+    n: usize,
+    padded: usize,
+    jobs: [Job<'_>; PER_CALL],
+) -> [f32; PER_CALL] {
     #[cfg(target_arch = "x86_64")]
     // SAFETY (each arm): the caller's contract.
     match f.dim {
@@ -345,8 +354,8 @@ unsafe fn sum_q8_fast(f: &VqFormat, bb: &ByteBook, n: usize, padded: usize, jobs
 }
 
 /// The row loop both numerics share: prefetch, then the products of every (stored row,
-/// activation row) pair two at a time (`sum([(codes, i); 2])`, the integer kernel runs
-/// two at once; an odd last one is paired with itself), each `· unit · scale` plus the
+/// activation row) pair [`PER_CALL`] at a time (`sum`; the integer kernel runs them at
+/// once; a short last group repeats its last product), each `· unit · scale` plus the
 /// outlier columns' corrections with the activation value `x_at(i, col)`.
 #[allow(clippy::too_many_arguments)]
 fn each_row<'a>(
@@ -356,31 +365,30 @@ fn each_row<'a>(
     row_bytes: usize,
     t: usize,
     unit: f32,
-    sum: impl Fn([(&'a [u8], usize); 2]) -> [f32; 2],
+    sum: impl Fn([(&'a [u8], usize); PER_CALL]) -> [f32; PER_CALL],
     x_at: impl Fn(usize, usize) -> f32,
     out: &mut [f32],
 ) {
     let n = f.cols_of_row_bytes(row_bytes).unwrap_or(0) / f.dim;
     let outl = f.outliers as usize;
-    let count = rows.len() / row_bytes;
+    let total = rows.len() / row_bytes * t;
     let codes = |r: usize| &rows[r * row_bytes + 2..(r + 1) * row_bytes - 2 * outl];
-    let mut k = 0;
-    while k < count * t {
-        let (r0, i0) = (k / t, k % t);
-        let (r1, i1) = if k + 1 < count * t { ((k + 1) / t, (k + 1) % t) } else { (r0, i0) };
-        // The rows PREFETCH_ROWS ahead (rows are short: one ahead arrives too late).
-        for r in [r0, r1] {
-            if r != r0 || i0 == 0 {
+    for k in (0..total).step_by(PER_CALL) {
+        let items: [(usize, usize); PER_CALL] =
+            std::array::from_fn(|q| ((k + q).min(total - 1) / t, (k + q).min(total - 1) % t));
+        // The rows PREFETCH_ROWS ahead (rows are short: one ahead arrives too late), each
+        // once.
+        for (q, &(r, i)) in items.iter().enumerate() {
+            if i == 0 && k + q < total {
                 prefetch_next(rows, (r + PREFETCH_ROWS - 1) * row_bytes, row_bytes);
             }
         }
-        let sums = sum([(codes(r0), i0), (codes(r1), i1)]);
-        for (j, &(r, i)) in [(r0, i0), (r1, i1)].iter().enumerate().take(if k + 1 < count * t { 2 } else { 1 }) {
+        let sums = sum(items.map(|(r, i)| (codes(r), i)));
+        for (q, &(r, i)) in items.iter().enumerate().take(total - k) {
             let row = &rows[r * row_bytes..(r + 1) * row_bytes];
             out[r * t + i] =
-                sums[j] * unit * f16_at(row, 0) + super::vq::outlier_terms(f, book, row, n, |col| x_at(i, col));
+                sums[q] * unit * f16_at(row, 0) + super::vq::outlier_terms(f, book, row, n, |col| x_at(i, col));
         }
-        k += 2;
     }
 }
 
@@ -656,8 +664,8 @@ unsafe fn sum_q8_vbmi<const D: usize>(
     bb: &ByteBook,
     n: usize,
     padded: usize,
-    jobs: [Job<'_>; 2],
-) -> [f32; 2] {
+    jobs: [Job<'_>; PER_CALL],
+) -> [f32; PER_CALL] {
     use std::arch::x86_64::*;
     let (dim, bits, rbits) = (f.dim, f.bits as usize, f.residual_bits as usize);
     let (mp, rp) = (bb.main_pairs8, bb.res_pairs8);
@@ -691,7 +699,7 @@ unsafe fn sum_q8_vbmi<const D: usize>(
             }
             _mm512_mask_blend_epi8(k7, v, _mm512_permutex2var_epi8(t.2, idx, t.3))
         };
-        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut acc = [_mm512_setzero_ps(); PER_CALL];
         for s in 0..padded / 64 {
             let c0 = s * 64;
             let cnt = n.saturating_sub(c0).min(64);
@@ -700,32 +708,32 @@ unsafe fn sum_q8_vbmi<const D: usize>(
             let cr = if rbits > 0 {
                 jobs.map(|j| unpack_codes(j.codes, (n * bits + c0 * rbits) / 8, rbits, cnt, res_fields))
             } else {
-                [zero; 2]
+                [zero; PER_CALL]
             };
             let kr = cr.map(|c| _mm512_movepi8_mask(c));
-            // High and low plane sums: main and residual of product 0, then of product 1.
-            let (mut h, mut l) = ([zero; 4], [zero; 4]);
+            // High and low plane sums of each product: main, and residual apart.
+            let (mut h, mut l) = ([[zero; 2]; PER_CALL], [[zero; 2]; PER_CALL]);
             for j in 0..D {
                 let x = jobs.map(|jb| _mm512_loadu_si512(jb.xq.as_ptr().add(j * padded + c0).cast()));
                 let mh = regs(bb.main8.as_ptr().add(2 * j * mp * 128), mp);
                 let ml = regs(bb.main8.as_ptr().add((2 * j + 1) * mp * 128), mp);
-                for p in 0..2 {
-                    h[2 * p] = _mm512_dpbusd_epi32(h[2 * p], look(cm[p], km[p], mh, mp), x[p]);
-                    l[2 * p] = _mm512_dpbusd_epi32(l[2 * p], look(cm[p], km[p], ml, mp), x[p]);
+                for p in 0..PER_CALL {
+                    h[p][0] = _mm512_dpbusd_epi32(h[p][0], look(cm[p], km[p], mh, mp), x[p]);
+                    l[p][0] = _mm512_dpbusd_epi32(l[p][0], look(cm[p], km[p], ml, mp), x[p]);
                 }
                 if rp > 0 {
                     let rh = regs(bb.residual8.as_ptr().add(2 * j * rp * 128), rp);
                     let rl = regs(bb.residual8.as_ptr().add((2 * j + 1) * rp * 128), rp);
-                    for p in 0..2 {
-                        h[2 * p + 1] = _mm512_dpbusd_epi32(h[2 * p + 1], look(cr[p], kr[p], rh, rp), x[p]);
-                        l[2 * p + 1] = _mm512_dpbusd_epi32(l[2 * p + 1], look(cr[p], kr[p], rl, rp), x[p]);
+                    for p in 0..PER_CALL {
+                        h[p][1] = _mm512_dpbusd_epi32(h[p][1], look(cr[p], kr[p], rh, rp), x[p]);
+                        l[p][1] = _mm512_dpbusd_epi32(l[p][1], look(cr[p], kr[p], rl, rp), x[p]);
                     }
                 }
             }
             for (p, (acc, jb)) in acc.iter_mut().zip(&jobs).enumerate() {
                 let xsum = _mm512_loadu_si512(jb.xs.as_ptr().add(s * 16).cast());
-                let hi = _mm512_sub_epi32(_mm512_add_epi32(h[2 * p], h[2 * p + 1]), _mm512_mullo_epi32(xsum, offset));
-                let lane = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), _mm512_add_epi32(l[2 * p], l[2 * p + 1]));
+                let hi = _mm512_sub_epi32(_mm512_add_epi32(h[p][0], h[p][1]), _mm512_mullo_epi32(xsum, offset));
+                let lane = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), _mm512_add_epi32(l[p][0], l[p][1]));
                 let d = _mm512_loadu_ps(jb.dl.as_ptr().add(s * 16));
                 *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_cvtepi32_ps(lane), d));
             }
