@@ -407,11 +407,36 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// One exact-name override per tensor (what the plan follows).
+    /// The overrides the plan follows, each tensor matched by exactly one: block tensors of
+    /// one role and type share one (`^blk\.(0|3|17)\.attn_q\.weight$=Q4_K`), the rest
+    /// name their tensor. Grouped because they are recorded in the GGUF
+    /// (`lowbit.quantize.overrides`) and count against the size: one per tensor took 36 KB
+    /// on gemma3-270m, enough to force a re-quantized tensor at the source's own size.
     pub fn overrides(&self) -> Vec<Override> {
-        self.entries
+        let mut groups: Vec<(String, StorageType, Vec<&str>)> = Vec::new();
+        for e in &self.entries {
+            let (key, block) = match e.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+                Some((n, rest)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                    (rest.to_string(), Some(n))
+                }
+                _ => (e.name.clone(), None),
+            };
+            match (block, groups.iter_mut().find(|(k, ty, b)| *k == key && *ty == e.ty && !b.is_empty())) {
+                (Some(n), Some(g)) => g.2.push(n),
+                (Some(n), None) => groups.push((key, e.ty, vec![n])),
+                (None, _) => groups.push((key, e.ty, Vec::new())),
+            }
+        }
+        groups
             .iter()
-            .map(|e| Override::parse(&format!("^{}$={}", regex::escape(&e.name), e.ty)).expect("a valid override"))
+            .map(|(key, ty, blocks)| {
+                let text = if blocks.is_empty() {
+                    format!("^{}$={ty}", regex::escape(key))
+                } else {
+                    format!(r"^blk\.({})\.{}$={ty}", blocks.join("|"), regex::escape(key))
+                };
+                Override::parse(&text).expect("a valid override")
+            })
             .collect()
     }
 
@@ -541,17 +566,56 @@ pub fn fixed_bytes(g: &GgufFile, table: &CostTable) -> u64 {
         })
         .sum();
     let metadata = crate::gguf::metadata_bytes(&g.metadata);
-    // Each override is `^NAME$=TYPE` (escaped dots double the name at worst) plus its
-    // 8-byte length; lowbit's own keys and the header fields take well under 1 KiB.
-    let overrides: u64 = table.tensors.iter().map(|t| 2 * t.name.len() as u64 + 3 + 8 + 8).sum();
     let infos: u64 = g.tensors.iter().map(|t| 8 + t.name.len() as u64 + 4 + 8 * t.dims.len() as u64 + 4 + 8).sum();
     let alignment = 64 * (g.tensors.len() as u64 + 1);
-    kept + metadata + overrides + infos + alignment + 1024
+    kept + metadata + infos + alignment + 1024
+}
+
+/// The most bytes any recipe's overrides over `table` can take in the GGUF: one per
+/// tensor, `^NAME$=TYPE` with every dot escaped (the name twice at worst) and its
+/// 8-byte length. [`fixed_bytes`] leaves them out: an allocation is made with this
+/// allowance and then, if its own overrides take less, again with theirs
+/// ([`overrides_bytes`]).
+pub fn worst_overrides_bytes(table: &CostTable) -> u64 {
+    table.tensors.iter().map(|t| 2 * t.name.len() as u64 + 3 + 8 + 8).sum()
+}
+
+/// The bytes `overrides` take as a GGUF string array: each text and its 8-byte length.
+pub fn overrides_bytes(overrides: &[Override]) -> u64 {
+    overrides.iter().map(|o| o.text.len() as u64 + 8).sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grouped_overrides_give_every_tensor_its_own_type_and_take_less_room() {
+        let ty = |n: &str| StorageType::from_name(n).unwrap();
+        let mut entries = Vec::new();
+        for b in 0..30 {
+            for (role, t) in
+                [("attn_q.weight", if b % 3 == 0 { "Q4_K" } else { "IQ4_NL" }), ("ffn_down.weight", "Q6_K")]
+            {
+                entries.push(RecipeEntry { name: format!("blk.{b}.{role}"), ty: ty(t), bytes: 1, predicted_kld: 0.0 });
+            }
+        }
+        entries.push(RecipeEntry { name: "token_embd.weight".into(), ty: ty("Q8_0"), bytes: 1, predicted_kld: 0.0 });
+        entries.push(RecipeEntry { name: "blk.x.odd".into(), ty: ty("Q8_0"), bytes: 1, predicted_kld: 0.0 });
+        let recipe = Recipe { entries, budget: 0, predicted_kld: 0.0 };
+        let o = recipe.overrides();
+        assert_eq!(o.len(), 5, "{:?}", o.iter().map(|o| &o.text).collect::<Vec<_>>());
+        for e in &recipe.entries {
+            let hits: Vec<_> = o.iter().filter(|o| o.pattern.is_match(&e.name)).collect();
+            assert_eq!(hits.len(), 1, "{}", e.name);
+            assert_eq!(hits[0].ty, e.ty, "{}", e.name);
+        }
+        // `blk.1.` must not match `blk.10.`/`blk.11.` and so on.
+        assert!(!o.iter().any(|o| o.pattern.is_match("blk.1.attn_q.weight.extra")));
+        let one_each: u64 =
+            recipe.entries.iter().map(|e| format!("^{}$={}", regex::escape(&e.name), e.ty).len() as u64 + 8).sum();
+        assert!(overrides_bytes(&o) * 3 < one_each, "{} vs {one_each}", overrides_bytes(&o));
+    }
 
     #[test]
     fn native_candidates_reach_below_ggml_where_its_blocks_do_not_fit() {

@@ -392,12 +392,30 @@ fn resolve_and_allocate(
             .sum()
     });
     let fixed = crate::allocate::fixed_bytes(&g, &table) + branches;
-    let budget = want.checked_sub(fixed).ok_or_else(|| {
-        Error::Usage(format!(
-            "a {want}-byte file cannot hold this model: the tensors that stay as they are and the header take {fixed}"
-        ))
-    })?;
-    let recipe = crate::allocate::allocate(&table, budget, &opts.overrides)?;
+    let user = crate::allocate::overrides_bytes(&opts.overrides);
+    let allowance = crate::allocate::worst_overrides_bytes(&table) + user;
+    let budget = |allowance: u64| {
+        want.checked_sub(fixed + allowance).ok_or_else(|| {
+            Error::Usage(format!(
+                "a {want}-byte file cannot hold this model: the tensors that stay as they are and the header take {}",
+                fixed + allowance
+            ))
+        })
+    };
+    // First with room for the longest possible overrides, then with what this recipe's
+    // own take, as long as the new recipe's still fit in what it was given.
+    let mut recipe = crate::allocate::allocate(&table, budget(allowance)?, &opts.overrides)?;
+    for _ in 0..3 {
+        let used = user + crate::allocate::overrides_bytes(&recipe.overrides());
+        let Ok(more) = budget(used) else { break };
+        let next = crate::allocate::allocate(&table, more, &opts.overrides)?;
+        if next.entries.iter().zip(&recipe.entries).all(|(a, b)| a.ty == b.ty)
+            || user + crate::allocate::overrides_bytes(&next.overrides()) > used
+        {
+            break;
+        }
+        recipe = next;
+    }
     opts.mix = recipe.mix();
     opts.overrides.extend(recipe.overrides());
     Ok((g, opts, Some(recipe)))
