@@ -373,9 +373,20 @@ fn each_row<'a>(
     let outl = f.outliers as usize;
     let total = rows.len() / row_bytes * t;
     let codes = |r: usize| &rows[r * row_bytes + 2..(r + 1) * row_bytes - 2 * outl];
+    // (stored row, activation row) of the next product, counted along (a division per
+    // product cost more than the kernel's setup).
+    let (mut r, mut i) = (0, 0);
     for k in (0..total).step_by(PER_CALL) {
-        let items: [(usize, usize); PER_CALL] =
-            std::array::from_fn(|q| ((k + q).min(total - 1) / t, (k + q).min(total - 1) % t));
+        let items: [(usize, usize); PER_CALL] = std::array::from_fn(|q| {
+            let here = (r, i);
+            if k + q + 1 < total {
+                i += 1;
+                if i == t {
+                    (r, i) = (r + 1, 0);
+                }
+            }
+            here
+        });
         // The rows PREFETCH_ROWS ahead (rows are short: one ahead arrives too late), each
         // once.
         for (q, &(r, i)) in items.iter().enumerate() {
