@@ -502,9 +502,12 @@ pub fn read_recipe(path: &Path) -> Result<Vec<Override>> {
     Ok(out)
 }
 
-/// Allocates `table`'s tensors within `budget` bytes (the tensors' own bytes). Tensors
-/// in `fixed` (an override the user gave) keep that type and count against the budget.
-pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override]) -> Result<Recipe> {
+/// Allocates `table`'s tensors within `budget` bytes (their bytes padded to `align`, as
+/// the file stores them). Tensors in `fixed` (an override the user gave) keep that type
+/// and count against the budget.
+pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) -> Result<Recipe> {
+    // What a tensor takes in the file: its bytes padded to the data alignment.
+    let padded = |b: u64| b.div_ceil(align.max(1)) * align.max(1);
     let mut items = Vec::with_capacity(table.tensors.len());
     let mut kinds: Vec<Vec<StorageType>> = Vec::with_capacity(table.tensors.len());
     for t in &table.tensors {
@@ -516,13 +519,13 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override]) -> Result<Re
                 Error::Usage(format!("override {ty} for '{}': its rows are not whole {ty} blocks", t.name))
             })?;
             let k = t.candidates.iter().position(|c| c.ty == ty.to_string());
-            options.push(Choice { bytes, cost: k.map_or(0.0, |k| t.predicted(k)) });
+            options.push(Choice { bytes: padded(bytes), cost: k.map_or(0.0, |k| t.predicted(k)) });
             types.push(ty);
         } else {
             for (k, c) in t.candidates.iter().enumerate() {
                 let ty = StorageType::from_name(&c.ty)
                     .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", c.ty)))?;
-                options.push(Choice { bytes: c.bytes, cost: t.predicted(k) });
+                options.push(Choice { bytes: padded(c.bytes), cost: t.predicted(k) });
                 types.push(ty);
             }
         }
@@ -552,8 +555,9 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override]) -> Result<Re
 }
 
 /// Bytes the output file spends outside the allocated tensors: every other tensor as
-/// planned (kept as it is), and an upper bound on the GGUF header — the source's metadata,
-/// the recipe's overrides, every tensor's info and its alignment padding.
+/// planned (kept as it is, padded to the alignment), and an upper bound on the GGUF
+/// header — the source's metadata, every tensor's info, the header's padding. The
+/// recipe's overrides are counted apart ([`worst_overrides_bytes`]).
 pub fn fixed_bytes(g: &GgufFile, table: &CostTable) -> u64 {
     let allocated: std::collections::HashSet<&str> = table.tensors.iter().map(|t| t.name.as_str()).collect();
     let kept: u64 = g
@@ -561,14 +565,16 @@ pub fn fixed_bytes(g: &GgufFile, table: &CostTable) -> u64 {
         .iter()
         .filter(|t| !allocated.contains(t.name.as_str()))
         .map(|t| match t.ty {
-            TensorType::Known(st) => st.tensor_bytes(&t.dims).unwrap_or(0),
+            TensorType::Known(st) => st.tensor_bytes(&t.dims).unwrap_or(0).div_ceil(g.alignment) * g.alignment,
             TensorType::Unknown(_) => 0,
         })
         .sum();
     let metadata = crate::gguf::metadata_bytes(&g.metadata);
     let infos: u64 = g.tensors.iter().map(|t| 8 + t.name.len() as u64 + 4 + 8 * t.dims.len() as u64 + 4 + 8).sum();
-    let alignment = 64 * (g.tensors.len() as u64 + 1);
-    kept + metadata + infos + alignment + 1024
+    // Tensors are padded to the alignment in their own bytes (kept here, allocated ones
+    // in `allocate`'s choices); the header's padding is at most one alignment. lowbit's
+    // own keys and the header's fixed fields take well under 1 KiB.
+    kept + metadata + infos + g.alignment + 1024
 }
 
 /// The most bytes any recipe's overrides over `table` can take in the GGUF: one per
@@ -687,23 +693,23 @@ mod tests {
         let table = table();
         let mut last = f64::INFINITY;
         for budget in (1_000..=9_000).step_by(250) {
-            let Ok(r) = allocate(&table, budget, &[]) else { continue };
+            let Ok(r) = allocate(&table, budget, &[], 1) else { continue };
             assert!(r.entries.iter().map(|e| e.bytes).sum::<u64>() <= budget);
             assert!(r.predicted_kld <= last + 1e-12, "budget {budget}");
             last = r.predicted_kld;
             let bits = |n: &str| r.entries.iter().find(|e| e.name == n).unwrap().bytes;
             assert!(bits("a") >= bits("b") && bits("b") >= bits("c"), "budget {budget}: {r:?}");
         }
-        assert!(allocate(&table, 100, &[]).is_err());
+        assert!(allocate(&table, 100, &[], 1).is_err());
         // A user's override is kept and counted.
         let fixed = [Override::parse("^b$=Q8_0").unwrap()];
-        let r = allocate(&table, 4_000, &fixed).unwrap();
+        let r = allocate(&table, 4_000, &fixed, 1).unwrap();
         assert_eq!(r.entries[1].ty, StorageType::from_name("Q8_0").unwrap());
     }
 
     #[test]
     fn recipes_round_trip_through_text() {
-        let r = allocate(&table(), 5_000, &[]).unwrap();
+        let r = allocate(&table(), 5_000, &[], 1).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.txt");
         std::fs::write(&path, r.to_text()).unwrap();

@@ -404,11 +404,11 @@ fn resolve_and_allocate(
     };
     // First with room for the longest possible overrides, then with what this recipe's
     // own take, as long as the new recipe's still fit in what it was given.
-    let mut recipe = crate::allocate::allocate(&table, budget(allowance)?, &opts.overrides)?;
+    let mut recipe = crate::allocate::allocate(&table, budget(allowance)?, &opts.overrides, g.alignment)?;
     for _ in 0..3 {
         let used = user + crate::allocate::overrides_bytes(&recipe.overrides());
         let Ok(more) = budget(used) else { break };
-        let next = crate::allocate::allocate(&table, more, &opts.overrides)?;
+        let next = crate::allocate::allocate(&table, more, &opts.overrides, g.alignment)?;
         if next.entries.iter().zip(&recipe.entries).all(|(a, b)| a.ty == b.ty)
             || user + crate::allocate::overrides_bytes(&next.overrides()) > used
         {

@@ -93,15 +93,20 @@ impl Figure for Pareto<'_> {
             r.results.iter().map(|x| (x.file_bytes as f64 / 1e6, x.kld_mean.max(KLD_FLOOR))).collect();
         let (xmin, xmax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
         let (ymin, ymax) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
-        // Labels extend to the right of their points: more room on that side.
+        // Labels extend to the right of their points: room on that side for the longest
+        // (about 8 px per character of the 14 px font, in a plot ~880 px wide).
+        let labels = point_labels(r);
+        let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as f64;
         let pad = ((xmax - xmin) * 0.06).max(1.0);
+        let share = (8.0 * (longest + 1.0) / 880.0).min(0.45);
+        let right = (xmax - xmin + pad) * share / (1.0 - share);
         let source = r.source.rsplit('/').next().unwrap_or(&r.source);
         let mut chart = ChartBuilder::on(root)
             .caption(format!("Size vs. divergence from the source: {source}"), ("sans-serif", 22))
             .margin(18)
             .x_label_area_size(50)
             .y_label_area_size(80)
-            .build_cartesian_2d((xmin - pad)..(xmax + 3.0 * pad), (ymin / 2.0..ymax * 2.0).log_scale())
+            .build_cartesian_2d((xmin - pad)..(xmax + right.max(pad)), (ymin / 2.0..ymax * 2.0).log_scale())
             .map_err(e)?;
         chart
             .configure_mesh()
@@ -155,13 +160,15 @@ impl Figure for Pareto<'_> {
             });
             chart
                 .draw_series(mine.iter().map(|&i| {
-                    Text::new(format!(" {}", r.results[i].name), pts[i], ("sans-serif", 14).into_font().color(&BLACK))
+                    Text::new(format!(" {}", labels[i]), pts[i], ("sans-serif", 14).into_font().color(&BLACK))
                 }))
                 .map_err(e)?;
         }
+        // Small and close to the source is the corner no file reaches: the legend goes
+        // there, clear of the points and their labels.
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerLeft)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 15))
@@ -169,6 +176,27 @@ impl Figure for Pareto<'_> {
             .map_err(e)?;
         Ok(())
     }
+}
+
+/// Each result's label on the Pareto plot: its name, with the prefix all compared files'
+/// names share (`gemma3-270m-llama-`) left out of theirs, so labels stay short.
+fn point_labels(r: &SweepReport) -> Vec<String> {
+    short_labels(&r.results.iter().map(|x| (x.name.as_str(), x.kind == "compare")).collect::<Vec<_>>())
+}
+
+/// `(name, compared?)` → labels: compared names lose the prefix they all share, cut after
+/// a `-`, `_` or `.`, where there are two or more and each keeps something.
+fn short_labels(items: &[(&str, bool)]) -> Vec<String> {
+    let compared: Vec<&str> = items.iter().filter(|x| x.1).map(|x| x.0).collect();
+    let first = compared.first().copied().unwrap_or("");
+    let mut common = first.len();
+    for name in &compared {
+        let same = first.char_indices().zip(name.chars()).take_while(|((_, a), b)| a == b).last();
+        common = common.min(same.map_or(0, |((i, a), _)| i + a.len_utf8()));
+    }
+    let cut = first[..common].rfind(['-', '_', '.']).map_or(0, |i| i + 1);
+    let cut = if compared.len() > 1 && compared.iter().all(|n| n.len() > cut) { cut } else { 0 };
+    items.iter().map(|&(name, cmp)| if cmp { name[cut..].to_string() } else { name.to_string() }).collect()
 }
 
 struct Layers<'a>(&'a SweepReport);
@@ -346,5 +374,24 @@ mod tests {
             let name = super::super::Setting::parse(text).unwrap().name();
             assert_eq!(is_size_target(&name), target, "{text} → {name}");
         }
+    }
+
+    #[test]
+    fn compared_labels_lose_their_shared_prefix_only() {
+        let got = short_labels(&[
+            ("size-150MB", false),
+            ("gemma3-270m-llama-IQ2_XS", true),
+            ("gemma3-270m-llama-Q2_K", true),
+            ("gemma3-270m-llama-Q3_K_M", true),
+        ]);
+        assert_eq!(got, ["size-150MB", "IQ2_XS", "Q2_K", "Q3_K_M"]);
+        // One compared file: its name as it is; a name that is the whole shared prefix
+        // keeps what follows its last separator.
+        assert_eq!(short_labels(&[("a-Q4", true), ("Q8_0", false)]), ["a-Q4", "Q8_0"]);
+        assert_eq!(short_labels(&[("m-q", true), ("m-q-x", true)]), ["q", "q-x"]);
+        assert_eq!(short_labels(&[("m-", true), ("m-x", true)]), ["m-", "m-x"]);
+        // A shared prefix ending inside a word is cut at the last separator before it.
+        assert_eq!(short_labels(&[("ggml-model-q4", true), ("ggml-model-q5", true)]), ["q4", "q5"]);
+        assert_eq!(short_labels(&[("zürich-ä1", true), ("zürich-ä2", true)]), ["ä1", "ä2"]);
     }
 }
