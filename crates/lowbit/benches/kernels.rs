@@ -36,10 +36,13 @@ fn main() {
         let book = enc.vq.as_ref().map(|v| v.codebook.clone());
         let m = PackedMatrix::new(st, WeightBytes::owned(enc.bytes), book.as_deref(), rows, cols).unwrap();
         // The activations llama.cpp numerics give each type (`GgufWeights::act_quant_for`):
-        // a VQ matrix takes Q8_0, as the 32-value block types do.
+        // VQ and 4-bit integer matrices take Q8_0, as the 32-value block types do.
         let act = match st {
             StorageType::Ggml(g) => vec_dot_type(g),
             StorageType::Vq(_) if cols.is_multiple_of(32) => Some(lowbit::format::GgmlType::Q8_0),
+            StorageType::Native(f) if lowbit::kernels::int4_takes_q8(&f) && cols.is_multiple_of(64) => {
+                Some(lowbit::format::GgmlType::Q8_0)
+            }
             _ => None,
         };
         for level in Level::supported() {

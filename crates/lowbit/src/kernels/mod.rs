@@ -275,6 +275,12 @@ impl PackedMatrix {
         matmul_batch_at(level, x, t, &mut [Product { m: self, act, out }]);
     }
 
+    /// Whether this native matrix's few-rows products take Q8_0 activations through
+    /// [`nibbles::rows_q8`] (4-bit integers, groups of whole 64s).
+    fn int4_q8(&self) -> bool {
+        matches!(self.ty, StorageType::Native(f) if nibbles::takes_q8(&f))
+    }
+
     /// Whether a VQ matrix's few-rows products go through codebook tables ([`vq`]): not
     /// when its codebooks are byte tables ([`vq_bytes`]).
     fn vq_tables_pay(&self) -> bool {
@@ -360,6 +366,12 @@ impl Product<'_> {
     }
 }
 
+/// Whether the native format `f` takes Q8_0 activations in llama.cpp numerics (4-bit
+/// integer groups of whole 64s; see `nibbles::rows_q8`).
+pub fn int4_takes_q8(f: &crate::format::native::NativeFormat) -> bool {
+    nibbles::takes_q8(f)
+}
+
 /// Several products of one input `x` (`t` rows) — a block's q, k and v, or its gate and
 /// up — in one parallel pass: the activations are prepared once per activation type and
 /// the threads meet once, not once per matrix.
@@ -391,7 +403,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     let key = |p: &Product| {
         let act = p.act();
         let integer = (p.m.kernel().is_some() && matches!(act, Some(GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K)))
-            || (p.m.byte_book.is_some() && act == Some(GgmlType::Q8_0));
+            || ((p.m.byte_book.is_some() || p.m.int4_q8()) && act == Some(GgmlType::Q8_0));
         (integer, act, p.m.cols)
     };
     let mut prepared: Vec<(PrepKey, Prepared)> = Vec::new();
@@ -458,6 +470,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         .iter()
         .map(|(m, prep)| match (m.ty, &m.byte_book, prep) {
             (StorageType::Vq(f), Some(_), Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, f.dim)),
+            (StorageType::Native(_), _, Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, 1)),
             (StorageType::Vq(f), Some(_), Prepared::Exact(xs)) => Some(vq_bytes::ByValue::exact(xs, f.dim)),
             _ => None,
         })
@@ -495,9 +508,14 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
                 let decode = |b: &[u8], out: &mut [f32]| m.decode_into(level, b, out);
                 ROW_SCRATCH.with(|buf| rows::decoded_f32(level, &decode, w, m.row_bytes, xs, o, &mut buf.borrow_mut()))
             }
+            (Prepared::Quant(q), None) if m.int4_q8() => {
+                let StorageType::Native(f) = m.ty else { unreachable!("int4_q8 is native") };
+                let bv = by_value[i].as_ref().expect("rearranged above");
+                nibbles::rows_q8(level, &f, w, m.row_bytes, q, bv, o)
+            }
             (Prepared::Quant(q), None) => {
                 let (StorageType::Vq(f), Some(book), Some(bb)) = (m.ty, &m.codebook, &m.byte_book) else {
-                    unreachable!("integer rows are prepared only for kernels and byte books")
+                    unreachable!("integer rows are prepared only for kernels, byte books and int4")
                 };
                 let bv = by_value[i].as_ref().expect("rearranged above");
                 vq_bytes::rows_q8(level, &f, book, bb, w, m.row_bytes, q, bv, o)

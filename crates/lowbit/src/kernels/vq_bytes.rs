@@ -149,7 +149,7 @@ impl ByteBook {
 }
 
 /// Whether this CPU has AVX-512 VBMI (`vpermi2b`, `vpermb`, `vpmultishiftqb`).
-fn vbmi() -> bool {
+pub(super) fn vbmi() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
@@ -507,7 +507,7 @@ const fn unpack_tables() -> [[u8; 128]; 9] {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
 #[inline]
-unsafe fn unpack_codes(
+pub(super) unsafe fn unpack_codes(
     codes: &[u8],
     start: usize,
     b: usize,
@@ -552,7 +552,7 @@ unsafe fn unpack_codes(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn unpack_fields(b: usize) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+pub(super) unsafe fn unpack_fields(b: usize) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
     use std::arch::x86_64::*;
     let t = &UNPACK[b];
     // SAFETY: each table is 128 bytes.
