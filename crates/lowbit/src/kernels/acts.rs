@@ -106,3 +106,24 @@ impl ExactRow {
         }
     }
 }
+
+/// `count` rows of `cols` uniform values in [−1, 1) quantized to Q8_0, for the integer
+/// kernels' tests.
+#[cfg(test)]
+pub(super) fn random_q8_rows(cols: usize, count: usize, rng: &mut impl rand::Rng) -> Vec<QuantRow> {
+    (0..count)
+        .map(|_| {
+            let x: Vec<f32> = (0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+            let mut q = QuantRow::default();
+            q.quantize(&x, GgmlType::Q8_0);
+            q
+        })
+        .collect()
+}
+
+/// A Q8_0 row's values (`q · d` per 32-value block) in f64, what the integer kernels'
+/// tests compare against.
+#[cfg(test)]
+pub(super) fn q8_values(a: &QuantRow) -> Vec<f64> {
+    a.q.iter().enumerate().map(|(i, &q)| q as f64 * a.d[i / 32] as f64).collect()
+}

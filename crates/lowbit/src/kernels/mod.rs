@@ -32,6 +32,9 @@ pub mod acts;
 pub mod blocks;
 pub mod isa;
 mod nibbles;
+/// Whether a native format takes Q8_0 activations in llama.cpp numerics (the model's
+/// `act_quant_for` and the kernel bench ask).
+pub use nibbles::takes_q8 as int4_takes_q8;
 pub mod pointwise;
 mod rows;
 pub mod simd;
@@ -366,12 +369,6 @@ impl Product<'_> {
     }
 }
 
-/// Whether the native format `f` takes Q8_0 activations in llama.cpp numerics (4-bit
-/// integer groups of whole 64s; see `nibbles::rows_q8`).
-pub fn int4_takes_q8(f: &crate::format::native::NativeFormat) -> bool {
-    nibbles::takes_q8(f)
-}
-
 /// Several products of one input `x` (`t` rows) — a block's q, k and v, or its gate and
 /// up — in one parallel pass: the activations are prepared once per activation type and
 /// the threads meet once, not once per matrix.
@@ -465,12 +462,13 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     for (&(i, _), tab) in vq_jobs.iter().zip(built) {
         tabs[i].push(tab);
     }
-    // Byte-table VQ products: the activations rearranged by value once per product.
+    // Byte-table VQ and int4 products: the activations rearranged (by value of a vector)
+    // once per product, not per work item.
     let by_value: Vec<Option<vq_bytes::ByValue>> = ms
         .iter()
         .map(|(m, prep)| match (m.ty, &m.byte_book, prep) {
             (StorageType::Vq(f), Some(_), Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, f.dim)),
-            (StorageType::Native(_), _, Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, 1)),
+            (StorageType::Native(_), _, Prepared::Quant(q)) if m.int4_q8() => Some(vq_bytes::ByValue::q8(q, 1)),
             (StorageType::Vq(f), Some(_), Prepared::Exact(xs)) => Some(vq_bytes::ByValue::exact(xs, f.dim)),
             _ => None,
         })

@@ -24,7 +24,7 @@ use crate::format::native::{NativeFormat, NativeKind};
 /// Whether `f` takes Q8_0 activations in llama.cpp numerics and runs through [`rows_q8`]:
 /// 4-bit integers without a zero point (value `d·(q − 8)`), groups of whole 64s — the
 /// integer dot product is then exact, as for llama.cpp's Q4_0.
-pub(crate) fn takes_q8(f: &NativeFormat) -> bool {
+pub fn takes_q8(f: &NativeFormat) -> bool {
     matches!(f.kind, NativeKind::Int { bits: 4, zero_point: false }) && f.group.is_multiple_of(64)
 }
 
@@ -172,7 +172,6 @@ pub(crate) fn decode(level: Level, f: &NativeFormat, bytes: &[u8], out: &mut [f3
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn decode_avx512(levels: &[f32; 16], zp: bool, group: usize, gb: usize, bytes: &[u8], out: &mut [f32]) {
-    use crate::format::f16_at;
     use std::arch::x86_64::*;
     let header = if zp { 4 } else { 2 };
     assert!(group.is_multiple_of(16) && gb == header + group / 2);
@@ -219,14 +218,7 @@ mod tests {
             for g in bytes.chunks_exact_mut(f.group_bytes()) {
                 g[..2].copy_from_slice(&half::f16::from_f32(rng.random::<f32>() * 0.1).to_le_bytes());
             }
-            let acts: Vec<QuantRow> = (0..2)
-                .map(|_| {
-                    let x: Vec<f32> = (0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-                    let mut q = QuantRow::default();
-                    q.quantize(&x, crate::format::GgmlType::Q8_0);
-                    q
-                })
-                .collect();
+            let acts = super::super::acts::random_q8_rows(cols, 2, &mut rng);
             let bv = ByValue::q8(&acts, 1);
             let mut first: Option<Vec<f32>> = None;
             for level in Level::supported() {
@@ -236,7 +228,7 @@ mod tests {
                     let mut w = vec![0f32; cols];
                     f.decode_row(r, &mut w);
                     for (a, got) in acts.iter().zip(got) {
-                        let x: Vec<f64> = a.q.iter().enumerate().map(|(i, &q)| q as f64 * a.d[i / 32] as f64).collect();
+                        let x = super::super::acts::q8_values(a);
                         let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b).sum();
                         let abs: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b).abs()).sum();
                         assert!((*got as f64 - want).abs() <= 1e-5 * abs + 1e-6, "{name} {level:?}: {got} vs {want}");

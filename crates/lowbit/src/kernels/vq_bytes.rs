@@ -836,14 +836,7 @@ mod tests {
             let book = Codebook { entries, outlier_columns: (0..f.outliers as usize).map(|j| 3 + 11 * j).collect() };
             let bb = ByteBook::new(&f, &book, cols).unwrap();
             let (bytes, rb) = super::super::vq::random_rows(&f, cols, 5, &mut rng);
-            let acts: Vec<QuantRow> = (0..2)
-                .map(|_| {
-                    let x: Vec<f32> = (0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-                    let mut q = QuantRow::default();
-                    q.quantize(&x, crate::format::GgmlType::Q8_0);
-                    q
-                })
-                .collect();
+            let acts = super::super::acts::random_q8_rows(cols, 2, &mut rng);
             let mut first: Option<Vec<f32>> = None;
             for level in Level::supported() {
                 let mut out = vec![0f32; 5 * 2];
@@ -852,7 +845,7 @@ mod tests {
                     let mut w = vec![0f32; cols];
                     f.decode_row(&book, r, &mut w);
                     for (a, got) in acts.iter().zip(got) {
-                        let x: Vec<f64> = a.q.iter().enumerate().map(|(i, &q)| q as f64 * a.d[i / 32] as f64).collect();
+                        let x = super::super::acts::q8_values(a);
                         let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b).sum();
                         let abs: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b).abs()).sum();
                         let grid = bb.int16_scale as f64 / 2.0 * 0.7 * x.iter().map(|v| v.abs()).sum::<f64>();
