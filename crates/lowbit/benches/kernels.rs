@@ -19,7 +19,9 @@ fn median(v: &mut [f64]) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let names = if args.is_empty() {
-        ["Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS", "IQ2_XS", "F16", "int4_g64"].map(String::from).to_vec()
+        ["Q4_0", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS", "IQ2_XS", "F16", "int4_g64", "nf4_g64"]
+            .map(String::from)
+            .to_vec()
     } else {
         args
     };
@@ -36,11 +38,11 @@ fn main() {
         let book = enc.vq.as_ref().map(|v| v.codebook.clone());
         let m = PackedMatrix::new(st, WeightBytes::owned(enc.bytes), book.as_deref(), rows, cols).unwrap();
         // The activations llama.cpp numerics give each type (`GgufWeights::act_quant_for`):
-        // VQ and 4-bit integer matrices take Q8_0, as the 32-value block types do.
+        // VQ and 4-bit int/NF4/FP4 matrices take Q8_0, as the 32-value block types do.
         let act = match st {
             StorageType::Ggml(g) => vec_dot_type(g),
             StorageType::Vq(_) if cols.is_multiple_of(32) => Some(lowbit::format::GgmlType::Q8_0),
-            StorageType::Native(f) if lowbit::kernels::int4_takes_q8(&f) && cols.is_multiple_of(64) => {
+            StorageType::Native(f) if lowbit::kernels::nibbles_take_q8(&f) && cols.is_multiple_of(64) => {
                 Some(lowbit::format::GgmlType::Q8_0)
             }
             _ => None,

@@ -34,7 +34,7 @@ pub mod isa;
 mod nibbles;
 /// Whether a native format takes Q8_0 activations in llama.cpp numerics (the model's
 /// `act_quant_for` and the kernel bench ask).
-pub use nibbles::takes_q8 as int4_takes_q8;
+pub use nibbles::takes_q8 as nibbles_take_q8;
 pub mod pointwise;
 mod rows;
 pub mod simd;
@@ -279,8 +279,8 @@ impl PackedMatrix {
     }
 
     /// Whether this native matrix's few-rows products take Q8_0 activations through
-    /// [`nibbles::rows_q8`] (4-bit integers, groups of whole 64s).
-    fn int4_q8(&self) -> bool {
+    /// [`nibbles::rows_q8`] (4-bit int/NF4/FP4 levels, groups of whole 64s).
+    fn nibbles_q8(&self) -> bool {
         matches!(self.ty, StorageType::Native(f) if nibbles::takes_q8(&f))
     }
 
@@ -400,7 +400,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     let key = |p: &Product| {
         let act = p.act();
         let integer = (p.m.kernel().is_some() && matches!(act, Some(GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K)))
-            || ((p.m.byte_book.is_some() || p.m.int4_q8()) && act == Some(GgmlType::Q8_0));
+            || ((p.m.byte_book.is_some() || p.m.nibbles_q8()) && act == Some(GgmlType::Q8_0));
         (integer, act, p.m.cols)
     };
     let mut prepared: Vec<(PrepKey, Prepared)> = Vec::new();
@@ -462,13 +462,13 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     for (&(i, _), tab) in vq_jobs.iter().zip(built) {
         tabs[i].push(tab);
     }
-    // Byte-table VQ and int4 products: the activations rearranged (by value of a vector)
+    // Byte-table VQ and 4-bit native products: the activations rearranged (by value of a vector)
     // once per product, not per work item.
     let by_value: Vec<Option<vq_bytes::ByValue>> = ms
         .iter()
         .map(|(m, prep)| match (m.ty, &m.byte_book, prep) {
             (StorageType::Vq(f), Some(_), Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, f.dim)),
-            (StorageType::Native(_), _, Prepared::Quant(q)) if m.int4_q8() => Some(vq_bytes::ByValue::q8(q, 1)),
+            (StorageType::Native(_), _, Prepared::Quant(q)) if m.nibbles_q8() => Some(vq_bytes::ByValue::q8(q, 1)),
             (StorageType::Vq(f), Some(_), Prepared::Exact(xs)) => Some(vq_bytes::ByValue::exact(xs, f.dim)),
             _ => None,
         })
@@ -506,14 +506,14 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
                 let decode = |b: &[u8], out: &mut [f32]| m.decode_into(level, b, out);
                 ROW_SCRATCH.with(|buf| rows::decoded_f32(level, &decode, w, m.row_bytes, xs, o, &mut buf.borrow_mut()))
             }
-            (Prepared::Quant(q), None) if m.int4_q8() => {
-                let StorageType::Native(f) = m.ty else { unreachable!("int4_q8 is native") };
+            (Prepared::Quant(q), None) if m.nibbles_q8() => {
+                let StorageType::Native(f) = m.ty else { unreachable!("nibbles_q8 is native") };
                 let bv = by_value[i].as_ref().expect("rearranged above");
                 nibbles::rows_q8(level, &f, w, m.row_bytes, q, bv, o)
             }
             (Prepared::Quant(q), None) => {
                 let (StorageType::Vq(f), Some(book), Some(bb)) = (m.ty, &m.codebook, &m.byte_book) else {
-                    unreachable!("integer rows are prepared only for kernels, byte books and int4")
+                    unreachable!("integer rows are prepared only for kernels, byte books and 4-bit natives")
                 };
                 let bv = by_value[i].as_ref().expect("rearranged above");
                 vq_bytes::rows_q8(level, &f, book, bb, w, m.row_bytes, q, bv, o)

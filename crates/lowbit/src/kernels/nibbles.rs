@@ -10,9 +10,10 @@
 //! 4-bit format; other formats, groups that are not a multiple of 16 values, and CPUs
 //! without AVX-512 use `decode_row`.
 //!
-//! In llama.cpp numerics, 4-bit integer groups of whole 64s take Q8_0 activations and
-//! skip the decoding: [`rows_q8`] dots the codes as bytes with `vpdpbusd` (exact, as
-//! llama.cpp's Q4_0 kernel is).
+//! In llama.cpp numerics, 4-bit groups without a zero point (int4, nf4, fp4) of whole 64s
+//! take Q8_0 activations and skip the decoding: [`rows_q8`] dots the levels as bytes with
+//! `vpdpbusd`, as llama.cpp's Q4_0 and IQ4_NL kernels do ([`ByteLevels`] says how each
+//! format's levels become integers).
 
 use super::acts::QuantRow;
 use super::isa::Level;
@@ -22,19 +23,82 @@ use crate::format::f16_at;
 use crate::format::native::{NativeFormat, NativeKind};
 
 /// Whether `f` takes Q8_0 activations in llama.cpp numerics and runs through [`rows_q8`]:
-/// 4-bit integers without a zero point (value `d·(q − 8)`), groups of whole 64s — the
-/// integer dot product is then exact, as for llama.cpp's Q4_0.
+/// 4-bit levels without a zero point (int4 `q − 8`, NF4, FP4 E2M1) in groups of whole 64s.
 pub fn takes_q8(f: &NativeFormat) -> bool {
-    matches!(f.kind, NativeKind::Int { bits: 4, zero_point: false }) && f.group.is_multiple_of(64)
+    ByteLevels::of(f).is_some() && f.group.is_multiple_of(64)
+}
+
+/// A 4-bit format's 16 levels as integers `L[q]` with `level[q] = L[q] · inv`, held as the
+/// bytes `vpdpbusd` multiplies (unsigned, against signed activation codes):
+/// - one plane (`hi == None`): `L[q] = lo[q] − offset`; int4 (`q − 8`: the codes
+///   themselves, offset 8, `inv` 1) and FP4 (twice the E2M1 value + 12, offset 12, `inv`
+///   ½) are exact;
+/// - two planes: `L[q] = 256·(hi[q] − 128) + lo[q]`, NF4's levels × 2¹⁴ rounded (`inv`
+///   2⁻¹⁴): ±1 exact, the others within 2⁻¹⁵ of the level (the group's f16 scale alone
+///   is only good to 2⁻¹¹ of it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ByteLevels {
+    lo: [u8; 16],
+    hi: Option<[u8; 16]>,
+    offset: i32,
+    inv: f32,
+}
+
+impl ByteLevels {
+    /// The integer form of `f`'s levels, for the 4-bit formats without a zero point.
+    pub(crate) fn of(f: &NativeFormat) -> Option<ByteLevels> {
+        match f.kind {
+            NativeKind::Int { bits: 4, zero_point: false } => {
+                Some(ByteLevels { lo: std::array::from_fn(|q| q as u8), hi: None, offset: 8, inv: 1.0 })
+            }
+            NativeKind::Fp4 => {
+                let levels = f.nibble_levels()?;
+                let lo = std::array::from_fn(|q| {
+                    let l = 2.0 * levels[q] + 12.0;
+                    debug_assert!(l.fract() == 0.0 && (0.0..=24.0).contains(&l));
+                    l as u8
+                });
+                Some(ByteLevels { lo, hi: None, offset: 12, inv: 0.5 })
+            }
+            NativeKind::Nf4 => {
+                let levels = f.nibble_levels()?;
+                let ints: [i32; 16] = std::array::from_fn(|q| (levels[q] * 16384.0).round() as i32);
+                debug_assert!(ints.iter().all(|l| (-16384..=16384).contains(l)));
+                let hi = std::array::from_fn(|q| (ints[q].div_euclid(256) + 128) as u8);
+                let lo = std::array::from_fn(|q| ints[q].rem_euclid(256) as u8);
+                Some(ByteLevels { lo, hi: Some(hi), offset: 0, inv: 1.0 / 16384.0 })
+            }
+            _ => None,
+        }
+    }
+
+    /// The integer level of code `q` (tests).
+    #[cfg(test)]
+    fn int(&self, q: usize) -> i32 {
+        match self.hi {
+            None => self.lo[q] as i32 - self.offset,
+            Some(hi) => 256 * (hi[q] as i32 - 128) + self.lo[q] as i32,
+        }
+    }
+
+    /// Per lane of 4 codes: `Σ L[q]·x` from the planes' `vpdpbusd` sums (`sum_lo = Σ lo·x`,
+    /// `sum_hi = Σ hi·x`) and the lane's `Σx` — exact in i32 (|Σ| ≤ 4·255·127 per plane).
+    #[inline(always)]
+    fn lane(&self, sum_lo: i32, sum_hi: i32, sum_x: i32) -> i32 {
+        match self.hi {
+            None => sum_lo - self.offset * sum_x,
+            Some(_) => 256 * (sum_hi - 128 * sum_x) + sum_lo,
+        }
+    }
 }
 
 /// Stored rows of `f` ([`takes_q8`]) × activation rows quantized to Q8_0, rearranged in
 /// `bv` ([`ByValue::q8`] with vectors of one value: the codes as bytes, their sums and
-/// block scales per lane of 4): `out[r·t + i]`. Per 64 values, `vpdpbusd` of the codes
-/// `q` (0…15) with the activation codes gives per lane `Σ q·x`, and `− 8·Σx` makes it the
-/// exact `Σ (q − 8)·x`; then `acc += (lane · d_x) · d` per lane, summed in [`hsum16`]'s
-/// order. Before (decoded groups and an f32 dot), smollm2's int4_g64 file generated at
-/// 0.85× llama.cpp's Q4_0.
+/// block scales per lane of 4): `out[r·t + i]`. Per 64 values, `vpdpbusd` of the level
+/// bytes ([`ByteLevels`]; int4's are the codes, the others a `vpshufb` lookup) with the
+/// activation codes gives per lane the exact `Σ L·x`; then `acc += (lane · d_x) · (d·inv)`
+/// per lane, summed in [`hsum16`]'s order. Before (decoded groups and an f32 dot),
+/// smollm2's int4_g64 and nf4_g64 files generated at 0.85× llama.cpp's Q4_0.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rows_q8(
     level: Level,
@@ -47,6 +111,7 @@ pub(crate) fn rows_q8(
 ) {
     let ByValue::Q8 { xq, xs, dl, padded } = bv else { unreachable!("Q8_0 rows are rearranged as codes") };
     assert!(takes_q8(f));
+    let bl = ByteLevels::of(f).expect("takes_q8");
     let (t, padded, lanes) = (acts.len(), *padded, *padded / 4);
     let fast = level == Level::Avx512 && super::vq_bytes::vbmi();
     let count = rows.len() / row_bytes;
@@ -62,12 +127,19 @@ pub(crate) fn rows_q8(
                 // SAFETY: `fast` only where the CPU has AVX-512 F/BW/VL/VNNI (Level::Avx512)
                 // and VBMI.
                 unsafe {
-                    rows2_q8_avx512(f, rows, [r * row_bytes, r1 * row_bytes], row_bytes, xq, xs, dl)
+                    let starts = [r * row_bytes, r1 * row_bytes];
+                    match (f.kind, bl.hi) {
+                        (NativeKind::Int { .. }, _) => {
+                            rows2_q8_avx512::<0>(f, &bl, rows, starts, row_bytes, xq, xs, dl)
+                        }
+                        (_, None) => rows2_q8_avx512::<1>(f, &bl, rows, starts, row_bytes, xq, xs, dl),
+                        (_, Some(_)) => rows2_q8_avx512::<2>(f, &bl, rows, starts, row_bytes, xq, xs, dl),
+                    }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("AVX-512 is x86-64 only")
             } else {
-                [r, r1].map(|r| row_q8_portable(f, &rows[r * row_bytes..(r + 1) * row_bytes], xq, xs, dl))
+                [r, r1].map(|r| row_q8_portable(f, &bl, &rows[r * row_bytes..(r + 1) * row_bytes], xq, xs, dl))
             };
             out[r * t + i] = sums[0];
             out[r1 * t + i] = sums[1];
@@ -75,22 +147,24 @@ pub(crate) fn rows_q8(
     }
 }
 
-/// One row of [`rows_q8`] in plain code (the reference for [`row_q8_avx512`]).
-fn row_q8_portable(f: &NativeFormat, row: &[u8], xq: &[i8], xs: &[i32], dl: &[f32]) -> f32 {
+/// One row of [`rows_q8`] in plain code (the reference for [`rows2_q8_avx512`]).
+fn row_q8_portable(f: &NativeFormat, bl: &ByteLevels, row: &[u8], xq: &[i8], xs: &[i32], dl: &[f32]) -> f32 {
     let (gb, group) = (f.group_bytes(), f.group);
     let mut acc = [0f32; 16];
     for (g, blk) in row.chunks_exact(gb).enumerate() {
-        let d = f16_at(blk, 0);
+        let d = f16_at(blk, 0) * bl.inv;
         for step in 0..group / 64 {
             let (c0, l0) = (g * group + 64 * step, (g * group + 64 * step) / 4);
             for (l, a) in acc.iter_mut().enumerate() {
-                let mut s = -8 * xs[l0 + l];
+                let (mut lo, mut hi) = (0i32, 0i32);
                 for k in 0..4 {
                     let v = 64 * step + 4 * l + k;
-                    let q = (blk[2 + v / 2] >> (4 * (v % 2))) & 15;
-                    s += q as i32 * xq[c0 + 4 * l + k] as i32;
+                    let q = ((blk[2 + v / 2] >> (4 * (v % 2))) & 15) as usize;
+                    let x = xq[c0 + 4 * l + k] as i32;
+                    lo += bl.lo[q] as i32 * x;
+                    hi += bl.hi.map_or(0, |h| h[q] as i32) * x;
                 }
-                *a += (s as f32 * dl[l0 + l]) * d;
+                *a += (bl.lane(lo, hi, xs[l0 + l]) as f32 * dl[l0 + l]) * d;
             }
         }
     }
@@ -98,14 +172,17 @@ fn row_q8_portable(f: &NativeFormat, row: &[u8], xq: &[i8], xs: &[i32], dl: &[f3
 }
 
 /// [`row_q8_portable`] for the two rows at `starts` of `rows`, with AVX-512 (VBMI unpacks
-/// 64 codes, VNNI `vpdpbusd`); the activation loads are shared.
+/// 64 codes, VNNI `vpdpbusd`); the activation loads are shared. `PLANES`: 0 for int4 (the
+/// codes are the bytes), 1 or 2 byte planes looked up with `vpshufb`.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
-unsafe fn rows2_q8_avx512(
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows2_q8_avx512<const PLANES: usize>(
     f: &NativeFormat,
+    bl: &ByteLevels,
     rows: &[u8],
     starts: [usize; 2],
     row_bytes: usize,
@@ -119,25 +196,51 @@ unsafe fn rows2_q8_avx512(
     assert!(starts.iter().all(|&s| s + row_bytes <= rows.len()));
     assert!(row_bytes.is_multiple_of(gb) && gb == 2 + group / 2);
     assert!(xq.len() >= cols && xs.len() >= cols / 4 && dl.len() >= cols / 4);
+    assert!(match PLANES {
+        0 => bl.hi.is_none() && bl.offset == 8 && bl.lo == std::array::from_fn(|q| q as u8),
+        1 => bl.hi.is_none(),
+        _ => bl.hi.is_some() && bl.offset == 0,
+    });
     // SAFETY: `unpack_codes` reads the 32 code bytes of a 64-value step (inside `rows`:
     // start + row_bytes ≤ rows.len(), asserted) or, where 64 bytes from there lie inside
     // `rows`, a plain 64-byte load (the gather uses the first 32); activation loads read 64
     // codes at c0 + 64 ≤ cols ≤ xq.len(), and 16 lane sums and scales at c0/4 + 16 ≤ cols/4
-    // (asserted).
+    // (asserted); the plane tables are 16 bytes each.
     unsafe {
         let fields = super::vq_bytes::unpack_fields(4);
+        let table = |t: &[u8; 16]| _mm512_broadcast_i32x4(_mm_loadu_si128(t.as_ptr().cast()));
+        let lo_t = table(&bl.lo);
+        let hi_t = table(&bl.hi.unwrap_or([0; 16]));
         let mut acc = [_mm512_setzero_ps(); 2];
         for g in 0..row_bytes / gb {
             let at = starts.map(|s| s + g * gb);
-            let d = at.map(|a| _mm512_set1_ps(f16_at(&rows[a..], 0)));
+            let d = at.map(|a| _mm512_set1_ps(f16_at(&rows[a..], 0) * bl.inv));
             for step in 0..group / 64 {
                 let c0 = g * group + 64 * step;
                 let x = _mm512_loadu_si512(xq.as_ptr().add(c0).cast());
-                let sums8 = _mm512_slli_epi32::<3>(_mm512_loadu_si512(xs.as_ptr().add(c0 / 4).cast()));
+                let sx = _mm512_loadu_si512(xs.as_ptr().add(c0 / 4).cast());
+                // What the lane sums lose to the planes' offsets: `offset·Σx`, or for two
+                // planes `128·Σx` inside the high plane's sum.
+                let off = match PLANES {
+                    0 => _mm512_slli_epi32::<3>(sx),
+                    2 => _mm512_slli_epi32::<7>(sx),
+                    _ => _mm512_mullo_epi32(sx, _mm512_set1_epi32(bl.offset)),
+                };
                 let dx = _mm512_loadu_ps(dl.as_ptr().add(c0 / 4));
                 for p in 0..2 {
                     let q = super::vq_bytes::unpack_codes(rows, at[p] + 2 + 32 * step, 4, 64, fields);
-                    let lane = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x), sums8);
+                    let lane = match PLANES {
+                        0 => _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q, x), off),
+                        1 => _mm512_sub_epi32(
+                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(lo_t, q), x),
+                            off,
+                        ),
+                        _ => {
+                            let hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(hi_t, q), x);
+                            let lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(lo_t, q), x);
+                            _mm512_add_epi32(_mm512_slli_epi32::<8>(_mm512_sub_epi32(hi, off)), lo)
+                        }
+                    };
                     let v = _mm512_mul_ps(_mm512_cvtepi32_ps(lane), dx);
                     acc[p] = _mm512_add_ps(acc[p], _mm512_mul_ps(v, d[p]));
                 }
@@ -205,14 +308,41 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// Every format's integer levels: `L[q]·inv` is the level, exactly for int4 and FP4,
+    /// within 2⁻¹⁵ for NF4.
+    #[test]
+    fn byte_levels_are_the_levels() {
+        for (name, tol) in [("int4_g64", 0.0), ("fp4_g64", 0.0), ("nf4_g64", 1.0 / 32768.0)] {
+            let f = NativeFormat::from_name(name).unwrap();
+            let (bl, levels) = (ByteLevels::of(&f).unwrap(), f.nibble_levels().unwrap());
+            for (q, &want) in levels.iter().enumerate() {
+                let got = bl.int(q) as f32 * bl.inv;
+                assert!((got - want).abs() <= tol, "{name} code {q}: {got} vs {want}");
+            }
+        }
+        assert!(ByteLevels::of(&NativeFormat::from_name("int4_g64_zp").unwrap()).is_none());
+        assert!(!takes_q8(&NativeFormat::from_name("nf4_g32").unwrap()));
+    }
+
     /// The integer path: equal to decoding and dotting with the activations' Q8_0 values
-    /// (up to f32 summation), and the same bits at every level.
+    /// (up to f32 summation, and NF4's levels rounded to 2⁻¹⁵), and the same bits at
+    /// every level.
     #[test]
     fn integer_rows_match_decoding_and_every_level_agrees() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-        for (name, cols) in [("int4_g64", 576), ("int4_g128", 1536), ("int4_g64", 64)] {
+        let cases = [
+            ("int4_g64", 576),
+            ("int4_g128", 1536),
+            ("int4_g64", 64),
+            ("nf4_g64", 576),
+            ("nf4_g128", 640),
+            ("fp4_g64", 1536),
+            ("fp4_g256", 256),
+        ];
+        for (name, cols) in cases {
             let f = NativeFormat::from_name(name).unwrap();
             assert!(takes_q8(&f));
+            let level_tol = if matches!(f.kind, NativeKind::Nf4) { 1.0 / 32768.0 } else { 0.0 };
             let rb = f.row_bytes(cols).unwrap();
             let mut bytes: Vec<u8> = (0..5 * rb).map(|_| rng.random()).collect();
             for g in bytes.chunks_exact_mut(f.group_bytes()) {
@@ -227,11 +357,18 @@ mod tests {
                 for (r, got) in bytes.chunks_exact(rb).zip(out.chunks_exact(2)) {
                     let mut w = vec![0f32; cols];
                     f.decode_row(r, &mut w);
+                    // |d| per value, for the levels' rounding.
+                    let d: Vec<f64> = r
+                        .chunks_exact(f.group_bytes())
+                        .flat_map(|g| std::iter::repeat_n(f16_at(g, 0).abs() as f64, f.group))
+                        .collect();
                     for (a, got) in acts.iter().zip(got) {
                         let x = super::super::acts::q8_values(a);
                         let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b).sum();
                         let abs: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b).abs()).sum();
-                        assert!((*got as f64 - want).abs() <= 1e-5 * abs + 1e-6, "{name} {level:?}: {got} vs {want}");
+                        let rounding: f64 = d.iter().zip(&x).map(|(d, x)| d * x.abs()).sum::<f64>() * level_tol;
+                        let tol = 1e-5 * abs + rounding + 1e-6;
+                        assert!((*got as f64 - want).abs() <= tol, "{name} {level:?}: {got} vs {want}");
                     }
                 }
                 match &first {

@@ -381,9 +381,11 @@ impl GgufWeights<'_> {
             TensorType::Known(crate::format::storage::StorageType::Vq(_)) => {
                 info.dims.first().is_some_and(|c| c.is_multiple_of(32)).then_some(GgmlType::Q8_0)
             }
-            // 4-bit integer groups: Q8_0 activations and an exact integer dot product, as
-            // llama.cpp's Q4_0 (`kernels::nibbles::rows_q8`).
-            TensorType::Known(crate::format::storage::StorageType::Native(f)) if crate::kernels::int4_takes_q8(&f) => {
+            // 4-bit int/NF4/FP4 groups: Q8_0 activations and an integer dot product of the
+            // levels as bytes, as llama.cpp's Q4_0 and IQ4_NL (`kernels::nibbles::rows_q8`).
+            TensorType::Known(crate::format::storage::StorageType::Native(f))
+                if crate::kernels::nibbles_take_q8(&f) =>
+            {
                 info.dims.first().is_some_and(|c| c.is_multiple_of(64)).then_some(GgmlType::Q8_0)
             }
             _ => info.ty.ggml().and_then(vec_dot_type),
