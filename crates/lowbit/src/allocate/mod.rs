@@ -413,8 +413,16 @@ impl Recipe {
     /// (`lowbit.quantize.overrides`) and count against the size: one per tensor took 36 KB
     /// on gemma3-270m, enough to force a re-quantized tensor at the source's own size.
     pub fn overrides(&self) -> Vec<Override> {
+        self.overrides_over(&|_| None)
+    }
+
+    /// [`Recipe::overrides`] for only the tensors whose type differs from `planned(name)`
+    /// — what the plan gives them without overrides (the recorded mix's own rules): the
+    /// others need none. With the mix chosen well ([`closest_mix`]) an allocation that
+    /// keeps every source tensor records no overrides at all.
+    pub fn overrides_over(&self, planned: &dyn Fn(&str) -> Option<StorageType>) -> Vec<Override> {
         let mut groups: Vec<(String, StorageType, Vec<&str>)> = Vec::new();
-        for e in &self.entries {
+        for e in self.entries.iter().filter(|e| planned(&e.name) != Some(e.ty)) {
             let (key, block) = match e.name.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
                 Some((n, rest)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
                     (rest.to_string(), Some(n))
@@ -552,6 +560,72 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) 
         .collect();
     let predicted_kld = entries.iter().map(|e| e.predicted_kld).sum();
     Ok(Recipe { entries, budget, predicted_kld })
+}
+
+/// Spends what the budget's bounds left unused: the knapsack works on a byte grid and on
+/// an upper bound of the header, so the file it gives may sit some kilobytes under the
+/// target (on gemma3 at its source's size: one re-quantized tensor that fitted once
+/// counted exactly). `size_of` gives the exact size of a recipe's file; while upgrades fit,
+/// the one with the most predicted KLD saved per byte that still gives a file within `want`
+/// is taken. Tensors `fixed` by the user keep their type. Deterministic (ties by order).
+pub fn spend_slack(
+    table: &CostTable,
+    recipe: &mut Recipe,
+    fixed: &[Override],
+    align: u64,
+    want: u64,
+    size_of: &mut dyn FnMut(&Recipe) -> Result<u64>,
+) -> Result<u64> {
+    let padded = |b: u64| b.div_ceil(align.max(1)) * align.max(1);
+    let mut size = size_of(recipe)?;
+    // A bound on exact sizings (each plans the whole model): ample for the few upgrades
+    // a grid cell's slack allows.
+    let mut trials = 0;
+    while size <= want && trials < 256 {
+        let slack = want - size;
+        let mut ups: Vec<(f64, usize, usize)> = Vec::new();
+        for (i, t) in table.tensors.iter().enumerate() {
+            if fixed.iter().any(|o| o.pattern.is_match(&t.name)) {
+                continue;
+            }
+            let cur = &recipe.entries[i];
+            for (k, c) in t.candidates.iter().enumerate() {
+                let (cost, bytes) = (t.predicted(k), padded(c.bytes));
+                if cost < cur.predicted_kld && bytes <= cur.bytes + slack {
+                    let more = bytes.saturating_sub(cur.bytes).max(1);
+                    ups.push(((cur.predicted_kld - cost) / more as f64, i, k));
+                }
+            }
+        }
+        ups.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        let mut taken = false;
+        for &(_, i, k) in &ups {
+            if trials >= 256 {
+                break;
+            }
+            trials += 1;
+            let t = &table.tensors[i];
+            let ty = StorageType::from_name(&t.candidates[k].ty)
+                .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", t.candidates[k].ty)))?;
+            let mut next = recipe.clone();
+            next.entries[i] = RecipeEntry {
+                name: t.name.clone(),
+                ty,
+                bytes: padded(t.candidates[k].bytes),
+                predicted_kld: t.predicted(k),
+            };
+            next.predicted_kld = next.entries.iter().map(|e| e.predicted_kld).sum();
+            let s = size_of(&next)?;
+            if s <= want {
+                (*recipe, size, taken) = (next, s, true);
+                break;
+            }
+        }
+        if !taken {
+            break;
+        }
+    }
+    Ok(size)
 }
 
 /// Bytes the output file spends outside the allocated tensors: every other tensor as
@@ -705,6 +779,45 @@ mod tests {
         let fixed = [Override::parse("^b$=Q8_0").unwrap()];
         let r = allocate(&table, 4_000, &fixed, 1).unwrap();
         assert_eq!(r.entries[1].ty, StorageType::from_name("Q8_0").unwrap());
+    }
+
+    /// What the grid and the header bound leave is spent exactly: the best upgrades per
+    /// byte while the exact size stays within the target, never over it; fixed tensors
+    /// keep their type.
+    #[test]
+    fn slack_is_spent_up_to_the_exact_size_and_never_past_it() {
+        let table = table();
+        let header = 100;
+        let size = |r: &Recipe| header + r.entries.iter().map(|e| e.bytes).sum::<u64>();
+        let low = allocate(&table, 2_100, &[], 1).unwrap();
+        for want in [size(&low), size(&low) + 300, size(&low) + 2_000, 20_000] {
+            let mut r = low.clone();
+            let got = spend_slack(&table, &mut r, &[], 1, want, &mut |r| Ok(size(r))).unwrap();
+            assert_eq!(got, size(&r));
+            assert!(got <= want && r.predicted_kld <= low.predicted_kld, "{want}: {got}");
+            // Nothing left that would still fit and lower the prediction.
+            for (i, t) in table.tensors.iter().enumerate() {
+                for (k, c) in t.candidates.iter().enumerate() {
+                    let fits = got - r.entries[i].bytes + c.bytes <= want;
+                    assert!(!(fits && t.predicted(k) < r.entries[i].predicted_kld), "{want}: {} {}", t.name, c.ty);
+                }
+            }
+        }
+        let fixed = [Override::parse("^a$=Q2_K").unwrap()];
+        let mut r = allocate(&table, 2_100, &fixed, 1).unwrap();
+        spend_slack(&table, &mut r, &fixed, 1, 20_000, &mut |r| Ok(size(r))).unwrap();
+        assert_eq!(r.entries[0].ty, StorageType::from_name("Q2_K").unwrap());
+        assert_eq!(r.entries[1].ty, StorageType::from_name("Q8_0").unwrap());
+    }
+
+    /// Overrides are recorded only where the mix's own plan differs.
+    #[test]
+    fn overrides_skip_what_the_plan_gives_anyway() {
+        let r = allocate(&table(), 5_000, &[], 1).unwrap();
+        assert_eq!(r.overrides_over(&|n| r.entries.iter().find(|e| e.name == n).map(|e| e.ty)).len(), 0);
+        let o = r.overrides_over(&|n| (n != "b").then(|| r.entries.iter().find(|e| e.name == n).unwrap().ty));
+        assert_eq!(o.len(), 1);
+        assert!(o[0].pattern.is_match("b") && o[0].ty == r.entries[1].ty);
     }
 
     #[test]

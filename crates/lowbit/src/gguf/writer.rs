@@ -99,6 +99,34 @@ pub fn metadata_bytes(metadata: &[(String, Value)]) -> u64 {
     c.0
 }
 
+/// The data alignment `metadata` asks for (`general.alignment`, else GGUF's default 32).
+fn alignment_of(metadata: &[(String, Value)]) -> Result<u64> {
+    let alignment = metadata
+        .iter()
+        .find(|(k, _)| k == "general.alignment")
+        .and_then(|(_, v)| v.as_u64())
+        .unwrap_or(DEFAULT_ALIGNMENT);
+    if alignment == 0 || !alignment.is_power_of_two() {
+        return Err(Error::Usage(format!("general.alignment {alignment} is not a power of two")));
+    }
+    Ok(alignment)
+}
+
+/// The exact size of the file [`GgufWriter`] writes for `metadata` and `specs`: the
+/// header (fixed fields, metadata, tensor infos) padded to the alignment, then every
+/// tensor's data padded to it. Size targets compare against this before writing.
+pub fn file_bytes(metadata: &[(String, Value)], specs: &[TensorSpec]) -> Result<u64> {
+    let alignment = alignment_of(metadata)?;
+    let pad = |b: u64| b.div_ceil(alignment) * alignment;
+    let infos: u64 = specs.iter().map(|s| 8 + s.name.len() as u64 + 4 + 8 * s.dims.len() as u64 + 4 + 8).sum();
+    let header = MAGIC.len() as u64 + 4 + 8 + 8 + metadata_bytes(metadata) + infos;
+    let mut total = pad(header);
+    for s in specs {
+        total += pad(s.n_bytes()?);
+    }
+    Ok(total)
+}
+
 impl GgufWriter {
     /// Starts writing `target` with the given metadata and tensor list. Refuses to write
     /// over `protect` (the input model) and validates every spec before touching disk.
@@ -108,14 +136,7 @@ impl GgufWriter {
         specs: Vec<TensorSpec>,
     ) -> Result<GgufWriter> {
         let target = target.as_ref().to_path_buf();
-        let alignment = metadata
-            .iter()
-            .find(|(k, _)| k == "general.alignment")
-            .and_then(|(_, v)| v.as_u64())
-            .unwrap_or(DEFAULT_ALIGNMENT);
-        if alignment == 0 || !alignment.is_power_of_two() {
-            return Err(Error::Usage(format!("general.alignment {alignment} is not a power of two")));
-        }
+        let alignment = alignment_of(metadata)?;
         for (k, v) in metadata {
             if let Value::Array(t, items) = v {
                 if items.iter().any(|x| x.value_type() != *t) {
@@ -234,6 +255,37 @@ impl Drop for GgufWriter {
         // An unfinished writer leaves nothing behind.
         if self.out.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::metadata::ValueType;
+    use super::*;
+
+    /// [`file_bytes`] is the size the writer produces, alignment and padding included.
+    #[test]
+    fn file_bytes_is_the_written_size() {
+        let dir = tempfile::tempdir().unwrap();
+        for alignment in [32u64, 64, 4096] {
+            let metadata = vec![
+                ("general.alignment".to_string(), Value::U32(alignment as u32)),
+                ("general.name".to_string(), Value::String("x".repeat(37))),
+                ("a.list".to_string(), Value::Array(ValueType::String, vec![Value::String("abc".into()); 5])),
+            ];
+            let specs = vec![
+                TensorSpec { name: "t.odd".into(), dims: vec![3, 5], ty: GgmlType::F32 },
+                TensorSpec { name: "t.q".into(), dims: vec![64, 3], ty: GgmlType::Q8_0 },
+            ];
+            let want = file_bytes(&metadata, &specs).unwrap();
+            let path = dir.path().join(format!("f{alignment}.gguf"));
+            let mut w = GgufWriter::create(&path, &metadata, specs.clone()).unwrap();
+            for s in &specs {
+                w.write_tensor(&s.name, &vec![0u8; s.n_bytes().unwrap() as usize]).unwrap();
+            }
+            assert_eq!(w.finish().unwrap(), want);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), want);
         }
     }
 }

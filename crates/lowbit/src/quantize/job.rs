@@ -300,7 +300,7 @@ pub fn run(
     let target = job.target.map(|t| t.bytes(plan.elements));
     let s = write_planned(&g, plan, output, &opts, &mut |d, t| progress(Stage::Quantize, d, t))?;
     if let (Some(want), Some(got)) = (target, s.file_bytes) {
-        // The budget keeps a bound on the header, so this is a bug, never a user error.
+        // The allocation was sized exactly (`planned_file_bytes`): a bug, never a user error.
         debug_assert!(got <= want, "allocated file of {got} bytes over the {want}-byte target");
     }
     Ok(s)
@@ -416,9 +416,57 @@ fn resolve_and_allocate(
         }
         recipe = next;
     }
-    opts.mix = recipe.mix();
-    opts.overrides.extend(recipe.overrides());
+    // The mix recorded is the one whose own rules need the fewest overrides; then the
+    // bytes the budget's bounds left are spent, sized exactly.
+    let user_overrides = opts.overrides.len();
+    let fixed = opts.overrides.clone();
+    let planned = closest_mix(&g, &mut opts, &recipe);
+    let over = |r: &Recipe| r.overrides_over(&|n| planned.get(n).copied());
+    let mut size_of = |r: &Recipe| {
+        opts.overrides.truncate(user_overrides);
+        opts.overrides.extend(over(r));
+        crate::quantize::planned_file_bytes(&g, &opts)
+    };
+    let size = crate::allocate::spend_slack(&table, &mut recipe, &fixed, g.alignment, want, &mut size_of)?;
+    opts.overrides.truncate(user_overrides);
+    opts.overrides.extend(over(&recipe));
+    if size > want {
+        return Err(Error::Usage(format!(
+            "the allocation's file would take {size} bytes, over the {want}-byte target (a bound in the budget is wrong: please report)"
+        )));
+    }
     Ok((g, opts, Some(recipe)))
+}
+
+/// Of llama.cpp's mixes, the one whose own rules (with the user's overrides in `opts`)
+/// already give the most of `recipe`'s tensors their allocated type, counted in the bytes
+/// of the overrides the rest need; ties go to the recipe's dominant mix ([`Recipe::mix`]),
+/// then to the list's order. Sets `opts.mix` and returns that mix's planned types. On a
+/// source kept whole (gemma3 at its own size) this is the source's mix and no override
+/// is recorded (36 KB of them once made the file miss the size).
+fn closest_mix(g: &crate::gguf::GgufFile, opts: &mut QuantizeOptions, recipe: &Recipe) -> HashMap<String, StorageType> {
+    let dominant = recipe.mix();
+    let mut best: Option<(u64, bool, crate::plan::Mix, HashMap<String, StorageType>)> = None;
+    for &mix in crate::plan::MIXES {
+        opts.mix = mix;
+        let Ok(plan) = plan_model(g, opts) else { continue };
+        let planned: HashMap<String, StorageType> = plan.tensors.into_iter().map(|t| (t.name, t.target)).collect();
+        let bytes = crate::allocate::overrides_bytes(&recipe.overrides_over(&|n| planned.get(n).copied()));
+        let key = (bytes, mix.name != dominant.name);
+        if best.as_ref().is_none_or(|b| key < (b.0, b.1)) {
+            best = Some((key.0, key.1, mix, planned));
+        }
+    }
+    match best {
+        Some((_, _, mix, planned)) => {
+            opts.mix = mix;
+            planned
+        }
+        None => {
+            opts.mix = dominant;
+            HashMap::new()
+        }
+    }
 }
 
 /// `job`'s calibration texts, read (sensitivities are measured on them).

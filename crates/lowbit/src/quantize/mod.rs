@@ -412,23 +412,19 @@ pub fn quantize_gguf(
     write_planned(&g, summary, output, opts, progress)
 }
 
-/// Writes `output` from the already opened source `g` following `summary`'s plan (from
-/// [`plan_model`] on `g`): the second half of [`quantize_gguf`], for callers that plan
-/// first (sequential GPTQ quantizes blocks between planning and writing).
-pub fn write_planned(
+/// A GGUF's metadata, in file order.
+type Metadata = Vec<(String, Value)>;
+
+/// The output file's metadata and tensor list for `summary`'s plan: the source's keys
+/// (less its file type and lowbit's own), the file type, lowbit's keys (version, mix,
+/// method, overrides, native formats, incoherence seeds, low rank), every tensor's spec.
+/// [`write_planned`] writes exactly this; [`planned_file_bytes`] sizes it.
+fn output_layout(
     g: &GgufFile,
-    mut summary: QuantizeSummary,
-    output: &Path,
+    summary: &QuantizeSummary,
     opts: &QuantizeOptions,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<QuantizeSummary> {
+) -> Result<(Metadata, Vec<TensorSpec>)> {
     let input = g.path();
-    if crate::atomic::same_file(input, output) {
-        return Err(Error::Usage(format!("{}: the output would overwrite the input", output.display())));
-    }
-    let start = Instant::now();
-    // The plan may have been made before pre-encoded tensors arrived (sequential GPTQ).
-    summary.method = opts.method_name().to_string();
     let mut metadata: Vec<(String, Value)> = g
         .metadata
         .iter()
@@ -471,6 +467,36 @@ pub fn write_planned(
             specs.extend(low_rank_specs(&t.name, &t.dims, rank));
         }
     }
+    Ok((metadata, specs))
+}
+
+/// The exact size in bytes of the file [`quantize_gguf`] would write from `g` with `opts`
+/// (planned, not encoded): what a size target is checked against.
+pub fn planned_file_bytes(g: &GgufFile, opts: &QuantizeOptions) -> Result<u64> {
+    let summary = plan_model(g, opts)?;
+    let (metadata, specs) = output_layout(g, &summary, opts)?;
+    crate::gguf::file_bytes(&metadata, &specs)
+}
+
+/// Writes `output` from the already opened source `g` following `summary`'s plan (from
+/// [`plan_model`] on `g`): the second half of [`quantize_gguf`], for callers that plan
+/// first (sequential GPTQ quantizes blocks between planning and writing).
+pub fn write_planned(
+    g: &GgufFile,
+    mut summary: QuantizeSummary,
+    output: &Path,
+    opts: &QuantizeOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<QuantizeSummary> {
+    let input = g.path();
+    if crate::atomic::same_file(input, output) {
+        return Err(Error::Usage(format!("{}: the output would overwrite the input", output.display())));
+    }
+    let start = Instant::now();
+    // The plan may have been made before pre-encoded tensors arrived (sequential GPTQ).
+    summary.method = opts.method_name().to_string();
+    let branch = |t: &PlannedTensor| opts.low_rank.filter(|_| gets_low_rank(t)).map(|r| effective_rank(&t.dims, r));
+    let (metadata, specs) = output_layout(g, &summary, opts)?;
     let total = summary.elements;
     let mut done = 0u64;
     let mut summary_codebooks = Vec::new();
