@@ -5,7 +5,7 @@
 //!   only, and it is measurably closer to the source than llama.cpp's fixed Q3_K_S mix at
 //!   that mix's size (same method, same calibration, same evaluation text); llama.cpp runs
 //!   it, with the perplexity lowbit computes for it; sequential GPTQ follows the same
-//!   allocation.
+//!   allocation; at the source's own size every tensor is kept as stored.
 //!
 //! Small settings (64-token chunks, 16 sampled rows, the block search) keep it to a few
 //! minutes in a debug build; the protocol-sized comparison is `scripts/compare_allocation.sh`.
@@ -85,6 +85,17 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
     };
     assert_eq!(types(&s2), types(&summary), "sequential GPTQ chose other types than the allocation");
     assert_eq!(s2.recipe.map(|r| r.predicted_kld), Some(recipe.predicted_kld));
+
+    // A target a few bytes above the source's own size keeps every tensor as stored (the
+    // exact sizing and the fewest recorded overrides leave room for lowbit's keys).
+    let src_size = std::fs::metadata(&src).unwrap().len();
+    let whole = dir.path().join("whole.gguf");
+    let whole_job = QuantizeJob { target: Some(SizeTarget::Bytes(src_size + 1024)), ..base.clone() };
+    let s3 = run(&src, &whole, &whole_job, &mut |_, _, _| {}).unwrap();
+    assert!(std::fs::metadata(&whole).unwrap().len() <= src_size + 1024);
+    for t in &s3.tensors {
+        assert_eq!(t.target, t.source, "{} re-quantized at the source's size", t.name);
+    }
 
     // Measured on text the calibration never saw: the allocated file is closer to the source.
     let wiki = std::fs::read_to_string(support::shared_data("wikitext-2/wiki.valid.raw")).unwrap();
