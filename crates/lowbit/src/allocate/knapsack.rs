@@ -2,15 +2,18 @@
 //! one of its options (a storage type: bytes, predicted cost), the total bytes stay within
 //! a budget, and the summed cost is as small as possible.
 //!
-//! Solved exactly by dynamic programming over a byte grid: each option's bytes are rounded
-//! *up* to the grid (so any solution of the grid problem fits the real budget), the DP finds
-//! the grid problem's optimum, and the slack the rounding left is then spent greedily on
-//! the upgrades with the best cost reduction per byte. With [`GRID`] cells the rounding
-//! costs at most one cell per item — items × budget / GRID bytes, 1.3 % of the budget for
-//! 200 tensors — of which the greedy pass wins most back.
+//! Solved exactly by dynamic programming over a byte grid spanning what the budget leaves
+//! above every item's smallest option (those are taken as given): each option's extra bytes
+//! are rounded *up* to the grid (so any solution of the grid problem fits the real budget),
+//! the DP finds the grid problem's optimum, and the slack the rounding left is then spent
+//! greedily on the upgrades with the best cost reduction per byte. With [`GRID`] cells the
+//! rounding costs at most one cell per item. Measured on gemma3-270m at llama.cpp's Q4_K_S
+//! size (127 tensors, 3.2 MB below the source): 16,384 cells over the whole budget (a
+//! 14.8 kB cell) predicted KLD 0.00625; this grid 0.00617 (a few tensors typed
+//! otherwise), in well under a second.
 
 /// Cells of the byte grid (the DP's work is items × options × cells).
-pub const GRID: u64 = 16_384;
+pub const GRID: u64 = 262_144;
 
 /// One option of an item: its bytes and its predicted cost.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -30,17 +33,20 @@ pub fn solve(items: &[Vec<Choice>], budget: u64) -> Option<Vec<usize>> {
     if items.iter().any(Vec::is_empty) || smallest > budget {
         return None;
     }
-    let cell = budget.div_ceil(GRID).max(1);
-    let cells = (budget / cell) as usize;
-    let up = |b: u64| b.div_ceil(cell) as usize;
+    // The grid spans only the room above the smallest options.
+    let mins: Vec<u64> = items.iter().map(|o| o.iter().map(|c| c.bytes).min().expect("non-empty")).collect();
+    let room = budget - smallest;
+    let cell = room.div_ceil(GRID).max(1);
+    let cells = (room / cell) as usize;
+    let up = |i: usize, b: u64| (b - mins[i]).div_ceil(cell) as usize;
     // best[c]: the least cost of the items so far within c cells (INFINITY: impossible).
     let mut best = vec![0.0f64; cells + 1];
     let mut pick: Vec<Vec<u8>> = Vec::with_capacity(items.len());
-    for options in items {
+    for (i, options) in items.iter().enumerate() {
         let mut next = vec![f64::INFINITY; cells + 1];
         let mut chosen = vec![u8::MAX; cells + 1];
         for (k, o) in options.iter().enumerate() {
-            let w = up(o.bytes);
+            let w = up(i, o.bytes);
             for c in w..=cells {
                 let v = best[c - w] + o.cost;
                 if v < next[c] {
@@ -59,7 +65,7 @@ pub fn solve(items: &[Vec<Choice>], budget: u64) -> Option<Vec<usize>> {
         for (i, options) in items.iter().enumerate().rev() {
             let k = pick[i][c] as usize;
             choice[i] = k;
-            c -= up(options[k].bytes);
+            c -= up(i, options[k].bytes);
         }
         choice
     } else {
