@@ -514,8 +514,7 @@ pub fn read_recipe(path: &Path) -> Result<Vec<Override>> {
 /// the file stores them). Tensors in `fixed` (an override the user gave) keep that type
 /// and count against the budget.
 pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) -> Result<Recipe> {
-    // What a tensor takes in the file: its bytes padded to the data alignment.
-    let padded = |b: u64| b.div_ceil(align.max(1)) * align.max(1);
+    let padded = |b: u64| padded(b, align);
     let mut items = Vec::with_capacity(table.tensors.len());
     let mut kinds: Vec<Vec<StorageType>> = Vec::with_capacity(table.tensors.len());
     for t in &table.tensors {
@@ -562,6 +561,11 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) 
     Ok(Recipe { entries, budget, predicted_kld })
 }
 
+/// What a tensor of `bytes` takes in the file: padded to the data alignment.
+fn padded(bytes: u64, align: u64) -> u64 {
+    bytes.div_ceil(align.max(1)) * align.max(1)
+}
+
 /// Spends what the budget's bounds left unused: the knapsack works on a byte grid and on
 /// an upper bound of the header, so the file it gives may sit some kilobytes under the
 /// target (on gemma3 at its source's size: one re-quantized tensor that fitted once
@@ -576,12 +580,13 @@ pub fn spend_slack(
     want: u64,
     size_of: &mut dyn FnMut(&Recipe) -> Result<u64>,
 ) -> Result<u64> {
-    let padded = |b: u64| b.div_ceil(align.max(1)) * align.max(1);
+    let padded = |b: u64| padded(b, align);
     let mut size = size_of(recipe)?;
     // A bound on exact sizings (each plans the whole model): ample for the few upgrades
     // a grid cell's slack allows.
+    const MAX_TRIALS: usize = 256;
     let mut trials = 0;
-    while size <= want && trials < 256 {
+    while size <= want && trials < MAX_TRIALS {
         let slack = want - size;
         let mut ups: Vec<(f64, usize, usize)> = Vec::new();
         for (i, t) in table.tensors.iter().enumerate() {
@@ -600,7 +605,7 @@ pub fn spend_slack(
         ups.sort_by(|a, b| b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
         let mut taken = false;
         for &(_, i, k) in &ups {
-            if trials >= 256 {
+            if trials >= MAX_TRIALS {
                 break;
             }
             trials += 1;
@@ -639,12 +644,12 @@ pub fn fixed_bytes(g: &GgufFile, table: &CostTable) -> u64 {
         .iter()
         .filter(|t| !allocated.contains(t.name.as_str()))
         .map(|t| match t.ty {
-            TensorType::Known(st) => st.tensor_bytes(&t.dims).unwrap_or(0).div_ceil(g.alignment) * g.alignment,
+            TensorType::Known(st) => padded(st.tensor_bytes(&t.dims).unwrap_or(0), g.alignment),
             TensorType::Unknown(_) => 0,
         })
         .sum();
     let metadata = crate::gguf::metadata_bytes(&g.metadata);
-    let infos: u64 = g.tensors.iter().map(|t| 8 + t.name.len() as u64 + 4 + 8 * t.dims.len() as u64 + 4 + 8).sum();
+    let infos: u64 = g.tensors.iter().map(|t| crate::gguf::tensor_info_bytes(&t.name, t.dims.len())).sum();
     // Tensors are padded to the alignment in their own bytes (kept here, allocated ones
     // in `allocate`'s choices); the header's padding is at most one alignment. lowbit's
     // own keys and the header's fixed fields take well under 1 KiB.

@@ -14,7 +14,7 @@ pub use native::{
 };
 pub(crate) use reader::{permute_heads, Transform};
 pub use reader::{GgufFile, TensorInfo, TensorType};
-pub use writer::{file_bytes, metadata_bytes, GgufWriter, TensorSpec};
+pub use writer::{file_bytes, metadata_bytes, tensor_info_bytes, GgufWriter, TensorSpec};
 
 /// The four magic bytes at the start of every GGUF file.
 pub const MAGIC: &[u8; 4] = b"GGUF";

@@ -112,13 +112,19 @@ fn alignment_of(metadata: &[(String, Value)]) -> Result<u64> {
     Ok(alignment)
 }
 
+/// The bytes one tensor's info takes in the header: its name (with its 8-byte length), the
+/// dimension count, the dimensions, the type and the data offset.
+pub fn tensor_info_bytes(name: &str, n_dims: usize) -> u64 {
+    8 + name.len() as u64 + 4 + 8 * n_dims as u64 + 4 + 8
+}
+
 /// The exact size of the file [`GgufWriter`] writes for `metadata` and `specs`: the
 /// header (fixed fields, metadata, tensor infos) padded to the alignment, then every
 /// tensor's data padded to it. Size targets compare against this before writing.
 pub fn file_bytes(metadata: &[(String, Value)], specs: &[TensorSpec]) -> Result<u64> {
     let alignment = alignment_of(metadata)?;
     let pad = |b: u64| b.div_ceil(alignment) * alignment;
-    let infos: u64 = specs.iter().map(|s| 8 + s.name.len() as u64 + 4 + 8 * s.dims.len() as u64 + 4 + 8).sum();
+    let infos: u64 = specs.iter().map(|s| tensor_info_bytes(&s.name, s.dims.len())).sum();
     let header = MAGIC.len() as u64 + 4 + 8 + 8 + metadata_bytes(metadata) + infos;
     let mut total = pad(header);
     for s in specs {

@@ -412,6 +412,11 @@ pub fn quantize_gguf(
     write_planned(&g, summary, output, opts, progress)
 }
 
+/// The rank of `t`'s low-rank branch, where `opts` asks for branches and `t` gets one.
+fn branch_rank(t: &PlannedTensor, opts: &QuantizeOptions) -> Option<usize> {
+    opts.low_rank.filter(|_| gets_low_rank(t)).map(|r| effective_rank(&t.dims, r))
+}
+
 /// A GGUF's metadata, in file order.
 type Metadata = Vec<(String, Value)>;
 
@@ -457,13 +462,12 @@ fn output_layout(
     if let Some(rank) = opts.low_rank {
         metadata.push(("lowbit.quantize.low_rank".into(), Value::U32(rank as u32)));
     }
-    let branch = |t: &PlannedTensor| opts.low_rank.filter(|_| gets_low_rank(t)).map(|r| effective_rank(&t.dims, r));
     let mut specs: Vec<TensorSpec> = Vec::with_capacity(summary.tensors.len());
     for t in &summary.tensors {
         specs.extend(tensor_specs(&t.name, &t.dims, t.target).ok_or_else(|| {
             Error::tensor(input, &t.name, format!("rows of {} values are not whole {} blocks", t.dims[0], t.target))
         })?);
-        if let Some(rank) = branch(t) {
+        if let Some(rank) = branch_rank(t, opts) {
             specs.extend(low_rank_specs(&t.name, &t.dims, rank));
         }
     }
@@ -495,7 +499,6 @@ pub fn write_planned(
     let start = Instant::now();
     // The plan may have been made before pre-encoded tensors arrived (sequential GPTQ).
     summary.method = opts.method_name().to_string();
-    let branch = |t: &PlannedTensor| opts.low_rank.filter(|_| gets_low_rank(t)).map(|r| effective_rank(&t.dims, r));
     let (metadata, specs) = output_layout(g, &summary, opts)?;
     let total = summary.elements;
     let mut done = 0u64;
@@ -515,7 +518,7 @@ pub fn write_planned(
             for t in &summary.tensors {
                 crate::interrupt::check()?;
                 let (_, src) = g.tensor_bytes(&t.name)?;
-                let rank = branch(t);
+                let rank = branch_rank(t, opts);
                 let own_bytes = t.bytes - rank.map_or(0, |_| branch_bytes_of(t, opts.low_rank.unwrap_or(0)));
                 // A source tensor with a branch of its own is re-encoded (its bytes alone
                 // are not the weights).
