@@ -469,6 +469,9 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         .map(|(m, prep)| match (m.ty, &m.byte_book, prep) {
             (StorageType::Vq(f), Some(_), Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, f.dim)),
             (StorageType::Native(_), _, Prepared::Quant(q)) if m.nibbles_q8() => Some(vq_bytes::ByValue::q8(q, 1)),
+            (StorageType::Ggml(GgmlType::Q4_0), _, Prepared::Quant(q)) if nibbles::q4_0_bytes_at(level, m.cols) => {
+                Some(vq_bytes::ByValue::q8(q, 1))
+            }
             (StorageType::Vq(f), Some(_), Prepared::Exact(xs)) => Some(vq_bytes::ByValue::exact(xs, f.dim)),
             _ => None,
         })
@@ -489,6 +492,12 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     items.into_par_iter().for_each(|(i, o, w)| {
         let (m, prep) = ms[i];
         match (prep, m.kernel()) {
+            (Prepared::Quant(q), Some(_))
+                if matches!(m.ty, StorageType::Ggml(GgmlType::Q4_0)) && by_value[i].is_some() =>
+            {
+                let bv = by_value[i].as_ref().expect("checked");
+                nibbles::q4_0_rows_q8(level, w, m.row_bytes, q.len(), bv, o)
+            }
             (Prepared::Quant(q), Some(kern)) => (kern.quant)(level, w, m.row_bytes, q, o),
             (Prepared::Exact(xs), Some(kern)) => (kern.exact)(level, w, m.row_bytes, xs, o),
             (Prepared::Exact(xs), None) if m.byte_book.is_some() => {
