@@ -13,7 +13,8 @@
 //! In llama.cpp numerics, 4-bit groups without a zero point (int4, nf4, fp4) of whole 64s
 //! take Q8_0 activations and skip the decoding: [`rows_q8`] dots the levels as bytes with
 //! `vpdpbusd`, as llama.cpp's Q4_0 and IQ4_NL kernels do ([`ByteLevels`] says how each
-//! format's levels become integers).
+//! format's levels become integers). ggml's Q4_0 rows take the same scheme at AVX-512
+//! ([`q4_0_rows_q8`]: its codes minus 8, two 32-value blocks per 64-code step).
 
 use super::acts::QuantRow;
 use super::isa::Level;
