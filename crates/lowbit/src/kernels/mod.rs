@@ -30,6 +30,7 @@
 
 pub mod acts;
 pub mod blocks;
+mod bytes32;
 pub mod isa;
 mod nibbles;
 /// Whether a native format takes Q8_0 activations in llama.cpp numerics (the model's
@@ -469,7 +470,7 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
         .map(|(m, prep)| match (m.ty, &m.byte_book, prep) {
             (StorageType::Vq(f), Some(_), Prepared::Quant(q)) => Some(vq_bytes::ByValue::q8(q, f.dim)),
             (StorageType::Native(_), _, Prepared::Quant(q)) if m.nibbles_q8() => Some(vq_bytes::ByValue::q8(q, 1)),
-            (StorageType::Ggml(GgmlType::Q4_0), _, Prepared::Quant(q)) if nibbles::q4_0_bytes_at(level, m.cols) => {
+            (StorageType::Ggml(ty), _, Prepared::Quant(q)) if bytes32::ByteBlock::at(level, ty, m.cols).is_some() => {
                 Some(vq_bytes::ByValue::q8(q, 1))
             }
             (StorageType::Vq(f), Some(_), Prepared::Exact(xs)) => Some(vq_bytes::ByValue::exact(xs, f.dim)),
@@ -492,11 +493,11 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     items.into_par_iter().for_each(|(i, o, w)| {
         let (m, prep) = ms[i];
         match (prep, m.kernel()) {
-            (Prepared::Quant(q), Some(_))
-                if matches!(m.ty, StorageType::Ggml(GgmlType::Q4_0)) && by_value[i].is_some() =>
-            {
+            (Prepared::Quant(q), Some(_)) if by_value[i].is_some() => {
                 let bv = by_value[i].as_ref().expect("checked");
-                nibbles::q4_0_rows_q8(level, w, m.row_bytes, q.len(), bv, o)
+                let StorageType::Ggml(ty) = m.ty else { unreachable!("byte blocks are ggml types") };
+                let kind = bytes32::ByteBlock::of(ty).expect("rearranged for byte blocks only");
+                bytes32::rows_q8(level, kind, w, m.row_bytes, q.len(), bv, o)
             }
             (Prepared::Quant(q), Some(kern)) => (kern.quant)(level, w, m.row_bytes, q, o),
             (Prepared::Exact(xs), Some(kern)) => (kern.exact)(level, w, m.row_bytes, xs, o),

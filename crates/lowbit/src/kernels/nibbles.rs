@@ -13,8 +13,8 @@
 //! In llama.cpp numerics, 4-bit groups without a zero point (int4, nf4, fp4) of whole 64s
 //! take Q8_0 activations and skip the decoding: [`rows_q8`] dots the levels as bytes with
 //! `vpdpbusd`, as llama.cpp's Q4_0 and IQ4_NL kernels do ([`ByteLevels`] says how each
-//! format's levels become integers). ggml's Q4_0 rows take the same scheme at AVX-512
-//! ([`q4_0_rows_q8`]: its codes minus 8, two 32-value blocks per 64-code step).
+//! format's levels become integers). ggml's own 32-value types take the same scheme at
+//! AVX-512 in [`super::bytes32`].
 
 use super::acts::QuantRow;
 use super::isa::Level;
@@ -107,39 +107,26 @@ pub(crate) fn rows_q8(
     bv: &ByValue,
     out: &mut [f32],
 ) {
-    let ByValue::Q8 { xq, xs, dl, padded } = bv else { unreachable!("Q8_0 rows are rearranged as codes") };
     assert!(takes_q8(f));
     let bl = ByteLevels::of(f).expect("takes_q8");
-    let (t, padded, lanes) = (acts.len(), *padded, *padded / 4);
     let fast = level == Level::Avx512 && super::vq_bytes::vbmi();
-    let count = rows.len() / row_bytes;
-    // Two stored rows at a time (the second repeats the first past the end): they share
-    // every activation load.
-    for r in (0..count).step_by(2) {
-        let r1 = (r + 1).min(count - 1);
-        super::rows::prefetch_next(rows, (r + 2) * row_bytes, 2 * row_bytes);
-        for i in 0..t {
-            let (xq, xs, dl) = (&xq[i * padded..(i + 1) * padded], &xs[i * lanes..(i + 1) * lanes], &dl[i * lanes..]);
-            let sums = if fast {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `fast` only where the CPU has AVX-512 F/BW/VL/VNNI (Level::Avx512)
-                // and VBMI.
-                unsafe {
-                    let starts = [r * row_bytes, r1 * row_bytes];
-                    match f.kind {
-                        NativeKind::Int { .. } => rows2_q8_avx512::<false>(f, &bl, rows, starts, row_bytes, xq, xs, dl),
-                        _ => rows2_q8_avx512::<true>(f, &bl, rows, starts, row_bytes, xq, xs, dl),
-                    }
+    super::rows::pairs_q8(rows, row_bytes, acts.len(), bv, out, |starts, xq, xs, dl| {
+        if fast {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `fast` only where the CPU has AVX-512 F/BW/VL/VNNI (Level::Avx512)
+            // and VBMI.
+            unsafe {
+                match f.kind {
+                    NativeKind::Int { .. } => rows2_q8_avx512::<false>(f, &bl, rows, starts, row_bytes, xq, xs, dl),
+                    _ => rows2_q8_avx512::<true>(f, &bl, rows, starts, row_bytes, xq, xs, dl),
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                unreachable!("AVX-512 is x86-64 only")
-            } else {
-                [r, r1].map(|r| row_q8_portable(f, &bl, &rows[r * row_bytes..(r + 1) * row_bytes], xq, xs, dl))
-            };
-            out[r * t + i] = sums[0];
-            out[r1 * t + i] = sums[1];
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("AVX-512 is x86-64 only")
+        } else {
+            starts.map(|s| row_q8_portable(f, &bl, &rows[s..s + row_bytes], xq, xs, dl))
         }
-    }
+    });
 }
 
 /// One row of [`rows_q8`] in plain code (the reference for [`rows2_q8_avx512`]).
@@ -285,120 +272,6 @@ unsafe fn decode_avx512(levels: &[f32; 16], zp: bool, group: usize, gb: usize, b
     }
 }
 
-/// Whether ggml Q4_0 rows of `cols` values take [`q4_0_rows_q8`] at `level`: AVX-512 (with
-/// VNNI) and whole pairs of blocks. Elsewhere they keep the block loop (`rows::small_q8`),
-/// whose order the other instruction-set levels share.
-pub(crate) fn q4_0_bytes_at(level: Level, cols: usize) -> bool {
-    level == Level::Avx512 && cols.is_multiple_of(64)
-}
-
-/// Q4_0 rows × Q8_0 activation rows rearranged in `bv` ([`ByValue::q8`], vectors of one
-/// value): `out[r·t + i]`, as [`rows_q8`] does for the native formats. Per pair of blocks
-/// (64 values), `vpdpbusd` of the 64 codes (a block's low nibbles are its values 0–15, the
-/// high ones 16–31) with the activation codes gives per lane of 4 the exact `Σ q·x`; minus
-/// `8·Σx`, times `d_w·d_x` fused into 16 lane accumulators, summed in [`hsum16`]'s order.
-/// The block loop it replaces at AVX-512 (codes widened to i16, `vpmaddwd`, one row per
-/// pass) ran a 1536×576 product at 6–10 weights/ns against this scheme's 13–24 on an AMD
-/// EPYC (scratch benchmark, same bytes, 3 rounds).
-pub(crate) fn q4_0_rows_q8(level: Level, rows: &[u8], row_bytes: usize, t: usize, bv: &ByValue, out: &mut [f32]) {
-    let ByValue::Q8 { xq, xs, dl, padded } = bv else { unreachable!("Q8_0 rows are rearranged as codes") };
-    let (padded, lanes) = (*padded, *padded / 4);
-    assert!(row_bytes.is_multiple_of(36) && padded == row_bytes / 18 * 32);
-    let count = rows.len() / row_bytes;
-    for r in (0..count).step_by(2) {
-        let r1 = (r + 1).min(count - 1);
-        super::rows::prefetch_next(rows, (r + 2) * row_bytes, 2 * row_bytes);
-        for i in 0..t {
-            let (xq, xs, dl) = (&xq[i * padded..(i + 1) * padded], &xs[i * lanes..(i + 1) * lanes], &dl[i * lanes..]);
-            let sums = if level == Level::Avx512 {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: Level::Avx512 only where the CPU has AVX-512 F/BW/VL/VNNI.
-                unsafe {
-                    q4_0_rows2_avx512(rows, [r * row_bytes, r1 * row_bytes], row_bytes, xq, xs, dl)
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                unreachable!("AVX-512 is x86-64 only")
-            } else {
-                [r, r1].map(|r| q4_0_row_portable(&rows[r * row_bytes..(r + 1) * row_bytes], xq, xs, dl))
-            };
-            out[r * t + i] = sums[0];
-            out[r1 * t + i] = sums[1];
-        }
-    }
-}
-
-/// One row of [`q4_0_rows_q8`] in plain code (the reference for [`q4_0_rows2_avx512`]).
-fn q4_0_row_portable(row: &[u8], xq: &[i8], xs: &[i32], dl: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    for (k, pair) in row.chunks_exact(36).enumerate() {
-        for (l, a) in acc.iter_mut().enumerate() {
-            let blk = &pair[18 * (l / 8)..18 * (l / 8) + 18];
-            let mut sum = 0i32;
-            for j in 0..4 {
-                let v = 4 * (l % 8) + j;
-                let q = if v < 16 { blk[2 + v] & 15 } else { blk[2 + v - 16] >> 4 };
-                sum += q as i32 * xq[64 * k + 4 * l + j] as i32;
-            }
-            let lane = sum - 8 * xs[16 * k + l];
-            *a = (lane as f32).mul_add(f16_at(blk, 0) * dl[16 * k + l], *a);
-        }
-    }
-    hsum16(&acc)
-}
-
-/// [`q4_0_row_portable`] for the two rows at `starts` of `rows`, with AVX-512 VNNI; the
-/// activation loads are shared.
-///
-/// # Safety
-/// The CPU must have AVX-512 F, BW, VL and VNNI.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q4_0_rows2_avx512(
-    rows: &[u8],
-    starts: [usize; 2],
-    row_bytes: usize,
-    xq: &[i8],
-    xs: &[i32],
-    dl: &[f32],
-) -> [f32; 2] {
-    use std::arch::x86_64::*;
-    let cols = row_bytes / 18 * 32;
-    assert!(starts.iter().all(|&s| s + row_bytes <= rows.len()) && row_bytes.is_multiple_of(36));
-    assert!(xq.len() >= cols && xs.len() >= cols / 4 && dl.len() >= cols / 4);
-    // SAFETY: each pair of blocks reads 16 code bytes at start + 36k + 2 and + 20, inside
-    // the row (start + row_bytes ≤ rows.len(), asserted); activation loads read 64 codes at
-    // 64k + 64 ≤ cols ≤ xq.len(), and 16 lane sums and scales at 16k + 16 ≤ cols/4
-    // (asserted).
-    unsafe {
-        let m4 = _mm512_set1_epi8(0x0F);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        for k in 0..row_bytes / 36 {
-            let x = _mm512_loadu_si512(xq.as_ptr().add(64 * k).cast());
-            let off = _mm512_slli_epi32::<3>(_mm512_loadu_si512(xs.as_ptr().add(16 * k).cast()));
-            let dx = _mm512_loadu_ps(dl.as_ptr().add(16 * k));
-            for p in 0..2 {
-                let b0 = starts[p] + 36 * k;
-                let q0 = _mm_loadu_si128(rows.as_ptr().add(b0 + 2).cast());
-                let q1 = _mm_loadu_si128(rows.as_ptr().add(b0 + 20).cast());
-                let v0 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q0), _mm_srli_epi16::<4>(q0));
-                let v1 = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(q1), _mm_srli_epi16::<4>(q1));
-                let v = _mm512_and_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(v0), v1), m4);
-                let lane = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), v, x), off);
-                let dw = _mm512_mask_blend_ps(
-                    0xFF00,
-                    _mm512_set1_ps(f16_at(&rows[b0..], 0)),
-                    _mm512_set1_ps(f16_at(&rows[b0 + 18..], 0)),
-                );
-                acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lane), _mm512_mul_ps(dw, dx), acc[p]);
-            }
-        }
-        let mut l = [[0f32; 16]; 2];
-        _mm512_storeu_ps(l[0].as_mut_ptr(), acc[0]);
-        _mm512_storeu_ps(l[1].as_mut_ptr(), acc[1]);
-        [hsum16(&l[0]), hsum16(&l[1])]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,45 +347,6 @@ mod tests {
                     None => first = Some(out),
                     Some(fst) => assert!(fst == &out, "{name} {level:?}: differs from the portable loop"),
                 }
-            }
-        }
-    }
-
-    /// Q4_0's byte path: the AVX-512 kernel gives its portable loop's bits (every level
-    /// computes through the portable loop where the kernel is not taken), and both equal
-    /// the decoded rows dotted with the activations' Q8_0 values, up to f32 summation.
-    #[test]
-    fn q4_0_bytes_match_decoding_and_the_portable_loop() {
-        use crate::format::storage::StorageType;
-        use crate::format::GgmlType;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        for (rows, cols) in [(5, 576), (4, 64), (3, 1536)] {
-            let rb = cols / 32 * 18;
-            let mut bytes: Vec<u8> = (0..rows * rb).map(|_| rng.random()).collect();
-            for b in bytes.chunks_exact_mut(18) {
-                b[..2].copy_from_slice(&half::f16::from_f32(rng.random::<f32>() * 0.1 - 0.05).to_le_bytes());
-            }
-            let st = StorageType::Ggml(GgmlType::Q4_0);
-            let dense =
-                super::super::PackedMatrix::new(st, super::super::WeightBytes::owned(bytes.clone()), None, rows, cols)
-                    .unwrap()
-                    .to_dense();
-            let acts = super::super::acts::random_q8_rows(cols, 3, &mut rng);
-            let bv = ByValue::q8(&acts, 1);
-            let mut portable = vec![0f32; rows * 3];
-            q4_0_rows_q8(Level::Portable, &bytes, rb, 3, &bv, &mut portable);
-            for (r, got) in dense.chunks_exact(cols).zip(portable.chunks_exact(3)) {
-                for (a, got) in acts.iter().zip(got) {
-                    let x = super::super::acts::q8_values(a);
-                    let want: f64 = r.iter().zip(&x).map(|(&w, &x)| w as f64 * x).sum();
-                    let abs: f64 = r.iter().zip(&x).map(|(&w, &x)| (w as f64 * x).abs()).sum();
-                    assert!((*got as f64 - want).abs() <= 1e-5 * abs + 1e-6, "{cols}: {got} vs {want}");
-                }
-            }
-            for level in Level::supported().into_iter().filter(|&l| q4_0_bytes_at(l, cols)) {
-                let mut out = vec![0f32; rows * 3];
-                q4_0_rows_q8(level, &bytes, rb, 3, &bv, &mut out);
-                assert!(out == portable, "{cols} {level:?}: differs from the portable loop");
             }
         }
     }

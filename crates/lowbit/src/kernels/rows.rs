@@ -10,6 +10,7 @@ use super::acts::{ExactRow, QuantRow};
 use super::blocks::{Small, SmallBlock, Super, SuperBlock};
 use super::isa::multiversion;
 use super::simd::Simd;
+use super::vq_bytes::ByValue;
 
 /// Most activation rows the row loops take at once (longer batches go through tiles).
 pub const MAX_ROWS: usize = 8;
@@ -36,6 +37,36 @@ pub(crate) fn prefetch_next(rows: &[u8], start: usize, row_bytes: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (rows, start, row_bytes);
+}
+
+/// The two-rows-at-a-time driver of the byte kernels ([`super::nibbles::rows_q8`],
+/// [`super::bytes32::rows_q8`]): stored rows `rows` (`row_bytes` each) × the `t` Q8_0
+/// activation rows rearranged in `bv` ([`ByValue::q8`], vectors of one value), into
+/// `out[r·t + i]`. `pair(starts, xq, xs, dl)` returns the dot products of the rows starting
+/// at `starts` with one activation row's codes, lane sums and lane scales. Two stored rows
+/// per call (the second repeats the first past the end) share every activation load; the
+/// next pair is prefetched.
+pub(crate) fn pairs_q8(
+    rows: &[u8],
+    row_bytes: usize,
+    t: usize,
+    bv: &ByValue,
+    out: &mut [f32],
+    pair: impl Fn([usize; 2], &[i8], &[i32], &[f32]) -> [f32; 2],
+) {
+    let ByValue::Q8 { xq, xs, dl, padded } = bv else { unreachable!("Q8_0 rows are rearranged as codes") };
+    let (padded, lanes) = (*padded, *padded / 4);
+    let count = rows.len() / row_bytes;
+    for r in (0..count).step_by(2) {
+        let r1 = (r + 1).min(count - 1);
+        prefetch_next(rows, (r + 2) * row_bytes, 2 * row_bytes);
+        for i in 0..t {
+            let (xq, xs, dl) = (&xq[i * padded..(i + 1) * padded], &xs[i * lanes..(i + 1) * lanes], &dl[i * lanes..]);
+            let sums = pair([r * row_bytes, r1 * row_bytes], xq, xs, dl);
+            out[r * t + i] = sums[0];
+            out[r1 * t + i] = sums[1];
+        }
+    }
 }
 
 /// Sums 16 lanes in a fixed tree order.

@@ -191,18 +191,17 @@ fn matmul_agrees_with_the_reference_for_every_type_level_and_batch() {
                     // many rows in llama.cpp numerics take the integer tile path only
                     // where it is fast (AVX-512; `tiles::used_at`), whose sums are
                     // ordered by block (its portable loop is checked bit for bit in
-                    // `tiles::tests`); and that few Q4_0 rows in llama.cpp numerics take
-                    // the byte path at AVX-512 (`nibbles::q4_0_bytes_at`), ordered by lane
-                    // of 4 (its portable loop is checked bit for bit in `nibbles::tests`).
+                    // `tiles::tests`); and that few Q4_0/IQ4_NL/Q5_0/Q8_0 rows in llama.cpp
+                    // numerics take the byte path at AVX-512 (`bytes32::ByteBlock::at`),
+                    // ordered by lane of 4 (its portable loop is checked bit for bit in
+                    // `bytes32::tests`).
                     if t > MAX_ROWS && a.is_some() && matches!(m.kernel(), Some(k) if k.tiles_with(a.unwrap())) {
                         continue;
                     }
-                    if st == StorageType::Ggml(GgmlType::Q4_0)
-                        && t <= MAX_ROWS
-                        && a == Some(GgmlType::Q8_0)
-                        && super::nibbles::q4_0_bytes_at(level, cols)
-                    {
-                        continue;
+                    if let (StorageType::Ggml(ty), true, Some(GgmlType::Q8_0)) = (st, t <= MAX_ROWS, a) {
+                        if super::bytes32::ByteBlock::at(level, ty, cols).is_some() {
+                            continue;
+                        }
                     }
                     match &first {
                         None => first = Some(got),
