@@ -9,7 +9,7 @@
 //! Why: the block loop (`rows::small_q8`: codes widened to i16, `vpmaddwd`, one row per pass)
 //! ran a 1536×576 Q4_0 product at 6–10 weights/ns against this scheme's 13–24 on an AMD
 //! EPYC (scratch benchmark, same bytes, 3 rounds), and these four types hold most of the
-//! zoo models' Q4_K_M and IQ4_XS files (their 576- and 1152-column tensors cannot take
+//! zoo models' Q4_K_M and IQ4_XS files (their 576- and 640-column tensors cannot take
 //! 256-value super-blocks, so llama.cpp falls back to Q5_0, Q8_0 and IQ4_NL).
 //!
 //! Contract: the same value as decoding the block and dotting with the Q8_0 values, up to

@@ -12,7 +12,8 @@
 //! - a few activation rows (generation; `t ≤ rows::MAX_ROWS`): each block of a weight row
 //!   is unpacked once into small integers ([`blocks`]: `value = d·w − dmin·min`) and
 //!   dotted with every activation row — integer multiply-adds against quantized
-//!   activations, or f32 lanes against exact ones. VQ formats look their codebooks up in
+//!   activations, or f32 lanes against exact ones (at AVX-512, Q4_0/IQ4_NL/Q5_0/Q8_0 against
+//!   Q8_0 activations are dotted as bytes instead, two rows at a time: [`bytes32`]). VQ formats look their codebooks up in
 //!   registers ([`vq_bytes`]: f16 entries against exact activations, int16 entries against
 //!   Q8_0 ones), or through per-token f32 tables ([`vq`]) where the byte tables do not fit;
 //!   other types without an integer form (floats, lowbit's native formats) decode the row
