@@ -174,6 +174,9 @@ pub(crate) enum ByValue {
     /// rounded up to 64); per lane of 4 vectors the codes' sum (for the high bytes'
     /// offset) and the block's scale.
     Q8 { xq: Vec<i8>, xs: Vec<i32>, dl: Vec<f32>, padded: usize },
+    /// Q8_K codes as bytes, one run per activation row, in order
+    /// ([`super::iq2xs_bytes::code_bytes`]).
+    Codes(Vec<i8>),
 }
 
 impl ByValue {
