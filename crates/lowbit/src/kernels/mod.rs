@@ -13,8 +13,8 @@
 //!   is unpacked once into small integers ([`blocks`]: `value = d·w − dmin·min`) and
 //!   dotted with every activation row — integer multiply-adds against quantized
 //!   activations, or f32 lanes against exact ones (at AVX-512, Q4_0/IQ4_NL/Q5_0/Q8_0 against
-//!   Q8_0 activations are dotted as bytes instead, two rows at a time: [`bytes32`]; IQ2_XS
-//!   against Q8_K too: [`iq2xs_bytes`]). VQ formats look their codebooks up in
+//!   Q8_0 activations are dotted as bytes instead, two rows at a time: [`bytes32`]; the grid
+//!   i-quants against Q8_K too: [`iq_bytes`]). VQ formats look their codebooks up in
 //!   registers ([`vq_bytes`]: f16 entries against exact activations, int16 entries against
 //!   Q8_0 ones), or through per-token f32 tables ([`vq`]) where the byte tables do not fit;
 //!   other types without an integer form (floats, lowbit's native formats) decode the row
@@ -33,7 +33,7 @@
 pub mod acts;
 pub mod blocks;
 mod bytes32;
-mod iq2xs_bytes;
+mod iq_bytes;
 pub mod isa;
 mod nibbles;
 /// Whether a native format takes Q8_0 activations in llama.cpp numerics (the model's
@@ -476,8 +476,8 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
             (StorageType::Ggml(ty), _, Prepared::Quant(q)) if bytes32::ByteBlock::at(level, ty, m.cols).is_some() => {
                 Some(vq_bytes::ByValue::q8(q, 1))
             }
-            (StorageType::Ggml(GgmlType::IQ2_XS), _, Prepared::Quant(q)) if iq2xs_bytes::used_at(level) => {
-                Some(vq_bytes::ByValue::Codes(iq2xs_bytes::code_bytes(q)))
+            (StorageType::Ggml(ty), _, Prepared::Quant(q)) if iq_bytes::at(level, ty).is_some() => {
+                Some(vq_bytes::ByValue::Codes(iq_bytes::code_bytes(q)))
             }
             (StorageType::Vq(f), Some(_), Prepared::Exact(xs)) => Some(vq_bytes::ByValue::exact(xs, f.dim)),
             _ => None,
@@ -499,14 +499,20 @@ fn matmul_batch_at(level: Level, x: &[f32], t: usize, products: &mut [Product]) 
     items.into_par_iter().for_each(|(i, o, w)| {
         let (m, prep) = ms[i];
         match (prep, m.kernel()) {
-            (Prepared::Quant(q), Some(_)) if by_value[i].is_some() => match by_value[i].as_ref().expect("checked") {
-                vq_bytes::ByValue::Codes(xq) => iq2xs_bytes::rows_q8k(level, w, m.row_bytes, q, xq, o),
-                bv => {
-                    let StorageType::Ggml(ty) = m.ty else { unreachable!("byte blocks are ggml types") };
-                    let kind = bytes32::ByteBlock::of(ty).expect("rearranged for byte blocks only");
-                    bytes32::rows_q8(level, kind, w, m.row_bytes, q.len(), bv, o)
+            (Prepared::Quant(q), Some(_)) if by_value[i].is_some() => {
+                let bv = by_value[i].as_ref().expect("checked");
+                let StorageType::Ggml(ty) = m.ty else { unreachable!("byte paths are ggml types") };
+                match bv {
+                    vq_bytes::ByValue::Codes(xq) => {
+                        let run = iq_bytes::at(level, ty).expect("codes are made for grid i-quants only");
+                        run(level, w, m.row_bytes, q, xq, o)
+                    }
+                    _ => {
+                        let kind = bytes32::ByteBlock::of(ty).expect("rearranged for byte blocks only");
+                        bytes32::rows_q8(level, kind, w, m.row_bytes, q.len(), bv, o)
+                    }
                 }
-            },
+            }
             (Prepared::Quant(q), Some(kern)) => (kern.quant)(level, w, m.row_bytes, q, o),
             (Prepared::Exact(xs), Some(kern)) => (kern.exact)(level, w, m.row_bytes, xs, o),
             (Prepared::Exact(xs), None) if m.byte_book.is_some() => {

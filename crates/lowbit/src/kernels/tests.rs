@@ -203,13 +203,11 @@ fn matmul_agrees_with_the_reference_for_every_type_level_and_batch() {
                             continue;
                         }
                     }
-                    // So do IQ2_XS rows against Q8_K (`iq2xs_bytes`, checked the same way).
-                    if st == StorageType::Ggml(GgmlType::IQ2_XS)
-                        && t <= MAX_ROWS
-                        && a.is_some()
-                        && super::iq2xs_bytes::used_at(level)
-                    {
-                        continue;
+                    // So do the grid i-quants against Q8_K (`iq_bytes`, checked the same way).
+                    if let (StorageType::Ggml(ty), true, Some(_)) = (st, t <= MAX_ROWS, a) {
+                        if super::iq_bytes::at(level, ty).is_some() {
+                            continue;
+                        }
                     }
                     match &first {
                         None => first = Some(got),

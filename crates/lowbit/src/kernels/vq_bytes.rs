@@ -175,7 +175,7 @@ pub(crate) enum ByValue {
     /// offset) and the block's scale.
     Q8 { xq: Vec<i8>, xs: Vec<i32>, dl: Vec<f32>, padded: usize },
     /// Q8_K codes as bytes, one run per activation row, in order
-    /// ([`super::iq2xs_bytes::code_bytes`]).
+    /// ([`super::iq_bytes::code_bytes`]).
     Codes(Vec<i8>),
 }
 
