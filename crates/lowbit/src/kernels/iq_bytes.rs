@@ -38,21 +38,42 @@ pub(crate) trait GridBlock: SuperBlock {
     /// Step `p`'s grid indices: 8 (wide) or 16.
     fn indices(b: &[u8], p: usize) -> [i32; 16];
     /// Step `p`'s 64 sign bits (bit v: value 64p + v is negative).
-    fn signs(b: &[u8], p: usize) -> u64;
+    ///
+    /// # Safety
+    /// The CPU must have BMI2 (the `KSIGNS` types spread their fields with `pdep`).
+    unsafe fn signs(b: &[u8], p: usize) -> u64;
     /// Step `p`'s four 16-value scale nibbles `s` (the scale is `2s + 1`), 4 bits each.
     fn nibbles(b: &[u8], p: usize) -> u32;
 }
 
 /// The 8 sign bytes of two sub-blocks whose u32 `words` each hold four 7-bit indices into
 /// `KSIGNS_IQ2XS` (bits 0–27), computed as the table is made: the 7 bits plus their parity
-/// as bit 7 (8 table lookups per step held IQ2_XXS at 7.5 weights/ns).
+/// as bit 7 (8 table lookups per step held IQ2_XXS at 6.3–6.5 weights/ns; spreading the
+/// fields with shifts and masks, 7.8–8.1; with `pdep`, see the README).
+///
+/// # Safety
+/// The CPU must have BMI2.
 #[inline(always)]
-fn ksigns(words: [u32; 2]) -> u64 {
-    let spread = |w: u32| {
-        let w = w as u64;
-        (w & 0x7F) | (w >> 7 & 0x7F) << 8 | (w >> 14 & 0x7F) << 16 | (w >> 21 & 0x7F) << 24
+unsafe fn ksigns(words: [u32; 2]) -> u64 {
+    // Spelled out, no closure: a closure here is not inlined into the kernel and loses its
+    // target features.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract (BMI2).
+    let (w0, w1) = unsafe {
+        use std::arch::x86_64::_pdep_u64;
+        (_pdep_u64(words[0] as u64, 0x7F7F_7F7F), _pdep_u64(words[1] as u64, 0x7F7F_7F7F))
     };
-    with_parity(spread(words[0]) | spread(words[1]) << 32)
+    #[cfg(not(target_arch = "x86_64"))]
+    let (w0, w1) = (spread(words[0]), spread(words[1]));
+    with_parity(w0 | w1 << 32)
+}
+
+/// Four 7-bit fields of `w` (bits 0–27) into the low 7 bits of four bytes (what `pdep`
+/// with mask 0x7F7F7F7F does).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn spread(w: u32) -> u64 {
+    let w = w as u64;
+    (w & 0x7F) | (w >> 7 & 0x7F) << 8 | (w >> 14 & 0x7F) << 16 | (w >> 21 & 0x7F) << 24
 }
 
 /// Eight 7-bit values (one per byte) with each byte's parity set as its bit 7: what
@@ -86,8 +107,9 @@ impl GridBlock for BIq2Xxs {
         i
     }
     #[inline(always)]
-    fn signs(b: &[u8], p: usize) -> u64 {
-        ksigns([u32_at(b, 6 + 16 * p), u32_at(b, 14 + 16 * p)])
+    unsafe fn signs(b: &[u8], p: usize) -> u64 {
+        // SAFETY: the caller's contract (BMI2).
+        unsafe { ksigns([u32_at(b, 6 + 16 * p), u32_at(b, 14 + 16 * p)]) }
     }
     #[inline(always)]
     fn nibbles(b: &[u8], p: usize) -> u32 {
@@ -110,7 +132,7 @@ impl GridBlock for BIq2Xs {
         std::array::from_fn(|j| if j < 8 { (u16_at(b, 2 + 16 * p + 2 * j) & 511) as i32 } else { 0 })
     }
     #[inline(always)]
-    fn signs(b: &[u8], p: usize) -> u64 {
+    unsafe fn signs(b: &[u8], p: usize) -> u64 {
         // The 7-bit sign indices are the codes' top bits (code >> 9), four per u64.
         let bytes = |c: u64| {
             let s = (c >> 9) & 0x007F_007F_007F_007F;
@@ -147,7 +169,7 @@ impl GridBlock for BIq2S {
         i
     }
     #[inline(always)]
-    fn signs(b: &[u8], p: usize) -> u64 {
+    unsafe fn signs(b: &[u8], p: usize) -> u64 {
         u64::from_le_bytes(b[34 + 8 * p..42 + 8 * p].try_into().expect("8 bytes"))
     }
     #[inline(always)]
@@ -170,8 +192,9 @@ impl GridBlock for BIq3Xxs {
         std::array::from_fn(|j| b[2 + 16 * p + j] as i32)
     }
     #[inline(always)]
-    fn signs(b: &[u8], p: usize) -> u64 {
-        ksigns([u32_at(b, 66 + 8 * p), u32_at(b, 70 + 8 * p)])
+    unsafe fn signs(b: &[u8], p: usize) -> u64 {
+        // SAFETY: the caller's contract (BMI2).
+        unsafe { ksigns([u32_at(b, 66 + 8 * p), u32_at(b, 70 + 8 * p)]) }
     }
     #[inline(always)]
     fn nibbles(b: &[u8], p: usize) -> u32 {
@@ -202,7 +225,7 @@ impl GridBlock for BIq3S {
         i
     }
     #[inline(always)]
-    fn signs(b: &[u8], p: usize) -> u64 {
+    unsafe fn signs(b: &[u8], p: usize) -> u64 {
         u64::from_le_bytes(b[74 + 8 * p..82 + 8 * p].try_into().expect("8 bytes"))
     }
     #[inline(always)]
@@ -253,7 +276,7 @@ pub(crate) fn rows_q8k<K: GridBlock>(
             let x = &xq[i * cols..(i + 1) * cols];
             out[r * t + i] = if level == Level::Avx512 {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: Level::Avx512 only where the CPU has AVX-512 F/BW/VL/VNNI.
+                // SAFETY: Level::Avx512 only where the CPU has AVX-512 F/BW/VL/VNNI and BMI2.
                 unsafe {
                     row_avx512::<K>(row, x, &a.d)
                 }
@@ -294,9 +317,9 @@ fn row_portable<K: GridBlock>(row: &[u8], xq: &[i8], d: &[f32]) -> f32 {
 /// [`row_portable`] with AVX-512 VNNI.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW, VL and VNNI.
+/// The CPU must have AVX-512 F, BW, VL and VNNI, and BMI2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,bmi2")]
 unsafe fn row_avx512<K: GridBlock>(row: &[u8], xq: &[i8], d: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = row.len() / K::BYTES;
@@ -395,6 +418,21 @@ mod tests {
             }
         }
         assert!(at(Level::Avx512, GgmlType::Q2_K).is_none());
+    }
+
+    /// `pdep` with mask 0x7F7F7F7F is the shift-and-mask spread (where the CPU has BMI2).
+    #[test]
+    fn pdep_spreads_like_the_shifts() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("bmi2") {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            for _ in 0..1000 {
+                let w: u32 = rng.random();
+                // SAFETY: BMI2 detected above.
+                let got = unsafe { std::arch::x86_64::_pdep_u64(w as u64, 0x7F7F_7F7F) };
+                assert_eq!(got, spread(w), "{w:#x}");
+            }
+        }
     }
 
     /// The parity form of the sign table, for every 7-bit index in every byte position.

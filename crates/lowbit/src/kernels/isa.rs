@@ -11,7 +11,8 @@ pub enum Level {
     Portable,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX-512 F/BW/VL/VNNI on top of AVX2.
+    /// AVX-512 F/BW/VL/VNNI on top of AVX2, and BMI2 (which every CPU with AVX-512 has;
+    /// `iq_bytes` spreads bit fields with `pdep`).
     Avx512,
 }
 
@@ -44,6 +45,7 @@ impl Level {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
+                    && std::arch::is_x86_feature_detected!("bmi2")
                 {
                     out.push(Level::Avx512);
                 }
