@@ -10,7 +10,9 @@
 //! 128-bit multiply and a masked negate (32 per super-block), and ran IQ2_XS at 4.8
 //! weights/ns against 11–19 for the 32-value types' byte path on an Intel Xeon (kernel
 //! bench, 576×1536): smollm2's IQ2_XS file spent 21 % of its generation in the 29 IQ2_XS
-//! matrices, 8 % of its bytes. This path: 8.0–8.5 weights/ns.
+//! matrices, 8 % of its bytes. This path, same bench: IQ2_XS 11.7–12.7 weights/ns, IQ2_XXS
+//! 10.1–11.2 (6.3–6.5 before), IQ2_S 14.1–14.4 (6.5), IQ3_XXS 10.4–11.2 (5.0), IQ3_S
+//! 12.1–12.3 (4.3).
 //!
 //! Contract: the same value as decoding the row and dotting with the Q8_K values, up to f32
 //! summation order; the AVX-512 kernel gives the bits of the portable loop (which sums the
