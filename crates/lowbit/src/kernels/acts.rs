@@ -107,23 +107,57 @@ impl ExactRow {
     }
 }
 
-/// `count` rows of `cols` uniform values in [−1, 1) quantized to Q8_0, for the integer
-/// kernels' tests.
+/// `count` rows of `cols` uniform values in [−1, 1) quantized to `ty` (Q8_0 or Q8_K),
+/// for the integer kernels' tests.
 #[cfg(test)]
-pub(super) fn random_q8_rows(cols: usize, count: usize, rng: &mut impl rand::Rng) -> Vec<QuantRow> {
+pub(super) fn random_quant_rows(cols: usize, count: usize, ty: GgmlType, rng: &mut impl rand::Rng) -> Vec<QuantRow> {
     (0..count)
         .map(|_| {
             let x: Vec<f32> = (0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
             let mut q = QuantRow::default();
-            q.quantize(&x, GgmlType::Q8_0);
+            q.quantize(&x, ty);
             q
         })
         .collect()
 }
 
-/// A Q8_0 row's values (`q · d` per 32-value block) in f64, what the integer kernels'
-/// tests compare against.
+/// [`random_quant_rows`] as Q8_0.
+#[cfg(test)]
+pub(super) fn random_q8_rows(cols: usize, count: usize, rng: &mut impl rand::Rng) -> Vec<QuantRow> {
+    random_quant_rows(cols, count, GgmlType::Q8_0, rng)
+}
+
+/// A quantized row's values (`q · d` per block of `block` values: 32 for Q8_0, 256 for
+/// Q8_K) in f64, what the integer kernels' tests compare against.
+#[cfg(test)]
+pub(super) fn quant_values(a: &QuantRow, block: usize) -> Vec<f64> {
+    a.q.iter().enumerate().map(|(i, &q)| q as f64 * a.d[i / block] as f64).collect()
+}
+
+/// [`quant_values`] of a Q8_0 row.
 #[cfg(test)]
 pub(super) fn q8_values(a: &QuantRow) -> Vec<f64> {
-    a.q.iter().enumerate().map(|(i, &q)| q as f64 * a.d[i / 32] as f64).collect()
+    quant_values(a, 32)
+}
+
+/// `len` random bytes in blocks of `block_bytes`, each block starting with a finite f16
+/// scale in [−0.05, 0.05) (random bytes there could be NaN or ∞): random blocks of a
+/// type whose scale leads, for the kernels' tests.
+#[cfg(test)]
+pub(super) fn random_blocks(len: usize, block_bytes: usize, rng: &mut impl rand::Rng) -> Vec<u8> {
+    let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+    for b in bytes.chunks_exact_mut(block_bytes) {
+        b[..2].copy_from_slice(&half::f16::from_f32(rng.random::<f32>() * 0.1 - 0.05).to_le_bytes());
+    }
+    bytes
+}
+
+/// Asserts that a kernel's `got` for stored row `w` (decoded) and activation values `x`
+/// is their f64 dot product up to f32 summation: within `1e-5·Σ|w·x| + slack + 1e-6`
+/// (`slack`: a kernel's own documented rounding, 0 for exact integer paths).
+#[cfg(test)]
+pub(super) fn assert_dot(got: f32, w: &[f32], x: &[f64], slack: f64, what: &str) {
+    let want: f64 = w.iter().zip(x).map(|(&w, &x)| w as f64 * x).sum();
+    let abs: f64 = w.iter().zip(x).map(|(&w, &x)| (w as f64 * x).abs()).sum();
+    assert!((got as f64 - want).abs() <= 1e-5 * abs + slack + 1e-6, "{what}: {got} vs {want}");
 }

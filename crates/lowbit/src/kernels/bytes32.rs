@@ -100,7 +100,7 @@ pub(crate) fn rows_q8(
     super::rows::pairs_q8(rows, row_bytes, t, bv, out, |starts, xq, xs, dl| {
         if level == Level::Avx512 {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: Level::Avx512 only where the CPU has AVX-512 F/BW/VL/VNNI and F16C.
+            // SAFETY: Level::Avx512 only where the CPU has AVX-512 F/BW/VL/VNNI.
             unsafe {
                 match kind {
                     ByteBlock::Q4_0 => rows2_avx512::<{ ByteBlock::Q4_0 as u8 }>(rows, starts, row_bytes, xq, xs, dl),
@@ -140,9 +140,9 @@ fn row_portable(kind: ByteBlock, row: &[u8], xq: &[i8], xs: &[i32], dl: &[f32]) 
 /// loads are shared. `KIND` is a [`ByteBlock`] as `u8` (one compiled loop per type).
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW, VL and VNNI, and F16C.
+/// The CPU must have AVX-512 F, BW, VL and VNNI.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn rows2_avx512<const KIND: u8>(
     rows: &[u8],
     starts: [usize; 2],
@@ -214,9 +214,11 @@ unsafe fn rows2_avx512<const KIND: u8>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::acts::{assert_dot, q8_values, random_blocks, random_q8_rows};
+    use super::super::{PackedMatrix, WeightBytes};
     use super::*;
     use crate::format::storage::StorageType;
-    use rand::{Rng, SeedableRng};
+    use rand::SeedableRng;
 
     /// Each type's byte path: the portable loop equals the decoded rows dotted with the
     /// activations' Q8_0 values up to f32 summation, and the AVX-512 kernel (where the CPU
@@ -229,30 +231,18 @@ mod tests {
             let kind = ByteBlock::of(ty).unwrap();
             for (rows, cols) in [(5, 576), (4, 64), (3, 1536)] {
                 let rb = cols / 32 * kind.bytes();
-                let mut bytes: Vec<u8> = (0..rows * rb).map(|_| rng.random()).collect();
-                for b in bytes.chunks_exact_mut(kind.bytes()) {
-                    b[..2].copy_from_slice(&half::f16::from_f32(rng.random::<f32>() * 0.1 - 0.05).to_le_bytes());
-                }
-                let st = StorageType::Ggml(ty);
-                let dense = super::super::PackedMatrix::new(
-                    st,
-                    super::super::WeightBytes::owned(bytes.clone()),
-                    None,
-                    rows,
-                    cols,
-                )
-                .unwrap()
-                .to_dense();
-                let acts = super::super::acts::random_q8_rows(cols, 3, &mut rng);
+                let bytes = random_blocks(rows * rb, kind.bytes(), &mut rng);
+                let dense =
+                    PackedMatrix::new(StorageType::Ggml(ty), WeightBytes::owned(bytes.clone()), None, rows, cols)
+                        .unwrap()
+                        .to_dense();
+                let acts = random_q8_rows(cols, 3, &mut rng);
                 let bv = ByValue::q8(&acts, 1);
                 let mut portable = vec![0f32; rows * 3];
                 rows_q8(Level::Portable, kind, &bytes, rb, 3, &bv, &mut portable);
                 for (r, got) in dense.chunks_exact(cols).zip(portable.chunks_exact(3)) {
-                    for (a, got) in acts.iter().zip(got) {
-                        let x = super::super::acts::q8_values(a);
-                        let want: f64 = r.iter().zip(&x).map(|(&w, &x)| w as f64 * x).sum();
-                        let abs: f64 = r.iter().zip(&x).map(|(&w, &x)| (w as f64 * x).abs()).sum();
-                        assert!((*got as f64 - want).abs() <= 1e-5 * abs + 1e-6, "{ty:?} {cols}: {got} vs {want}");
+                    for (a, &got) in acts.iter().zip(got) {
+                        assert_dot(got, r, &q8_values(a), 0.0, &format!("{ty:?} {cols}"));
                     }
                 }
                 for level in Level::supported().into_iter().filter(|&l| ByteBlock::at(l, ty, cols).is_some()) {

@@ -115,9 +115,15 @@ impl GridBlock for BIq2Xxs {
     }
     #[inline(always)]
     fn nibbles(b: &[u8], p: usize) -> u32 {
-        let (s0, s1) = (u32_at(b, 6 + 16 * p) >> 28, u32_at(b, 14 + 16 * p) >> 28);
-        s0 | s0 << 4 | s1 << 8 | s1 << 12
+        per_32(u32_at(b, 6 + 16 * p) >> 28, u32_at(b, 14 + 16 * p) >> 28)
     }
+}
+
+/// [`GridBlock::nibbles`] of a type with one scale per 32 values: `s0` for the first two
+/// 16-value sub-blocks, `s1` for the last two.
+#[inline(always)]
+fn per_32(s0: u32, s1: u32) -> u32 {
+    s0 | s0 << 4 | s1 << 8 | s1 << 12
 }
 
 impl GridBlock for BIq2Xs {
@@ -200,8 +206,7 @@ impl GridBlock for BIq3Xxs {
     }
     #[inline(always)]
     fn nibbles(b: &[u8], p: usize) -> u32 {
-        let (s0, s1) = (u32_at(b, 66 + 8 * p) >> 28, u32_at(b, 70 + 8 * p) >> 28);
-        s0 | s0 << 4 | s1 << 8 | s1 << 12
+        per_32(u32_at(b, 66 + 8 * p) >> 28, u32_at(b, 70 + 8 * p) >> 28)
     }
 }
 
@@ -232,8 +237,7 @@ impl GridBlock for BIq3S {
     }
     #[inline(always)]
     fn nibbles(b: &[u8], p: usize) -> u32 {
-        let (s0, s1) = ((b[106 + p] & 15) as u32, (b[106 + p] >> 4) as u32);
-        s0 | s0 << 4 | s1 << 8 | s1 << 12
+        per_32((b[106 + p] & 15) as u32, (b[106 + p] >> 4) as u32)
     }
 }
 
@@ -363,6 +367,8 @@ unsafe fn row_avx512<K: GridBlock>(row: &[u8], xq: &[i8], d: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::acts::{assert_dot, quant_values, random_blocks, random_quant_rows};
+    use super::super::{PackedMatrix, WeightBytes};
     use super::*;
     use crate::format::storage::StorageType;
     use rand::{Rng, SeedableRng};
@@ -377,39 +383,19 @@ mod tests {
             let bytes_per = ty.type_size();
             for (rows, cols) in [(3, 256), (4, 1536)] {
                 let rb = cols / 256 * bytes_per;
-                let mut bytes: Vec<u8> = (0..rows * rb).map(|_| rng.random()).collect();
-                for b in bytes.chunks_exact_mut(bytes_per) {
-                    b[..2].copy_from_slice(&half::f16::from_f32(rng.random::<f32>() * 0.1 - 0.05).to_le_bytes());
-                }
-                let st = StorageType::Ggml(ty);
-                let dense = super::super::PackedMatrix::new(
-                    st,
-                    super::super::WeightBytes::owned(bytes.clone()),
-                    None,
-                    rows,
-                    cols,
-                )
-                .unwrap()
-                .to_dense();
-                let acts: Vec<QuantRow> = (0..3)
-                    .map(|_| {
-                        let x: Vec<f32> = (0..cols).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-                        let mut q = QuantRow::default();
-                        q.quantize(&x, GgmlType::Q8_K);
-                        q
-                    })
-                    .collect();
+                let bytes = random_blocks(rows * rb, bytes_per, &mut rng);
+                let dense =
+                    PackedMatrix::new(StorageType::Ggml(ty), WeightBytes::owned(bytes.clone()), None, rows, cols)
+                        .unwrap()
+                        .to_dense();
+                let acts = random_quant_rows(cols, 3, GgmlType::Q8_K, &mut rng);
                 let xq = code_bytes(&acts);
                 let run = at(Level::Avx512, ty).expect("a grid type");
                 let mut portable = vec![0f32; rows * 3];
                 run(Level::Portable, &bytes, rb, &acts, &xq, &mut portable);
                 for (r, got) in dense.chunks_exact(cols).zip(portable.chunks_exact(3)) {
-                    for (a, got) in acts.iter().zip(got) {
-                        let x: Vec<f64> =
-                            a.q.iter().enumerate().map(|(i, &q)| q as f64 * a.d[i / 256] as f64).collect();
-                        let want: f64 = r.iter().zip(&x).map(|(&w, &x)| w as f64 * x).sum();
-                        let abs: f64 = r.iter().zip(&x).map(|(&w, &x)| (w as f64 * x).abs()).sum();
-                        assert!((*got as f64 - want).abs() <= 1e-5 * abs + 1e-6, "{ty} {cols}: {got} vs {want}");
+                    for (a, &got) in acts.iter().zip(got) {
+                        assert_dot(got, r, &quant_values(a, 256), 0.0, &format!("{ty} {cols}"));
                     }
                 }
                 for level in Level::supported().into_iter().filter(|&l| at(l, ty).is_some()) {

@@ -334,13 +334,10 @@ mod tests {
                         .chunks_exact(f.group_bytes())
                         .flat_map(|g| std::iter::repeat_n(f16_at(g, 0).abs() as f64, f.group))
                         .collect();
-                    for (a, got) in acts.iter().zip(got) {
+                    for (a, &got) in acts.iter().zip(got) {
                         let x = super::super::acts::q8_values(a);
-                        let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b).sum();
-                        let abs: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b).abs()).sum();
                         let rounding: f64 = d.iter().zip(&x).map(|(d, x)| d * x.abs()).sum::<f64>() * level_tol;
-                        let tol = 1e-5 * abs + rounding + 1e-6;
-                        assert!((*got as f64 - want).abs() <= tol, "{name} {level:?}: {got} vs {want}");
+                        super::super::acts::assert_dot(got, &w, &x, rounding, &format!("{name} {level:?}"));
                     }
                 }
                 match &first {

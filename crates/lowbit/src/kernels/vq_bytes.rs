@@ -847,15 +847,10 @@ mod tests {
                 for (r, got) in bytes.chunks_exact(rb).zip(out.chunks_exact(2)) {
                     let mut w = vec![0f32; cols];
                     f.decode_row(&book, r, &mut w);
-                    for (a, got) in acts.iter().zip(got) {
+                    for (a, &got) in acts.iter().zip(got) {
                         let x = super::super::acts::q8_values(a);
-                        let want: f64 = w.iter().zip(&x).map(|(&a, &b)| a as f64 * b).sum();
-                        let abs: f64 = w.iter().zip(&x).map(|(&a, &b)| (a as f64 * b).abs()).sum();
                         let grid = bb.int16_scale as f64 / 2.0 * 0.7 * x.iter().map(|v| v.abs()).sum::<f64>();
-                        assert!(
-                            (*got as f64 - want).abs() <= grid + 1e-5 * abs + 1e-6,
-                            "{name} {level:?}: {got} vs {want} (grid {grid})"
-                        );
+                        super::super::acts::assert_dot(got, &w, &x, grid, &format!("{name} {level:?}"));
                     }
                 }
                 match &first {
