@@ -251,6 +251,73 @@ impl fmt::Display for VqFormat {
     }
 }
 
+/// Largest grid code of a codebook entry: lowbit's quantizer stores every codebook on an
+/// int8 grid of its own, each value `k · m · 2^e` with |k| ≤ 127 and the step's
+/// significand `m` in 8…15 ([`grid_step`]), so the integer kernels look up one byte per
+/// value and entry (`kernels::vq_bytes`); such values (at most 11 significant bits) are
+/// exact in the f16 the file stores, and the grid spans at least 8/9 of the codebook's
+/// range (a power-of-two step alone wastes up to half of it). Decoding does not depend
+/// on it: files whose codebooks are off the grid (written before) decode and run as
+/// before, on the int16 path.
+pub const GRID_MAX: i32 = 127;
+
+/// Smallest grid exponent (f16's smallest subnormal, 2⁻²⁴): every `k · m · 2^e` with
+/// |k| ≤ [`GRID_MAX`], `m` ≤ 15 and `e` ≥ this is an f16 value.
+const GRID_MIN_EXPONENT: i32 = -24;
+
+/// The step `(m, e)` — `m · 2^e`, `m` in 8…15 — of the int8 grid of a codebook's values
+/// `vals`: the smallest with max|v| ≤ 127 · m · 2^e (with `e` at least 2⁻²⁴'s; that for an
+/// all-zero codebook); `None` when a value is not finite.
+pub fn grid_step(vals: &[f32]) -> Option<(i32, i32)> {
+    let amax = vals.iter().try_fold(0f32, |m, v| v.is_finite().then(|| m.max(v.abs())))?;
+    let need = amax / GRID_MAX as f32;
+    // Steps m·2^e rise with (e, m) in order (8·2^(e+1) > 15·2^e): from an exponent whose
+    // steps are all too small, the first that spans the values.
+    let mut e = if need > 0.0 { need.log2().floor() as i32 - 5 } else { GRID_MIN_EXPONENT };
+    e = e.max(GRID_MIN_EXPONENT);
+    loop {
+        if let Some(m) = (8..=15).find(|&m| GRID_MAX as f32 * step_value((m, e)) >= amax) {
+            return Some((m, e));
+        }
+        e += 1;
+    }
+}
+
+/// [`grid_step`] as a number.
+fn step_value((m, e): (i32, i32)) -> f32 {
+    m as f32 * 2f32.powi(e)
+}
+
+/// Rounds a codebook's values to its int8 grid ([`GRID_MAX`]): each to the nearest
+/// multiple of the step, at most 127 steps — except the largest in magnitude, rounded
+/// away from zero, so that the rounded values keep the step ([`grid_step`] of them is
+/// the same: nothing smaller spans them). Non-finite values are left for the encoder's
+/// checks to refuse.
+pub fn round_to_grid(vals: &mut [f32]) {
+    let Some(step) = grid_step(vals).map(step_value) else { return };
+    let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for v in vals.iter_mut() {
+        let k = *v / step;
+        let k = if v.abs() == amax { k.abs().ceil().copysign(k) } else { k.round() };
+        *v = k.clamp(-GRID_MAX as f32, GRID_MAX as f32) * step;
+    }
+}
+
+/// A codebook's grid step `(m, e)` and codes `k` when every value is exactly `k · m · 2^e`
+/// on its grid ([`round_to_grid`]'s output), else `None`.
+pub fn grid_codes(vals: &[f32]) -> Option<((i32, i32), Vec<i8>)> {
+    let g = grid_step(vals)?;
+    let step = step_value(g);
+    let codes = vals
+        .iter()
+        .map(|&v| {
+            let k = (v / step).round();
+            (k * step == v && k.abs() <= GRID_MAX as f32).then_some(k as i8)
+        })
+        .collect::<Option<Vec<i8>>>()?;
+    Some((g, codes))
+}
+
 /// The name of the codebook tensor of tensor `name`.
 pub fn codebook_name(name: &str) -> String {
     format!("{name}.codebook")
@@ -277,6 +344,41 @@ pub fn pack_row(f: &VqFormat, scale: f32, codes: &[u32], residual: &[u32], outli
 
 #[cfg(test)]
 mod tests {
+
+    /// Rounded codebooks are on their grid, exact in f16, within half a step of the input
+    /// (a step for the largest),
+    /// at most 127 steps, and the step the smallest `m · 2^e` that spans the values;
+    /// values off the grid are refused.
+    #[test]
+    fn codebooks_round_to_an_int8_grid() {
+        for (scale, n) in [(1.5f32, 1024), (0.03, 512), (1e-9, 8), (0.0, 4), (3000.0, 64), (9.633, 1000)] {
+            let vals: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.618).fract() * 2.0 - 1.0) * scale).collect();
+            let mut r = vals.clone();
+            round_to_grid(&mut r);
+            let ((m, e), codes) = grid_codes(&r).unwrap_or_else(|| panic!("{scale}: off the grid"));
+            let step = step_value((m, e));
+            let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!((8..=15).contains(&m) && amax <= GRID_MAX as f32 * step, "{scale}: {m}·2^{e}");
+            // No smaller step of the form spans the values.
+            let smaller = (-24..e).flat_map(|e2| (8..=15).map(move |m2| step_value((m2, e2))));
+            let smaller = smaller.chain((8..m).map(|m2| step_value((m2, e))));
+            assert!(
+                e == -24 || smaller.clone().all(|s| amax > GRID_MAX as f32 * s),
+                "{scale}: {m}·2^{e} not the least"
+            );
+            for ((&v, &g), &k) in vals.iter().zip(&r).zip(&codes) {
+                assert_eq!(half::f16::from_f32(g).to_f32(), g, "{scale}: {g} not an f16");
+                assert_eq!(k as f32 * step, g);
+                let bound = if v.abs() == amax { step } else { step / 2.0 };
+                assert!((v - g).abs() <= bound, "{scale}: {v} -> {g}");
+            }
+        }
+        assert!(grid_codes(&[1.0, 0.3]).is_none());
+        // 1/127 ≤ m·2^e: 9·2^-10 (8·2^-10 is too small, 15·2^-11 too).
+        assert_eq!(grid_step(&[1.0, 0.5, -0.25]), Some((9, -10)));
+        assert!(grid_step(&[f32::NAN]).is_none());
+    }
+
     use super::*;
 
     #[test]

@@ -84,12 +84,12 @@ fn check(name: &str, got: &[f32], want: &[f64], m: &PackedMatrix, x: &[f32], t: 
             } else {
                 0.0
             };
-            // VQ's integer path (few rows, Q8_0) holds the codebooks on an int16 grid:
-            // half a step per weight, times the row's scale.
+            // VQ's integer path (few rows, Q8_0) holds codebooks off the int8 grids on an
+            // int16 grid: half a step per weight, times the row's scale.
             let grid = match (&m.byte_book, act) {
                 (Some(bb), Some(GgmlType::Q8_0)) if t <= MAX_ROWS => {
                     let scale = crate::format::f16_at(&m.bytes[r * m.row_bytes..], 0).abs() as f64;
-                    bb.int16_step() as f64 / 2.0 * scale * xr.iter().map(|&v| v.abs() as f64).sum::<f64>()
+                    bb.int_rounding() as f64 * scale * xr.iter().map(|&v| v.abs() as f64).sum::<f64>()
                 }
                 _ => 0.0,
             };

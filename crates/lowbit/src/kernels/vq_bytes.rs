@@ -38,7 +38,7 @@ use super::isa::Level;
 use super::rows::{hsum16, prefetch_next};
 use crate::format::f16_at;
 use crate::format::native::read_bits;
-use crate::format::vq::{Codebook, VqFormat};
+use crate::format::vq::{grid_codes, Codebook, VqFormat};
 
 /// Rows ahead whose bytes are prefetched (smollm2 vq4x256+128 tg128: 2 ahead 90 t/s, 4: 88,
 /// 8: 85, 16: 79; none: 53).
@@ -62,10 +62,10 @@ pub(crate) struct ByteBook {
     main_pairs: usize,
     /// The same for the residual codebook (0 without one).
     res_pairs: usize,
-    /// The main codebook as int16 on one power-of-two grid shared with the residual
-    /// (`int16_scale`), as byte planes — the integer path's weights: per value `j`, the
-    /// high bytes + 128 then the low bytes, `main_pairs8 × 128` bytes each, entry `e` at
-    /// byte `e` ([`grid_value`] reads one back).
+    /// The main codebook as integers in byte planes — the integer path's weights: per
+    /// value `j`, `planes` planes of `main_pairs8 × 128` bytes, entry `e` at byte `e`
+    /// ([`IntBook::value`] reads one back). [`Planes::Int8`]: the grid codes + 128;
+    /// [`Planes::Int16`]: the high bytes + 128, then the low bytes.
     main8: Vec<u8>,
     /// The residual codebook likewise (empty without one).
     residual8: Vec<u8>,
@@ -73,11 +73,30 @@ pub(crate) struct ByteBook {
     main_pairs8: usize,
     /// The same for the residual codebook (0 without one).
     res_pairs8: usize,
-    /// The grid step: the smallest power of two with `max|C| + max|R| ≤ 32767·step`, so
-    /// `C + R` never leaves int16. Entries at or above 1/32 of the largest are exact on
-    /// it (f16 has 11 significant bits); smaller ones are within half a step.
-    int16_scale: f32,
+    /// How the integer weights are held.
+    planes: Planes,
+    /// What one integer step of the integer path's sums is worth (a power of two).
+    unit: f32,
 }
+
+/// How [`ByteBook`] holds the codebooks as integers for the Q8_0 path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Planes {
+    /// Both codebooks on their int8 grids ([`crate::format::vq::grid_codes`]: what
+    /// lowbit's quantizer writes), one byte plane each, exact: an entry sum is
+    /// `k_C · main + k_R · res` units (each grid's step in units, `m · 2^(e − e_min)`;
+    /// `res` 0 without a residual).
+    Int8 { main: i32, res: i32 },
+    /// Codebooks off those grids (files written before): `C + R` as int16 on one
+    /// power-of-two grid — the smallest step with `max|C| + max|R| ≤ 32767·step` — in two
+    /// byte planes per codebook. Entries at or above 1/32 of the largest are exact on it
+    /// (f16 has 11 significant bits); smaller ones are within half a step.
+    Int16,
+}
+
+/// Largest sum of [`Planes::Int8`]'s two multipliers: a lane's 4 vectors of up to 8
+/// values sum `|k·x| ≤ 127·127` each, so `(main + res) · 32 · 127²` must stay below 2³¹.
+const MAX_MULTIPLIERS: i32 = 4161;
 
 impl ByteBook {
     /// The byte tables of `book`, if this kernel runs `f` on rows of `cols` values:
@@ -110,41 +129,117 @@ impl ByteBook {
         if !span.is_finite() {
             return None;
         }
-        let int16_scale = if span > 0.0 { 2f32.powi((span / 32767.0).log2().ceil() as i32) } else { 1.0 };
-        let int16_scale = if span > 32767.0 * int16_scale { 2.0 * int16_scale } else { int16_scale };
         let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
         let pairs8 = |entries: usize| entries.div_ceil(128);
-        let planes = |vals: &[f32], entries: usize| {
+        // Per value j, the planes `bytes` makes of each entry's value.
+        let layout = |vals: &[f32], entries: usize, bytes: &dyn Fn(f32) -> Vec<u8>| {
             let p = pairs8(entries) * 128;
-            let mut t = vec![0u8; dim * 2 * p];
+            let planes = bytes(0.0).len();
+            let mut t = vec![0u8; dim * planes * p];
             for (e, v) in vals.chunks_exact(dim).enumerate().take(entries) {
                 for (j, &x) in v.iter().enumerate() {
-                    let w = (x / int16_scale).round() as i16;
-                    t[j * 2 * p + e] = ((w >> 8) + 128) as u8;
-                    t[j * 2 * p + p + e] = w as u8;
+                    for (q, b) in bytes(x).into_iter().enumerate() {
+                        t[(j * planes + q) * p + e] = b;
+                    }
                 }
             }
             t
+        };
+        // Both grids as integer multipliers of the finer one's 2^e.
+        let grids = match (grid_codes(main), if k2 > 0 { grid_codes(res) } else { Some(((0, i32::MAX), Vec::new())) }) {
+            (Some(((mm, em), cm)), Some(((mr, er), cr))) => {
+                let low = em.min(er);
+                let mult = |m: i32, e: i32| (e - low < 12).then(|| m << (e - low));
+                let (main_mult, res_mult) = (mult(mm, em), if k2 > 0 { mult(mr, er) } else { Some(0) });
+                main_mult
+                    .zip(res_mult)
+                    .filter(|(a, b)| a + b <= MAX_MULTIPLIERS)
+                    .map(|(a, b)| (Planes::Int8 { main: a, res: b }, 2f32.powi(low), cm, cr))
+            }
+            _ => None,
+        };
+        let (main8, residual8, planes, unit) = match grids {
+            Some((planes, unit, cm, cr)) => {
+                let int8 = |codes: &[i8], entries: usize| {
+                    let p = pairs8(entries) * 128;
+                    let mut t = vec![0u8; dim * p];
+                    for (e, v) in codes.chunks_exact(dim).enumerate().take(entries) {
+                        for (j, &c) in v.iter().enumerate() {
+                            t[j * p + e] = (c as i32 + 128) as u8;
+                        }
+                    }
+                    t
+                };
+                (int8(&cm, k), int8(&cr, k2), planes, unit)
+            }
+            _ => {
+                let step = if span > 0.0 { 2f32.powi((span / 32767.0).log2().ceil() as i32) } else { 1.0 };
+                let step = if span > 32767.0 * step { 2.0 * step } else { step };
+                let int16 = |x: f32| {
+                    let w = (x / step).round() as i16;
+                    vec![((w >> 8) + 128) as u8, w as u8]
+                };
+                let residual8 = if k2 > 0 { layout(res, k2, &int16) } else { Vec::new() };
+                (layout(main, k, &int16), residual8, Planes::Int16, step)
+            }
         };
         Some(ByteBook {
             main: table(main, k, &f16),
             residual: if k2 > 0 { table(res, k2, &f16) } else { Vec::new() },
             main_pairs: pairs(k),
             res_pairs: if k2 > 0 { pairs(k2) } else { 0 },
-            main8: planes(main, k),
-            residual8: if k2 > 0 { planes(res, k2) } else { Vec::new() },
+            main8,
+            residual8,
             main_pairs8: pairs8(k),
             res_pairs8: if k2 > 0 { pairs8(k2) } else { 0 },
-            int16_scale,
+            planes,
+            unit,
         })
     }
 }
 
 impl ByteBook {
-    /// The integer path's grid step (tests bound its error with it).
+    /// How far the integer path's weights may lie from the stored codebooks, per unit of
+    /// a row's scale: half the int16 grid's step, 0 on the int8 grids (tests bound the
+    /// error with it).
     #[cfg(test)]
-    pub(crate) fn int16_step(&self) -> f32 {
-        self.int16_scale
+    pub(crate) fn int_rounding(&self) -> f32 {
+        match self.planes {
+            Planes::Int8 { .. } => 0.0,
+            Planes::Int16 => self.unit / 2.0,
+        }
+    }
+
+    /// How the integer weights are held (tests check which path a codebook takes).
+    #[cfg(test)]
+    pub(crate) fn planes(&self) -> Planes {
+        self.planes
+    }
+
+    /// Byte planes per value of each codebook.
+    fn plane_count(&self) -> usize {
+        match self.planes {
+            Planes::Int8 { .. } => 1,
+            Planes::Int16 => 2,
+        }
+    }
+
+    /// Value `j` of main entry `cm` plus residual entry `cr` in units ([`ByteBook`]'s
+    /// `unit`), from the byte planes, as the integer kernel forms it.
+    fn int_value(&self, j: usize, cm: usize, cr: usize) -> i32 {
+        let read = |t: &[u8], pairs8: usize, e: usize| {
+            let p = pairs8 * 128;
+            match self.planes {
+                Planes::Int8 { .. } => t[j * p + e] as i32 - 128,
+                Planes::Int16 => 256 * (t[j * 2 * p + e] as i32 - 128) + t[j * 2 * p + p + e] as i32,
+            }
+        };
+        let main = read(&self.main8, self.main_pairs8, cm);
+        let res = if self.res_pairs8 > 0 { read(&self.residual8, self.res_pairs8, cr) } else { 0 };
+        match self.planes {
+            Planes::Int8 { main: a, res: b } => main * a + res * b,
+            Planes::Int16 => main + res,
+        }
     }
 }
 
@@ -253,13 +348,16 @@ pub(crate) fn rows(
 
 /// Stored rows × activation rows quantized to Q8_0 (llama.cpp numerics: VQ matrices take
 /// the activations llama.cpp gives its 32-value block types), rearranged in `bv`
-/// ([`ByValue::q8`]), with the codebooks as int16 ([`ByteBook`]'s `int16_scale`) in byte
-/// planes: per 64 vectors and value, `vpdpbusd` of the looked-up high bytes (+ 128) and
-/// low bytes with the codes, exact in int32; per lane of 4 vectors
-/// `256·(Σhi − 128·Σx) + Σlo` is then exactly `Σ q·(C₁₆ + R₁₆)`, and one multiply-add by
-/// the block's scale follows. Differs from decoding by the int16 grid only (at most half a
-/// step per weight, 2⁻¹⁶ of the codebooks' range; the Q8_0 rounding of the activations is
-/// ~250× that).
+/// ([`ByValue::q8`]), with the codebooks as integers ([`Planes`]) in byte planes: per 64
+/// vectors and value, `vpdpbusd` of each plane's looked-up bytes (+ 128 where signed)
+/// with the codes, exact in int32; per lane of 4 vectors the planes' sums, their offsets
+/// taken back, combine exactly into `Σ q·(C + R)` in units — `2^shift·(ΣC₈ − 128·Σx) +
+/// ΣR₈ − 128·Σx` on the int8 grids, `256·(Σhi − 128·b·Σx) + Σlo` on the int16 one (b
+/// codebooks) — and one multiply-add by the block's scale follows. On the int8 grids
+/// (lowbit's files) this is decoding up to f32 summation; off them it differs by the
+/// int16 grid only (at most half a step per weight, 2⁻¹⁶ of the codebooks' range; the
+/// Q8_0 rounding of the activations is ~250× that).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rows_q8(
     level: Level,
@@ -291,7 +389,7 @@ pub(crate) fn rows_q8(
         }
     };
     let x_at = |i: usize, col: usize| acts[i].q[col] as f32 * acts[i].d[col / 32];
-    each_row(f, book, rows, row_bytes, acts.len(), bb.int16_scale, sum, x_at, out);
+    each_row(f, book, rows, row_bytes, acts.len(), bb.unit, sum, x_at, out);
 }
 
 /// One activation row rearranged by value of a vector: `out[j·padded + c] = x[c·dim + j]`
@@ -346,11 +444,14 @@ unsafe fn sum_q8_fast(
 ) -> [f32; PER_CALL] {
     #[cfg(target_arch = "x86_64")]
     // SAFETY (each arm): the caller's contract.
-    match f.dim {
-        2 => unsafe { sum_q8_vbmi::<2>(f, bb, n, padded, jobs) },
-        4 => unsafe { sum_q8_vbmi::<4>(f, bb, n, padded, jobs) },
-        8 => unsafe { sum_q8_vbmi::<8>(f, bb, n, padded, jobs) },
-        d => unreachable!("byte tables are made for 2-, 4- and 8-value vectors, not {d}"),
+    match (f.dim, bb.planes) {
+        (2, Planes::Int8 { .. }) => unsafe { sum_q8_vbmi::<2, true>(f, bb, n, padded, jobs) },
+        (4, Planes::Int8 { .. }) => unsafe { sum_q8_vbmi::<4, true>(f, bb, n, padded, jobs) },
+        (8, Planes::Int8 { .. }) => unsafe { sum_q8_vbmi::<8, true>(f, bb, n, padded, jobs) },
+        (2, Planes::Int16) => unsafe { sum_q8_vbmi::<2, false>(f, bb, n, padded, jobs) },
+        (4, Planes::Int16) => unsafe { sum_q8_vbmi::<4, false>(f, bb, n, padded, jobs) },
+        (8, Planes::Int16) => unsafe { sum_q8_vbmi::<8, false>(f, bb, n, padded, jobs) },
+        (d, _) => unreachable!("byte tables are made for 2-, 4- and 8-value vectors, not {d}"),
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("the byte-table kernels are x86-64 only")
@@ -360,6 +461,7 @@ unsafe fn sum_q8_fast(
 /// activation row) pair [`PER_CALL`] at a time (`sum`; the integer kernel runs them at
 /// once; a short last group repeats its last product), each `· unit · scale` plus the
 /// outlier columns' corrections with the activation value `x_at(i, col)`.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn each_row<'a>(
     f: &VqFormat,
@@ -406,13 +508,6 @@ fn each_row<'a>(
     }
 }
 
-/// Entry `e`'s value `j` on the int16 grid from byte planes `t` of `pairs8` register
-/// pairs ([`ByteBook`]'s `main8`/`residual8`).
-fn grid_value(t: &[u8], pairs8: usize, j: usize, e: usize) -> i32 {
-    let p = pairs8 * 128;
-    256 * (t[j * 2 * p + e] as i32 - 128) + t[j * 2 * p + p + e] as i32
-}
-
 /// One row's `Σ d_b · Σ q·(C₁₆ + R₁₆)` (the integer path before its grid step and scale):
 /// per 64 vectors, lane `l` (vectors 4l…4l+3) sums over them and the values exactly, then
 /// adds that times their block's scale — the reference for [`sum_q8_vbmi`].
@@ -430,11 +525,7 @@ fn sum_q8_portable(f: &VqFormat, bb: &ByteBook, codes: &[u8], n: usize, xq: &[i8
                 (0, 0)
             };
             for j in 0..dim {
-                let mut w = grid_value(&bb.main8, bb.main_pairs8, j, cm);
-                if rbits > 0 {
-                    w += grid_value(&bb.residual8, bb.res_pairs8, j, cr);
-                }
-                sums[i / 4] += w * xq[j * padded + c] as i32;
+                sums[i / 4] += bb.int_value(j, cm, cr) * xq[j * padded + c] as i32;
             }
         }
         for l in 0..16 {
@@ -665,7 +756,8 @@ unsafe fn sum_vbmi<const D: usize>(
 /// (AVX-512 VBMI and VNNI). Per 64 vectors and value: each plane's register pairs are
 /// loaded once for both products, one `vpermi2b` per plane and pair (a blend on the
 /// code's bit 7 for 256 entries), one `vpdpbusd` per plane into register accumulators
-/// (main and residual apart: four independent chains per product). Two products keep
+/// (per codebook one plane with `INT8`, two without: two or four independent chains per
+/// product). Two products keep
 /// the permute units busy where one row's dependency chains and its setup and final sum
 /// left them idle (smollm2's rows are 144 vectors: 3 steps of 64).
 ///
@@ -673,7 +765,8 @@ unsafe fn sum_vbmi<const D: usize>(
 /// The CPU must have AVX-512 F, BW, VL, VBMI and VNNI.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni")]
-unsafe fn sum_q8_vbmi<const D: usize>(
+#[inline(never)]
+unsafe fn sum_q8_vbmi<const D: usize, const INT8: bool>(
     f: &VqFormat,
     bb: &ByteBook,
     n: usize,
@@ -688,18 +781,31 @@ unsafe fn sum_q8_vbmi<const D: usize>(
         assert!(j.xq.len() >= dim * padded && j.xs.len() >= padded / 4 && j.dl.len() >= padded / 4);
         assert!(j.codes.len() * 8 >= n * (bits + rbits));
     }
-    assert!(bb.main8.len() == dim * 2 * mp * 128 && bb.residual8.len() == dim * 2 * rp * 128);
+    let planes = bb.plane_count();
+    assert!(INT8 == matches!(bb.planes, Planes::Int8 { .. }));
+    assert!(bb.main8.len() == dim * planes * mp * 128 && bb.residual8.len() == dim * planes * rp * 128);
     assert!((rbits > 0) == (rp > 0) && (1..=2).contains(&mp) && rp <= 2 && (n * bits).is_multiple_of(8));
     // SAFETY: every load below is in bounds: `unpack_codes` reads only the step's code
     // bytes, inside each job's `codes` (asserted length; the residual part starts on a
-    // byte); plane loads read 64 bytes at (2j + plane)·pairs·128 + 64·q, q < 2·pairs,
-    // inside the table's dim·2·pairs·128 bytes (asserted); activation loads read 64 bytes
+    // byte); plane loads read 64 bytes at (planes·j + plane)·pairs·128 + 64·q,
+    // q < 2·pairs, inside the table's dim·planes·pairs·128 bytes (asserted; `planes` is 1
+    // with INT8, else 2); activation loads read 64 bytes
     // at j·padded + 64s < dim·padded ≤ xq.len(), and 16 lane sums and scales at 16s,
     // 16s + 16 ≤ padded/4 ≤ their lengths (asserted).
     unsafe {
         let (main_fields, res_fields) = (unpack_fields(bits), unpack_fields(rbits));
         let zero = _mm512_setzero_si512();
-        let offset = _mm512_set1_epi32(128 * if rp > 0 { 2 } else { 1 });
+        // Lane sum, every +128 byte offset taken back. Int16: h the high planes of both
+        // codebooks, l the low planes: ((Σh − 128·b·Σx) << 8) + Σl (b codebooks); Int8: h
+        // the main codebook's plane, l the residual's, each times its grid step in units:
+        // Σh·hmul + Σl·lmul − Σx·128·(hmul + lmul).
+        let books = if rp > 0 { 2 } else { 1 };
+        let (hmul, lmul) = match bb.planes {
+            Planes::Int8 { main, res } => (main, res),
+            Planes::Int16 => (256, 1),
+        };
+        let off = _mm512_set1_epi32(if INT8 { 128 * (hmul + lmul) } else { 128 * books });
+        let (hmul, lmul) = (_mm512_set1_epi32(hmul), _mm512_set1_epi32(lmul));
         type Regs = (__m512i, __m512i, __m512i, __m512i);
         let regs = |t: *const u8, pairs: usize| -> Regs {
             let at = |q: usize| if q < 2 * pairs { _mm512_loadu_si512(t.add(64 * q).cast()) } else { zero };
@@ -729,6 +835,19 @@ unsafe fn sum_q8_vbmi<const D: usize>(
             let (mut h, mut l) = ([[zero; 2]; PER_CALL], [[zero; 2]; PER_CALL]);
             for j in 0..D {
                 let x = jobs.map(|jb| _mm512_loadu_si512(jb.xq.as_ptr().add(j * padded + c0).cast()));
+                if INT8 {
+                    let mt = regs(bb.main8.as_ptr().add(j * mp * 128), mp);
+                    for p in 0..PER_CALL {
+                        h[p][0] = _mm512_dpbusd_epi32(h[p][0], look(cm[p], km[p], mt, mp), x[p]);
+                    }
+                    if rp > 0 {
+                        let rt = regs(bb.residual8.as_ptr().add(j * rp * 128), rp);
+                        for p in 0..PER_CALL {
+                            l[p][1] = _mm512_dpbusd_epi32(l[p][1], look(cr[p], kr[p], rt, rp), x[p]);
+                        }
+                    }
+                    continue;
+                }
                 let mh = regs(bb.main8.as_ptr().add(2 * j * mp * 128), mp);
                 let ml = regs(bb.main8.as_ptr().add((2 * j + 1) * mp * 128), mp);
                 for p in 0..PER_CALL {
@@ -746,8 +865,14 @@ unsafe fn sum_q8_vbmi<const D: usize>(
             }
             for (p, (acc, jb)) in acc.iter_mut().zip(&jobs).enumerate() {
                 let xsum = _mm512_loadu_si512(jb.xs.as_ptr().add(s * 16).cast());
-                let hi = _mm512_sub_epi32(_mm512_add_epi32(h[p][0], h[p][1]), _mm512_mullo_epi32(xsum, offset));
-                let lane = _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), _mm512_add_epi32(l[p][0], l[p][1]));
+                let lane = if INT8 {
+                    let hi = _mm512_mullo_epi32(h[p][0], hmul);
+                    let lo = _mm512_mullo_epi32(l[p][1], lmul);
+                    _mm512_sub_epi32(_mm512_add_epi32(hi, lo), _mm512_mullo_epi32(xsum, off))
+                } else {
+                    let hi = _mm512_sub_epi32(_mm512_add_epi32(h[p][0], h[p][1]), _mm512_mullo_epi32(xsum, off));
+                    _mm512_add_epi32(_mm512_slli_epi32::<8>(hi), _mm512_add_epi32(l[p][0], l[p][1]))
+                };
                 let d = _mm512_loadu_ps(jb.dl.as_ptr().add(s * 16));
                 *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_cvtepi32_ps(lane), d));
             }
@@ -814,30 +939,41 @@ mod tests {
     }
 
     /// The integer path (Q8_0 activations; one row past a chunk of 8 × 64 vectors): equal
-    /// to decoding and dotting with the
-    /// activations' Q8_0 values up to the int16 grid (half a step per weight), the same
+    /// to decoding and dotting with the activations' Q8_0 values — up to f32 summation
+    /// for codebooks on their int8 grids (what lowbit writes; one byte plane each), and
+    /// up to the int16 grid (half a step per weight) for codebooks off them — the same
     /// bits at every level.
     #[test]
     fn integer_path_matches_decoding_within_the_grid_and_every_level_agrees() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-        for (name, vectors) in [
+        for ((name, vectors), on_grid) in [
             ("vq4x256+128", 144),
             ("vq4x256+128", 704),
             ("vq4x64+64o2", 88),
             ("vq2x256+256", 208),
             ("vq8x16+128o3", 40),
-        ] {
+            ("vq4x256", 72),
+        ]
+        .into_iter()
+        .flat_map(|c| [(c, false), (c, true)])
+        {
             let f = VqFormat::from_name(name).unwrap_or_else(|| panic!("{name}"));
             let cols = vectors * f.dim;
             let (k, k2) = (f.entries(), f.residual_entries());
             let f16 = |v: f32| half::f16::from_f32(v).to_f32();
-            let entries: Vec<f32> = (0..(k + k2) * f.dim)
+            let mut entries: Vec<f32> = (0..(k + k2) * f.dim)
                 .map(|i| {
                     f16(if i < k * f.dim { rng.random::<f32>() * 3.0 - 1.5 } else { rng.random::<f32>() * 0.5 - 0.25 })
                 })
                 .collect();
+            if on_grid {
+                let (main, res) = entries.split_at_mut(k * f.dim);
+                crate::format::vq::round_to_grid(main);
+                crate::format::vq::round_to_grid(res);
+            }
             let book = Codebook { entries, outlier_columns: (0..f.outliers as usize).map(|j| 3 + 11 * j).collect() };
             let bb = ByteBook::new(&f, &book, cols).unwrap();
+            assert_eq!(matches!(bb.planes(), Planes::Int8 { .. }), on_grid, "{name} {:?}", bb.planes());
             let (bytes, rb) = super::super::vq::random_rows(&f, cols, 5, &mut rng);
             let acts = super::super::acts::random_q8_rows(cols, 2, &mut rng);
             let mut first: Option<Vec<f32>> = None;
@@ -849,7 +985,7 @@ mod tests {
                     f.decode_row(&book, r, &mut w);
                     for (a, &got) in acts.iter().zip(got) {
                         let x = super::super::acts::q8_values(a);
-                        let grid = bb.int16_scale as f64 / 2.0 * 0.7 * x.iter().map(|v| v.abs()).sum::<f64>();
+                        let grid = bb.int_rounding() as f64 * 0.7 * x.iter().map(|v| v.abs()).sum::<f64>();
                         super::super::acts::assert_dot(got, &w, &x, grid, &format!("{name} {level:?}"));
                     }
                 }

@@ -26,7 +26,7 @@ pub(super) fn fit_codebooks(f: &VqFormat, x: &[f32], weights: &[f32], opts: &VqO
     let dim = f.dim;
     let main_centroids = kmeans_sampled(x, weights, dim, f.entries(), &opts.kmeans);
     let mut codebook = main_centroids;
-    to_f16(&mut codebook);
+    round_book(&mut codebook, opts.int8_grid);
     let main: Vec<u32> = x
         .par_chunks_exact(dim)
         .zip(weights.par_chunks_exact(dim))
@@ -41,14 +41,14 @@ pub(super) fn fit_codebooks(f: &VqFormat, x: &[f32], weights: &[f32], opts: &VqO
         }
         let seeded = KmeansOptions { seed: opts.kmeans.seed.wrapping_add(1), ..opts.kmeans };
         residual_codebook = kmeans_sampled(&rest, weights, dim, f.residual_entries(), &seeded);
-        to_f16(&mut residual_codebook);
+        round_book(&mut residual_codebook, opts.int8_grid);
         residual = rest
             .par_chunks_exact(dim)
             .zip(weights.par_chunks_exact(dim))
             .map(|(v, w)| nearest(&residual_codebook, dim, v, w).0)
             .collect();
     }
-    Codes { main, residual, codebook, residual_codebook, ..Codes::default() }
+    Codes { main, residual, codebook, residual_codebook, grid: opts.int8_grid, ..Codes::default() }
 }
 
 /// Least-squares update of every entry for fixed codes: the main entry c minimises
@@ -78,8 +78,9 @@ pub(super) fn refit_centroids(f: &VqFormat, x: &[f32], weights: &[f32], codes: &
         let book = if pass == 0 { &mut codes.codebook } else { &mut codes.residual_codebook };
         for ((e, &n), &d) in book.iter_mut().zip(&num).zip(&den) {
             if d > 0.0 {
-                *e = half::f16::from_f64(n / d).to_f32();
+                *e = (n / d) as f32;
             }
         }
+        round_book(book, codes.grid);
     }
 }

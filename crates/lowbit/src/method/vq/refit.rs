@@ -65,8 +65,25 @@ pub(super) const CG_STEPS: usize = 24;
 /// followed by gradients). The normal equations Pᵀ S H S P c = Pᵀ S H (w − o) (P: codes →
 /// positions, S: row scales, o: outlier values) are solved by conjugate gradients
 /// preconditioned by their diagonal, starting from the current codebooks; each step is
-/// one decode, one product with H and one gather.
+/// one decode, one product with H and one gather. The solution is then rounded to the
+/// precision they are stored in ([`round_book`]).
 pub(super) fn refit_codebooks(f: &VqFormat, w: &[f32], scales: &[f32], cols: usize, h: &[f32], codes: &mut Codes) {
+    let (mut main, mut residual) = solve_codebooks(f, w, scales, cols, h, codes);
+    round_book(&mut main, codes.grid);
+    round_book(&mut residual, codes.grid);
+    (codes.codebook, codes.residual_codebook) = (main, residual);
+}
+
+/// [`refit_codebooks`]' least-squares solution before the grid: the main and residual
+/// codebooks.
+pub(super) fn solve_codebooks(
+    f: &VqFormat,
+    w: &[f32],
+    scales: &[f32],
+    cols: usize,
+    h: &[f32],
+    codes: &Codes,
+) -> (Vec<f32>, Vec<f32>) {
     let dim = f.dim;
     let rows = scales.len();
     let (n_main, n_residual) = (codes.codebook.len(), codes.residual_codebook.len());
@@ -126,10 +143,7 @@ pub(super) fn refit_codebooks(f: &VqFormat, w: &[f32], scales: &[f32], cols: usi
         p.iter_mut().zip(&z).for_each(|(a, b)| *a = b + beta * *a);
         rz = rz_next;
     }
-    let (mut main, mut residual) = split(&x);
-    to_f16(&mut main);
-    to_f16(&mut residual);
-    (codes.codebook, codes.residual_codebook) = (main, residual);
+    split(&x)
 }
 
 /// Least-squares row scales for fixed codes, codebooks and outlier values:
