@@ -89,8 +89,8 @@ pub struct QuantizeArgs {
     #[arg(long, default_value_t = 0)]
     outliers: u16,
     /// With VQ types: store the codebooks on int8 grids, so lowbit's integer kernels look up
-    /// one byte per value (AVX-512 VBMI: smollm2 vq4x256+128 generates at 110 instead of 84
-    /// tokens/s) — at a KLD cost (measured +9 % on that file; see the README).
+    /// one byte per value (AVX-512 VBMI: smollm2 vq4x256+128 generates at 129–135 instead
+    /// of 107–112 tokens/s) — at a KLD cost (+5 % on that file over two seeds; README).
     #[arg(long)]
     vq_int8: bool,
     /// Output GGUF (required unless --dry-run).

@@ -61,10 +61,11 @@ pub struct VqOptions {
     /// Store the codebooks on int8 grids ([`crate::format::vq::GRID_MAX`]) instead of as
     /// plain f16 values, so lowbit's integer kernels take their one-byte path (one byte
     /// plane per codebook instead of two). Measured on smollm2 vq4x256+128 (Austen
-    /// statistics, GPTQ; `lowbit bench -t 2 -p 0 -n 128`, AVX-512 VBMI): tg128 84 → 110
-    /// t/s (llama.cpp's IQ2_XS of the same size: 101); but wiki.valid KLD 0.2146 → 0.2337
-    /// (exact numerics), while the layers' output error on the calibration inputs moved
-    /// only 0.473 % → 0.477 % — so off by default until that gap is understood.
+    /// statistics, GPTQ; wiki.valid KLD, exact numerics) with two k-means seeds: 0.2146 and
+    /// 0.2282 without, 0.2337 and 0.2309 with (+5 % on average — the seed alone moves it
+    /// by 6 %); the layers' output error on the calibration inputs 0.473 % → 0.477 %.
+    /// tg128 (`lowbit bench -t 2 -p 0 -n 128`, AVX-512 VBMI, interleaved): 107–112 →
+    /// 129–135 t/s. Off by default: quality first.
     pub int8_grid: bool,
 }
 
