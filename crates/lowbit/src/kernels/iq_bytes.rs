@@ -20,6 +20,7 @@
 //! instruction-set levels keep the block loop.
 
 use super::acts::QuantRow;
+use super::aligned::Aligned;
 use super::blocks::{BIq2S, BIq2Xs, BIq2Xxs, BIq3S, BIq3Xxs, Super, SuperBlock};
 use super::isa::Level;
 use super::rows::hsum16;
@@ -260,8 +261,12 @@ pub(crate) fn at(level: Level, ty: GgmlType) -> Option<fn(Level, &[u8], usize, &
 
 /// The activation rows' Q8_K codes as bytes (within ±127, as `QuantRow::quantize` makes
 /// them), one run of `cols` per row: made once per product.
-pub(crate) fn code_bytes(acts: &[QuantRow]) -> Vec<i8> {
-    acts.iter().flat_map(|a| a.q.iter().map(|&q| q as i8)).collect()
+pub(crate) fn code_bytes(acts: &[QuantRow]) -> Aligned<i8> {
+    let mut xq = Aligned::zeroed(acts.iter().map(|a| a.q.len()).sum());
+    for (x, &q) in xq.iter_mut().zip(acts.iter().flat_map(|a| &a.q)) {
+        *x = q as i8;
+    }
+    xq
 }
 
 /// Rows of `K` × the Q8_K rows `acts` (their codes as bytes in `xq`, [`code_bytes`]):

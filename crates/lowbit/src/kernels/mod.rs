@@ -31,6 +31,7 @@
 #![allow(unsafe_code)]
 
 pub mod acts;
+mod aligned;
 pub mod blocks;
 mod bytes32;
 mod iq_bytes;

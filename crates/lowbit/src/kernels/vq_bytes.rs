@@ -36,6 +36,7 @@
 use std::sync::OnceLock;
 
 use super::acts::{ExactRow, QuantRow};
+use super::aligned::Aligned;
 use super::isa::Level;
 use super::rows::{hsum16, prefetch_next};
 use crate::format::f16_at;
@@ -57,9 +58,9 @@ const PER_CALL: usize = 2;
 /// entry `e`'s f16 bits at `2e` (zero past `K`), main codebook then residual.
 pub(crate) struct ByteBook {
     /// `dim × main_pairs × 128` bytes.
-    main: Lines,
+    main: Aligned<u8>,
     /// `dim × res_pairs × 128` bytes (empty without a residual codebook).
-    residual: Lines,
+    residual: Aligned<u8>,
     /// Register pairs per value of the main codebook (1, 2 or 4: up to 64, 128, 256 entries).
     main_pairs: usize,
     /// The same for the residual codebook (0 without one).
@@ -68,9 +69,9 @@ pub(crate) struct ByteBook {
     /// value `j`, `planes` planes of `main_pairs8 × 128` bytes, entry `e` at byte `e`
     /// ([`IntBook::value`] reads one back). [`Planes::Int8`]: the grid codes + 128;
     /// [`Planes::Int16`]: the high bytes + 128, then the low bytes.
-    main8: Lines,
+    main8: Aligned<u8>,
     /// The residual codebook likewise (empty without one).
-    residual8: Lines,
+    residual8: Aligned<u8>,
     /// Register pairs per byte plane of the main codebook (1 or 2: up to 128, 256 entries).
     main_pairs8: usize,
     /// The same for the residual codebook (0 without one).
@@ -79,45 +80,6 @@ pub(crate) struct ByteBook {
     planes: Planes,
     /// What one integer step of the integer path's sums is worth (a power of two).
     unit: f32,
-}
-
-/// 64 bytes on a cache line of their own.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
-/// A byte table on whole cache lines: every 64-byte register load of the kernels reads
-/// one line (a `Vec<u8>` falls where the allocator puts it, and loads that straddle two
-/// lines cost smollm2 vq4x256+128 11 % of its tg128: 92–98 against 103–111 t/s).
-pub(crate) struct Lines(Vec<Line>);
-
-impl Lines {
-    /// The bytes `b` (padded with zeros to whole lines).
-    fn new(b: &[u8]) -> Lines {
-        Lines(
-            b.chunks(64)
-                .map(|c| {
-                    let mut l = [0u8; 64];
-                    l[..c.len()].copy_from_slice(c);
-                    Line(l)
-                })
-                .collect(),
-        )
-    }
-
-    /// The bytes, `64 × lines` of them.
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `Line` is `repr(C)` around `[u8; 64]` with alignment 64 and so size 64:
-        // the lines are contiguous bytes, every one initialised, borrowed as long as self.
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), self.0.len() * 64) }
-    }
-}
-
-impl std::ops::Deref for Lines {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        self.bytes()
-    }
 }
 
 /// How [`ByteBook`] holds the codebooks as integers for the Q8_0 path.
@@ -186,34 +148,14 @@ impl ByteBook {
             }
             t
         };
-        // Both grids as integer multipliers of the finer one's 2^e.
-        let grids = match (grid_codes(main), if k2 > 0 { grid_codes(res) } else { Some(((0, i32::MAX), Vec::new())) }) {
-            (Some(((mm, em), cm)), Some(((mr, er), cr))) => {
-                let low = em.min(er);
-                let mult = |m: i32, e: i32| (e - low < 12).then(|| m << (e - low));
-                let (main_mult, res_mult) = (mult(mm, em), if k2 > 0 { mult(mr, er) } else { Some(0) });
-                main_mult
-                    .zip(res_mult)
-                    .filter(|(a, b)| a + b <= MAX_MULTIPLIERS)
-                    .map(|(a, b)| (Planes::Int8 { main: a, res: b }, 2f32.powi(low), cm, cr))
+        let (main8, residual8, planes, unit) = match int8_grids(main, (k2 > 0).then_some(res)) {
+            Some((planes, unit, (sm, sr))) => {
+                // On the grids, x / step is the grid code exactly.
+                let code = |step: f32| move |x: f32| vec![((x / step) as i32 + 128) as u8];
+                let residual8 = if k2 > 0 { layout(res, k2, &code(sr)) } else { Vec::new() };
+                (layout(main, k, &code(sm)), residual8, planes, unit)
             }
-            _ => None,
-        };
-        let (main8, residual8, planes, unit) = match grids {
-            Some((planes, unit, cm, cr)) => {
-                let int8 = |codes: &[i8], entries: usize| {
-                    let p = pairs8(entries) * 128;
-                    let mut t = vec![0u8; dim * p];
-                    for (e, v) in codes.chunks_exact(dim).enumerate().take(entries) {
-                        for (j, &c) in v.iter().enumerate() {
-                            t[j * p + e] = (c as i32 + 128) as u8;
-                        }
-                    }
-                    t
-                };
-                (int8(&cm, k), int8(&cr, k2), planes, unit)
-            }
-            _ => {
+            None => {
                 let step = if span > 0.0 { 2f32.powi((span / 32767.0).log2().ceil() as i32) } else { 1.0 };
                 let step = if span > 32767.0 * step { 2.0 * step } else { step };
                 let int16 = |x: f32| {
@@ -225,18 +167,34 @@ impl ByteBook {
             }
         };
         Some(ByteBook {
-            main: Lines::new(&table(main, k, &f16)),
-            residual: Lines::new(&if k2 > 0 { table(res, k2, &f16) } else { Vec::new() }),
+            main: Aligned::from_slice(&table(main, k, &f16)),
+            residual: Aligned::from_slice(&if k2 > 0 { table(res, k2, &f16) } else { Vec::new() }),
             main_pairs: pairs(k),
             res_pairs: if k2 > 0 { pairs(k2) } else { 0 },
-            main8: Lines::new(&main8),
-            residual8: Lines::new(&residual8),
+            main8: Aligned::from_slice(&main8),
+            residual8: Aligned::from_slice(&residual8),
             main_pairs8: pairs8(k),
             res_pairs8: if k2 > 0 { pairs8(k2) } else { 0 },
             planes,
             unit,
         })
     }
+}
+
+/// [`Planes::Int8`] for a main and an optional residual codebook when both lie on their
+/// int8 grids ([`grid_codes`]) and their steps, as integer multiples of the finer one's
+/// power of two, stay within [`MAX_MULTIPLIERS`]: the planes, what one unit is worth, and
+/// the two steps (the residual's 0 without one).
+fn int8_grids(main: &[f32], res: Option<&[f32]>) -> Option<(Planes, f32, (f32, f32))> {
+    let ((mm, em), _) = grid_codes(main)?;
+    let ((mr, er), _) = match res {
+        Some(r) => grid_codes(r)?,
+        None => ((0, em), Vec::new()),
+    };
+    let low = em.min(er);
+    let (a, b) = ((em - low < 12).then(|| mm << (em - low))?, (er - low < 12).then(|| mr << (er - low))?);
+    let step = |m: i32, e: i32| m as f32 * 2f32.powi(e);
+    (a + b <= MAX_MULTIPLIERS).then(|| (Planes::Int8 { main: a, res: b }, 2f32.powi(low), (step(mm, em), step(mr, er))))
 }
 
 impl ByteBook {
@@ -297,14 +255,14 @@ pub(super) fn vbmi() -> bool {
 pub(crate) enum ByValue {
     /// Exact numerics: per activation row, `dim` runs of `padded` f32 values
     /// (`n` rounded up to 32).
-    F32 { xt: Vec<f32>, padded: usize },
+    F32 { xt: Aligned<f32>, padded: usize },
     /// llama.cpp numerics: per activation row, `dim` runs of `padded` Q8_0 codes (`n`
     /// rounded up to 64); per lane of 4 vectors the codes' sum (for the high bytes'
     /// offset) and the block's scale.
-    Q8 { xq: Vec<i8>, xs: Vec<i32>, dl: Vec<f32>, padded: usize },
+    Q8 { xq: Aligned<i8>, xs: Aligned<i32>, dl: Aligned<f32>, padded: usize },
     /// Q8_K codes as bytes, one run per activation row, in order
     /// ([`super::iq_bytes::code_bytes`]).
-    Codes(Vec<i8>),
+    Codes(Aligned<i8>),
 }
 
 impl ByValue {
@@ -312,7 +270,7 @@ impl ByValue {
     pub(crate) fn exact(xs: &[ExactRow], dim: usize) -> ByValue {
         let n = xs.first().map_or(0, |x| x.x.len()) / dim;
         let padded = n.div_ceil(32) * 32;
-        let mut xt = vec![0f32; xs.len() * dim * padded];
+        let mut xt = Aligned::zeroed(xs.len() * dim * padded);
         for (x, xt) in xs.iter().zip(xt.chunks_exact_mut(dim * padded)) {
             by_value(&x.x, dim, padded, xt, |v| v);
         }
@@ -324,9 +282,9 @@ impl ByValue {
         let n = acts.first().map_or(0, |a| a.q.len()) / dim;
         let padded = n.div_ceil(64) * 64;
         let lanes = padded / 4;
-        let mut xq = vec![0i8; acts.len() * dim * padded];
-        let mut xs = vec![0i32; acts.len() * lanes];
-        let mut dl = vec![0f32; acts.len() * lanes];
+        let mut xq = Aligned::zeroed(acts.len() * dim * padded);
+        let mut xs = Aligned::zeroed(acts.len() * lanes);
+        let mut dl = Aligned::zeroed(acts.len() * lanes);
         for (((a, xq), dl), xs) in acts
             .iter()
             .zip(xq.chunks_exact_mut(dim * padded))
@@ -1133,19 +1091,6 @@ mod tests {
                     Some(fst) => assert!(fst == &out, "{name} {level:?}: differs from the portable loop"),
                 }
             }
-        }
-    }
-
-    /// A table on whole lines reads back its bytes, zero-padded, from a 64-byte boundary.
-    #[test]
-    fn lines_hold_the_bytes_on_cache_lines() {
-        for n in [0usize, 1, 64, 100, 1024] {
-            let b: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
-            let l = Lines::new(&b);
-            assert_eq!(l.len(), n.div_ceil(64) * 64);
-            assert_eq!(&l[..n], &b[..]);
-            assert!(l[n..].iter().all(|&v| v == 0));
-            assert!(n == 0 || (l.as_ptr() as usize).is_multiple_of(64));
         }
     }
 
