@@ -2,7 +2,10 @@
 //! 64-byte register load from a 64-byte-aligned offset then reads one line. A `Vec`
 //! falls where the allocator puts it (16-byte alignment), so such loads straddle two
 //! lines; measured on the VQ byte tables, that cost smollm2 vq4x256+128 11 % of its tg128
-//! (92–98 against 103–111 t/s, interleaved).
+//! (92–98 against 103–111 t/s, interleaved). For the rearranged activations (`ByValue`,
+//! read once per row) it made no measurable difference (smollm2 Q4_0, IQ4_XS, IQ2_XS,
+//! int4_g64 and VQ tg128 within ±5 % run to run, interleaved); they share the type so that
+//! every 64-byte-aligned offset the kernels load from is a line.
 
 use std::ops::{Deref, DerefMut};
 
