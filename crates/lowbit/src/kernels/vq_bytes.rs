@@ -67,7 +67,7 @@ pub(crate) struct ByteBook {
     res_pairs: usize,
     /// The main codebook as integers in byte planes — the integer path's weights: per
     /// value `j`, `planes` planes of `main_pairs8 × 128` bytes, entry `e` at byte `e`
-    /// ([`IntBook::value`] reads one back). [`Planes::Int8`]: the grid codes + 128;
+    /// ([`ByteBook::int_value`] reads one back). [`Planes::Int8`]: the grid codes + 128;
     /// [`Planes::Int16`]: the high bytes + 128, then the low bytes.
     main8: Aligned<u8>,
     /// The residual codebook likewise (empty without one).
