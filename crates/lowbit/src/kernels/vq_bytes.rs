@@ -66,7 +66,7 @@ pub(crate) struct ByteBook {
     /// The same for the residual codebook (0 without one).
     res_pairs: usize,
     /// The main codebook as integers in byte planes — the integer path's weights: per
-    /// value `j`, `planes` planes of `main_pairs8 × 128` bytes, entry `e` at byte `e`
+    /// value `j`, one plane (Int8) or two (Int16) of `main_pairs8 × 128` bytes, entry `e` at byte `e`
     /// ([`ByteBook::int_value`] reads one back). [`Planes::Int8`]: the grid codes + 128;
     /// [`Planes::Int16`]: the high bytes + 128, then the low bytes.
     main8: Aligned<u8>,
