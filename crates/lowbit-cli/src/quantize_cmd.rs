@@ -75,6 +75,12 @@ pub struct QuantizeArgs {
     /// measurement runs (one forward pass per tensor).
     #[arg(long, default_value_t = lowbit::allocate::CostOptions::default().chunks)]
     sensitivity_chunks: usize,
+    /// With --size / --bpw: at most this many of the swaps the allocation relies on are
+    /// measured end to end (one forward pass each) instead of predicted, re-allocating
+    /// after each round; 0 (the default: it did not pay on the zoo models, see
+    /// `allocate::REFINE_SWAPS`) allocates on the predictions alone.
+    #[arg(long, default_value_t = lowbit::allocate::CostOptions::default().refine)]
+    refine: usize,
     /// With `--type vq`: weights per vector.
     #[arg(long = "vec", default_value_t = 4)]
     vec_len: usize,
@@ -326,6 +332,7 @@ fn job(args: &QuantizeArgs) -> Result<QuantizeJob> {
         chunks: args.sensitivity_chunks.max(1),
         ctx: args.calib_ctx,
         llama_cpp_only: args.llama_cpp,
+        refine: args.refine,
         ..Default::default()
     };
     let job = QuantizeJob {
@@ -475,6 +482,9 @@ fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
         ),
         Stage::Sensitivity => {
             ("sensitivity", "tensors", "sensitivity [{bar:30}] {pos}/{len} tensors, {elapsed} elapsed, ETA {eta}")
+        }
+        Stage::Refine => {
+            ("refine", "swaps", "refine allocation [{bar:30}] {pos}/{len} swaps at most, {elapsed} elapsed, ETA {eta}")
         }
         Stage::Transform => {
             ("awq scales", "groups", "awq scales [{bar:30}] {pos}/{len} groups, {elapsed} elapsed, ETA {eta}")

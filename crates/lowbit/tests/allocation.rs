@@ -58,7 +58,7 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
     let base = QuantizeJob {
         method: Some(Method::Search),
         calibration: CalibrationInput::Texts { paths: vec![emma], eval: calib },
-        cost_options: CostOptions { chunks: 2, ctx: 64, sample_rows: 16, llama_cpp_only: true },
+        cost_options: CostOptions { chunks: 2, ctx: 64, sample_rows: 16, llama_cpp_only: true, refine: 4 },
         ..QuantizeJob::new(Mix::from_name("Q3_K_S").unwrap(), vec![])
     };
     let fixed = dir.path().join("q3_k_s.gguf");
@@ -74,6 +74,8 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
     assert!(summary.tensors.iter().all(|t| t.target.is_ggml()), "llama.cpp types only");
     let recipe = summary.recipe.clone().expect("a size target records its recipe");
     assert!(recipe.predicted_kld > 0.0);
+    // Refinement measured what it re-quantized (the probes are measured anyway).
+    assert!(recipe.entries.iter().any(|e| e.measured && e.predicted_kld > 0.0), "{recipe:?}");
 
     // Sequential GPTQ follows the same allocation (the cost table is cached by then).
     let sequential = dir.path().join("sequential.gguf");
@@ -84,6 +86,7 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
         s.tensors.iter().map(|t| (t.name.clone(), t.target.to_string())).collect::<Vec<_>>()
     };
     assert_eq!(types(&s2), types(&summary), "sequential GPTQ chose other types than the allocation");
+    // The refinement's swaps are in the cache by now; the allocation does not depend on it.
     assert_eq!(s2.recipe.map(|r| r.predicted_kld), Some(recipe.predicted_kld));
 
     // A target a few bytes above the source's own size keeps every tensor as stored (the

@@ -214,6 +214,8 @@ pub enum Stage {
     },
     /// Measuring each tensor's sensitivity for a size target (tensors).
     Sensitivity,
+    /// Measuring the swaps an allocation relies on, end to end (swaps, at most).
+    Refine,
     /// Searching AWQ scales for a transformed source (groups of weights).
     Transform,
     /// Encoding and writing tensors (weights).
@@ -375,7 +377,8 @@ fn resolve_and_allocate(
     let mut opts = resolve_checked(source, job, progress)?;
     let g = crate::hf::open_model(source)?;
     let Some(target) = job.target else { return Ok((g, opts, None)) };
-    let table = measure_costs(source, &g, job, &opts, &calibration_text(job)?, progress)?;
+    let text = calibration_text(job)?;
+    let mut table = measure_costs(source, &g, job, &opts, &text, progress)?;
     let elements: u64 = g
         .tensors
         .iter()
@@ -402,6 +405,19 @@ fn resolve_and_allocate(
             ))
         })
     };
+    // The swaps the allocation hinges on, measured instead of predicted.
+    let importance = opts.importance.clone().unwrap_or_default();
+    crate::allocate::refine(
+        &g,
+        &mut table,
+        &text,
+        &importance,
+        &job.cost_options,
+        budget(allowance)?,
+        &opts.overrides,
+        g.alignment,
+        &mut |d, t| progress(Stage::Refine, d as u64, t as u64),
+    )?;
     // First with room for the longest possible overrides, then with what this recipe's
     // own take, as long as the new recipe's still fit in what it was given.
     let mut recipe = crate::allocate::allocate(&table, budget(allowance)?, &opts.overrides, g.alignment)?;
