@@ -405,7 +405,9 @@ fn resolve_and_allocate(
             ))
         })
     };
-    // The swaps the allocation hinges on, measured instead of predicted.
+    // The swaps the allocation hinges on, measured instead of predicted. Called with
+    // `refine == 0` too: it also drops measured swaps a cached table holds from earlier
+    // runs, so the allocation never depends on the cache.
     let importance = opts.importance.clone().unwrap_or_default();
     crate::allocate::refine(
         &g,
