@@ -131,6 +131,14 @@ pub struct CandidateCost {
     pub error: f64,
 }
 
+impl CandidateCost {
+    /// The storage type the table names; a clear error for a table naming a type this
+    /// build does not know (a cost table written by another version).
+    pub fn storage_type(&self) -> Result<StorageType> {
+        StorageType::from_name(&self.ty).ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", self.ty)))
+    }
+}
+
 /// Everything allocation knows about one tensor.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TensorCosts {
@@ -432,8 +440,7 @@ pub fn refine_with(
         for (_, i, k) in todo {
             crate::interrupt::check()?;
             let t = &mut table.tensors[i];
-            let ty = StorageType::from_name(&t.candidates[k].ty)
-                .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", t.candidates[k].ty)))?;
+            let ty = t.candidates[k].storage_type()?;
             let kld = measure(&t.name, ty)?;
             t.measured.push(MeasuredSwap { ty: ty.to_string(), kld });
             done += 1;
@@ -502,8 +509,7 @@ pub fn validate(
             .filter(|&k| t.candidates[k].ty != t.sensitivity.probe && t.candidates[k].error > 0.0)
             .collect();
         let Some(&k) = others.get((i * 7) % others.len().max(1)) else { continue };
-        let ty = StorageType::from_name(&t.candidates[k].ty)
-            .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", t.candidates[k].ty)))?;
+        let ty = t.candidates[k].storage_type()?;
         let imp = importance.get(&t.name).map(Vec::as_slice);
         let (error, measured) = sensitivity::swap_kld(&mut lm, &reference, &t.name, ty, imp)?;
         let predicted = t.sensitivity.scale() * error;
@@ -682,7 +688,8 @@ pub fn read_recipe(path: &Path) -> Result<Vec<Override>> {
 pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) -> Result<Recipe> {
     let padded = |b: u64| padded(b, align);
     let mut items = Vec::with_capacity(table.tensors.len());
-    let mut kinds: Vec<Vec<StorageType>> = Vec::with_capacity(table.tensors.len());
+    // Per tensor and option: its type and, where the table holds it, its candidate index.
+    let mut kinds: Vec<Vec<(StorageType, Option<usize>)>> = Vec::with_capacity(table.tensors.len());
     for t in &table.tensors {
         let mut options = Vec::new();
         let mut types = Vec::new();
@@ -693,13 +700,12 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) 
             })?;
             let k = t.candidates.iter().position(|c| c.ty == ty.to_string());
             options.push(Choice { bytes: padded(bytes), cost: k.map_or(0.0, |k| t.cost(k)) });
-            types.push(ty);
+            types.push((ty, k));
         } else {
             for (k, c) in t.candidates.iter().enumerate() {
-                let ty = StorageType::from_name(&c.ty)
-                    .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", c.ty)))?;
+                let ty = c.storage_type()?;
                 options.push(Choice { bytes: padded(c.bytes), cost: t.cost(k) });
-                types.push(ty);
+                types.push((ty, Some(k)));
             }
         }
         items.push(options);
@@ -718,13 +724,10 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) 
         .enumerate()
         .map(|(i, (t, &k))| RecipeEntry {
             name: t.name.clone(),
-            ty: kinds[i][k],
+            ty: kinds[i][k].0,
             bytes: items[i][k].bytes,
             predicted_kld: items[i][k].cost,
-            measured: match table.tensors[i].candidates.iter().position(|c| c.ty == kinds[i][k].to_string()) {
-                Some(c) => table.tensors[i].measured_kld(c).is_some(),
-                None => false,
-            },
+            measured: kinds[i][k].1.is_some_and(|c| t.measured_kld(c).is_some()),
         })
         .collect();
     let predicted_kld = entries.iter().map(|e| e.predicted_kld).sum();
@@ -780,8 +783,7 @@ pub fn spend_slack(
             }
             trials += 1;
             let t = &table.tensors[i];
-            let ty = StorageType::from_name(&t.candidates[k].ty)
-                .ok_or_else(|| Error::Usage(format!("cost table: unknown type '{}'", t.candidates[k].ty)))?;
+            let ty = t.candidates[k].storage_type()?;
             let mut next = recipe.clone();
             next.entries[i] = RecipeEntry {
                 name: t.name.clone(),
