@@ -178,6 +178,13 @@ impl TensorCosts {
         self.measured_kld(k).unwrap_or_else(|| self.predicted(k))
     }
 
+    /// What candidate `k` adds to the file: its data padded to `align`, and what its type
+    /// adds to the header ([`crate::gguf::extra_bytes`]: a native format's metadata entry).
+    pub fn file_bytes(&self, k: usize, align: u64) -> Result<u64> {
+        let c = &self.candidates[k];
+        Ok(padded(c.bytes, align) + crate::gguf::extra_bytes(&self.name, c.storage_type()?, align))
+    }
+
     /// The measured KL divergence of candidate `k`, if it was measured.
     pub fn measured_kld(&self, k: usize) -> Option<f64> {
         let c = &self.candidates[k];
@@ -683,7 +690,8 @@ pub fn read_recipe(path: &Path) -> Result<Vec<Override>> {
 }
 
 /// Allocates `table`'s tensors within `budget` bytes (their bytes padded to `align`, as
-/// the file stores them). Tensors in `fixed` (an override the user gave) keep that type
+/// the file stores them, and what their types add to the header:
+/// [`TensorCosts::file_bytes`]). Tensors in `fixed` (an override the user gave) keep that type
 /// and count against the budget.
 pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) -> Result<Recipe> {
     let padded = |b: u64| padded(b, align);
@@ -699,12 +707,13 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) 
                 Error::Usage(format!("override {ty} for '{}': its rows are not whole {ty} blocks", t.name))
             })?;
             let k = t.candidates.iter().position(|c| c.ty == ty.to_string());
-            options.push(Choice { bytes: padded(bytes), cost: k.map_or(0.0, |k| t.cost(k)) });
+            let bytes = padded(bytes) + crate::gguf::extra_bytes(&t.name, ty, align);
+            options.push(Choice { bytes, cost: k.map_or(0.0, |k| t.cost(k)) });
             types.push((ty, k));
         } else {
             for (k, c) in t.candidates.iter().enumerate() {
                 let ty = c.storage_type()?;
-                options.push(Choice { bytes: padded(c.bytes), cost: t.cost(k) });
+                options.push(Choice { bytes: t.file_bytes(k, align)?, cost: t.cost(k) });
                 types.push((ty, Some(k)));
             }
         }
@@ -753,7 +762,6 @@ pub fn spend_slack(
     want: u64,
     size_of: &mut dyn FnMut(&Recipe) -> Result<u64>,
 ) -> Result<u64> {
-    let padded = |b: u64| padded(b, align);
     let mut size = size_of(recipe)?;
     // A bound on exact sizings (each plans the whole model): ample for the few upgrades
     // a grid cell's slack allows.
@@ -767,8 +775,8 @@ pub fn spend_slack(
                 continue;
             }
             let cur = &recipe.entries[i];
-            for (k, c) in t.candidates.iter().enumerate() {
-                let (cost, bytes) = (t.cost(k), padded(c.bytes));
+            for k in 0..t.candidates.len() {
+                let (cost, bytes) = (t.cost(k), t.file_bytes(k, align)?);
                 if cost < cur.predicted_kld && bytes <= cur.bytes + slack {
                     let more = bytes.saturating_sub(cur.bytes).max(1);
                     ups.push(((cur.predicted_kld - cost) / more as f64, i, k));
@@ -788,7 +796,7 @@ pub fn spend_slack(
             next.entries[i] = RecipeEntry {
                 name: t.name.clone(),
                 ty,
-                bytes: padded(t.candidates[k].bytes),
+                bytes: t.file_bytes(k, align)?,
                 predicted_kld: t.cost(k),
                 measured: t.measured_kld(k).is_some(),
             };

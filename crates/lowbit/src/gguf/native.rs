@@ -49,6 +49,23 @@ pub fn tensor_specs(name: &str, dims: &[u64], st: StorageType) -> Option<Vec<Ten
     })
 }
 
+/// Bytes a tensor stored as `st` adds to a file besides its data
+/// ([`StorageType::tensor_bytes`], padded to `align`) and its tensor info: for a native or
+/// VQ format, its `lowbit.native.<name>` metadata entry; for VQ also its codebook's tensor
+/// info and padding (an upper bound: one alignment). 0 for ggml types. Size targets count
+/// these ([`crate::allocate`]): 211 native entries are 10 KB on smollm2, once enough to
+/// overrun a 75 MB target.
+pub fn extra_bytes(name: &str, st: StorageType, align: u64) -> u64 {
+    let entry = || super::metadata_bytes(&[(native_key(name), Value::String(st.to_string()))]);
+    match st {
+        StorageType::Ggml(_) => 0,
+        StorageType::Native(_) => entry(),
+        StorageType::Vq(f) => {
+            entry() + super::tensor_info_bytes(&codebook_name(name), f.codebook_dims().len()) + align.max(1)
+        }
+    }
+}
+
 /// Turns the tensors `lowbit.native.*` metadata names into their native or VQ storage with
 /// their logical dims (the stored I8 row holds whole groups or vectors).
 pub(super) fn resolve(path: &Path, metadata: &[(String, Value)], tensors: &mut [TensorInfo]) -> Result<()> {
@@ -171,4 +188,41 @@ pub fn rotation_of(g: &GgufFile, name: &str) -> Result<Option<u64>> {
 pub fn is_companion(g: &GgufFile, name: &str) -> bool {
     is_codebook(g, name)
         || [".lr_a", ".lr_b"].iter().any(|s| name.strip_suffix(s).is_some_and(|base| g.tensor_info(base).is_some()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tensor's share of a file: its tensor infos, its data padded to `align` and its
+    /// metadata entry, as [`super::super::file_bytes`] counts them.
+    fn share(name: &str, dims: &[u64], st: StorageType, align: u64) -> u64 {
+        let pad = |b: u64| b.div_ceil(align) * align;
+        let specs = tensor_specs(name, dims, st).unwrap();
+        let entry = match st {
+            StorageType::Ggml(_) => 0,
+            _ => super::super::metadata_bytes(&[(native_key(name), Value::String(st.to_string()))]),
+        };
+        entry
+            + specs
+                .iter()
+                .map(|s| super::super::tensor_info_bytes(&s.name, s.dims.len()) + pad(s.n_bytes().unwrap()))
+                .sum::<u64>()
+    }
+
+    #[test]
+    fn extra_bytes_count_what_a_native_or_vq_tensor_adds_to_the_file() {
+        let (name, dims, align) = ("blk.0.ffn_down.weight", [256u64, 24], 32);
+        for ty in ["Q4_K", "int4_g64", "nf4_g64", "vq4x256+128"] {
+            let st = StorageType::from_name(ty).unwrap();
+            let pad = |b: u64| b.div_ceil(align) * align;
+            let counted = super::super::tensor_info_bytes(name, dims.len())
+                + pad(st.tensor_bytes(&dims).unwrap())
+                + extra_bytes(name, st, align);
+            let real = share(name, &dims, st, align);
+            // Exact for one stored tensor; a VQ codebook's padding is bounded by one alignment.
+            let slack = if matches!(st, StorageType::Vq(_)) { 2 * align } else { 0 };
+            assert!(real <= counted && counted <= real + slack, "{ty}: counted {counted}, the file takes {real}");
+        }
+    }
 }
