@@ -483,6 +483,11 @@ fn stage_display(stage: Stage) -> (&'static str, &'static str, &'static str) {
         Stage::Sensitivity => {
             ("sensitivity", "tensors", "sensitivity [{bar:30}] {pos}/{len} tensors, {elapsed} elapsed, ETA {eta}")
         }
+        Stage::Candidates => (
+            "candidate errors",
+            "tensors",
+            "candidate errors [{bar:30}] {pos}/{len} tensors, {elapsed} elapsed, ETA {eta}",
+        ),
         Stage::Refine => {
             ("refine", "swaps", "refine allocation [{bar:30}] {pos}/{len} swaps at most, {elapsed} elapsed, ETA {eta}")
         }

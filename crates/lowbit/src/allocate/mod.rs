@@ -251,6 +251,16 @@ impl Default for CostOptions {
 /// text by more than those swaps do.
 pub const REFINE_SWAPS: usize = 0;
 
+/// The two steps of measuring a cost table, for progress: the sensitivities (a forward
+/// pass per tensor), then every candidate's error on each tensor's sampled rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostStep {
+    /// [`sensitivity::measure`].
+    Sensitivity,
+    /// The candidates' errors.
+    Candidates,
+}
+
 fn cache_path(key: &str) -> PathBuf {
     crate::zoo::home().join("allocation").join(format!("{key}.json"))
 }
@@ -283,7 +293,7 @@ fn table_key(source: &Path, text: &CalibrationText, importance_key: &str, opts: 
 /// Measures (or reads from the cache) the cost table of `g` (opened from `source`):
 /// sensitivities on `text`, candidate errors weighted by `importance`.
 /// `importance_key` names where the importances came from (part of the cache key).
-/// `progress(done, total)` counts tensors.
+/// `progress(step, done, total)` counts tensors, in each step.
 pub fn cost_table(
     source: &Path,
     g: &GgufFile,
@@ -291,7 +301,7 @@ pub fn cost_table(
     importance: &HashMap<String, Vec<f32>>,
     importance_key: &str,
     opts: &CostOptions,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(CostStep, usize, usize),
 ) -> Result<CostTable> {
     let key = table_key(source, text, importance_key, opts);
     let path = cache_path(&key);
@@ -314,9 +324,13 @@ pub fn cost_table(
         probes.push((t.name.clone(), probe_type(&cands)));
         entries.push((t.name.clone(), t.dims.clone(), cands));
     }
-    let sens = sensitivity::measure(&mut lm, &reference, &probes, importance, progress)?;
+    let sens = sensitivity::measure(&mut lm, &reference, &probes, importance, &mut |d, t| {
+        progress(CostStep::Sensitivity, d, t)
+    })?;
     drop(lm);
-    let mut tensors = Vec::with_capacity(entries.len());
+    let n = entries.len();
+    let mut tensors = Vec::with_capacity(n);
+    progress(CostStep::Candidates, 0, n);
     for ((name, dims, cands), s) in entries.into_iter().zip(sens) {
         crate::interrupt::check()?;
         let cols = dims[0] as usize;
@@ -344,6 +358,7 @@ pub fn cost_table(
             .collect::<Result<Vec<_>>>()?;
         g.release(&name);
         tensors.push(TensorCosts { name, dims, sensitivity: s, candidates: costs, measured: Vec::new() });
+        progress(CostStep::Candidates, tensors.len(), n);
     }
     let table = CostTable { key, tokens: reference.tokens(), scored_rows: reference.scored_rows(), tensors };
     save_table(&table);

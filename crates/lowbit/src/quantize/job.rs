@@ -214,6 +214,9 @@ pub enum Stage {
     },
     /// Measuring each tensor's sensitivity for a size target (tensors).
     Sensitivity,
+    /// Every candidate type's error on each tensor's sampled rows, for a size target
+    /// (tensors; ~40 s on smollm2 over all formats, most of it the 2–3-bit i-quants).
+    Candidates,
     /// Measuring the swaps an allocation relies on, end to end (swaps, at most).
     Refine,
     /// Searching AWQ scales for a transformed source (groups of weights).
@@ -510,8 +513,12 @@ fn measure_costs(
     };
     let importance = opts.importance.clone().unwrap_or_default();
     let importance_key = format!("calib {} {:?} {}", eval.ctx, eval.max_chunks, text.dataset);
-    crate::allocate::cost_table(source, g, text, &importance, &importance_key, &job.cost_options, &mut |d, t| {
-        progress(Stage::Sensitivity, d as u64, t as u64)
+    crate::allocate::cost_table(source, g, text, &importance, &importance_key, &job.cost_options, &mut |step, d, t| {
+        let stage = match step {
+            crate::allocate::CostStep::Sensitivity => Stage::Sensitivity,
+            crate::allocate::CostStep::Candidates => Stage::Candidates,
+        };
+        progress(stage, d as u64, t as u64)
     })
 }
 
