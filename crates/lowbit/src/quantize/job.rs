@@ -397,7 +397,21 @@ fn resolve_and_allocate(
             .map(|t| super::branch_bytes_for(&t.dims, rank))
             .sum()
     });
-    let fixed = crate::allocate::fixed_bytes(&g, &table) + branches;
+    // A rotated (native) tensor's seed is a metadata entry: counted for every block matrix
+    // that may become native (the exact sizing below then spends what is left over).
+    let rotations: u64 = if job.incoherence {
+        g.tensors
+            .iter()
+            .filter(|t| super::block_matrix(&t.name, &t.dims))
+            .map(|t| {
+                let key = crate::gguf::incoherence_key(&t.name);
+                crate::gguf::metadata_bytes(&[(key, crate::gguf::Value::U64(crate::method::incoherence::SEED))])
+            })
+            .sum()
+    } else {
+        0
+    };
+    let fixed = crate::allocate::fixed_bytes(&g, &table) + branches + rotations;
     let user = crate::allocate::overrides_bytes(&opts.overrides);
     let allowance = crate::allocate::worst_overrides_bytes(&table) + user;
     let budget = |allowance: u64| {
