@@ -247,8 +247,9 @@ impl Default for CostOptions {
 /// fell from 0.00617 to 0.00601); smollm2-135m at 75 MB 0.14483 without and 0.14416 with
 /// (−0.5 %), for 70 s more. The measured swaps agree with the proxy (measured/predicted
 /// quartiles 0.83–1.10 on gemma3), so refinement re-orders a few close swaps, fitted to one
-/// 512-token chunk (112 scored rows for Gemma 3's 262k vocabulary) that differs from other
-/// text by more than those swaps do.
+/// 512-token chunk (then 112 scored rows for Gemma 3's 262k vocabulary; all 448 since
+/// [`sensitivity`] keeps 2^27 log-probabilities) that differs from other text by more than
+/// those swaps do. Not re-measured with 448 rows.
 pub const REFINE_SWAPS: usize = 0;
 
 /// The two steps of measuring a cost table, for progress: the sensitivities (a forward

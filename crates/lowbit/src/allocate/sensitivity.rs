@@ -43,11 +43,19 @@ pub struct Reference {
 
 /// What a cached measurement was made under (part of the cache key): bump it when the
 /// measurement itself changes.
-pub const PROTOCOL: &str = "kld at rows from 64 of each chunk";
+pub const PROTOCOL: &str = "kld at rows from 64 of each chunk, up to 2^27 log-probabilities";
 
-/// Rows of logits kept per measurement: at most this many values (rows × vocabulary), at
-/// least [`MIN_ROWS`] rows — 512 rows for SmolLM2's 49k vocabulary, 128 for Gemma 3's 262k.
-const LOGIT_VALUES: usize = 1 << 25;
+/// Rows of logits kept per measurement: at most this many values (rows × vocabulary, f32:
+/// 512 MB), at least [`MIN_ROWS`] rows — every scored row of one 512-token chunk (448) for
+/// SmolLM2's 49k, Llama 3's 128k and Gemma 3's 262k vocabularies. Was 2^25, which left
+/// Gemma 3 112 rows: measured on gemma3-270m at llama.cpp's Q4_K_S size (`quantize --size
+/// 249887712 --llama-cpp --calib austen --no-sequential`, KLD on wiki.valid 40 × 512),
+/// 112 rows gave KLD 0.006822 (0.52× llama.cpp + imatrix's 0.013091), all 448 rows
+/// **0.005929** (0.45×). The cost is time on large-vocabulary models, whose logits then
+/// dominate each measurement: gemma3's sensitivities took 621 s for 127 tensors on a
+/// machine shared with a test run (about 2.2× the 112-row pass by the count of
+/// multiply-adds; peak RSS 3.2 GB). SmolLM2 is unchanged (it had all its rows already).
+const LOGIT_VALUES: usize = 1 << 27;
 /// The fewest scored rows, whatever the vocabulary.
 const MIN_ROWS: usize = 128;
 /// Positions before this (or before the middle of a shorter chunk) are context only: a
