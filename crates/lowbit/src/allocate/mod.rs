@@ -182,7 +182,7 @@ impl TensorCosts {
     /// adds to the header ([`crate::gguf::extra_bytes`]: a native format's metadata entry).
     pub fn file_bytes(&self, k: usize, align: u64) -> Result<u64> {
         let c = &self.candidates[k];
-        Ok(padded(c.bytes, align) + crate::gguf::extra_bytes(&self.name, c.storage_type()?, align))
+        Ok(stored_bytes(&self.name, c.storage_type()?, c.bytes, align))
     }
 
     /// The measured KL divergence of candidate `k`, if it was measured.
@@ -710,7 +710,6 @@ pub fn read_recipe(path: &Path) -> Result<Vec<Override>> {
 /// [`TensorCosts::file_bytes`]). Tensors in `fixed` (an override the user gave) keep that type
 /// and count against the budget.
 pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) -> Result<Recipe> {
-    let padded = |b: u64| padded(b, align);
     let mut items = Vec::with_capacity(table.tensors.len());
     // Per tensor and option: its type and, where the table holds it, its candidate index.
     let mut kinds: Vec<Vec<(StorageType, Option<usize>)>> = Vec::with_capacity(table.tensors.len());
@@ -723,8 +722,7 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) 
                 Error::Usage(format!("override {ty} for '{}': its rows are not whole {ty} blocks", t.name))
             })?;
             let k = t.candidates.iter().position(|c| c.ty == ty.to_string());
-            let bytes = padded(bytes) + crate::gguf::extra_bytes(&t.name, ty, align);
-            options.push(Choice { bytes, cost: k.map_or(0.0, |k| t.cost(k)) });
+            options.push(Choice { bytes: stored_bytes(&t.name, ty, bytes, align), cost: k.map_or(0.0, |k| t.cost(k)) });
             types.push((ty, k));
         } else {
             for (k, c) in t.candidates.iter().enumerate() {
@@ -757,6 +755,12 @@ pub fn allocate(table: &CostTable, budget: u64, fixed: &[Override], align: u64) 
         .collect();
     let predicted_kld = entries.iter().map(|e| e.predicted_kld).sum();
     Ok(Recipe { entries, budget, predicted_kld })
+}
+
+/// What tensor `name` of `bytes` data stored as `ty` takes in the file: its data padded to
+/// `align`, and what its type adds to the header ([`crate::gguf::extra_bytes`]).
+fn stored_bytes(name: &str, ty: StorageType, bytes: u64, align: u64) -> u64 {
+    padded(bytes, align) + crate::gguf::extra_bytes(name, ty, align)
 }
 
 /// What a tensor of `bytes` takes in the file: padded to the data alignment.

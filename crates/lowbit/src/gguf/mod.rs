@@ -9,8 +9,8 @@ mod writer;
 
 pub use metadata::{Value, ValueType};
 pub use native::{
-    codebook_of, extra_bytes, incoherence_key, is_codebook, is_companion, low_rank_names, low_rank_of, low_rank_specs,
-    native_key, rotation_of, tensor_specs,
+    codebook_of, extra_bytes, incoherence_entry, incoherence_key, is_codebook, is_companion, low_rank_names,
+    low_rank_of, low_rank_specs, native_entry, native_key, rotation_of, tensor_specs,
 };
 pub(crate) use reader::{permute_heads, Transform};
 pub use reader::{GgufFile, TensorInfo, TensorType};

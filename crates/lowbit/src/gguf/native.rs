@@ -49,6 +49,17 @@ pub fn tensor_specs(name: &str, dims: &[u64], st: StorageType) -> Option<Vec<Ten
     })
 }
 
+/// The metadata entry naming tensor `name`'s native or VQ format (`None` for a ggml type):
+/// what the writer records and what size targets count ([`extra_bytes`]).
+pub fn native_entry(name: &str, st: StorageType) -> Option<(String, Value)> {
+    (!st.is_ggml()).then(|| (native_key(name), Value::String(st.to_string())))
+}
+
+/// The metadata entry holding the seed of tensor `name`'s input rotation.
+pub fn incoherence_entry(name: &str, seed: u64) -> (String, Value) {
+    (incoherence_key(name), Value::U64(seed))
+}
+
 /// Bytes a tensor stored as `st` adds to a file besides its data
 /// ([`StorageType::tensor_bytes`], padded to `align`) and its tensor info: for a native or
 /// VQ format, its `lowbit.native.<name>` metadata entry; for VQ also its codebook's tensor
@@ -56,13 +67,12 @@ pub fn tensor_specs(name: &str, dims: &[u64], st: StorageType) -> Option<Vec<Ten
 /// these ([`crate::allocate`]): 211 native entries are 10 KB on smollm2, once enough to
 /// overrun a 75 MB target.
 pub fn extra_bytes(name: &str, st: StorageType, align: u64) -> u64 {
-    let entry = || super::metadata_bytes(&[(native_key(name), Value::String(st.to_string()))]);
+    let entry = native_entry(name, st).map_or(0, |e| super::metadata_bytes(&[e]));
     match st {
-        StorageType::Ggml(_) => 0,
-        StorageType::Native(_) => entry(),
         StorageType::Vq(f) => {
-            entry() + super::tensor_info_bytes(&codebook_name(name), f.codebook_dims().len()) + align.max(1)
+            entry + super::tensor_info_bytes(&codebook_name(name), f.codebook_dims().len()) + align.max(1)
         }
+        _ => entry,
     }
 }
 
@@ -199,10 +209,7 @@ mod tests {
     fn share(name: &str, dims: &[u64], st: StorageType, align: u64) -> u64 {
         let pad = |b: u64| b.div_ceil(align) * align;
         let specs = tensor_specs(name, dims, st).unwrap();
-        let entry = match st {
-            StorageType::Ggml(_) => 0,
-            _ => super::super::metadata_bytes(&[(native_key(name), Value::String(st.to_string()))]),
-        };
+        let entry = native_entry(name, st).map_or(0, |e| super::super::metadata_bytes(&[e]));
         entry
             + specs
                 .iter()

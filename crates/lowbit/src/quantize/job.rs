@@ -404,8 +404,10 @@ fn resolve_and_allocate(
             .iter()
             .filter(|t| super::block_matrix(&t.name, &t.dims))
             .map(|t| {
-                let key = crate::gguf::incoherence_key(&t.name);
-                crate::gguf::metadata_bytes(&[(key, crate::gguf::Value::U64(crate::method::incoherence::SEED))])
+                crate::gguf::metadata_bytes(&[crate::gguf::incoherence_entry(
+                    &t.name,
+                    crate::method::incoherence::SEED,
+                )])
             })
             .sum()
     } else {

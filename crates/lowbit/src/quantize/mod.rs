@@ -23,8 +23,8 @@ use crate::format::encode::EncodeError;
 use crate::format::storage::StorageType;
 use crate::format::vq::codebook_name;
 use crate::gguf::{
-    codebook_of, incoherence_key, is_companion, low_rank_names, low_rank_of, low_rank_specs, native_key, rotation_of,
-    tensor_specs, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType,
+    codebook_of, incoherence_entry, is_companion, low_rank_names, low_rank_of, low_rank_specs, native_entry,
+    rotation_of, tensor_specs, GgufFile, GgufWriter, TensorSpec, TensorType, Value, ValueType,
 };
 use crate::method::{quantize_tensor, Calibration, Encoded, Method, MethodOptions, VqFit};
 use crate::plan::{allows_quantization, make_plan, Mix, ModelShape, Override, PlannedTensor, TensorEntry};
@@ -452,11 +452,9 @@ fn output_layout(
         metadata.push(("lowbit.quantize.overrides".into(), Value::Array(ValueType::String, texts)));
     }
     for t in &summary.tensors {
-        if !t.target.is_ggml() {
-            metadata.push((native_key(&t.name), Value::String(t.target.to_string())));
-        }
+        metadata.extend(native_entry(&t.name, t.target));
         if opts.incoherence && gets_rotation(t) {
-            metadata.push((incoherence_key(&t.name), Value::U64(crate::method::incoherence::SEED)));
+            metadata.push(incoherence_entry(&t.name, crate::method::incoherence::SEED));
         }
     }
     if let Some(rank) = opts.low_rank {
