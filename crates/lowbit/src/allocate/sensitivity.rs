@@ -43,7 +43,7 @@ pub struct Reference {
 
 /// What a cached measurement was made under (part of the cache key): bump it when the
 /// measurement itself changes.
-pub const PROTOCOL: &str = "kld at rows from 64 of each chunk, up to 2^27 log-probabilities";
+pub const PROTOCOL: &str = "kld at rows from 64 of each chunk, up to 2^27 log-probabilities, f32 exponentials";
 
 /// Rows of logits kept per measurement: at most this many values (rows × vocabulary, f32:
 /// 512 MB), at least [`MIN_ROWS`] rows — every scored row of one 512-token chunk (448) for
@@ -123,11 +123,7 @@ impl Reference {
         m.final_norm(&mut picked);
         let n = self.scored_rows();
         let mut logits = m.logits(&picked, n);
-        logits.par_chunks_exact_mut(m.vocab_size()).for_each(|row| {
-            let (max, ln_sum) = crate::eval::log_sum_exp_parts(row);
-            let lse = (max + ln_sum) as f32;
-            row.iter_mut().for_each(|v| *v -= lse);
-        });
+        logits.par_chunks_exact_mut(m.vocab_size()).for_each(crate::kernels::pointwise::log_softmax);
         Ok(logits)
     }
 
@@ -146,7 +142,7 @@ impl Reference {
             .log_probs
             .par_chunks_exact(vocab)
             .zip(q.par_chunks_exact(vocab))
-            .map(|(p, q)| p.iter().zip(q).map(|(&lp, &lq)| (lp as f64).exp() * (lp as f64 - lq as f64)).sum::<f64>())
+            .map(|(p, q)| crate::kernels::pointwise::kl_divergence(p, q))
             .collect();
         Ok(per_row.iter().sum::<f64>() / self.scored_rows().max(1) as f64)
     }

@@ -14,19 +14,19 @@ use super::isa::Level;
 /// Defines `pub fn $name(args)` whose body is compiled for AVX-512, AVX2 and the
 /// baseline, running the variant [`Level::detected`] names.
 macro_rules! per_level {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body($($arg: $ty),*) $body
+            fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-            fn v4($($arg: $ty),*) {
+            fn v4($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c")]
-            fn v3($($arg: $ty),*) {
+            fn v3($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
@@ -137,6 +137,62 @@ per_level! {
     }
 }
 
+/// Sums 16 f64 lanes in a fixed tree order.
+#[inline(always)]
+fn hsum16_f64(l: &[f64; 16]) -> f64 {
+    let mut v = *l;
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            v[i] += v[i + w];
+        }
+        w /= 2;
+    }
+    v[0]
+}
+
+per_level! {
+    /// `x ← log-softmax(x)` = `x − (max + ln Σ e^(x − max))`: the exponentials in f32,
+    /// their sum in 16 f64 lanes. The sensitivity passes' version of what evaluation does
+    /// in f64 throughout (`eval::log_softmax`), there ~a third of a measurement on Gemma
+    /// 3's 262k vocabulary; each log-probability is within a few 1e-7 of it.
+    fn log_softmax(x: &mut [f32]) {
+        let mut m = [f32::NEG_INFINITY; 16];
+        let n16 = x.len() / 16 * 16;
+        for c in x[..n16].chunks_exact(16) {
+            for l in 0..16 {
+                m[l] = m[l].max(c[l]);
+            }
+        }
+        let max = x[n16..].iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)), |a, &v| a.max(v));
+        let mut s = [0f64; 16];
+        for c in x[..n16].chunks_exact(16) {
+            for l in 0..16 {
+                s[l] += exp(c[l] - max) as f64;
+            }
+        }
+        let sum = x[n16..].iter().fold(hsum16_f64(&s), |a, &v| a + exp(v - max) as f64);
+        let lse = (max as f64 + sum.ln()) as f32;
+        x.iter_mut().for_each(|v| *v -= lse);
+    }
+}
+
+per_level! {
+    /// `Σ e^p·(p − q)`: the KL divergence of the distribution with log-probabilities `q`
+    /// from the one with `p` (nats), the exponentials in f32, differences and sums in 16
+    /// f64 lanes.
+    fn kl_divergence(p: &[f32], q: &[f32]) -> f64 {
+        let n16 = p.len().min(q.len()) / 16 * 16;
+        let mut s = [0f64; 16];
+        for (a, b) in p[..n16].chunks_exact(16).zip(q[..n16].chunks_exact(16)) {
+            for l in 0..16 {
+                s[l] += exp(a[l]) as f64 * (a[l] as f64 - b[l] as f64);
+            }
+        }
+        p[n16..].iter().zip(&q[n16..]).fold(hsum16_f64(&s), |acc, (&a, &b)| acc + exp(a) as f64 * (a as f64 - b as f64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +216,32 @@ mod tests {
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp(100.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn log_softmax_and_kl_divergence_match_f64() {
+        let x: Vec<f32> = (0..70_001).map(|i| ((i as f32) * 0.731).sin() * 14.0 - (i % 7) as f32).collect();
+        for n in [1, 15, 16, 17, 1000, 70_001] {
+            let mut p = x[..n].to_vec();
+            log_softmax(&mut p);
+            let max = x[..n].iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
+            let lse = max + x[..n].iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            for (g, &v) in p.iter().zip(&x[..n]) {
+                // f32 rounding of the result (|v − lse| ≤ ~40: 2⁻¹⁸) and of lse, the sum's
+                // exponentials within 2 ulp each.
+                let want = v as f64 - lse;
+                assert!((*g as f64 - want).abs() <= 8e-6 * (1.0 + want.abs()), "n={n}: {g} vs {want}");
+            }
+            // q: p shifted by a small perturbation, renormalised.
+            let mut q: Vec<f32> = p.iter().enumerate().map(|(i, &v)| v + 0.01 * ((i as f32) * 1.3).cos()).collect();
+            log_softmax(&mut q);
+            let terms: Vec<f64> = p.iter().zip(&q).map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64)).collect();
+            let (want, magnitude) = (terms.iter().sum::<f64>(), terms.iter().map(|t| t.abs()).sum::<f64>());
+            let got = kl_divergence(&p, &q);
+            // Each exponential within 2 ulp (2.4e-7), of terms of both signs.
+            assert!((got - want).abs() <= 2.5e-7 * magnitude + 1e-15, "n={n}: {got} vs {want}");
+            assert_eq!(kl_divergence(&p, &p), 0.0);
+        }
     }
 
     #[test]
