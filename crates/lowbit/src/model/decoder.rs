@@ -305,12 +305,26 @@ impl Decoder {
 
     fn block_forward(&self, il: usize, b: &Block, x: &mut [f32], spans: &[Span], caches: &mut [&mut KvCache]) {
         let c = &self.cfg;
-        let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
         let t: usize = spans.iter().map(|s| s.t).sum();
         let mut h = x.to_vec();
         rms_norm(&mut h, c.d_model, &b.attn_norm, c.eps);
+        let attn = self.attention(il, b, &h, spans, caches);
+        self.attention_output(b, &attn, t, x);
+        let mut h = x.to_vec();
+        rms_norm(&mut h, c.d_model, &b.ffn_norm, c.eps);
+        let act = self.mlp_activations(b, &h, t);
+        self.mlp_output(b, &act, t, x);
+    }
+
+    /// The attention heads' outputs (`t` rows of `n_head × head_dim`, before the output
+    /// projection) for the attention-normed rows `h`, each sequence attending to its own
+    /// cache (which gains the new keys and values).
+    fn attention(&self, il: usize, b: &Block, h: &[f32], spans: &[Span], caches: &mut [&mut KvCache]) -> Vec<f32> {
+        let c = &self.cfg;
+        let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
+        let t: usize = spans.iter().map(|s| s.t).sum();
         let [mut q, mut k, v]: [Vec<f32>; 3] =
-            super::forward_many(&[&b.wq, &b.wk, &b.wv], &h, t).try_into().expect("three outputs");
+            super::forward_many(&[&b.wq, &b.wk, &b.wv], h, t).try_into().expect("three outputs");
         if let Some(w) = &b.q_norm {
             rms_norm(&mut q, hd, w, c.eps);
         }
@@ -372,25 +386,42 @@ impl Decoder {
                 )
             })
             .collect();
-        let attn = if per_seq.len() == 1 { per_seq.into_iter().next().unwrap_or_default() } else { per_seq.concat() };
-        let mut a = b.wo.forward(&attn, t);
+        if per_seq.len() == 1 {
+            per_seq.into_iter().next().unwrap_or_default()
+        } else {
+            per_seq.concat()
+        }
+    }
+
+    /// Adds the attention sub-layer's output (the heads' `attn` through the output
+    /// projection and the post-norm, if any) to the residual rows `x`.
+    fn attention_output(&self, b: &Block, attn: &[f32], t: usize, x: &mut [f32]) {
+        let mut a = b.wo.forward(attn, t);
         if let Some(w) = &b.attn_post_norm {
-            rms_norm(&mut a, c.d_model, w, c.eps);
+            rms_norm(&mut a, self.cfg.d_model, w, self.cfg.eps);
         }
         x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-        // MLP
-        let mut h = x.to_vec();
-        rms_norm(&mut h, c.d_model, &b.ffn_norm, c.eps);
+    }
+
+    /// The gated MLP's inner activations (`t` rows of `d_ff`: act(gate) · up) for the
+    /// MLP-normed rows `h`: the down projection's input.
+    fn mlp_activations(&self, b: &Block, h: &[f32], t: usize) -> Vec<f32> {
         let [mut gate, up]: [Vec<f32>; 2] =
-            super::forward_many(&[&b.w_gate, &b.w_up], &h, t).try_into().expect("two outputs");
-        let act = c.activation;
+            super::forward_many(&[&b.w_gate, &b.w_up], h, t).try_into().expect("two outputs");
+        let act = self.cfg.activation;
         gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| match act {
             Activation::Silu => pointwise::silu_gate(g, u),
             Activation::GeluTanh => pointwise::gelu_gate(g, u),
         });
-        let mut m = b.w_down.forward(&gate, t);
+        gate
+    }
+
+    /// Adds the MLP's output (`act` through the down projection and the post-norm, if
+    /// any) to the residual rows `x`.
+    fn mlp_output(&self, b: &Block, act: &[f32], t: usize, x: &mut [f32]) {
+        let mut m = b.w_down.forward(act, t);
         if let Some(w) = &b.ffn_post_norm {
-            rms_norm(&mut m, c.d_model, w, c.eps);
+            rms_norm(&mut m, self.cfg.d_model, w, self.cfg.eps);
         }
         x.iter_mut().zip(&m).for_each(|(x, m)| *x += m);
     }
