@@ -156,7 +156,7 @@ per_level! {
     /// their sum in 16 f64 lanes. The sensitivity passes' version of what evaluation does
     /// in f64 throughout (`eval::log_softmax`), there ~a third of a measurement on Gemma
     /// 3's 262k vocabulary; each log-probability is within a few 1e-7 of it.
-    fn log_softmax(x: &mut [f32]) {
+    fn log_softmax(x: &mut [f32]) -> f32 {
         let mut m = [f32::NEG_INFINITY; 16];
         let n16 = x.len() / 16 * 16;
         for c in x[..n16].chunks_exact(16) {
@@ -174,6 +174,29 @@ per_level! {
         let sum = x[n16..].iter().fold(hsum16_f64(&s), |a, &v| a + exp(v - max) as f64);
         let lse = (max as f64 + sum.ln()) as f32;
         x.iter_mut().for_each(|v| *v -= lse);
+        lse
+    }
+}
+
+per_level! {
+    /// `(Σ p·(z − z'), Σ e^(z' − shift))` over one row: the two sums over a vocabulary
+    /// subset that the sensitivity passes' KL divergence needs ([`crate::allocate::sensitivity`]),
+    /// exponentials in f32, differences and sums in 16 f64 lanes.
+    fn head_terms(p: &[f32], z: &[f32], zq: &[f32], shift: f32) -> (f64, f64) {
+        let n16 = p.len() / 16 * 16;
+        let (mut a, mut b) = ([0f64; 16], [0f64; 16]);
+        for ((pc, zc), qc) in p[..n16].chunks_exact(16).zip(z[..n16].chunks_exact(16)).zip(zq[..n16].chunks_exact(16)) {
+            for l in 0..16 {
+                a[l] += pc[l] as f64 * (zc[l] as f64 - qc[l] as f64);
+                b[l] += exp(qc[l] - shift) as f64;
+            }
+        }
+        let (mut a, mut b) = (hsum16_f64(&a), hsum16_f64(&b));
+        for i in n16..p.len() {
+            a += p[i] as f64 * (z[i] as f64 - zq[i] as f64);
+            b += exp(zq[i] - shift) as f64;
+        }
+        (a, b)
     }
 }
 
@@ -223,9 +246,10 @@ mod tests {
         let x: Vec<f32> = (0..70_001).map(|i| ((i as f32) * 0.731).sin() * 14.0 - (i % 7) as f32).collect();
         for n in [1, 15, 16, 17, 1000, 70_001] {
             let mut p = x[..n].to_vec();
-            log_softmax(&mut p);
+            let lse_got = log_softmax(&mut p);
             let max = x[..n].iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
             let lse = max + x[..n].iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            assert!((lse_got as f64 - lse).abs() <= 4e-6 * (1.0 + lse.abs()), "n={n}: {lse_got} vs {lse}");
             for (g, &v) in p.iter().zip(&x[..n]) {
                 // f32 rounding of the result (|v − lse| ≤ ~40: 2⁻¹⁸) and of lse, the sum's
                 // exponentials within 2 ulp each.

@@ -454,6 +454,15 @@ impl super::CausalLm for Decoder {
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32> {
         Decoder::logits(self, hidden, t)
     }
+    fn output_rows(&self, r0: usize, out: &mut [f32]) {
+        let w = self.output.as_ref().map_or(&self.tok_embd, |o| &o.weight);
+        let span = r0 * self.cfg.d_model..r0 * self.cfg.d_model + out.len();
+        match w {
+            Weight::Packed(p) => p.decode_rows(r0, out),
+            Weight::Dense(v) => out.copy_from_slice(&v[span]),
+            Weight::Extended(..) => out.copy_from_slice(&w.dense()[span]),
+        }
+    }
     fn final_norm(&self, x: &mut [f32]) {
         rms_norm(x, self.cfg.d_model, &self.out_norm, self.cfg.eps);
     }

@@ -441,6 +441,10 @@ pub trait CausalLm: Send + Sync {
     fn forward_batch(&self, seqs: &mut [(&[u32], &mut decoder::KvCache)]) -> Result<Vec<f32>>;
     /// Logits for `t` rows of final hidden states.
     fn logits(&self, hidden: &[f32], t: usize) -> Vec<f32>;
+    /// Rows `r0..` of the output matrix (the token embedding where they are tied) as f32,
+    /// as many as `out` holds (`hidden_size` values each): the weights whose dot product
+    /// with a final hidden state is that vocabulary entry's logit.
+    fn output_rows(&self, r0: usize, out: &mut [f32]);
     /// Applies the final norm to hidden states that came out of the last block (what
     /// `forward_hidden` does after [`CausalLm::run_block`]'s work), ready for `logits`.
     fn final_norm(&self, x: &mut [f32]);
