@@ -279,12 +279,6 @@ impl Reference {
         Ok(r)
     }
 
-    /// Vocabulary entries whose logits each measurement computes (all of them without a
-    /// head).
-    pub fn logits_per_row(&self, vocab: usize) -> usize {
-        self.head.as_ref().map_or(vocab, |h| h.tokens.len())
-    }
-
     fn block_count(&self) -> usize {
         self.block_inputs.len() - 1
     }
