@@ -18,7 +18,9 @@
 //!
 //! Cost: one forward pass from the tensor's block onwards per tensor (the source's hidden
 //! states at every block input are kept, so a tensor in block `b` re-runs blocks `b..`),
-//! with logits only at the scored rows.
+//! with logits only at the scored rows, and for a tensor inside the blocks only for the
+//! vocabulary's head ([`Head`]: the entries holding 97 % of each row's probability, the
+//! rest of the KL divergence to second order).
 
 use std::collections::HashMap;
 
