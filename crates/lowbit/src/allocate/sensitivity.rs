@@ -66,9 +66,7 @@ const TAIL_MASS: f64 = 3e-2;
 /// tail. What it saves: the tail's logits (gemma3's 262k vocabulary: the logits were most
 /// of each measurement).
 struct Head {
-    /// The entries (ascending).
-    tokens: Vec<usize>,
-    /// Their rows of the output matrix (entries × hidden, f32).
+    /// The entries' rows of the output matrix (entries × hidden, f32; ascending entries).
     w: Vec<f32>,
     /// The source's logits of the entries at each scored row (rows × entries).
     z: Vec<f32>,
@@ -193,14 +191,14 @@ impl Head {
         if tail_total > 0.0 {
             second.iter_mut().for_each(|m| *m = (*m as f64 / tail_total) as f32);
         }
-        Some(Head { tokens, w, z, p, lse: lse.to_vec(), tail, norm, u, hidden: hidden.to_vec(), second })
+        Some(Head { w, z, p, lse: lse.to_vec(), tail, norm, u, hidden: hidden.to_vec(), second })
     }
 
     /// Mean KL divergence (nats per row) from the source of the model whose final hidden
     /// states at the scored rows are `hidden` (its output matrix the source's).
     fn kld(&self, hidden: &[f32]) -> f64 {
-        let (k, rows) = (self.tokens.len(), self.lse.len());
-        let d = self.hidden.len() / rows.max(1);
+        let rows = self.lse.len();
+        let (k, d) = (self.p.len() / rows.max(1), self.hidden.len() / rows.max(1));
         let mut zq = vec![0f32; rows * k];
         crate::tensor::matmul_wt(hidden, rows, d, &self.w, k, &mut zq);
         // δh and δh·M (M symmetric), for the tail's first- and second-order terms.

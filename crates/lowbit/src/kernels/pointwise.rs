@@ -77,17 +77,25 @@ fn hsum16(l: &[f32; 16]) -> f32 {
     super::rows::hsum16(l)
 }
 
+/// The largest value of `x`, in 16 lanes (inlined into each level's body, so it is
+/// vectorised there).
+#[inline(always)]
+fn row_max(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let n16 = x.len() / 16 * 16;
+    for c in x[..n16].chunks_exact(16) {
+        for l in 0..16 {
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    x[n16..].iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)), |a, &v| a.max(v))
+}
+
 per_level! {
     /// `x ← softmax(x)`, the sum in 16 fixed lanes.
     fn softmax(x: &mut [f32]) {
-        let mut m = [f32::NEG_INFINITY; 16];
         let n16 = x.len() / 16 * 16;
-        for c in x[..n16].chunks_exact(16) {
-            for l in 0..16 {
-                m[l] = m[l].max(c[l]);
-            }
-        }
-        let max = x[n16..].iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)), |a, &v| a.max(v));
+        let max = row_max(x);
         let mut s = [0f32; 16];
         for c in x[..n16].chunks_exact_mut(16) {
             for l in 0..16 {
@@ -154,17 +162,11 @@ fn hsum16_f64(l: &[f64; 16]) -> f64 {
 per_level! {
     /// `x ← log-softmax(x)` = `x − (max + ln Σ e^(x − max))`: the exponentials in f32,
     /// their sum in 16 f64 lanes. The sensitivity passes' version of what evaluation does
-    /// in f64 throughout (`eval::log_softmax`), there ~a third of a measurement on Gemma
-    /// 3's 262k vocabulary; each log-probability is within a few 1e-7 of it.
+    /// in f64 throughout (`eval::log_softmax`: libm's f64 `exp` there was 9 % of smollm2's
+    /// sensitivity profile); each log-probability is within a few 1e-7 of it.
     fn log_softmax(x: &mut [f32]) -> f32 {
-        let mut m = [f32::NEG_INFINITY; 16];
         let n16 = x.len() / 16 * 16;
-        for c in x[..n16].chunks_exact(16) {
-            for l in 0..16 {
-                m[l] = m[l].max(c[l]);
-            }
-        }
-        let max = x[n16..].iter().fold(m.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v)), |a, &v| a.max(v));
+        let max = row_max(x);
         let mut s = [0f64; 16];
         for c in x[..n16].chunks_exact(16) {
             for l in 0..16 {
