@@ -41,7 +41,7 @@ impl BlockRecording {
 
 /// Runs every chunk of `hidden` through block `il` and records its layers' inputs; with
 /// `advance`, each chunk's states become the block's output, otherwise they are left as
-/// they were.
+/// they were (and the block's last projection is not computed).
 pub fn record_block(lm: &mut LoadedLm, il: usize, hidden: &mut HiddenStates, advance: bool) -> Result<BlockRecording> {
     let mut recorders: BTreeMap<String, Arc<InputRecorder>> = BTreeMap::new();
     let mut layers = Vec::new();
@@ -54,7 +54,7 @@ pub fn record_block(lm: &mut LoadedLm, il: usize, hidden: &mut HiddenStates, adv
             slot.insert(r);
         }
     }
-    let ran = run_chunks(lm, il, hidden, advance);
+    let ran = if advance { run_chunks(lm, il, hidden, true) } else { record_chunks(lm, il, hidden) };
     for lin in lm.model.block_linears_of(il) {
         lin.recorder = None;
     }
@@ -71,6 +71,16 @@ pub fn run_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates, advance: 
         if advance {
             hidden.set(i, &x)?;
         }
+    }
+    Ok(())
+}
+
+/// Runs every chunk of `hidden` through block `il` as far as its recorders need
+/// ([`crate::model::CausalLm::record_block`]), leaving the states as they were.
+fn record_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates) -> Result<()> {
+    for i in 0..hidden.len() {
+        crate::interrupt::check()?;
+        lm.model.record_block(il, &hidden.get(i)?, hidden.rows(i));
     }
     Ok(())
 }

@@ -304,6 +304,21 @@ impl Decoder {
     }
 
     fn block_forward(&self, il: usize, b: &Block, x: &mut [f32], spans: &[Span], caches: &mut [&mut KvCache]) {
+        let t: usize = spans.iter().map(|s| s.t).sum();
+        let act = self.block_until_down(il, b, x, spans, caches);
+        self.mlp_output(b, &act, t, x);
+    }
+
+    /// The block up to its last projection: the attention sub-layer added to the residual
+    /// rows `x`, and the MLP's inner activations (the down projection's input) returned.
+    fn block_until_down(
+        &self,
+        il: usize,
+        b: &Block,
+        x: &mut [f32],
+        spans: &[Span],
+        caches: &mut [&mut KvCache],
+    ) -> Vec<f32> {
         let c = &self.cfg;
         let t: usize = spans.iter().map(|s| s.t).sum();
         let mut h = x.to_vec();
@@ -312,8 +327,7 @@ impl Decoder {
         self.attention_output(b, &attn, t, x);
         let mut h = x.to_vec();
         rms_norm(&mut h, c.d_model, &b.ffn_norm, c.eps);
-        let act = self.mlp_activations(b, &h, t);
-        self.mlp_output(b, &act, t, x);
+        self.mlp_activations(b, &h, t)
     }
 
     /// The attention heads' outputs (`t` rows of `n_head × head_dim`, before the output
@@ -484,6 +498,14 @@ impl super::CausalLm for Decoder {
     fn run_block(&self, il: usize, x: &mut [f32], t: usize) {
         let mut cache = self.new_cache(t);
         self.block_forward(il, &self.blocks[il], x, &[Span { t, pos0: 0 }], &mut [&mut cache]);
+    }
+    fn record_block(&self, il: usize, x: &[f32], t: usize) {
+        let mut cache = self.new_cache(t);
+        let b = &self.blocks[il];
+        let act = self.block_until_down(il, b, &mut x.to_vec(), &[Span { t, pos0: 0 }], &mut [&mut cache]);
+        if let Some(r) = &b.w_down.recorder {
+            r.record(&act, t);
+        }
     }
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut super::Linear> {
         let b = &mut self.blocks[il];
