@@ -50,11 +50,13 @@ pub fn record_block(lm: &mut LoadedLm, il: usize, hidden: &mut HiddenStates, adv
         layers.push((lin.name.clone(), key.clone()));
         if let std::collections::btree_map::Entry::Vacant(slot) = recorders.entry(key) {
             let r = Arc::new(InputRecorder::with_hessian(lin.in_features));
-            lin.recorder = Some(r.clone());
+            if advance {
+                lin.recorder = Some(r.clone());
+            }
             slot.insert(r);
         }
     }
-    let ran = if advance { run_chunks(lm, il, hidden, true) } else { record_chunks(lm, il, hidden) };
+    let ran = if advance { run_chunks(lm, il, hidden) } else { record_chunks(lm, il, hidden, &recorders) };
     for lin in lm.model.block_linears_of(il) {
         lin.recorder = None;
     }
@@ -62,25 +64,74 @@ pub fn record_block(lm: &mut LoadedLm, il: usize, hidden: &mut HiddenStates, adv
     Ok(BlockRecording { recorders, layers })
 }
 
-/// Runs every chunk of `hidden` through block `il`, keeping the outputs when `advance`.
-pub fn run_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates, advance: bool) -> Result<()> {
+/// Runs every chunk of `hidden` through block `il` in order, keeping the outputs (the
+/// block's recorders see the chunks in order).
+fn run_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates) -> Result<()> {
     for i in 0..hidden.len() {
         crate::interrupt::check()?;
         let mut x = hidden.get(i)?;
         lm.model.run_block(il, &mut x, hidden.rows(i));
-        if advance {
-            hidden.set(i, &x)?;
-        }
+        hidden.set(i, &x)?;
     }
     Ok(())
 }
 
-/// Runs every chunk of `hidden` through block `il` as far as its recorders need
-/// ([`crate::model::CausalLm::record_block`]), leaving the states as they were.
-fn record_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates) -> Result<()> {
-    for i in 0..hidden.len() {
+/// Runs every chunk of `hidden` through block `il` as far as its layers' inputs
+/// ([`crate::model::CausalLm::block_inputs`]) and adds them to `recorders`, leaving the
+/// states as they were. Several chunks run at once ([`in_groups`]); each chunk's inputs
+/// are added in chunk order, so the sums are the ones a serial pass gives.
+fn record_chunks(
+    lm: &LoadedLm,
+    il: usize,
+    hidden: &mut HiddenStates,
+    recorders: &BTreeMap<String, Arc<InputRecorder>>,
+) -> Result<()> {
+    in_groups(
+        hidden,
+        false,
+        |x, t| lm.model.block_inputs(il, x, t),
+        |inputs, t| {
+            for (name, input) in inputs {
+                recorders[&shared_input_key(&name)].record(&input, t);
+            }
+        },
+    )
+}
+
+/// Runs every chunk of `hidden` through block `il` and keeps the outputs, several chunks
+/// at once ([`in_groups`]). Only for a block without recorders (they would see the chunks
+/// in no fixed order).
+pub fn advance_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates) -> Result<()> {
+    in_groups(hidden, true, |x, t| lm.model.run_block(il, x, t), |(), _| {})
+}
+
+/// Runs `work` on the chunks of `hidden`, as many at once as there are threads (each
+/// chunk's own products still split over threads that run out of work: rayon's nested
+/// stealing), so one chunk's serial steps — norms, residual adds, copies — overlap with
+/// another's products; then `collect` takes each result in chunk order. With `advance`
+/// the states `work` leaves replace the chunk's. Each chunk's numbers do not depend on
+/// which thread ran it.
+fn in_groups<R: Send>(
+    hidden: &mut HiddenStates,
+    advance: bool,
+    work: impl Fn(&mut [f32], usize) -> R + Sync,
+    mut collect: impl FnMut(R, usize),
+) -> Result<()> {
+    use rayon::prelude::*;
+    let group = rayon::current_num_threads().max(1);
+    let mut start = 0;
+    while start < hidden.len() {
         crate::interrupt::check()?;
-        lm.model.record_block(il, &hidden.get(i)?, hidden.rows(i));
+        let end = (start + group).min(hidden.len());
+        let mut states = (start..end).map(|i| Ok((hidden.get(i)?, hidden.rows(i)))).collect::<Result<Vec<_>>>()?;
+        let results: Vec<R> = states.par_iter_mut().map(|(x, t)| work(x, *t)).collect();
+        for (i, ((x, t), r)) in (start..end).zip(states.iter().zip(results)) {
+            collect(r, *t);
+            if advance {
+                hidden.set(i, x)?;
+            }
+        }
+        start = end;
     }
     Ok(())
 }

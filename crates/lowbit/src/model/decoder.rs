@@ -305,12 +305,14 @@ impl Decoder {
 
     fn block_forward(&self, il: usize, b: &Block, x: &mut [f32], spans: &[Span], caches: &mut [&mut KvCache]) {
         let t: usize = spans.iter().map(|s| s.t).sum();
-        let act = self.block_until_down(il, b, x, spans, caches);
+        let [.., act] = self.block_until_down(il, b, x, spans, caches);
         self.mlp_output(b, &act, t, x);
     }
 
-    /// The block up to its last projection: the attention sub-layer added to the residual
-    /// rows `x`, and the MLP's inner activations (the down projection's input) returned.
+    /// The block up to its last projection: the attention sub-layer is added to the
+    /// residual rows `x`, and the four distinct inputs of its linear layers come back —
+    /// the attention-normed rows (q/k/v), the heads' outputs (o), the MLP-normed rows
+    /// (gate/up) and the MLP's inner activations (down).
     fn block_until_down(
         &self,
         il: usize,
@@ -318,16 +320,17 @@ impl Decoder {
         x: &mut [f32],
         spans: &[Span],
         caches: &mut [&mut KvCache],
-    ) -> Vec<f32> {
+    ) -> [Vec<f32>; 4] {
         let c = &self.cfg;
         let t: usize = spans.iter().map(|s| s.t).sum();
         let mut h = x.to_vec();
         rms_norm(&mut h, c.d_model, &b.attn_norm, c.eps);
         let attn = self.attention(il, b, &h, spans, caches);
         self.attention_output(b, &attn, t, x);
-        let mut h = x.to_vec();
-        rms_norm(&mut h, c.d_model, &b.ffn_norm, c.eps);
-        self.mlp_activations(b, &h, t)
+        let mut h_mlp = x.to_vec();
+        rms_norm(&mut h_mlp, c.d_model, &b.ffn_norm, c.eps);
+        let act = self.mlp_activations(b, &h_mlp, t);
+        [h, attn, h_mlp, act]
     }
 
     /// The attention heads' outputs (`t` rows of `n_head × head_dim`, before the output
@@ -499,13 +502,11 @@ impl super::CausalLm for Decoder {
         let mut cache = self.new_cache(t);
         self.block_forward(il, &self.blocks[il], x, &[Span { t, pos0: 0 }], &mut [&mut cache]);
     }
-    fn record_block(&self, il: usize, x: &[f32], t: usize) {
+    fn block_inputs(&self, il: usize, x: &[f32], t: usize) -> Vec<(String, Vec<f32>)> {
         let mut cache = self.new_cache(t);
         let b = &self.blocks[il];
-        let act = self.block_until_down(il, b, &mut x.to_vec(), &[Span { t, pos0: 0 }], &mut [&mut cache]);
-        if let Some(r) = &b.w_down.recorder {
-            r.record(&act, t);
-        }
+        let inputs = self.block_until_down(il, b, &mut x.to_vec(), &[Span { t, pos0: 0 }], &mut [&mut cache]);
+        [&b.wq, &b.wo, &b.w_gate, &b.w_down].iter().map(|l| l.name.clone()).zip(inputs).collect()
     }
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut super::Linear> {
         let b = &mut self.blocks[il];

@@ -460,11 +460,12 @@ pub trait CausalLm: Send + Sync {
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Runs block `il` in place on `t` rows of hidden states, one sequence from position 0.
     fn run_block(&self, il: usize, x: &mut [f32], t: usize);
-    /// Records the inputs of block `il`'s linear layers for `t` rows of hidden states `x`
-    /// (the same rows [`CausalLm::run_block`] records) without computing the block's
+    /// The distinct inputs of block `il`'s linear layers for `t` rows of hidden states `x`
+    /// (the rows [`CausalLm::run_block`] gives their recorders), each with the name of the
+    /// first layer that reads it, in the block's order — without computing the block's
     /// output: its last projection's product is skipped, a quarter of a block's
     /// multiply-adds (a statistics pass that discards the output: sequential GPTQ).
-    fn record_block(&self, il: usize, x: &[f32], t: usize);
+    fn block_inputs(&self, il: usize, x: &[f32], t: usize) -> Vec<(String, Vec<f32>)>;
     /// Block `il`'s linear layers.
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut Linear>;
     /// Bytes of weight matrices one generated token reads: every block's linear layers

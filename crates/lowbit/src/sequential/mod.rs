@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crate::calibrate::budget::{plan_memory, MemoryLimit, MemoryPlan};
 use crate::calibrate::hidden::HiddenStates;
-use crate::calibrate::record::{record_block, run_chunks};
+use crate::calibrate::record::{advance_chunks, record_block};
 use crate::calibrate::{calibration_chunks, CalibrationText, Imatrix, ImatrixEntry};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
@@ -130,7 +130,7 @@ pub fn sequential_gptq(
         }
         drop(recording);
         // 3. The next block's inputs, through the quantized block.
-        run_chunks(lm, il, &mut hidden, true)?;
+        advance_chunks(lm, il, &mut hidden)?;
         // 4. The block is done: back to the source's mapped weights (never run again,
         //    their pages released), its results to the work folder.
         for lin in lm.model.block_linears_of(il) {
