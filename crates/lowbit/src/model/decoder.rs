@@ -270,7 +270,7 @@ impl Decoder {
         let spans: Vec<Span> = seqs.iter().map(|(t, cache)| Span { t: t.len(), pos0: cache.len }).collect();
         let mut caches: Vec<&mut KvCache> = seqs.iter_mut().map(|(_, c)| &mut **c).collect();
         for (il, block) in self.blocks.iter().enumerate() {
-            self.block_forward(il, block, &mut x, &spans, &mut caches);
+            self.block_forward(il, block, &mut x, &spans, &mut caches, None);
         }
         for (cache, span) in caches.iter_mut().zip(&spans) {
             cache.len += span.t;
@@ -303,10 +303,20 @@ impl Decoder {
         Ok(x)
     }
 
-    fn block_forward(&self, il: usize, b: &Block, x: &mut [f32], spans: &[Span], caches: &mut [&mut KvCache]) {
+    /// Runs block `b` (number `il`) on the rows `x`, with its layer named like `swap`, if
+    /// any, replaced by `swap`.
+    fn block_forward(
+        &self,
+        il: usize,
+        b: &Block,
+        x: &mut [f32],
+        spans: &[Span],
+        caches: &mut [&mut KvCache],
+        swap: Option<&Linear>,
+    ) {
         let t: usize = spans.iter().map(|s| s.t).sum();
-        let [.., act] = self.block_until_down(il, b, x, spans, caches);
-        self.mlp_output(b, &act, t, x);
+        let [.., act] = self.block_until_down(il, b, x, spans, caches, swap);
+        self.mlp_output(b, &act, t, x, swap);
     }
 
     /// The block up to its last projection: the attention sub-layer is added to the
@@ -320,28 +330,39 @@ impl Decoder {
         x: &mut [f32],
         spans: &[Span],
         caches: &mut [&mut KvCache],
+        swap: Option<&Linear>,
     ) -> [Vec<f32>; 4] {
         let c = &self.cfg;
         let t: usize = spans.iter().map(|s| s.t).sum();
         let mut h = x.to_vec();
         rms_norm(&mut h, c.d_model, &b.attn_norm, c.eps);
-        let attn = self.attention(il, b, &h, spans, caches);
-        self.attention_output(b, &attn, t, x);
+        let attn = self.attention(il, b, &h, spans, caches, swap);
+        self.attention_output(b, &attn, t, x, swap);
         let mut h_mlp = x.to_vec();
         rms_norm(&mut h_mlp, c.d_model, &b.ffn_norm, c.eps);
-        let act = self.mlp_activations(b, &h_mlp, t);
+        let act = self.mlp_activations(b, &h_mlp, t, swap);
         [h, attn, h_mlp, act]
     }
 
     /// The attention heads' outputs (`t` rows of `n_head × head_dim`, before the output
     /// projection) for the attention-normed rows `h`, each sequence attending to its own
     /// cache (which gains the new keys and values).
-    fn attention(&self, il: usize, b: &Block, h: &[f32], spans: &[Span], caches: &mut [&mut KvCache]) -> Vec<f32> {
+    fn attention(
+        &self,
+        il: usize,
+        b: &Block,
+        h: &[f32],
+        spans: &[Span],
+        caches: &mut [&mut KvCache],
+        swap: Option<&Linear>,
+    ) -> Vec<f32> {
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.n_head, c.n_head_kv);
         let t: usize = spans.iter().map(|s| s.t).sum();
         let [mut q, mut k, v]: [Vec<f32>; 3] =
-            super::forward_many(&[&b.wq, &b.wk, &b.wv], h, t).try_into().expect("three outputs");
+            super::forward_many(&[pick(&b.wq, swap), pick(&b.wk, swap), pick(&b.wv, swap)], h, t)
+                .try_into()
+                .expect("three outputs");
         if let Some(w) = &b.q_norm {
             rms_norm(&mut q, hd, w, c.eps);
         }
@@ -412,8 +433,8 @@ impl Decoder {
 
     /// Adds the attention sub-layer's output (the heads' `attn` through the output
     /// projection and the post-norm, if any) to the residual rows `x`.
-    fn attention_output(&self, b: &Block, attn: &[f32], t: usize, x: &mut [f32]) {
-        let mut a = b.wo.forward(attn, t);
+    fn attention_output(&self, b: &Block, attn: &[f32], t: usize, x: &mut [f32], swap: Option<&Linear>) {
+        let mut a = pick(&b.wo, swap).forward(attn, t);
         if let Some(w) = &b.attn_post_norm {
             rms_norm(&mut a, self.cfg.d_model, w, self.cfg.eps);
         }
@@ -422,9 +443,9 @@ impl Decoder {
 
     /// The gated MLP's inner activations (`t` rows of `d_ff`: act(gate) · up) for the
     /// MLP-normed rows `h`: the down projection's input.
-    fn mlp_activations(&self, b: &Block, h: &[f32], t: usize) -> Vec<f32> {
+    fn mlp_activations(&self, b: &Block, h: &[f32], t: usize, swap: Option<&Linear>) -> Vec<f32> {
         let [mut gate, up]: [Vec<f32>; 2] =
-            super::forward_many(&[&b.w_gate, &b.w_up], h, t).try_into().expect("two outputs");
+            super::forward_many(&[pick(&b.w_gate, swap), pick(&b.w_up, swap)], h, t).try_into().expect("two outputs");
         let act = self.cfg.activation;
         gate.par_chunks_mut(4096).zip(up.par_chunks(4096)).for_each(|(g, u)| match act {
             Activation::Silu => pointwise::silu_gate(g, u),
@@ -435,8 +456,8 @@ impl Decoder {
 
     /// Adds the MLP's output (`act` through the down projection and the post-norm, if
     /// any) to the residual rows `x`.
-    fn mlp_output(&self, b: &Block, act: &[f32], t: usize, x: &mut [f32]) {
-        let mut m = b.w_down.forward(act, t);
+    fn mlp_output(&self, b: &Block, act: &[f32], t: usize, x: &mut [f32], swap: Option<&Linear>) {
+        let mut m = pick(&b.w_down, swap).forward(act, t);
         if let Some(w) = &b.ffn_post_norm {
             rms_norm(&mut m, self.cfg.d_model, w, self.cfg.eps);
         }
@@ -449,6 +470,14 @@ impl Decoder {
             Some(o) => o.forward(hidden, t),
             None => self.tok_embd.project(hidden, t, self.cfg.d_model, self.cfg.vocab, self.tied_act_quant),
         }
+    }
+}
+
+/// `l`, or `swap` where it stands for `l` (the same tensor name).
+fn pick<'a>(l: &'a Linear, swap: Option<&'a Linear>) -> &'a Linear {
+    match swap {
+        Some(s) if s.name == l.name => s,
+        _ => l,
     }
 }
 
@@ -500,12 +529,16 @@ impl super::CausalLm for Decoder {
     }
     fn run_block(&self, il: usize, x: &mut [f32], t: usize) {
         let mut cache = self.new_cache(t);
-        self.block_forward(il, &self.blocks[il], x, &[Span { t, pos0: 0 }], &mut [&mut cache]);
+        self.block_forward(il, &self.blocks[il], x, &[Span { t, pos0: 0 }], &mut [&mut cache], None);
+    }
+    fn run_block_swapped(&self, il: usize, x: &mut [f32], t: usize, swap: &Linear) {
+        let mut cache = self.new_cache(t);
+        self.block_forward(il, &self.blocks[il], x, &[Span { t, pos0: 0 }], &mut [&mut cache], Some(swap));
     }
     fn block_inputs(&self, il: usize, x: &[f32], t: usize) -> Vec<(String, Vec<f32>)> {
         let mut cache = self.new_cache(t);
         let b = &self.blocks[il];
-        let inputs = self.block_until_down(il, b, &mut x.to_vec(), &[Span { t, pos0: 0 }], &mut [&mut cache]);
+        let inputs = self.block_until_down(il, b, &mut x.to_vec(), &[Span { t, pos0: 0 }], &mut [&mut cache], None);
         [&b.wq, &b.wo, &b.w_gate, &b.w_down].iter().map(|l| l.name.clone()).zip(inputs).collect()
     }
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut super::Linear> {

@@ -460,6 +460,10 @@ pub trait CausalLm: Send + Sync {
     fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>>;
     /// Runs block `il` in place on `t` rows of hidden states, one sequence from position 0.
     fn run_block(&self, il: usize, x: &mut [f32], t: usize);
+    /// [`CausalLm::run_block`] with the block's layer named `swap.name` replaced by
+    /// `swap`, the model itself unchanged — so several such runs can share it at once
+    /// (sensitivity probes of different tensors).
+    fn run_block_swapped(&self, il: usize, x: &mut [f32], t: usize, swap: &Linear);
     /// The distinct inputs of block `il`'s linear layers for `t` rows of hidden states `x`
     /// (the rows [`CausalLm::run_block`] gives their recorders), each with the name of the
     /// first layer that reads it, in the block's order — without computing the block's
