@@ -21,7 +21,7 @@
 //! with logits only at the scored rows, and for a tensor inside the blocks only for the
 //! vocabulary's head ([`Head`]: the entries holding 97 % of each row's probability, the
 //! rest of the KL divergence to second order). Probes of block matrices run as many at once
-//! as there are threads, each a one-tensor override of the shared model ([`Prepared`]).
+//! as there are threads, each a one-tensor override of the shared model (`Prepared`).
 
 use std::collections::HashMap;
 
@@ -438,7 +438,7 @@ pub fn swap_kld(
 
 /// A block matrix's probe made ready to run beside others: its source values and what
 /// its stand-in layer copies from the model's (so the model itself is never changed).
-pub struct Prepared {
+struct Prepared {
     dense: Vec<f32>,
     layer: Linear,
 }
