@@ -112,16 +112,49 @@ fn self_sampled_calibration_text_is_deterministic() {
     assert_eq!(m.entries.len(), 30 * 7);
 }
 
-/// `calibrate -o stats.safetensors` writes block by block (one block's Hessians in
-/// memory): the file reads back as exactly the statistics of the whole-model pass.
+/// `compute_stats` runs chunks side by side a block at a time: its statistics are exactly
+/// those of a serial pass (chunk by chunk, each layer input added as it is met), on 1 and
+/// 2 threads. `calibrate -o stats.safetensors` writes block by block (one block's Hessians
+/// in memory): the file reads back as exactly those statistics.
 #[test]
-fn block_by_block_statistics_equal_the_whole_model_pass() {
-    use lowbit::calibrate::{compute_stats, write_stats_blockwise, CalibrationStats};
+fn block_by_block_statistics_equal_a_serial_pass() {
+    use lowbit::calibrate::CalibrationStats;
+    use lowbit::calibrate::{calibration_chunks, compute_stats, shared_input_key, write_stats_blockwise};
+    use lowbit::model::InputRecorder;
     let Some(src) = support::zoo_model("smollm2-135m") else { return };
     let text = std::fs::read_to_string(support::shared_data("austen/emma.txt")).unwrap();
     let mut lm = load_gguf_lm(&src, LoadOptions::default()).unwrap();
     let opts = EvalOptions { ctx: 64, max_chunks: Some(3), ..Default::default() };
-    let whole = compute_stats(&mut lm, &text, "emma.txt", &opts, true, &mut |_, _| {}).unwrap();
+    let on = |threads: usize, lm: &mut lowbit::model::LoadedLm| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| compute_stats(lm, &text, "emma.txt", &opts, true, &mut |_, _| {}).unwrap())
+    };
+    let whole = on(2, &mut lm);
+    assert!(on(1, &mut lm) == whole, "statistics differ between 1 and 2 threads");
+    let mut serial: std::collections::BTreeMap<String, InputRecorder> = Default::default();
+    for chunk in calibration_chunks(&lm, &text, &opts).unwrap() {
+        let t = chunk.len();
+        let mut x = lm.model.embed(&chunk).unwrap();
+        for il in 0..lm.model.block_count() {
+            for (name, input) in lm.model.block_inputs(il, &mut x, t, true) {
+                let n = input.len() / t;
+                serial
+                    .entry(shared_input_key(&name))
+                    .or_insert_with(|| InputRecorder::with_hessian(n))
+                    .record(&input, t);
+            }
+        }
+    }
+    assert_eq!(whole.hessians.len(), serial.len());
+    for (key, r) in &serial {
+        let h = &whole.hessians[key];
+        assert!(h.count == r.rows() && h.xtx[..] == r.hessian().unwrap()[..], "{key}: Hessian differs");
+    }
+    for (name, e) in &whole.imatrix.entries {
+        let (sums, count) = serial[&shared_input_key(name)].totals();
+        let sums: Vec<f32> = sums.iter().map(|&v| v as f32).collect();
+        assert!(e.sums == sums && e.count == count as f32, "{name}: importance differs");
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stats.safetensors");
     let mut seen = Vec::new();

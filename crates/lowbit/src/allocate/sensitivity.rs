@@ -458,7 +458,6 @@ impl Prepared {
             in_features: l.in_features,
             out_features: l.out_features,
             act_quant: l.act_quant,
-            recorder: None,
         };
         Ok(Some(Prepared { dense: l.weight.dense().into_owned(), layer }))
     }
@@ -482,7 +481,6 @@ impl Prepared {
             in_features: self.layer.in_features,
             out_features: self.layer.out_features,
             act_quant: self.layer.act_quant,
-            recorder: None,
         };
         Ok((error, reference.kld_with_change(lm, &layer.name, Some(&layer))?))
     }

@@ -134,7 +134,7 @@ pub fn write_stats_blockwise(
         let mut written = 0usize;
         for (il, (hessian_slots, sum_slots)) in per_block.iter().enumerate() {
             crate::interrupt::check()?;
-            let recording = record_block(lm, il, &mut hidden, true)?;
+            let recording = record_block(lm, il, &mut hidden, true, true)?;
             let entries = recording.entries();
             let mut emit = |slot: &Slot, values: &[f32]| -> Result<()> {
                 debug_assert_eq!(slot.offset, written);

@@ -1,9 +1,11 @@
-//! One block's input statistics from the calibration chunks' hidden states — the step both
-//! block-by-block passes share (sequential GPTQ, [`super::write_stats_blockwise`]).
+//! One block's input statistics from the calibration chunks' hidden states — the step every
+//! statistics pass shares ([`super::compute_stats`], [`super::write_stats_blockwise`],
+//! sequential GPTQ).
 //!
 //! One [`InputRecorder`] per distinct input ([`shared_input_key`]: q/k/v read one input,
-//! gate/up another), attached to the first layer that reads it, as the whole-model
-//! [`super::compute_stats`] does, so both give the same numbers.
+//! gate/up another), fed the rows the first layer that reads it sees, chunk by chunk in
+//! order, as a recorder attached to that layer in a chunk-by-chunk pass through the whole
+//! model would be — so every pass gives the same numbers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -39,57 +41,46 @@ impl BlockRecording {
     }
 }
 
-/// Runs every chunk of `hidden` through block `il` and records its layers' inputs; with
-/// `advance`, each chunk's states become the block's output, otherwise they are left as
-/// they were (and the block's last projection is not computed).
-pub fn record_block(lm: &mut LoadedLm, il: usize, hidden: &mut HiddenStates, advance: bool) -> Result<BlockRecording> {
+/// Runs every chunk of `hidden` through block `il` and records its layers' inputs (with
+/// each input's Hessian when `hessians`); with `advance`, each chunk's states become the
+/// block's output, otherwise they are left as they were (and the block's last projection
+/// is not computed).
+pub fn record_block(
+    lm: &mut LoadedLm,
+    il: usize,
+    hidden: &mut HiddenStates,
+    advance: bool,
+    hessians: bool,
+) -> Result<BlockRecording> {
     let mut recorders: BTreeMap<String, Arc<InputRecorder>> = BTreeMap::new();
     let mut layers = Vec::new();
     for lin in lm.model.block_linears_of(il) {
         let key = shared_input_key(&lin.name);
         layers.push((lin.name.clone(), key.clone()));
-        if let std::collections::btree_map::Entry::Vacant(slot) = recorders.entry(key) {
-            let r = Arc::new(InputRecorder::with_hessian(lin.in_features));
-            if advance {
-                lin.recorder = Some(r.clone());
-            }
-            slot.insert(r);
-        }
+        recorders.entry(key).or_insert_with(|| {
+            let n = lin.in_features;
+            Arc::new(if hessians { InputRecorder::with_hessian(n) } else { InputRecorder::new(n) })
+        });
     }
-    let ran = if advance { run_chunks(lm, il, hidden) } else { record_chunks(lm, il, hidden, &recorders) };
-    for lin in lm.model.block_linears_of(il) {
-        lin.recorder = None;
-    }
-    ran?;
+    record_chunks(lm, il, hidden, &recorders, advance)?;
     Ok(BlockRecording { recorders, layers })
 }
 
-/// Runs every chunk of `hidden` through block `il` in order, keeping the outputs (the
-/// block's recorders see the chunks in order).
-fn run_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates) -> Result<()> {
-    for i in 0..hidden.len() {
-        crate::interrupt::check()?;
-        let mut x = hidden.get(i)?;
-        lm.model.run_block(il, &mut x, hidden.rows(i));
-        hidden.set(i, &x)?;
-    }
-    Ok(())
-}
-
-/// Runs every chunk of `hidden` through block `il` as far as its layers' inputs
-/// ([`crate::model::CausalLm::block_inputs`]) and adds them to `recorders`, leaving the
-/// states as they were. Several chunks run at once ([`in_groups`]); each chunk's inputs
-/// are added in chunk order, so the sums are the ones a serial pass gives.
+/// Runs every chunk of `hidden` through block `il` — as far as its layers' inputs, or with
+/// `advance` the whole block, keeping the outputs ([`crate::model::CausalLm::block_inputs`])
+/// — and adds the inputs to `recorders`. Several chunks run at once ([`in_groups`]); each
+/// chunk's inputs are added in chunk order, so the sums are the ones a serial pass gives.
 fn record_chunks(
     lm: &LoadedLm,
     il: usize,
     hidden: &mut HiddenStates,
     recorders: &BTreeMap<String, Arc<InputRecorder>>,
+    advance: bool,
 ) -> Result<()> {
     in_groups(
         hidden,
-        false,
-        |x, t| lm.model.block_inputs(il, x, t),
+        advance,
+        |x, t| lm.model.block_inputs(il, x, t, advance),
         |inputs, t| {
             for (name, input) in inputs {
                 recorders[&shared_input_key(&name)].record(&input, t);
@@ -99,8 +90,7 @@ fn record_chunks(
 }
 
 /// Runs every chunk of `hidden` through block `il` and keeps the outputs, several chunks
-/// at once ([`in_groups`]). Only for a block without recorders (they would see the chunks
-/// in no fixed order).
+/// at once ([`in_groups`]), recording nothing.
 pub fn advance_chunks(lm: &LoadedLm, il: usize, hidden: &mut HiddenStates) -> Result<()> {
     in_groups(hidden, true, |x, t| lm.model.run_block(il, x, t), |(), _| {})
 }

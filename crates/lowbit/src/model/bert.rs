@@ -61,7 +61,6 @@ fn linear(m: &SafetensorsModel, prefix: &str, out_f: usize, in_f: usize) -> Resu
         in_features: in_f,
         out_features: out_f,
         act_quant: None,
-        recorder: None,
     })
 }
 

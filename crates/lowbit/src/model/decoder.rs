@@ -535,10 +535,18 @@ impl super::CausalLm for Decoder {
         let mut cache = self.new_cache(t);
         self.block_forward(il, &self.blocks[il], x, &[Span { t, pos0: 0 }], &mut [&mut cache], Some(swap));
     }
-    fn block_inputs(&self, il: usize, x: &[f32], t: usize) -> Vec<(String, Vec<f32>)> {
+    fn block_inputs(&self, il: usize, x: &mut [f32], t: usize, advance: bool) -> Vec<(String, Vec<f32>)> {
         let mut cache = self.new_cache(t);
         let b = &self.blocks[il];
-        let inputs = self.block_until_down(il, b, &mut x.to_vec(), &[Span { t, pos0: 0 }], &mut [&mut cache], None);
+        let spans = [Span { t, pos0: 0 }];
+        let inputs = if advance {
+            // `block_forward`'s two steps, keeping the inputs.
+            let inputs = self.block_until_down(il, b, x, &spans, &mut [&mut cache], None);
+            self.mlp_output(b, &inputs[3], t, x, None);
+            inputs
+        } else {
+            self.block_until_down(il, b, &mut x.to_vec(), &spans, &mut [&mut cache], None)
+        };
         [&b.wq, &b.wo, &b.w_gate, &b.w_down].iter().map(|l| l.name.clone()).zip(inputs).collect()
     }
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut super::Linear> {

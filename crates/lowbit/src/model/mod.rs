@@ -140,8 +140,6 @@ pub struct Linear {
     pub out_features: usize,
     /// When set, inputs are quantized to this type first (llama.cpp's CPU numerics).
     pub act_quant: Option<GgmlType>,
-    /// When set, every input row's squares are added here (calibration statistics).
-    pub recorder: Option<std::sync::Arc<InputRecorder>>,
 }
 
 /// Per-column sums of squared inputs of one linear layer, and the number of input rows:
@@ -240,11 +238,6 @@ pub fn forward_many(layers: &[&Linear], x: &[f32], t: usize) -> Vec<Vec<f32>> {
     if !all_packed || !same_rotation {
         return layers.iter().map(|l| l.forward(x, t)).collect();
     }
-    for l in layers {
-        if let Some(r) = &l.recorder {
-            r.record(x, t);
-        }
-    }
     let rotated = rotation.map(|r| r.rotate_rows(x, t));
     let x = rotated.as_deref().unwrap_or(x);
     let mut outs: Vec<Vec<f32>> = layers.iter().map(|l| vec![0.0; t * l.out_features]).collect();
@@ -277,9 +270,6 @@ impl Linear {
 
     /// Applies the layer to `t` rows of `x`.
     pub fn forward(&self, x: &[f32], t: usize) -> Vec<f32> {
-        if let Some(r) = &self.recorder {
-            r.record(x, t);
-        }
         let mut out = self.weight.project(x, t, self.in_features, self.out_features, self.act_quant);
         self.add_bias(&mut out);
         out
@@ -364,7 +354,7 @@ impl GgufWeights<'_> {
             (branch, rotation) => Weight::Extended(Extended { matrix: packed, rotation, branch }),
         };
         let act_quant = self.act_quant_for(name);
-        Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant, recorder: None })
+        Ok(Linear { name: name.to_string(), weight, bias: None, in_features, out_features, act_quant })
     }
 
     /// The activation type llama.cpp would quantize inputs to before multiplying by
@@ -465,11 +455,12 @@ pub trait CausalLm: Send + Sync {
     /// (sensitivity probes of different tensors).
     fn run_block_swapped(&self, il: usize, x: &mut [f32], t: usize, swap: &Linear);
     /// The distinct inputs of block `il`'s linear layers for `t` rows of hidden states `x`
-    /// (the rows [`CausalLm::run_block`] gives their recorders), each with the name of the
-    /// first layer that reads it, in the block's order — without computing the block's
-    /// output: its last projection's product is skipped, a quarter of a block's
+    /// (the rows those layers multiply in [`CausalLm::run_block`]), each with the name of the
+    /// first layer that reads it, in the block's order. With `advance`, `x` becomes the
+    /// block's output (as [`CausalLm::run_block`] leaves it); without, `x` is left as it
+    /// was and the block's last projection is skipped, a quarter of a block's
     /// multiply-adds (a statistics pass that discards the output: sequential GPTQ).
-    fn block_inputs(&self, il: usize, x: &[f32], t: usize) -> Vec<(String, Vec<f32>)>;
+    fn block_inputs(&self, il: usize, x: &mut [f32], t: usize, advance: bool) -> Vec<(String, Vec<f32>)>;
     /// Block `il`'s linear layers.
     fn block_linears_of(&mut self, il: usize) -> Vec<&mut Linear>;
     /// Bytes of weight matrices one generated token reads: every block's linear layers

@@ -82,7 +82,7 @@ pub fn sequential_gptq(
     for il in start..n_blocks {
         crate::interrupt::check()?;
         // 1. This block's input statistics, with the quantized blocks before it.
-        let mut recording = record_block(lm, il, &mut hidden, false)?;
+        let mut recording = record_block(lm, il, &mut hidden, false, true)?;
         let entries = recording.entries();
         // 2. Quantize the block's weights and put the quantized values in the model.
         let mut encoded: Vec<(String, Encoded)> = Vec::new();
