@@ -10,7 +10,7 @@ use lowbit::eval::EvalOptions;
 use lowbit::format::vq::VqFormat;
 use lowbit::method::Method;
 use lowbit::plan::{Mix, Override};
-use lowbit::quantize::{mix_for_type, plan_model, CalibrationInput, QuantizeJob, QuantizeSummary, Stage};
+use lowbit::quantize::{mix_for_type, CalibrationInput, QuantizeJob, QuantizeSummary, Stage};
 
 /// Arguments of `lowbit quantize`.
 #[derive(Args)]
@@ -383,12 +383,7 @@ pub fn run(mut args: QuantizeArgs) -> Result<()> {
         (None, None) => String::new(),
     };
     let summary = if args.dry_run {
-        let s = if job.target.is_some() {
-            with_progress(Some(args.calib_ctx as u64), |p| lowbit::quantize::plan_job(&input, &job, p))?
-        } else {
-            let opts = lowbit::quantize::resolve(&input, &job, &mut |_, _, _| {})?;
-            plan_model(&lowbit::hf::open_model(&input)?, &opts)?
-        };
+        let s = with_progress(Some(args.calib_ctx as u64), |p| lowbit::quantize::plan_job(&input, &job, p))?;
         print_summary(&s, &what, true);
         s
     } else {

@@ -86,6 +86,11 @@ fn allocated_file_fits_and_beats_the_fixed_mix_at_its_size() {
         s.tensors.iter().map(|t| (t.name.clone(), t.target.to_string())).collect::<Vec<_>>()
     };
     assert_eq!(types(&s2), types(&summary), "sequential GPTQ chose other types than the allocation");
+    // `--dry-run` plans what the run writes: the same types, method and recipe.
+    let planned = lowbit::quantize::plan_job(&src, &seq_job, &mut |_, _, _| {}).unwrap();
+    assert_eq!(types(&planned), types(&s2), "the dry run planned other types than the run wrote");
+    assert_eq!(planned.method, s2.method);
+    assert_eq!(planned.recipe.as_ref().map(|r| r.to_text()), s2.recipe.as_ref().map(|r| r.to_text()));
     // The refinement's swaps are in the cache by now; the allocation does not depend on it.
     assert_eq!(s2.recipe.map(|r| r.predicted_kld), Some(recipe.predicted_kld));
 

@@ -357,8 +357,9 @@ fn transformed(source: &Path, job: &QuantizeJob, progress: &mut dyn FnMut(Stage,
     crate::transform::transformed_source(&dir, source, job.transforms, &key, &awq_type, &mut hessians, &mut groups)
 }
 
-/// The plan's inputs: the opened source, the resolved options and, with a size target,
-/// the allocation (its overrides already in the options).
+/// What [`run`] would write, planned without writing it (`--dry-run`): the same plan and
+/// recipe (a sequential job's from [`sequential_plan`]), its stages up to the allocation
+/// run as `run` runs them.
 pub fn plan_job(
     source: &Path,
     job: &QuantizeJob,
@@ -366,12 +367,17 @@ pub fn plan_job(
 ) -> Result<QuantizeSummary> {
     job.check()?;
     let source = &transformed(source, job, progress)?;
+    if job.is_sequential() {
+        return Ok(sequential_plan(source, job, progress)?.2);
+    }
     let (g, opts, recipe) = resolve_and_allocate(source, job, progress)?;
     let mut plan = plan_model(&g, &opts)?;
     plan.recipe = recipe;
     Ok(plan)
 }
 
+/// The plan's inputs: the opened source, the resolved options and, with a size target,
+/// the allocation (its overrides already in the options).
 fn resolve_and_allocate(
     source: &Path,
     job: &QuantizeJob,
@@ -563,20 +569,15 @@ pub fn sensitivities(
     Ok((table, Some(v)))
 }
 
-/// Sequential GPTQ: plan once (an importance matrix will be there), quantize the blocks on
-/// the calibration text, then write the file with the rest encoded as usual.
-fn run_sequential(
+/// A sequential job's plan (and its resolved options): with a size target the allocation
+/// comes first, on importances alone (the sensitivities do not need Hessians); sequential
+/// GPTQ then follows the recipe. What `--dry-run` prints and the real run writes.
+fn sequential_plan(
     source: &Path,
-    output: &Path,
     job: &QuantizeJob,
     progress: &mut dyn FnMut(Stage, u64, u64),
-) -> Result<QuantizeSummary> {
-    let CalibrationInput::Texts { paths, eval } = &job.calibration else {
-        return Err(Error::Usage("--sequential needs calibration texts (--calib)".into()));
-    };
+) -> Result<(crate::gguf::GgufFile, QuantizeOptions, QuantizeSummary)> {
     let mut opts = job.options(Method::Gptq, None, None);
-    // A size target is allocated first, on importances alone (the sensitivities do not
-    // need Hessians); sequential GPTQ then follows the recipe.
     let recipe = match job.target {
         Some(_) => {
             let light = QuantizeJob {
@@ -595,6 +596,23 @@ fn run_sequential(
     let g = crate::hf::open_model(source)?;
     let mut plan = plan_model_with(&g, &opts, true)?;
     plan.recipe = recipe;
+    plan.method = super::SEQUENTIAL_GPTQ.into();
+    Ok((g, opts, plan))
+}
+
+/// Sequential GPTQ: plan once ([`sequential_plan`]; an importance matrix will be there),
+/// quantize the blocks on the calibration text, then write the file with the rest encoded
+/// as usual.
+fn run_sequential(
+    source: &Path,
+    output: &Path,
+    job: &QuantizeJob,
+    progress: &mut dyn FnMut(Stage, u64, u64),
+) -> Result<QuantizeSummary> {
+    let CalibrationInput::Texts { paths, eval } = &job.calibration else {
+        return Err(Error::Usage("--sequential needs calibration texts (--calib)".into()));
+    };
+    let (g, mut opts, plan) = sequential_plan(source, job, progress)?;
     let text = read_texts(paths)?;
     // Finished blocks are kept in a work folder beside the output: a rerun of the same
     // command after a crash or kill continues from them.

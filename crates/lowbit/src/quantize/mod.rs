@@ -79,7 +79,7 @@ impl QuantizeOptions {
     /// The method's name as reports show it (`gptq` when Hessians drive it).
     pub fn method_name(&self) -> &'static str {
         if !self.pre_encoded.is_empty() {
-            "gptq-sequential"
+            SEQUENTIAL_GPTQ
         } else if self.method == Method::Gptq && self.hessians.is_some() {
             "gptq"
         } else if self.importance.is_some() && self.method == Method::Search {
@@ -89,6 +89,10 @@ impl QuantizeOptions {
         }
     }
 }
+
+/// The method name of sequential GPTQ's files (and of their plans, before the blocks are
+/// encoded).
+pub(crate) const SEQUENTIAL_GPTQ: &str = "gptq-sequential";
 
 /// Totals for one storage type in a plan.
 #[derive(Clone, Debug, serde::Serialize)]
