@@ -44,6 +44,19 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// Vocabulary size (ids are below this).
     pub vocab_size: usize,
+    /// A hash of what defines the tokenizer (its GGUF metadata or `tokenizer.json`), so
+    /// a result computed with it can be remembered ([`Tokenizer::fingerprint`]).
+    fingerprint: u64,
+}
+
+/// Feeds formatted text to a hasher without building the string.
+struct HashWriter<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+
+impl std::fmt::Write for HashWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        std::hash::Hasher::write(self.0, s.as_bytes());
+        Ok(())
+    }
 }
 
 fn string_array<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
@@ -180,6 +193,14 @@ impl Tokenizer {
                 .collect();
             inner.add_tokens(user_defined).map_err(|e| tok_err(path, e))?;
         }
+        // Every `tokenizer.*` entry, as it is in the file (the same entries give the same
+        // tokenizer).
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (key, value) in g.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+            use std::fmt::Write;
+            std::hash::Hasher::write(&mut h, key.as_bytes());
+            write!(HashWriter(&mut h), "{value:?}").expect("hashing cannot fail");
+        }
         Ok(Tokenizer {
             inner,
             kind,
@@ -187,6 +208,7 @@ impl Tokenizer {
             eos,
             add_bos: add_bos_meta.unwrap_or(add_bos_default) && bos.is_some(),
             vocab_size: tokens.len(),
+            fingerprint: std::hash::Hasher::finish(&h),
         })
     }
 
@@ -201,12 +223,16 @@ impl Tokenizer {
         if !path.exists() {
             return Err(Error::format(path, "tokenizer.json is missing; the model folder needs one"));
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| tok_err(path, e))?;
+        let json = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let inner = tokenizers::Tokenizer::from_bytes(&json).map_err(|e| tok_err(path, e))?;
         let find = |s: &str| inner.token_to_id(s);
         let bos = find("[CLS]").or_else(|| find("<s>"));
         let eos = find("[SEP]").or_else(|| find("</s>"));
         let vocab_size = inner.get_vocab_size(true);
-        Ok(Tokenizer { inner, kind: TokenizerKind::HuggingFace, bos, eos, add_bos: false, vocab_size })
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hasher::write(&mut h, &json);
+        let fingerprint = std::hash::Hasher::finish(&h);
+        Ok(Tokenizer { inner, kind: TokenizerKind::HuggingFace, bos, eos, add_bos: false, vocab_size, fingerprint })
     }
 
     /// Token ids of `text`. `add_special` adds what the model expects around a sequence
@@ -233,6 +259,12 @@ impl Tokenizer {
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| Error::Usage(format!("detokenization failed: {e}")))
+    }
+
+    /// A hash of what defines this tokenizer: equal for two tokenizers built from the same
+    /// metadata (or `tokenizer.json`) in one process, so equal texts give equal tokens.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The text of one token as stored in the vocabulary.

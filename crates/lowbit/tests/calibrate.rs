@@ -183,3 +183,39 @@ fn block_by_block_statistics_equal_a_serial_pass() {
     assert!(std::fs::read(&path).unwrap() == std::fs::read(&spilled).unwrap(), "spilling changed the file");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
+
+/// Calibration chunks come from a remembered tokenization only for the same text and the
+/// same tokenizer: alternating models and texts gives each call the chunks its own
+/// tokenization gives.
+#[test]
+fn remembered_calibration_tokens_follow_text_and_tokenizer() {
+    use lowbit::calibrate::calibration_chunks;
+    let (Some(smol), Some(gemma)) = (support::zoo_model("smollm2-135m"), support::zoo_model("gemma3-270m")) else {
+        return;
+    };
+    let emma = std::fs::read_to_string(support::shared_data("austen/emma.txt")).unwrap();
+    let other: String = emma.chars().skip(1000).collect();
+    let opts = EvalOptions { ctx: 64, max_chunks: Some(3), ..Default::default() };
+    let (s, g) =
+        (load_gguf_lm(&smol, LoadOptions::default()).unwrap(), load_gguf_lm(&gemma, LoadOptions::default()).unwrap());
+    let own = |lm: &lowbit::model::LoadedLm, text: &str| -> Vec<Vec<u32>> {
+        let ids = lm.tokenizer.encode(text, true).unwrap();
+        (0..3)
+            .map(|c| {
+                let mut chunk = ids[c * 64..(c + 1) * 64].to_vec();
+                if lm.tokenizer.add_bos {
+                    chunk[0] = lm.tokenizer.bos.unwrap();
+                }
+                chunk
+            })
+            .collect()
+    };
+    for (lm, text) in [(&s, &emma), (&g, &emma), (&g, &emma), (&s, &emma), (&s, &other), (&g, &other)] {
+        assert_eq!(calibration_chunks(lm, text, &opts).unwrap(), own(lm, text));
+    }
+    assert_ne!(own(&s, &emma), own(&g, &emma), "the two tokenizers differ on this text");
+    // A second load of the same model has the same tokenizer.
+    let s2 = load_gguf_lm(&smol, LoadOptions::default()).unwrap();
+    assert_eq!(s2.tokenizer.fingerprint(), s.tokenizer.fingerprint());
+    assert_ne!(s.tokenizer.fingerprint(), g.tokenizer.fingerprint());
+}

@@ -246,7 +246,7 @@ pub fn read_texts(paths: &[std::path::PathBuf]) -> Result<CalibrationText> {
 /// first token of each replaced by BOS where the model wants one), at most
 /// `opts.max_chunks` of them.
 pub fn calibration_chunks(lm: &LoadedLm, text: &str, opts: &EvalOptions) -> Result<Vec<Vec<u32>>> {
-    let tokens = lm.tokenizer.encode(text, true)?;
+    let tokens = tokens_of(lm, text)?;
     let ctx = opts.ctx;
     let available = tokens.len() / ctx.max(1);
     if ctx < 8 || available == 0 {
@@ -265,6 +265,28 @@ pub fn calibration_chunks(lm: &LoadedLm, text: &str, opts: &EvalOptions) -> Resu
             chunk
         })
         .collect())
+}
+
+/// `text`'s tokens (with the model's BOS), remembered for the next call with the same text
+/// and tokenizer ([`crate::tokenizer::Tokenizer::fingerprint`]): a quantize run with a size
+/// target cuts its chunks from one text three times (the allocation's importances, the
+/// sensitivities, sequential GPTQ), and tokenizing the three Austen novels took ~3 s of
+/// one thread each time (a third of a 4-chunk `calibrate` run's CPU time, perf). One text
+/// is kept (a few MB of ids).
+fn tokens_of(lm: &LoadedLm, text: &str) -> Result<Arc<Vec<u32>>> {
+    type Key = (u64, u64, usize);
+    static LAST: std::sync::Mutex<Option<(Key, Arc<Vec<u32>>)>> = std::sync::Mutex::new(None);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hasher::write(&mut h, text.as_bytes());
+    let key = (lm.tokenizer.fingerprint(), std::hash::Hasher::finish(&h), text.len());
+    if let Some((k, tokens)) = LAST.lock().expect("token memo lock").as_ref() {
+        if *k == key {
+            return Ok(tokens.clone());
+        }
+    }
+    let tokens = Arc::new(lm.tokenizer.encode(text, true)?);
+    *LAST.lock().expect("token memo lock") = Some((key, tokens.clone()));
+    Ok(tokens)
 }
 
 /// Runs `text` through `lm` in `ctx`-token chunks (BOS first where the model wants it)
