@@ -3,8 +3,8 @@
 //! values). Every i-quant encoder repeatedly asks "which grid point is nearest to these
 //! targets, in this weighted metric, at this scale?"; [`Grid`] answers it from a table of
 //! candidates built once per grid for every cell of the full lattice the points live on
-//! (3⁸ = 6561 or 8⁴ = 4096 cells), so a query costs a few dozen short dot products
-//! instead of a scan of the whole grid.
+//! (3⁸ = 6561 or 8⁴ = 4096 cells), so a query scores a few dozen candidates — side by
+//! side, one vector lane each — instead of scanning the whole grid.
 
 use std::sync::OnceLock;
 
