@@ -33,6 +33,7 @@ pub mod plan;
 pub mod quantize;
 pub mod safetensors;
 pub mod saved_logits;
+pub mod scratch;
 pub mod sequential;
 pub mod sweep;
 pub mod tensor;

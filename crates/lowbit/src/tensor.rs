@@ -449,7 +449,7 @@ pub fn multi_head_attention(
                 return out;
             }
             let w = hi - lo;
-            let mut scores = vec![0.0f32; rows * w];
+            let mut scores = crate::scratch::zeroed(rows * w);
             let qv = StridedMat { data: q, offset: i0 * q_row + head * hd, row_stride: q_row, col_stride: 1 };
             let kt = StridedMat { data: k, offset: lo * kv_row + kvh * hd, row_stride: 1, col_stride: kv_row };
             matmul_strided(rows, w, hd, &qv, &kt, &mut scores, w);
@@ -463,10 +463,11 @@ pub fn multi_head_attention(
             let sv = StridedMat { data: &scores, offset: 0, row_stride: w, col_stride: 1 };
             let vv = StridedMat { data: v, offset: lo * kv_row + kvh * hd, row_stride: kv_row, col_stride: 1 };
             matmul_strided(rows, hd, w, &sv, &vv, &mut out, hd);
+            crate::scratch::give(scores);
             out
         })
         .collect();
-    let mut merged = vec![0.0f32; t * q_row];
+    let mut merged = crate::scratch::zeroed(t * q_row);
     for (task, o) in parts.iter().enumerate() {
         let (head, i0) = (task / blocks, (task % blocks) * QUERY_BLOCK);
         for (i, row) in o.chunks_exact(hd).enumerate() {

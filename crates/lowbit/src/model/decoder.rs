@@ -8,6 +8,7 @@ use super::kv::{KvType, Rope};
 use super::{GgufWeights, Linear, Weight};
 use crate::error::Result;
 use crate::kernels::pointwise;
+use crate::scratch;
 use crate::tensor::{apply_rope, multi_head_attention, rms_norm, rope_angles};
 
 /// The gate activation of the MLP.
@@ -315,8 +316,9 @@ impl Decoder {
         swap: Option<&Linear>,
     ) {
         let t: usize = spans.iter().map(|s| s.t).sum();
-        let [.., act] = self.block_until_down(il, b, x, spans, caches, swap);
-        self.mlp_output(b, &act, t, x, swap);
+        let inputs = self.block_until_down(il, b, x, spans, caches, swap);
+        self.mlp_output(b, &inputs[3], t, x, swap);
+        inputs.into_iter().for_each(scratch::give);
     }
 
     /// The block up to its last projection: the attention sub-layer is added to the
@@ -334,11 +336,11 @@ impl Decoder {
     ) -> [Vec<f32>; 4] {
         let c = &self.cfg;
         let t: usize = spans.iter().map(|s| s.t).sum();
-        let mut h = x.to_vec();
+        let mut h = scratch::copy_of(x);
         rms_norm(&mut h, c.d_model, &b.attn_norm, c.eps);
         let attn = self.attention(il, b, &h, spans, caches, swap);
         self.attention_output(b, &attn, t, x, swap);
-        let mut h_mlp = x.to_vec();
+        let mut h_mlp = scratch::copy_of(x);
         rms_norm(&mut h_mlp, c.d_model, &b.ffn_norm, c.eps);
         let act = self.mlp_activations(b, &h_mlp, t, swap);
         [h, attn, h_mlp, act]
@@ -424,10 +426,13 @@ impl Decoder {
                 )
             })
             .collect();
+        [q, k, v].into_iter().for_each(scratch::give);
         if per_seq.len() == 1 {
             per_seq.into_iter().next().unwrap_or_default()
         } else {
-            per_seq.concat()
+            let all = per_seq.concat();
+            per_seq.into_iter().for_each(scratch::give);
+            all
         }
     }
 
@@ -439,6 +444,7 @@ impl Decoder {
             rms_norm(&mut a, self.cfg.d_model, w, self.cfg.eps);
         }
         x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+        scratch::give(a);
     }
 
     /// The gated MLP's inner activations (`t` rows of `d_ff`: act(gate) · up) for the
@@ -451,6 +457,7 @@ impl Decoder {
             Activation::Silu => pointwise::silu_gate(g, u),
             Activation::GeluTanh => pointwise::gelu_gate(g, u),
         });
+        scratch::give(up);
         gate
     }
 
@@ -462,6 +469,7 @@ impl Decoder {
             rms_norm(&mut m, self.cfg.d_model, w, self.cfg.eps);
         }
         x.iter_mut().zip(&m).for_each(|(x, m)| *x += m);
+        scratch::give(m);
     }
 
     /// Logits for `t` rows of final hidden states.

@@ -108,14 +108,14 @@ impl Weight {
         match self {
             Weight::Dense(w) => project(x, t, in_f, w, out_f, act_quant),
             Weight::Packed(p) => {
-                let mut out = vec![0.0; t * out_f];
+                let mut out = crate::scratch::zeroed(t * out_f);
                 p.matmul(x, t, act_quant, &mut out);
                 out
             }
             Weight::Extended(e) => {
                 let rotated = e.rotation.as_ref().map(|r| r.rotate_rows(x, t));
                 let x = rotated.as_deref().unwrap_or(x);
-                let mut out = vec![0.0; t * out_f];
+                let mut out = crate::scratch::zeroed(t * out_f);
                 e.matrix.matmul(x, t, act_quant, &mut out);
                 if let Some(lr) = &e.branch {
                     lr.apply(x, t, &mut out);
@@ -215,7 +215,7 @@ pub fn project(
     out_f: usize,
     act_quant: Option<GgmlType>,
 ) -> Vec<f32> {
-    let mut out = vec![0.0; t * out_f];
+    let mut out = crate::scratch::zeroed(t * out_f);
     if let Some(ty) = act_quant {
         let mut xq = x.to_vec();
         xq.chunks_exact_mut(in_f).for_each(|r| fake_quantize_row(r, ty));
@@ -240,7 +240,7 @@ pub fn forward_many(layers: &[&Linear], x: &[f32], t: usize) -> Vec<Vec<f32>> {
     }
     let rotated = rotation.map(|r| r.rotate_rows(x, t));
     let x = rotated.as_deref().unwrap_or(x);
-    let mut outs: Vec<Vec<f32>> = layers.iter().map(|l| vec![0.0; t * l.out_features]).collect();
+    let mut outs: Vec<Vec<f32>> = layers.iter().map(|l| crate::scratch::zeroed(t * l.out_features)).collect();
     let mut products: Vec<crate::kernels::Product> = layers
         .iter()
         .zip(outs.iter_mut())
